@@ -1,0 +1,1 @@
+//! UCI configuration (`/etc/config/bpfqos`): parsing and validation into typed settings.

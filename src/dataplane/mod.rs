@@ -1,0 +1,1 @@
+//! The BPF data path: skeleton loading, attachment and map access.
