@@ -1,0 +1,57 @@
+# Developer entry points. The two a newcomer needs: `make demo` and `make test` (see README).
+# Both install what they need first (.ci/install-deps.sh is idempotent and quick when done).
+
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+TARGET_DIR := $(shell pwd)/target
+BPF_OUT := $(TARGET_DIR)/bpf
+
+.PHONY: all deps build release bpf test test-host test-vm lint demo bench size clean
+
+all: build
+
+deps:
+	bash .ci/install-deps.sh
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release --locked
+
+# BPF objects for both byte orders (bpfel: x86/arm, bpfeb: big-endian MIPS routers), as built by
+# build.rs, copied out for inspection (llvm-objdump, bpftool, the VM verifier scenario).
+bpf: build
+	mkdir -p $(BPF_OUT)
+	for o in $$(ls -t $(TARGET_DIR)/debug/build/bpfqos-*/out/*.bpf*.o | awk -F/ '!seen[$$NF]++'); do \
+		cp $$o $(BPF_OUT)/; done
+	ls -l $(BPF_OUT)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+	clang-format --dry-run --Werror bpf/*.c bpf/include/*.h
+
+# Everything: lint, unit + integration tests (root-only tests run for real as root), then the
+# full-kernel VM scenarios (VLAN, PPPoE, CAKE, flowtable on Debian's 6.12).
+test: deps lint test-host test-vm
+
+test-host:
+	$(CARGO) test --locked -- --test-threads=1
+
+test-vm: build
+	$(CARGO) test --locked --test vm -- --nocapture
+
+# A demo router in network namespaces: daemon, config, attach, traffic, status.
+demo: deps release
+	bash tests/demo/run.sh $(TARGET_DIR)/release/bpfqos
+
+bench: deps release size
+	bash bench/run.sh
+
+size: release
+	@sz=$$(stat -c %s $(TARGET_DIR)/release/bpfqos); \
+	  echo "release binary (stripped, $$(uname -m)): $$sz bytes = $$((sz / 1024)) KiB; target < 3072 KiB"
+
+clean:
+	$(CARGO) clean
