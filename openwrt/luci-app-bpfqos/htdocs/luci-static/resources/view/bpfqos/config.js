@@ -1,0 +1,151 @@
+'use strict';
+'require view';
+'require form';
+'require rpc';
+'require uci';
+'require tools.widgets as widgets';
+
+// Form over /etc/config/bpfqos. Datatypes mirror the daemon's validation (src/config): rates are
+// unsigned kbit/s with 0 meaning "not shaped", addresses are IPv4/IPv6 hosts or prefixes. Saving
+// commits UCI; the init script's reload trigger then sends the daemon SIGHUP, and a config the
+// daemon rejects is reported on the status page while the previous one keeps running.
+
+var callCheckConfig = rpc.declare({
+	object: 'bpfqos',
+	method: 'check_config',
+	expect: { '': {} }
+});
+
+function rateOption(s, tab, name, title, description) {
+	var o = s.taboption(tab, form.Value, name, title, description);
+	o.datatype = 'uinteger';
+	o.placeholder = '0';
+	return o;
+}
+
+return view.extend({
+	load: function() {
+		return Promise.all([
+			uci.load('bpfqos'),
+			L.resolveDefault(callCheckConfig(), {})
+		]);
+	},
+
+	render: function(data) {
+		var check = data[1] || {},
+		    m, s, o;
+
+		m = new form.Map('bpfqos', _('bpfqos'),
+			_('XDP/TC flow offload, SQM-style shaping, passive latency monitoring and autorate. Rates are in kbit/s; 0 disables shaping in that direction.'));
+
+		if (check.valid === false && Array.isArray(check.errors) && check.errors.length)
+			m.description = E([], [
+				m.description,
+				E('div', { 'class': 'alert-message error' }, [
+					E('p', {}, _('The saved configuration has errors; the daemon keeps running the last valid one:')),
+					E('ul', {}, check.errors.map(function(e) { return E('li', {}, e); }))
+				])
+			]);
+
+		s = m.section(form.NamedSection, 'globals', 'globals', _('Global settings'));
+		s.addremove = false;
+
+		o = s.option(form.Flag, 'enabled', _('Enabled'), _('Run the bpfqos daemon.'));
+		o.default = o.enabled;
+		o.rmempty = false;
+
+		o = s.option(form.Flag, 'offload', _('Flow offload'),
+			_('Forward established connections in XDP/TC, bypassing bridge, VLAN, PPPoE and netfilter.'));
+		o.default = o.enabled;
+		o.rmempty = false;
+
+		o = s.option(form.Flag, 'rtt', _('Latency monitoring'),
+			_('Measure the round-trip time of real TCP traffic (needed by autorate).'));
+		o.default = o.enabled;
+		o.rmempty = false;
+
+		o = s.option(form.ListValue, 'log_level', _('Log level'));
+		[ 'error', 'warn', 'info', 'debug', 'trace' ].forEach(function(l) { o.value(l); });
+		o.default = 'info';
+
+		s = m.section(form.TypedSection, 'interface', _('Interfaces'),
+			_('A link to shape and offload, usually the WAN. Give either a logical network or a device.'));
+		s.addremove = true;
+		s.anonymous = false;
+		s.tab('general', _('General'));
+		s.tab('shaping', _('Shaping'));
+		s.tab('autorate', _('Autorate'));
+
+		o = s.taboption('general', widgets.NetworkSelect, 'network', _('Network'),
+			_('Logical interface, resolved to its device (e.g. pppoe-wan) when the network comes up.'));
+		o.optional = true;
+		o.nocreate = true;
+
+		o = s.taboption('general', widgets.DeviceSelect, 'device', _('Device'),
+			_('Instead of a network: a device name such as eth1 or pppoe-wan.'));
+		o.optional = true;
+		o.noaliases = true;
+		o.depends('network', '');
+		o.validate = function(section_id, value) {
+			var net = this.section.formvalue(section_id, 'network');
+			if (!value && !net)
+				return _('Set a network or a device');
+			if (value && !/^[^\s\/:]{1,15}$/.test(value))
+				return _('Expecting a device name of at most 15 characters without "/", ":" or spaces');
+			return true;
+		};
+
+		o = s.taboption('general', form.Flag, 'offload', _('Flow offload'),
+			_('Offload flows entering or leaving this interface (when global offload is on).'));
+		o.default = o.enabled;
+
+		rateOption(s, 'shaping', 'upload', _('Upload (kbit/s)'), _('Egress rate; 0 = not shaped.'));
+		rateOption(s, 'shaping', 'download', _('Download (kbit/s)'), _('Ingress rate; 0 = not shaped.'));
+
+		o = s.taboption('shaping', form.ListValue, 'qdisc', _('Queue discipline'));
+		o.value('cake', 'cake');
+		o.value('fq_codel', 'fq_codel');
+		o.default = 'cake';
+
+		o = s.taboption('shaping', form.Value, 'overhead', _('Overhead (bytes)'),
+			_('Per-packet link-layer overhead, as in sqm (PPPoE over VDSL2: 34).'));
+		o.datatype = 'range(-64,256)';
+		o.placeholder = '0';
+
+		o = s.taboption('autorate', form.Flag, 'autorate', _('Autorate'),
+			_('Follow the link: lower the rate when latency under load rises, probe up when clean.'));
+
+		[ [ 'min_upload', _('Minimum upload (kbit/s)') ],
+		  [ 'max_upload', _('Maximum upload (kbit/s)') ],
+		  [ 'min_download', _('Minimum download (kbit/s)') ],
+		  [ 'max_download', _('Maximum download (kbit/s)') ] ].forEach(function(opt) {
+			o = rateOption(s, 'autorate', opt[0], opt[1]);
+			o.depends('autorate', '1');
+		});
+
+		s = m.section(form.GridSection, 'circuit', _('Circuits'),
+			_('Per-host or per-subnet limits inside the shaped link.'));
+		s.addremove = true;
+		s.anonymous = true;
+		s.nodescriptions = true;
+
+		o = s.option(form.Value, 'name', _('Name'));
+		o.datatype = 'maxlength(64)';
+		o.rmempty = false;
+
+		o = s.option(form.DynamicList, 'ip', _('Addresses'),
+			_('IPv4/IPv6 host addresses or prefixes (CIDR).'));
+		o.datatype = 'or(ipaddr,cidr)';
+		o.rmempty = false;
+
+		o = s.option(form.Value, 'upload', _('Upload (kbit/s)'));
+		o.datatype = 'uinteger';
+		o.placeholder = '0';
+
+		o = s.option(form.Value, 'download', _('Download (kbit/s)'));
+		o.datatype = 'uinteger';
+		o.placeholder = '0';
+
+		return m.render();
+	}
+});
