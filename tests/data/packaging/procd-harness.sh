@@ -13,6 +13,7 @@
 #   the real `uci -c $UCI_CONFIG_DIR` command line tool for each value, so the script is tested
 #   against real UCI parsing of the config file.
 
+# shellcheck disable=SC2119,SC2120 # stubs record whatever arguments they get, also none
 set -u
 
 init_script=$1

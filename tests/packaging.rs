@@ -1,0 +1,632 @@
+//! Packaging lint: the OpenWrt recipe (openwrt/bpfqos/Makefile), the files it installs (files/),
+//! and the LuCI app (openwrt/luci-app-bpfqos/) agree with each other and with the crate.
+//!
+//! No OpenWrt tree is needed: the Makefile is read as text. External linters (shellcheck, node,
+//! dash, busybox) are skipped with a message when missing, and fail the test under `CI=true`.
+
+mod packaging_support;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use packaging_support::acl_bpfqos_methods;
+use packaging_support::json;
+use packaging_support::makefile_var;
+use packaging_support::missing;
+use packaging_support::read;
+use packaging_support::repo;
+use packaging_support::which;
+use packaging_support::PACKAGE_MAKEFILE;
+
+const LUCI_APP: &str = "openwrt/luci-app-bpfqos";
+const INIT_SCRIPT: &str = "files/etc/init.d/bpfqos";
+const RPCD_PLUGIN: &str = "files/usr/libexec/rpcd/bpfqos";
+const PROCD_HARNESS: &str = "tests/data/packaging/procd-harness.sh";
+
+// --- apk version grammar ---------------------------------------------------------------------
+
+/// Suffixes apk-tools orders versions by (`1.0_rc1` < `1.0`< `1.0_p1`).
+const APK_SUFFIXES: &[&str] = &["alpha", "beta", "pre", "rc", "cvs", "svn", "git", "hg", "p"];
+
+/// Whether `v` is a version apk accepts, per apk-tools' grammar:
+/// `digits ('.' digits)* [a-z]? ('_' suffix digits*)* ('~' hex+)? ('-r' digits+)?`.
+/// `-r<release>` only when `with_release` (OpenWrt appends it as `PKG_VERSION-rPKG_RELEASE`).
+fn apk_version_valid(v: &str, with_release: bool) -> bool {
+    fn digits(s: &str) -> usize {
+        s.bytes().take_while(u8::is_ascii_digit).count()
+    }
+    let mut rest = v;
+    // digits ('.' digits)*
+    loop {
+        let n = digits(rest);
+        if n == 0 {
+            return false;
+        }
+        rest = &rest[n..];
+        match rest.strip_prefix('.') {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    // one optional letter
+    if rest.as_bytes().first().is_some_and(u8::is_ascii_lowercase) {
+        rest = &rest[1..];
+    }
+    // ('_' suffix digits*)*
+    while let Some(r) = rest.strip_prefix('_') {
+        // Longest match first: "pre" before "p".
+        let Some(suffix) = APK_SUFFIXES
+            .iter()
+            .filter(|s| r.starts_with(**s))
+            .max_by_key(|s| s.len())
+        else {
+            return false;
+        };
+        rest = &r[suffix.len()..];
+        rest = &rest[digits(rest)..];
+    }
+    // '~' hash
+    if let Some(r) = rest.strip_prefix('~') {
+        let n = r.bytes().take_while(u8::is_ascii_hexdigit).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &r[n..];
+    }
+    // '-r' release
+    if with_release {
+        if let Some(r) = rest.strip_prefix("-r") {
+            let n = digits(r);
+            if n == 0 {
+                return false;
+            }
+            rest = &r[n..];
+        }
+    }
+    rest.is_empty()
+}
+
+#[test]
+fn apk_grammar_accepts_and_rejects_what_apk_does() {
+    for ok in [
+        "0.1.0",
+        "1",
+        "1.2.3a",
+        "1.0_rc1",
+        "1.0_alpha",
+        "2.4_pre2_p1",
+        "1.0_p3",
+        "1.2~abc12",
+        "10.20.30",
+    ] {
+        assert!(apk_version_valid(ok, false), "{ok} should be valid");
+    }
+    assert!(apk_version_valid("0.1.0-r1", true));
+    for bad in [
+        "",
+        "v0.1.0",
+        "0.1.0-rc1",
+        "0.1.",
+        ".1",
+        "1..2",
+        "1.0_gamma",
+        "1.0-1",
+        "1.0ab",
+        "1.0 ",
+        "0.1.0+git",
+        "1.0~",
+        "1.0~xyz",
+    ] {
+        assert!(!apk_version_valid(bad, false), "{bad:?} should be invalid");
+    }
+    assert!(!apk_version_valid("0.1.0-r", true));
+    assert!(!apk_version_valid("0.1.0-r1", false));
+}
+
+// --- the package Makefile --------------------------------------------------------------------
+
+/// The lines between `define <name>` and its `endef`.
+fn define_block<'a>(makefile: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    let mut lines = makefile.lines();
+    lines.find(|l| l.trim() == format!("define {name}"))?;
+    Some(lines.take_while(|l| l.trim() != "endef").collect())
+}
+
+fn package_makefile() -> String {
+    read(PACKAGE_MAKEFILE)
+}
+
+/// `[[bin]]` target names of the crate.
+fn cargo_bins() -> BTreeSet<String> {
+    let toml = read("Cargo.toml");
+    let mut bins = BTreeSet::new();
+    let mut in_bin = false;
+    for line in toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin {
+            if let Some(v) = line.strip_prefix("name").map(str::trim) {
+                if let Some(v) = v.strip_prefix('=') {
+                    bins.insert(v.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    bins
+}
+
+/// One file the recipe installs.
+#[derive(Debug)]
+struct Installed {
+    /// The install macro (`$(INSTALL_BIN)`, `$(INSTALL_CONF)`, ...).
+    how: String,
+    /// Source as written in the Makefile.
+    source: String,
+    /// Path on the router.
+    dest: String,
+}
+
+/// The files `Package/<pkg>/install` installs, from its `$(INSTALL_*)`/`$(CP)` lines.
+fn installed_files(makefile: &str, pkg: &str) -> Vec<Installed> {
+    let block = define_block(makefile, &format!("Package/{pkg}/install"))
+        .unwrap_or_else(|| panic!("no Package/{pkg}/install in {PACKAGE_MAKEFILE}"));
+    let mut files = Vec::new();
+    for line in block {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some((&how, args)) = words.split_first() else {
+            continue;
+        };
+        if how == "$(INSTALL_DIR)" {
+            continue;
+        }
+        assert!(
+            matches!(
+                how,
+                "$(INSTALL_BIN)" | "$(INSTALL_DATA)" | "$(INSTALL_CONF)" | "$(CP)"
+            ),
+            "unexpected install line (teach this lint about it): {line}"
+        );
+        let (dest, sources) = args
+            .split_last()
+            .unwrap_or_else(|| panic!("install line without destination: {line}"));
+        let dest = dest
+            .strip_prefix("$(1)")
+            .unwrap_or_else(|| panic!("destination outside $(1): {line}"));
+        for source in sources {
+            let name = source.rsplit('/').next().unwrap_or(source);
+            let dest = match dest.strip_suffix('/') {
+                Some(dir) => format!("{dir}/{name}"),
+                None => dest.to_string(),
+            };
+            files.push(Installed {
+                how: how.to_string(),
+                source: source.to_string(),
+                dest,
+            });
+        }
+    }
+    files
+}
+
+/// Where an installed file comes from in this repository, or the cargo binary it is.
+enum Origin {
+    /// A repository file (Build/Prepare copies the whole tree into $(PKG_BUILD_DIR)).
+    File(String),
+    /// `cargo install` output: a `[[bin]]` name.
+    CargoBin(String),
+}
+
+fn origin(source: &str) -> Origin {
+    if let Some(rel) = source.strip_prefix("$(PKG_BUILD_DIR)/") {
+        Origin::File(rel.to_string())
+    } else if let Some(bin) = source.strip_prefix("$(PKG_INSTALL_DIR)/bin/") {
+        Origin::CargoBin(bin.to_string())
+    } else if let Some(rel) = source.strip_prefix("./") {
+        Origin::File(format!("openwrt/bpfqos/{rel}"))
+    } else {
+        panic!("install source {source}: unknown location (teach this lint about it)")
+    }
+}
+
+#[test]
+fn pkg_version_equals_cargo_version_and_is_apk_valid() {
+    let mk = package_makefile();
+    let version = makefile_var(&mk, "PKG_VERSION").expect("PKG_VERSION");
+    let release = makefile_var(&mk, "PKG_RELEASE").expect("PKG_RELEASE");
+    assert_eq!(
+        version,
+        env!("CARGO_PKG_VERSION"),
+        "PKG_VERSION in {PACKAGE_MAKEFILE} must equal version in Cargo.toml"
+    );
+    assert!(
+        apk_version_valid(&version, false),
+        "PKG_VERSION {version:?} is not a valid apk version"
+    );
+    assert!(
+        !release.is_empty()
+            && release.bytes().all(|b| b.is_ascii_digit())
+            && !release.starts_with('0'),
+        "PKG_RELEASE {release:?} must be a positive integer"
+    );
+    let full = format!("{version}-r{release}");
+    assert!(apk_version_valid(&full, true), "{full} is not apk-valid");
+}
+
+#[test]
+fn recipe_has_the_required_parts() {
+    let mk = package_makefile();
+    assert_eq!(makefile_var(&mk, "PKG_NAME").as_deref(), Some("bpfqos"));
+    assert_eq!(
+        makefile_var(&mk, "PKG_LICENSE").as_deref(),
+        Some("GPL-2.0-only")
+    );
+    assert!(makefile_var(&mk, "PKG_MAINTAINER").is_some_and(|m| m.contains('@')));
+    let build_deps = makefile_var(&mk, "PKG_BUILD_DEPENDS").expect("PKG_BUILD_DEPENDS");
+    for dep in ["rust/host", "bpf-headers"] {
+        assert!(
+            build_deps.split_whitespace().any(|d| d == dep),
+            "PKG_BUILD_DEPENDS lacks {dep}"
+        );
+    }
+    for include in [
+        "include $(INCLUDE_DIR)/bpf.mk",
+        "include $(TOPDIR)/feeds/packages/lang/rust/rust-package.mk",
+        "$(eval $(call BuildPackage,bpfqos))",
+    ] {
+        assert!(
+            mk.lines().any(|l| l.trim() == include),
+            "missing line: {include}"
+        );
+    }
+    // build.rs gets its BPF toolchain from bpf.mk through these two variables.
+    for var in ["BPFQOS_CLANG=\"$(CLANG)\"", "BPFQOS_BPF_CFLAGS="] {
+        assert!(mk.contains(var), "{var} is not passed to cargo");
+    }
+    // Cargo.lock must be honoured: rust-package.mk adds --locked unless RUST_PKG_LOCKED is 0.
+    assert!(
+        makefile_var(&mk, "RUST_PKG_LOCKED").is_none_or(|v| v == "1"),
+        "the build must stay --locked"
+    );
+    let deps = define_block(&mk, "Package/bpfqos")
+        .expect("define Package/bpfqos")
+        .join("\n");
+    for dep in [
+        "$(BPF_DEPENDS)",
+        "$(RUST_ARCH_DEPENDS)",
+        "+kmod-sched-bpf",
+        "+kmod-nf-conntrack-netlink",
+    ] {
+        assert!(deps.contains(dep), "DEPENDS lacks {dep}");
+    }
+}
+
+#[test]
+fn every_installed_file_exists_and_every_router_file_is_installed() {
+    let mk = package_makefile();
+    let files = installed_files(&mk, "bpfqos");
+    assert!(!files.is_empty());
+    let bins = cargo_bins();
+    let mut sources = BTreeSet::new();
+    for f in &files {
+        match origin(&f.source) {
+            Origin::File(rel) => {
+                assert!(
+                    repo().join(&rel).is_file(),
+                    "{} installs {rel}, which does not exist",
+                    f.dest
+                );
+                sources.insert(rel);
+            }
+            Origin::CargoBin(name) => assert!(
+                bins.contains(&name),
+                "{} is cargo binary {name}, but Cargo.toml's [[bin]] targets are {bins:?}",
+                f.dest
+            ),
+        }
+    }
+    let by_dest: BTreeMap<&str, &Installed> = files.iter().map(|f| (f.dest.as_str(), f)).collect();
+    assert_eq!(
+        by_dest.len(),
+        files.len(),
+        "a destination is installed twice"
+    );
+
+    // files/ mirrors the router's file system: files/<path> lands at /<path>.
+    let mut on_router = Vec::new();
+    walk(&repo().join("files"), &mut on_router);
+    for path in on_router {
+        let rel = path
+            .strip_prefix(repo())
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        let dest = rel.strip_prefix("files").unwrap_or(&rel);
+        let f = by_dest
+            .get(dest)
+            .unwrap_or_else(|| panic!("{rel} is never installed (expected at {dest})"));
+        assert_eq!(
+            origin(&f.source).file(),
+            Some(rel.as_str()),
+            "{dest} should come from {rel}"
+        );
+    }
+
+    // Modes: programs with INSTALL_BIN, the UCI config as a conffile.
+    for (dest, how) in [
+        ("/usr/sbin/bpfqos", "$(INSTALL_BIN)"),
+        ("/etc/init.d/bpfqos", "$(INSTALL_BIN)"),
+        ("/usr/libexec/rpcd/bpfqos", "$(INSTALL_BIN)"),
+        ("/etc/config/bpfqos", "$(INSTALL_CONF)"),
+        ("/usr/share/rpcd/acl.d/bpfqos.json", "$(INSTALL_DATA)"),
+    ] {
+        let f = by_dest
+            .get(dest)
+            .unwrap_or_else(|| panic!("{dest} is not installed"));
+        assert_eq!(f.how, how, "{dest}");
+    }
+}
+
+impl Origin {
+    fn file(&self) -> Option<&str> {
+        match self {
+            Origin::File(rel) => Some(rel),
+            Origin::CargoBin(_) => None,
+        }
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn conffiles_are_installed() {
+    let mk = package_makefile();
+    let conffiles = define_block(&mk, "Package/bpfqos/conffiles").expect("conffiles");
+    let dests: BTreeSet<String> = installed_files(&mk, "bpfqos")
+        .into_iter()
+        .map(|f| f.dest)
+        .collect();
+    let conffiles: Vec<&str> = conffiles
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(conffiles.contains(&"/etc/config/bpfqos"));
+    for c in conffiles {
+        assert!(dests.contains(c), "conffile {c} is not installed");
+    }
+}
+
+// --- shell scripts ---------------------------------------------------------------------------
+
+#[test]
+fn router_scripts_are_executable_in_git() {
+    let test = "router_scripts_are_executable_in_git";
+    if which("git").is_none() || !repo().join(".git").exists() {
+        missing(test, "git or a git checkout");
+        return;
+    }
+    for script in [INIT_SCRIPT, RPCD_PLUGIN] {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(repo())
+            .args(["ls-files", "--stage", "--", script])
+            .output()
+            .unwrap_or_else(|e| panic!("git: {e}"));
+        let stage = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stage.starts_with("100755 "),
+            "{script} must be tracked with mode 100755, git has: {stage:?}"
+        );
+    }
+}
+
+#[test]
+fn router_scripts_parse_under_posix_shells() {
+    let test = "router_scripts_parse_under_posix_shells";
+    for (name, argv) in packaging_support::posix_shells(test) {
+        for script in [INIT_SCRIPT, RPCD_PLUGIN, PROCD_HARNESS] {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]).arg("-n").arg(repo().join(script));
+            let out = cmd.output().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                out.status.success(),
+                "{name} -n {script}: {}",
+                packaging_support::describe(&out)
+            );
+        }
+    }
+}
+
+#[test]
+fn router_scripts_pass_shellcheck() {
+    let test = "router_scripts_pass_shellcheck";
+    let Some(shellcheck) = which("shellcheck") else {
+        missing(test, "shellcheck (Debian package shellcheck)");
+        return;
+    };
+    // dash dialect: POSIX plus `local`, which busybox ash (OpenWrt's /bin/sh) has too.
+    // SC2034: USE_PROCD, START and STOP are read by /etc/rc.common, not by the script.
+    let out = Command::new(&shellcheck)
+        .args(["--shell=dash", "--exclude=SC2034"])
+        .args([INIT_SCRIPT, RPCD_PLUGIN].map(|s| repo().join(s)))
+        .output()
+        .unwrap_or_else(|e| panic!("shellcheck: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        packaging_support::describe(&out)
+    );
+    let out = Command::new(&shellcheck)
+        .arg("--shell=dash")
+        .arg(repo().join(PROCD_HARNESS))
+        .output()
+        .unwrap_or_else(|e| panic!("shellcheck: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        packaging_support::describe(&out)
+    );
+    // checkbashisms (Debian devscripts) is a second opinion, run where installed.
+    if let Some(cb) = which("checkbashisms") {
+        let out = Command::new(cb)
+            .arg("--force")
+            .args([INIT_SCRIPT, RPCD_PLUGIN].map(|s| repo().join(s)))
+            .output()
+            .unwrap_or_else(|e| panic!("checkbashisms: {e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            packaging_support::describe(&out)
+        );
+    }
+}
+
+// --- JSON and LuCI ---------------------------------------------------------------------------
+
+#[test]
+fn acl_files_parse_and_grant_the_bpfqos_object() {
+    for (rel, group) in [
+        ("files/usr/share/rpcd/acl.d/bpfqos.json", "bpfqos"),
+        (
+            "openwrt/luci-app-bpfqos/root/usr/share/rpcd/acl.d/luci-app-bpfqos.json",
+            "luci-app-bpfqos",
+        ),
+    ] {
+        let acl = json(rel);
+        let g = &acl[group];
+        assert!(g.is_object(), "{rel}: no group {group}");
+        assert!(g["description"].is_string(), "{rel}: description");
+        let methods = acl_bpfqos_methods(&acl);
+        for m in ["status", "reload", "check_config"] {
+            assert!(methods.contains(m), "{rel}: ubus bpfqos.{m} not granted");
+        }
+        // Reading status must not need write access; reloading must.
+        let read: Vec<&str> = g["read"]["ubus"]["bpfqos"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            read.contains(&"status") && !read.contains(&"reload"),
+            "{rel}"
+        );
+        for access in ["read", "write"] {
+            assert!(
+                g[access]["uci"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|c| c == "bpfqos")),
+                "{rel}: {access} access to uci bpfqos"
+            );
+        }
+    }
+}
+
+#[test]
+fn luci_menu_points_at_existing_views() {
+    let menu = json(&format!(
+        "{LUCI_APP}/root/usr/share/luci/menu.d/luci-app-bpfqos.json"
+    ));
+    let views_dir = format!("{LUCI_APP}/htdocs/luci-static/resources/view");
+    let mut referenced = BTreeSet::new();
+    let entries = menu.as_object().expect("menu.d is an object");
+    assert!(!entries.is_empty());
+    for (path, entry) in entries {
+        assert!(path.starts_with("admin/"), "{path}");
+        assert!(entry["title"].is_string(), "{path}: title");
+        if entry["action"]["type"] == "view" {
+            let view = entry["action"]["path"].as_str().expect("view path");
+            let file = format!("{views_dir}/{view}.js");
+            assert!(repo().join(&file).is_file(), "{path}: {file} missing");
+            referenced.insert(file);
+        }
+    }
+    let mut views = Vec::new();
+    walk(&repo().join(&views_dir), &mut views);
+    for v in views {
+        let rel = v
+            .strip_prefix(repo())
+            .unwrap_or(&v)
+            .to_string_lossy()
+            .into_owned();
+        assert!(referenced.contains(&rel), "{rel} is not in the menu");
+    }
+    // The top entry is guarded by the app's ACL group.
+    let top = &menu["admin/network/bpfqos"];
+    assert!(top["depends"]["acl"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|g| g == "luci-app-bpfqos")));
+}
+
+#[test]
+fn luci_app_recipe_and_views() {
+    let mk = read(&format!("{LUCI_APP}/Makefile"));
+    assert!(mk
+        .lines()
+        .any(|l| l.trim() == "include $(TOPDIR)/feeds/luci/luci.mk"));
+    assert!(makefile_var(&mk, "LUCI_DEPENDS").is_some_and(|d| d.contains("+bpfqos")));
+    assert_eq!(makefile_var(&mk, "LUCI_PKGARCH").as_deref(), Some("all"));
+
+    let views = format!("{LUCI_APP}/htdocs/luci-static/resources/view/bpfqos");
+    let status = read(&format!("{views}/status.js"));
+    let config = read(&format!("{views}/config.js"));
+    for (name, src, requires) in [
+        ("status.js", &status, &["view", "rpc", "poll"][..]),
+        ("config.js", &config, &["view", "form", "uci"][..]),
+    ] {
+        assert!(src.starts_with("'use strict';\n"), "{name}");
+        for r in requires {
+            assert!(
+                src.contains(&format!("'require {r}';")),
+                "{name}: require {r}"
+            );
+        }
+    }
+    // The status page asks the ubus object the package's plugin serves.
+    assert!(status.contains("object: 'bpfqos'") && status.contains("method: 'status'"));
+    assert!(status.contains("poll.add("));
+    // The form covers the three section types of /etc/config/bpfqos.
+    assert!(config.contains("new form.Map('bpfqos'"));
+    for s in ["'globals'", "'interface'", "'circuit'"] {
+        assert!(config.contains(s), "config.js: section {s}");
+    }
+}
+
+#[test]
+fn luci_views_are_valid_javascript() {
+    let test = "luci_views_are_valid_javascript";
+    let Some(node) = which("node").or_else(|| which("nodejs")) else {
+        missing(test, "node (Debian package nodejs)");
+        return;
+    };
+    // LuCI evaluates a view as a function body (it ends in `return view.extend(...)`), so
+    // parse it the same way; the 'require' strings are plain expression statements.
+    let views = repo().join(format!(
+        "{LUCI_APP}/htdocs/luci-static/resources/view/bpfqos"
+    ));
+    for name in ["status.js", "config.js"] {
+        let out = Command::new(&node)
+            .arg("-e")
+            .arg("new Function(require('fs').readFileSync(process.argv[1], 'utf8'))")
+            .arg(views.join(name))
+            .output()
+            .unwrap_or_else(|e| panic!("node: {e}"));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            packaging_support::describe(&out)
+        );
+    }
+}
