@@ -16,9 +16,12 @@ var callCheckConfig = rpc.declare({
 	expect: { '': {} }
 });
 
+// kbit/s as the daemon accepts it: 0 (not shaped) up to 1 Tbit/s.
+var RATE_DATATYPE = 'and(uinteger,max(1000000000))';
+
 function rateOption(s, tab, name, title, description) {
 	var o = s.taboption(tab, form.Value, name, title, description);
-	o.datatype = 'uinteger';
+	o.datatype = RATE_DATATYPE;
 	o.placeholder = '0';
 	return o;
 }
@@ -65,7 +68,7 @@ return view.extend({
 		o.rmempty = false;
 
 		o = s.option(form.ListValue, 'log_level', _('Log level'));
-		[ 'error', 'warn', 'info', 'debug', 'trace' ].forEach(function(l) { o.value(l); });
+		[ 'off', 'error', 'warn', 'info', 'debug', 'trace' ].forEach(function(l) { o.value(l); });
 		o.default = 'info';
 
 		s = m.section(form.TypedSection, 'interface', _('Interfaces'),
@@ -139,11 +142,11 @@ return view.extend({
 		o.rmempty = false;
 
 		o = s.option(form.Value, 'upload', _('Upload (kbit/s)'));
-		o.datatype = 'uinteger';
+		o.datatype = RATE_DATATYPE;
 		o.placeholder = '0';
 
 		o = s.option(form.Value, 'download', _('Download (kbit/s)'));
-		o.datatype = 'uinteger';
+		o.datatype = RATE_DATATYPE;
 		o.placeholder = '0';
 
 		return m.render();
