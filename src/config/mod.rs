@@ -25,7 +25,7 @@
 mod diagnostic;
 mod model;
 mod prefix;
-mod uci;
+pub mod uci;
 
 use std::path::Path;
 

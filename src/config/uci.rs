@@ -465,7 +465,7 @@ enum Validate {
     Name,
     /// Section types: printable ASCII without space.
     Type,
-    /// Package names: like types (libuci also lists `-`, which is printable anyway).
+    /// Package names: letters, digits, `_` and `-`.
     Package,
 }
 
@@ -474,7 +474,8 @@ fn validate(s: &[u8], kind: Validate) -> bool {
         && s.iter().all(|&c| {
             c.is_ascii_alphanumeric()
                 || c == b'_'
-                || (kind != Validate::Name && (33..=126).contains(&c))
+                || (kind == Validate::Package && c == b'-')
+                || (kind == Validate::Type && (33..=126).contains(&c))
         })
 }
 
