@@ -1,0 +1,91 @@
+#!/bin/bash
+# Full-kernel test harness: boots Debian's bookworm-backports 6.12 kernel (the kernel of OpenWrt
+# 25.12) under virtme-ng with the host's root filesystem, software-emulated, and runs the
+# scenarios in tests/vm/scenarios/ in ONE boot. See docs/testing-vm.md.
+#
+#   tests/vm/run.sh                    all scenarios
+#   tests/vm/run.sh pppoe-vlan-nat mtu only these
+#   tests/vm/run.sh --list             scenario names
+#
+# Environment:
+#   BPFQOS_BIN             bpfqos binary (default: target/debug/bpfqos if built)
+#   BPFQOS_EXPECT_OFFLOAD  1 = assert offload counters (issue 4 landed); else those parts PENDING
+#   BPFQOS_BPF_OBJ         BPF object for the verifier scenario (default: newest
+#                          target/*/build/bpfqos-*/out/offload.bpfel.o)
+#   VM_KERNEL VM_CPUS VM_MEMORY VM_TIMEOUT   (defaults: newest /boot/vmlinuz-6.12.*-amd64, 2, 2G, 900)
+# Output: one line per scenario (PASS name / FAIL name / PENDING name/part: reason), then exactly
+# "N passed, M failed". Exit status 0 only if nothing failed.
+set -uo pipefail
+
+VMDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$VMDIR/../.." && pwd)
+ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc)
+
+if [ "${1:-}" = "--list" ]; then
+    printf '%s\n' "${ALL_SCENARIOS[@]}"
+    exit 0
+fi
+if [ "$#" -gt 0 ]; then scenarios=("$@"); else scenarios=("${ALL_SCENARIOS[@]}"); fi
+for sc in "${scenarios[@]}"; do
+    [ -f "$VMDIR/scenarios/$sc.sh" ] || { echo "run.sh: unknown scenario '$sc' (see --list)" >&2; exit 2; }
+done
+
+missing=()
+[ "$(id -u)" -eq 0 ] || missing+=("root")
+kernel=${VM_KERNEL:-$(ls /boot/vmlinuz-6.12.*-amd64 2>/dev/null | sort -V | tail -n1)}
+[ -n "$kernel" ] && [ -r "$kernel" ] || missing+=("kernel /boot/vmlinuz-6.12.*-amd64")
+command -v vng >/dev/null || missing+=("vng (virtme-ng)")
+command -v qemu-system-x86_64 >/dev/null || missing+=("qemu-system-x86_64")
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "run.sh: missing prerequisites: ${missing[*]} (install with: sudo bash .ci/vm-deps.sh)" >&2
+    exit 3
+fi
+
+bin=${BPFQOS_BIN:-}
+[ -z "$bin" ] && [ -x "$REPO/target/debug/bpfqos" ] && bin=$REPO/target/debug/bpfqos
+obj=${BPFQOS_BPF_OBJ:-$(ls -t "$REPO"/target/*/build/bpfqos-*/out/offload.bpfel.o 2>/dev/null | head -n1)}
+
+cpus=${VM_CPUS:-2}
+mem=${VM_MEMORY:-2G}
+vm_timeout=${VM_TIMEOUT:-900}
+log=$(mktemp /tmp/bpfqos-vm-run.XXXXXX.log)
+
+q() { printf '%q' "$1"; }
+guest_cmd="env BPFQOS_BIN=$(q "$bin") BPFQOS_BPF_OBJ=$(q "$obj") BPFQOS_EXPECT_OFFLOAD=$(q "${BPFQOS_EXPECT_OFFLOAD:-0}")"
+guest_cmd+=" SCENARIO_TIMEOUT=$(q "${SCENARIO_TIMEOUT:-240}") bash $(q "$VMDIR/guest.sh")"
+for sc in "${scenarios[@]}"; do guest_cmd+=" $(q "$sc")"; done
+
+echo "run.sh: $(basename "$kernel"), --cpus $cpus --memory $mem, TCG (--disable-kvm); scenarios: ${scenarios[*]}"
+echo "run.sh: bpfqos binary: ${bin:-none}; BPF object: ${obj:-none}; log: $log"
+t0=$(date +%s)
+# No stdin: vng must not wait for a terminal. The VM sees the host's root filesystem read-only
+# with throw-away overlays (/etc, /tmp, /var, ...): nothing it does reaches the host.
+timeout -k 10 "$vm_timeout" vng --run "$kernel" --disable-kvm --user root \
+    --memory "$mem" --cpus "$cpus" -- "$guest_cmd" </dev/null 2>&1 | tee "$log"
+vm_rc=${PIPESTATUS[0]}
+t1=$(date +%s)
+
+# Count from the guest's results block; a scenario without a result (VM died, timeout) fails.
+results=$(sed -n '/^VM-RESULTS-BEGIN/,/^VM-RESULTS-END/p' "$log" | grep -E '^(PASS|FAIL|PENDING) ')
+passed=0
+failed=0
+pend=0
+for sc in "${scenarios[@]}"; do
+    if grep -qx "PASS $sc" <<<"$results"; then
+        passed=$((passed + 1))
+    elif grep -qx "FAIL $sc" <<<"$results"; then
+        failed=$((failed + 1))
+    else
+        echo "FAIL $sc: no result from the VM (vng exit $vm_rc; see $log)"
+        failed=$((failed + 1))
+    fi
+done
+passed=$((passed + $(grep -c '^PASS .*/' <<<"$results")))
+failed=$((failed + $(grep -c '^FAIL .*/' <<<"$results")))
+pend=$(grep -c '^PENDING ' <<<"$results")
+
+echo "==== VM results ($(basename "$kernel"), $((t1 - t0)) s wall including boot)"
+[ -n "$results" ] && printf '%s\n' "$results"
+[ "$pend" -gt 0 ] && echo "$pend pending (not counted as passed)"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
