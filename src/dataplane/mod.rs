@@ -1,1 +1,348 @@
-//! The BPF data path: skeleton loading, attachment and map access.
+//! The BPF data path as the daemon sees it: load the embedded object (reusing pinned maps so a
+//! restart keeps its flow table), attach it to devices (XDP native, then generic, then TC
+//! ingress), feed the heartbeat, read counters, and take everything down again.
+//!
+//! XDP is attached through netlink (not a bpf_link), so a program stays attached if the daemon is
+//! killed; the heartbeat in the `control` map is what makes the data path hand everything back to
+//! the kernel when the daemon is gone, and what lets a restarted daemon take over without a gap.
+
+pub mod abi;
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use anyhow::Context;
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::MapHandle;
+use libbpf_rs::Object;
+use libbpf_rs::ObjectBuilder;
+use libbpf_rs::TcHookBuilder;
+use libbpf_rs::Xdp;
+use libbpf_rs::XdpFlags;
+use libbpf_rs::TC_INGRESS;
+use log::debug;
+use log::info;
+use log::warn;
+
+use crate::status::AttachMode;
+use crate::status::AttachPoint;
+use crate::status::Hook;
+use crate::status::OffloadStatus;
+
+use abi::OFFLOAD_OBJ;
+use abi::TC_PROG;
+use abi::XDP_PROG;
+
+/// Our TC filter's handle and priority on clsact ingress, so we only ever touch our own filter.
+const TC_HANDLE: u32 = 0xb9f0;
+const TC_PRIORITY: u32 = 0xb9f;
+
+#[derive(Debug, Clone)]
+struct Attachment {
+    ifindex: i32,
+    mode: AttachMode,
+    fallback_reason: Option<String>,
+}
+
+/// The loaded data path.
+pub struct Dataplane {
+    obj: Object,
+    xdp: OwnedFd,
+    tc: OwnedFd,
+    pin_dir: Option<PathBuf>,
+    attached: BTreeMap<String, Attachment>,
+    enabled: bool,
+}
+
+fn map_is_internal(name: &str) -> bool {
+    // .rodata, .bss, .data, .kconfig: libbpf-internal, re-created on every load.
+    name.contains('.')
+}
+
+impl Dataplane {
+    /// Opens and loads the embedded object. Maps pinned under `pin_dir` by an earlier run are
+    /// reused when their definitions still match (so flows survive a restart); stale or
+    /// incompatible pins are replaced. Without bpffs the data path still works, unpinned.
+    pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
+        let mut open = ObjectBuilder::default()
+            .name("bpfqos")
+            .context("naming the BPF object")?
+            .open_memory(OFFLOAD_OBJ)
+            .context("opening the embedded BPF object")?;
+        let pin_dir = match std::fs::create_dir_all(pin_dir) {
+            Ok(()) => Some(pin_dir.to_path_buf()),
+            Err(e) => {
+                warn!(
+                    "cannot create pin directory {} ({e}); maps will not survive a restart",
+                    pin_dir.display()
+                );
+                None
+            }
+        };
+        let mut reused = Vec::new();
+        if let Some(dir) = &pin_dir {
+            for mut map in open.maps_mut() {
+                let name = map.name().to_string_lossy().into_owned();
+                if map_is_internal(&name) {
+                    continue;
+                }
+                let path = dir.join(&name);
+                if !path.exists() {
+                    continue;
+                }
+                match MapHandle::from_pinned_path(&path) {
+                    Ok(old)
+                        if old.map_type() == map.map_type()
+                            && old.key_size() == map.key_size()
+                            && old.value_size() == map.value_size()
+                            && old.max_entries() == map.max_entries() =>
+                    {
+                        map.reuse_fd(old.as_fd())
+                            .with_context(|| format!("reusing pinned map {}", path.display()))?;
+                        reused.push(name);
+                    }
+                    _ => {
+                        warn!(
+                            "{}: pinned map does not match this version, replacing it",
+                            path.display()
+                        );
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let mut obj = open.load().context("loading BPF programs (verifier)")?;
+        if let Some(dir) = &pin_dir {
+            for mut map in obj.maps_mut() {
+                let name = map.name().to_string_lossy().into_owned();
+                if map_is_internal(&name) || reused.contains(&name) {
+                    continue;
+                }
+                if let Err(e) = map.pin(dir.join(&name)) {
+                    warn!(
+                        "pinning map {name} in {}: {e}; is bpffs mounted?",
+                        dir.display()
+                    );
+                }
+            }
+        }
+        if !reused.is_empty() {
+            info!("re-adopted pinned maps: {}", reused.join(", "));
+        }
+        // Owned duplicates of the program fds, so attach calls need no borrow of the object.
+        let handle = |name: &str| -> anyhow::Result<OwnedFd> {
+            let prog = obj
+                .progs()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+            prog.as_fd()
+                .try_clone_to_owned()
+                .with_context(|| format!("duplicating {name}'s fd"))
+        };
+        let xdp = handle(XDP_PROG)?;
+        let tc = handle(TC_PROG)?;
+        Ok(Self {
+            obj,
+            xdp,
+            tc,
+            pin_dir,
+            attached: BTreeMap::new(),
+            enabled: false,
+        })
+    }
+
+    fn map(&self, name: &str) -> anyhow::Result<libbpf_rs::Map<'_>> {
+        self.obj
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    /// Devices the data path is attached to.
+    pub fn attached_devices(&self) -> Vec<String> {
+        self.attached.keys().cloned().collect()
+    }
+
+    /// Attaches to `device`: XDP native, else XDP generic, else TC ingress. Already attached:
+    /// nothing to do.
+    pub fn attach(&mut self, device: &str) -> anyhow::Result<()> {
+        if self.attached.contains_key(device) {
+            return Ok(());
+        }
+        let ifindex = nix::net::if_::if_nametoindex(device)
+            .map_err(|e| anyhow!("no such device ({e})"))? as i32;
+        let xdp = Xdp::new(self.xdp.as_fd());
+        let native_err = match xdp.attach(ifindex, XdpFlags::DRV_MODE) {
+            Ok(()) => {
+                return self.record(device, ifindex, AttachMode::Native, None);
+            }
+            Err(e) => e,
+        };
+        debug!("{device}: native XDP refused: {native_err}");
+        let generic_err = match xdp.attach(ifindex, XdpFlags::SKB_MODE) {
+            Ok(()) => {
+                let why = format!("native XDP unavailable: {native_err}");
+                return self.record(device, ifindex, AttachMode::Generic, Some(why));
+            }
+            Err(e) => e,
+        };
+        let mut hook = TcHookBuilder::new(self.tc.as_fd())
+            .ifindex(ifindex)
+            .replace(true)
+            .handle(TC_HANDLE)
+            .priority(TC_PRIORITY)
+            .hook(TC_INGRESS);
+        // EEXIST from create() just means clsact is already there (shared with other users).
+        let _ = hook.create();
+        hook.attach().with_context(|| {
+            format!("XDP native ({native_err}), XDP generic ({generic_err}) and TC all failed")
+        })?;
+        let why = format!("XDP unavailable: native: {native_err}; generic: {generic_err}");
+        self.record(device, ifindex, AttachMode::Tc, Some(why))
+    }
+
+    fn record(
+        &mut self,
+        device: &str,
+        ifindex: i32,
+        mode: AttachMode,
+        fallback_reason: Option<String>,
+    ) -> anyhow::Result<()> {
+        info!(
+            "{device}: attached ({mode:?}){}",
+            fallback_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        self.attached.insert(
+            device.to_string(),
+            Attachment {
+                ifindex,
+                mode,
+                fallback_reason,
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches from `device` (if it still exists).
+    pub fn detach(&mut self, device: &str) {
+        let Some(a) = self.attached.remove(device) else {
+            return;
+        };
+        if let Err(e) = self.detach_one(&a) {
+            debug!("{device}: detach: {e:#}");
+        } else {
+            info!("{device}: detached");
+        }
+    }
+
+    fn detach_one(&self, a: &Attachment) -> anyhow::Result<()> {
+        match a.mode {
+            AttachMode::Native | AttachMode::Generic => {
+                let flags = if a.mode == AttachMode::Native {
+                    XdpFlags::DRV_MODE
+                } else {
+                    XdpFlags::SKB_MODE
+                };
+                Xdp::new(self.xdp.as_fd()).detach(a.ifindex, flags)?;
+            }
+            AttachMode::Tc => {
+                TcHookBuilder::new(self.tc.as_fd())
+                    .ifindex(a.ifindex)
+                    .handle(TC_HANDLE)
+                    .priority(TC_PRIORITY)
+                    .hook(TC_INGRESS)
+                    .detach()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches offload on or off (the data path checks the flag on every packet).
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+        if let Err(e) = self.heartbeat() {
+            warn!("updating the control map: {e:#}");
+        }
+    }
+
+    /// Writes the heartbeat: the data path stops offloading when it goes stale.
+    pub fn heartbeat(&self) -> anyhow::Result<()> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .context("reading CLOCK_MONOTONIC")?;
+        let ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        let value = abi::control_value(ns, self.enabled);
+        self.map(abi::CONTROL_MAP)?
+            .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+            .context("writing the heartbeat")
+    }
+
+    /// Offload counters for `bpfqos status`.
+    pub fn offload_status(&self) -> OffloadStatus {
+        let mut st = OffloadStatus {
+            enabled: self.enabled,
+            ..Default::default()
+        };
+        for name in abi::FLOW_MAPS {
+            let Ok(map) = self.map(name) else { continue };
+            for key in map.keys() {
+                st.flows += 1;
+                if let Ok(Some(v)) = map.lookup(&key, MapFlags::ANY) {
+                    if let Some((packets, bytes)) = abi::flow_counters(&v) {
+                        st.packets += packets;
+                        st.bytes += bytes;
+                    }
+                }
+            }
+        }
+        st
+    }
+
+    /// Attach points for `bpfqos status`.
+    pub fn attach_points(&self) -> Vec<AttachPoint> {
+        self.attached
+            .iter()
+            .map(|(dev, a)| AttachPoint {
+                device: dev.clone(),
+                ifindex: a.ifindex as u32,
+                hook: if a.mode == AttachMode::Tc {
+                    Hook::Tc
+                } else {
+                    Hook::Xdp
+                },
+                mode: a.mode,
+                fallback_reason: a.fallback_reason.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes the data path down: detaches everywhere and removes the pins, unless `keep`, in
+    /// which case programs stay attached and maps pinned for the next daemon to adopt (the
+    /// heartbeat hands traffic back to the kernel meanwhile).
+    pub fn shutdown(mut self, keep: bool) {
+        if keep {
+            info!("leaving the data path attached and maps pinned (--keep)");
+            return;
+        }
+        for dev in self.attached_devices() {
+            self.detach(&dev);
+        }
+        if let Some(dir) = &self.pin_dir {
+            for mut map in self.obj.maps_mut() {
+                let name = map.name().to_string_lossy().into_owned();
+                if !map_is_internal(&name) {
+                    let _ = map.unpin(dir.join(&name));
+                }
+            }
+            // Only removes the directory when nothing else lives in it.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! ctnetlink wire format: parsing conntrack messages and building the few requests bpfqos sends
+//! (dump, get, refresh timeout).
+//!
+//! Written here rather than taken from `netlink-packet-netfilter`: that crate does not expose
+//! CTA_ID, CTA_ZONE or CTA_HELP, which admission needs, and the subset used is small. Layout
+//! references: include/uapi/linux/netfilter/nfnetlink_conntrack.h and nfnetlink.h.
+
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
+
+use thiserror::Error;
+
+/// nfnetlink subsystem id of ctnetlink.
+pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+/// nfnetlink subsystem id of nf_tables (generation events on ruleset changes).
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `IPCTNL_MSG_CT_NEW`: new or updated entry (events), create/update (requests).
+pub const IPCTNL_MSG_CT_NEW: u16 = 0;
+/// `IPCTNL_MSG_CT_GET`.
+pub const IPCTNL_MSG_CT_GET: u16 = 1;
+/// `IPCTNL_MSG_CT_DELETE`: destroyed entry (events).
+pub const IPCTNL_MSG_CT_DELETE: u16 = 2;
+/// `NFT_MSG_NEWGEN`: a new nf_tables ruleset generation was committed.
+pub const NFT_MSG_NEWGEN: u16 = 16;
+
+/// Multicast groups (`NFNLGRP_*`).
+pub const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+/// Updates (state changes) of existing entries.
+pub const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+/// Destroyed entries.
+pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// nf_tables ruleset changes.
+pub const NFNLGRP_NFTABLES: u32 = 7;
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_ROOT: u16 = 0x100;
+const NLM_F_MATCH: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_HELP: u16 = 5;
+const CTA_TIMEOUT: u16 = 7;
+const CTA_MARK: u16 = 8;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const CTA_HELP_NAME: u16 = 1;
+
+/// `IPS_*` status bits that admission looks at.
+pub mod status {
+    /// Packets were seen in both directions.
+    pub const SEEN_REPLY: u32 = 1 << 1;
+    /// The connection will not be early-dropped (UDP: assured stream).
+    pub const ASSURED: u32 = 1 << 2;
+    /// In the main table (not a template or unconfirmed).
+    pub const CONFIRMED: u32 = 1 << 3;
+    /// Source NAT applies.
+    pub const SRC_NAT: u32 = 1 << 4;
+    /// Destination NAT applies.
+    pub const DST_NAT: u32 = 1 << 5;
+    /// Sequence numbers are adjusted (helpers): payload-altering, never offload.
+    pub const SEQ_ADJUST: u32 = 1 << 6;
+    /// Being destroyed.
+    pub const DYING: u32 = 1 << 9;
+    /// Untracked.
+    pub const UNTRACKED: u32 = 1 << 12;
+    /// A helper is attached.
+    pub const HELPER: u32 = 1 << 13;
+    /// Offloaded to the kernel's own flowtable.
+    pub const OFFLOAD: u32 = 1 << 14;
+}
+
+/// TCP conntrack state `TCP_CONNTRACK_ESTABLISHED`.
+pub const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
+
+/// IP protocol numbers that can be offloaded.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// One direction of a connection as conntrack sees it (ports in host order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
+impl Tuple {
+    /// The same flow seen from the other end.
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            proto: self.proto,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
+impl std::fmt::Display for Tuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.proto {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "ip",
+        };
+        write!(
+            f,
+            "{p} {}:{} -> {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
+    }
+}
+
+/// A conntrack entry, as much of it as admission needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conn {
+    /// CTA_ID: stable identifier of the entry while it lives.
+    pub id: u32,
+    /// Original direction.
+    pub orig: Tuple,
+    /// Reply direction (its reverse is what the original direction looks like after NAT).
+    pub reply: Tuple,
+    /// IPS_* bits.
+    pub status: u32,
+    /// TCP state, for TCP.
+    pub tcp_state: Option<u8>,
+    /// Connection mark.
+    pub mark: u32,
+    /// Conntrack zone.
+    pub zone: u16,
+    /// Seconds left before the entry expires.
+    pub timeout: Option<u32>,
+    /// Name of an attached helper (ftp, sip...), if any.
+    pub helper: Option<String>,
+}
+
+impl Conn {
+    /// Whether the entry is in the state where bpfqos may offload it: confirmed, not dying, no
+    /// helper or sequence adjustment, and TCP established / UDP assured.
+    pub fn offloadable_state(&self) -> bool {
+        let bad = status::DYING | status::UNTRACKED | status::SEQ_ADJUST | status::HELPER;
+        if self.status & status::CONFIRMED == 0 || self.status & bad != 0 || self.helper.is_some() {
+            return false;
+        }
+        match self.orig.proto {
+            IPPROTO_TCP => {
+                self.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED)
+                    && self.status & status::ASSURED != 0
+            }
+            IPPROTO_UDP => self.status & status::ASSURED != 0,
+            _ => false,
+        }
+    }
+}
+
+/// What a message from the conntrack socket means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A new entry (event) or a dump/get result.
+    New(Conn),
+    /// An existing entry changed.
+    Update(Conn),
+    /// An entry was destroyed.
+    Destroy(Conn),
+    /// nf_tables committed a new ruleset generation (firewall reload).
+    RulesetChanged,
+    /// End of a dump.
+    Done,
+    /// An ack (errno 0) or error (negative errno) for request `seq`.
+    Ack {
+        /// Sequence number of the request.
+        seq: u32,
+        /// 0 or a negative errno.
+        errno: i32,
+    },
+    /// Something else (ignored).
+    Other,
+}
+
+/// A malformed message.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("malformed ctnetlink message: {0}")]
+pub struct DecodeError(pub &'static str);
+
+fn u16_ne(b: &[u8], at: usize) -> Result<u16, DecodeError> {
+    b.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .map(u16::from_ne_bytes)
+        .ok_or(DecodeError("truncated u16"))
+}
+
+fn u32_ne(b: &[u8], at: usize) -> Result<u32, DecodeError> {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .ok_or(DecodeError("truncated u32"))
+}
+
+fn be16(v: &[u8]) -> Result<u16, DecodeError> {
+    v.try_into()
+        .map(u16::from_be_bytes)
+        .map_err(|_| DecodeError("attribute is not 2 bytes"))
+}
+
+fn be32(v: &[u8]) -> Result<u32, DecodeError> {
+    v.try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| DecodeError("attribute is not 4 bytes"))
+}
+
+/// Iterates netlink attributes: (type without flags, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            b = &[];
+            return Some(Err(DecodeError("attribute length out of bounds")));
+        }
+        let payload = &b[4..len];
+        let adv = (len + 3) & !3;
+        b = b.get(adv..).unwrap_or(&[]);
+        Some(Ok((ty, payload)))
+    })
+}
+
+fn parse_tuple(b: &[u8]) -> Result<Tuple, DecodeError> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0, 0);
+    for a in attrs(b) {
+        let (ty, v) = a?;
+        match ty {
+            CTA_TUPLE_IP => {
+                for a in attrs(v) {
+                    let (ty, v) = a?;
+                    let addr = match ty {
+                        CTA_IP_V4_SRC | CTA_IP_V4_DST => <[u8; 4]>::try_from(v)
+                            .map(|o| IpAddr::V4(Ipv4Addr::from(o)))
+                            .map_err(|_| DecodeError("IPv4 address is not 4 bytes"))?,
+                        CTA_IP_V6_SRC | CTA_IP_V6_DST => <[u8; 16]>::try_from(v)
+                            .map(|o| IpAddr::V6(Ipv6Addr::from(o)))
+                            .map_err(|_| DecodeError("IPv6 address is not 16 bytes"))?,
+                        _ => continue,
+                    };
+                    if ty == CTA_IP_V4_SRC || ty == CTA_IP_V6_SRC {
+                        src = Some(addr);
+                    } else {
+                        dst = Some(addr);
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for a in attrs(v) {
+                    let (ty, v) = a?;
+                    match ty {
+                        CTA_PROTO_NUM => proto = v.first().copied(),
+                        CTA_PROTO_SRC_PORT => sport = be16(v)?,
+                        CTA_PROTO_DST_PORT => dport = be16(v)?,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match (src, dst, proto) {
+        (Some(src), Some(dst), Some(proto)) => Ok(Tuple {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+        }),
+        _ => Err(DecodeError("tuple without addresses or protocol")),
+    }
+}
+
+fn parse_conn(b: &[u8]) -> Result<Conn, DecodeError> {
+    let (mut orig, mut reply) = (None, None);
+    let mut c = Conn {
+        id: 0,
+        orig: Tuple {
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            proto: 0,
+            sport: 0,
+            dport: 0,
+        },
+        reply: Tuple {
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            proto: 0,
+            sport: 0,
+            dport: 0,
+        },
+        status: 0,
+        tcp_state: None,
+        mark: 0,
+        zone: 0,
+        timeout: None,
+        helper: None,
+    };
+    for a in attrs(b) {
+        let (ty, v) = a?;
+        match ty {
+            CTA_TUPLE_ORIG => orig = Some(parse_tuple(v)?),
+            CTA_TUPLE_REPLY => reply = Some(parse_tuple(v)?),
+            CTA_STATUS => c.status = be32(v)?,
+            CTA_TIMEOUT => c.timeout = Some(be32(v)?),
+            CTA_MARK => c.mark = be32(v)?,
+            CTA_ID => c.id = be32(v)?,
+            CTA_ZONE => c.zone = be16(v)?,
+            CTA_PROTOINFO => {
+                for a in attrs(v) {
+                    let (ty, v) = a?;
+                    if ty != CTA_PROTOINFO_TCP {
+                        continue;
+                    }
+                    for a in attrs(v) {
+                        let (ty, v) = a?;
+                        if ty == CTA_PROTOINFO_TCP_STATE {
+                            c.tcp_state = v.first().copied();
+                        }
+                    }
+                }
+            }
+            CTA_HELP => {
+                for a in attrs(v) {
+                    let (ty, v) = a?;
+                    if ty == CTA_HELP_NAME {
+                        let name = v.split(|&b| b == 0).next().unwrap_or_default();
+                        c.helper = Some(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    c.orig = orig.ok_or(DecodeError("no original tuple"))?;
+    c.reply = reply.ok_or(DecodeError("no reply tuple"))?;
+    Ok(c)
+}
+
+/// Splits a datagram into netlink messages and decodes each. A malformed message yields an
+/// error item; the rest of the datagram is still decoded when its framing allows.
+pub fn parse_datagram(mut buf: &[u8]) -> Vec<Result<Message, DecodeError>> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let Ok(len) = u32_ne(buf, 0) else { break };
+        let len = len as usize;
+        if len < 16 || len > buf.len() {
+            out.push(Err(DecodeError("netlink message length out of bounds")));
+            break;
+        }
+        out.push(parse_message(&buf[..len]));
+        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// Decodes one netlink message (header included).
+pub fn parse_message(m: &[u8]) -> Result<Message, DecodeError> {
+    let ty = u16_ne(m, 4)?;
+    let flags = u16_ne(m, 6)?;
+    let seq = u32_ne(m, 8)?;
+    match ty {
+        NLMSG_DONE => return Ok(Message::Done),
+        NLMSG_ERROR => {
+            let errno = u32_ne(m, 16)? as i32;
+            return Ok(Message::Ack { seq, errno });
+        }
+        _ => {}
+    }
+    let subsys = ty >> 8;
+    let msg = ty & 0xff;
+    // 16 bytes nlmsghdr + 4 bytes nfgenmsg.
+    let body = m.get(20..).ok_or(DecodeError("no nfgenmsg"))?;
+    match (subsys, msg) {
+        (NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN) => Ok(Message::RulesetChanged),
+        (NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW) => {
+            let c = parse_conn(body)?;
+            // Events for new entries carry NLM_F_CREATE; dump results carry neither it nor
+            // anything else distinctive and are treated as "new" too.
+            if flags & NLM_F_CREATE != 0 || seq != 0 {
+                Ok(Message::New(c))
+            } else {
+                Ok(Message::Update(c))
+            }
+        }
+        (NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE) => Ok(Message::Destroy(parse_conn(body)?)),
+        _ => Ok(Message::Other),
+    }
+}
+
+/// Builds netlink attributes into a buffer.
+struct Builder {
+    buf: Vec<u8>,
+}
+
+impl Builder {
+    fn new(ty: u16, flags: u16, seq: u32, family: u8) -> Self {
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+        buf.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+        Self { buf }
+    }
+
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    /// Starts a nested attribute; returns its offset for `end_nest`.
+    fn nest(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        at
+    }
+
+    fn end_nest(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn tuple(&mut self, ty: u16, t: &Tuple) {
+        let outer = self.nest(ty);
+        let ip = self.nest(CTA_TUPLE_IP);
+        match (t.src, t.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                self.attr(CTA_IP_V4_SRC, &s.octets());
+                self.attr(CTA_IP_V4_DST, &d.octets());
+            }
+            (s, d) => {
+                self.attr(CTA_IP_V6_SRC, &to_v6(s).octets());
+                self.attr(CTA_IP_V6_DST, &to_v6(d).octets());
+            }
+        }
+        self.end_nest(ip);
+        let proto = self.nest(CTA_TUPLE_PROTO);
+        self.attr(CTA_PROTO_NUM, &[t.proto]);
+        self.attr(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
+        self.attr(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+        self.end_nest(proto);
+        self.end_nest(outer);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+fn to_v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+fn family_of(t: &Tuple) -> u8 {
+    match t.src {
+        IpAddr::V4(_) => libc_af::INET,
+        IpAddr::V6(_) => libc_af::INET6,
+    }
+}
+
+/// Address family numbers (AF_INET, AF_INET6, AF_UNSPEC).
+pub mod libc_af {
+    /// AF_UNSPEC: both families.
+    pub const UNSPEC: u8 = 0;
+    /// AF_INET.
+    pub const INET: u8 = 2;
+    /// AF_INET6.
+    pub const INET6: u8 = 10;
+}
+
+/// A request to dump the whole conntrack table of `family` (AF_UNSPEC: both).
+pub fn dump_request(seq: u32, family: u8) -> Vec<u8> {
+    Builder::new(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_ROOT | NLM_F_MATCH,
+        seq,
+        family,
+    )
+    .finish()
+}
+
+/// A request to fetch one entry by its original tuple (ENOENT when it is gone).
+pub fn get_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
+    let mut b = Builder::new(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family_of(orig),
+    );
+    b.tuple(CTA_TUPLE_ORIG, orig);
+    if zone != 0 {
+        b.attr(CTA_ZONE, &zone.to_be_bytes());
+    }
+    b.finish()
+}
+
+/// A request to set an existing entry's timeout (keeps offloaded connections alive in conntrack
+/// while their packets bypass it). Without NLM_F_CREATE it never creates an entry.
+pub fn refresh_request(seq: u32, orig: &Tuple, zone: u16, timeout_s: u32) -> Vec<u8> {
+    let mut b = Builder::new(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family_of(orig),
+    );
+    b.tuple(CTA_TUPLE_ORIG, orig);
+    if zone != 0 {
+        b.attr(CTA_ZONE, &zone.to_be_bytes());
+    }
+    b.attr(CTA_TIMEOUT, &timeout_s.to_be_bytes());
+    b.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple4(s: [u8; 4], d: [u8; 4], sp: u16, dp: u16) -> Tuple {
+        Tuple {
+            src: IpAddr::V4(s.into()),
+            dst: IpAddr::V4(d.into()),
+            proto: IPPROTO_TCP,
+            sport: sp,
+            dport: dp,
+        }
+    }
+
+    /// Builds a conntrack event the way the kernel lays it out, with this module's builder.
+    fn event(ty: u16, flags: u16, c: &Conn) -> Vec<u8> {
+        let mut b = Builder::new((NFNL_SUBSYS_CTNETLINK << 8) | ty, flags, 0, 2);
+        b.tuple(CTA_TUPLE_ORIG, &c.orig);
+        b.tuple(CTA_TUPLE_REPLY, &c.reply);
+        b.attr(CTA_STATUS, &c.status.to_be_bytes());
+        b.attr(CTA_MARK, &c.mark.to_be_bytes());
+        b.attr(CTA_ID, &c.id.to_be_bytes());
+        if let Some(t) = c.timeout {
+            b.attr(CTA_TIMEOUT, &t.to_be_bytes());
+        }
+        let pi = b.nest(CTA_PROTOINFO);
+        let tcp = b.nest(CTA_PROTOINFO_TCP);
+        b.attr(CTA_PROTOINFO_TCP_STATE, &[c.tcp_state.unwrap_or(0)]);
+        b.end_nest(tcp);
+        b.end_nest(pi);
+        b.finish()
+    }
+
+    fn conn() -> Conn {
+        Conn {
+            id: 0xdead_beef,
+            orig: tuple4([198, 18, 1, 2], [198, 19, 0, 1], 40000, 80),
+            reply: tuple4([198, 19, 0, 1], [198, 18, 255, 1], 80, 61000),
+            status: status::CONFIRMED | status::ASSURED | status::SEEN_REPLY | status::SRC_NAT,
+            tcp_state: Some(TCP_CONNTRACK_ESTABLISHED),
+            mark: 7,
+            zone: 0,
+            timeout: Some(431999),
+            helper: None,
+        }
+    }
+
+    #[test]
+    fn roundtrip_new_update_destroy() {
+        let c = conn();
+        let new = event(IPCTNL_MSG_CT_NEW, NLM_F_CREATE, &c);
+        let upd = event(IPCTNL_MSG_CT_NEW, 0, &c);
+        let del = event(IPCTNL_MSG_CT_DELETE, 0, &c);
+        let mut all = new.clone();
+        all.extend_from_slice(&upd);
+        all.extend_from_slice(&del);
+        let got = parse_datagram(&all);
+        assert_eq!(
+            got,
+            vec![
+                Ok(Message::New(c.clone())),
+                Ok(Message::Update(c.clone())),
+                Ok(Message::Destroy(c.clone()))
+            ]
+        );
+        assert!(c.offloadable_state());
+    }
+
+    #[test]
+    fn offloadable_state_rules() {
+        let mut c = conn();
+        c.tcp_state = Some(2);
+        assert!(!c.offloadable_state(), "SYN_RECV");
+        c = conn();
+        c.status |= status::DYING;
+        assert!(!c.offloadable_state());
+        c = conn();
+        c.helper = Some("ftp".into());
+        assert!(!c.offloadable_state());
+        c = conn();
+        c.orig.proto = IPPROTO_UDP;
+        c.tcp_state = None;
+        assert!(c.offloadable_state());
+        c.status &= !status::ASSURED;
+        assert!(!c.offloadable_state(), "unassured UDP");
+    }
+
+    #[test]
+    fn truncated_and_garbage_input_is_an_error_not_a_panic() {
+        let full = event(IPCTNL_MSG_CT_NEW, NLM_F_CREATE, &conn());
+        for cut in 0..full.len() {
+            let mut m = full[..cut].to_vec();
+            if m.len() >= 4 {
+                m[0..4].copy_from_slice(&(cut as u32).to_ne_bytes());
+            }
+            // Must not panic; either an error or (rarely) a partial parse.
+            let _ = parse_datagram(&m);
+        }
+        let mut seed = 0x1234_5678u32;
+        for _ in 0..2000 {
+            let mut m = full.clone();
+            for _ in 0..4 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let i = (seed as usize >> 8) % m.len();
+                m[i] = (seed >> 24) as u8;
+            }
+            let _ = parse_datagram(&m);
+        }
+    }
+
+    #[test]
+    fn refresh_request_layout() {
+        let c = conn();
+        let r = refresh_request(9, &c.orig, 0, 120);
+        assert_eq!(u32_ne(&r, 0), Ok(r.len() as u32));
+        assert_eq!(u16_ne(&r, 4), Ok(NFNL_SUBSYS_CTNETLINK << 8));
+        // The tuple we encode parses back to the same tuple.
+        let body = &r[20..];
+        let mut seen_timeout = None;
+        let mut seen_tuple = None;
+        for a in attrs(body) {
+            let (ty, v) = a.unwrap_or((0, &[]));
+            match ty {
+                CTA_TUPLE_ORIG => seen_tuple = parse_tuple(v).ok(),
+                CTA_TIMEOUT => seen_timeout = be32(v).ok(),
+                _ => {}
+            }
+        }
+        assert_eq!(seen_tuple, Some(c.orig));
+        assert_eq!(seen_timeout, Some(120));
+    }
+}

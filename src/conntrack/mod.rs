@@ -1,0 +1,214 @@
+//! Conntrack over ctnetlink: the event subscription that drives admission (new, updated and
+//! destroyed connections, plus nf_tables ruleset generations, which mean "firewall reloaded"),
+//! and a request socket for dumps, lookups and timeout refreshes.
+//!
+//! Events are the main path; the dump at start (and after an event-queue overflow) catches up
+//! with what happened while nobody listened.
+
+pub mod codec;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use anyhow::bail;
+use anyhow::Context;
+use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::Socket;
+use netlink_sys::SocketAddr;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+pub use codec::Conn;
+pub use codec::Message;
+pub use codec::Tuple;
+
+/// Receive buffer asked for on the event socket: bursts of thousands of new connections must not
+/// overflow it in normal operation (overflow is survivable: see [`Recv::Overflow`]).
+const EVENT_RCVBUF: usize = 8 << 20;
+
+/// What one read from the event socket produced.
+pub enum Recv {
+    /// Decoded messages (malformed ones are logged and dropped).
+    Messages(Vec<Message>),
+    /// The kernel dropped events (ENOBUFS): the caller must resynchronise with a dump.
+    Overflow,
+}
+
+fn recv_some(sock: &Socket, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.clear();
+    sock.recv(buf, 0)
+}
+
+fn decode(buf: &[u8]) -> Vec<Message> {
+    codec::parse_datagram(buf)
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| log::debug!("conntrack: {e}")).ok())
+        .collect()
+}
+
+/// The multicast subscription.
+pub struct EventSocket {
+    fd: AsyncFd<Socket>,
+    buf: Vec<u8>,
+}
+
+impl EventSocket {
+    /// Subscribes to conntrack new/update/destroy events and nf_tables generation changes.
+    pub fn subscribe() -> anyhow::Result<Self> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).context("opening a ctnetlink socket")?;
+        sock.bind_auto().context("binding the ctnetlink socket")?;
+        for g in [
+            codec::NFNLGRP_CONNTRACK_NEW,
+            codec::NFNLGRP_CONNTRACK_UPDATE,
+            codec::NFNLGRP_CONNTRACK_DESTROY,
+        ] {
+            sock.add_membership(g)
+                .context("subscribing to conntrack events (is nf_conntrack_netlink loaded?)")?;
+        }
+        if let Err(e) = sock.add_membership(codec::NFNLGRP_NFTABLES) {
+            log::warn!(
+                "no nf_tables events ({e}): firewall reloads will not flush offloaded flows"
+            );
+        }
+        if let Err(e) = sock.set_rx_buf_sz(EVENT_RCVBUF) {
+            log::debug!("conntrack event buffer: {e}");
+        }
+        sock.set_non_blocking(true)
+            .context("making the ctnetlink socket non-blocking")?;
+        // SAFETY: `sock` owns its fd and is moved into the AsyncFd, which keeps it open, and
+        // netlink_sys::Socket::as_raw_fd always returns that same fd.
+        let fd = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("registering the ctnetlink socket")?;
+        Ok(Self {
+            fd,
+            buf: Vec::with_capacity(256 << 10),
+        })
+    }
+
+    /// Waits for the next batch of events.
+    pub async fn recv(&mut self) -> anyhow::Result<Recv> {
+        loop {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .context("waiting for conntrack events")?;
+            let buf = &mut self.buf;
+            match guard.try_io(|s| recv_some(s.get_ref(), buf)) {
+                Ok(Ok(_)) => return Ok(Recv::Messages(decode(&self.buf))),
+                Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    return Ok(Recv::Overflow)
+                }
+                Ok(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e).context("reading conntrack events"),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// Request/response socket for dumps, lookups and refreshes. Blocking with a short timeout: the
+/// kernel answers these from memory, so they complete in microseconds to milliseconds.
+pub struct Client {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Opens the socket.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).context("opening a ctnetlink socket")?;
+        sock.bind_auto().context("binding the ctnetlink socket")?;
+        set_timeout(&sock, Duration::from_secs(2))?;
+        Ok(Self {
+            sock,
+            seq: 1,
+            buf: Vec::with_capacity(256 << 10),
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    fn send(&self, msg: &[u8]) -> anyhow::Result<()> {
+        let kernel = SocketAddr::new(0, 0);
+        self.sock
+            .send_to(msg, &kernel, 0)
+            .context("sending a ctnetlink request")?;
+        Ok(())
+    }
+
+    /// Every conntrack entry (both families).
+    pub fn dump(&mut self) -> anyhow::Result<Vec<Conn>> {
+        let seq = self.next_seq();
+        self.send(&codec::dump_request(seq, codec::libc_af::UNSPEC))?;
+        let mut out = Vec::new();
+        // Bounded: a table of a million entries is ~4000 datagrams.
+        for _ in 0..1_000_000 {
+            recv_some(&self.sock, &mut self.buf).context("reading the conntrack dump")?;
+            for m in codec::parse_datagram(&self.buf) {
+                match m {
+                    Ok(Message::New(c)) | Ok(Message::Update(c)) => out.push(c),
+                    Ok(Message::Done) => return Ok(out),
+                    Ok(Message::Ack { errno, .. }) if errno != 0 => {
+                        bail!("conntrack dump failed: errno {}", -errno)
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::debug!("conntrack dump: {e}"),
+                }
+            }
+        }
+        bail!("conntrack dump did not terminate")
+    }
+
+    /// Sets the timeout of each entry (by original tuple and zone) in one batch; returns, in
+    /// order, whether each one still exists (ENOENT: it is gone).
+    pub fn refresh(
+        &mut self,
+        entries: &[(Tuple, u16)],
+        timeout_s: u32,
+    ) -> anyhow::Result<Vec<bool>> {
+        let mut alive = vec![true; entries.len()];
+        // Batches of up to 64 requests per datagram keep the socket buffer small.
+        for (chunk_no, chunk) in entries.chunks(64).enumerate() {
+            let first = self.seq.wrapping_add(1);
+            let mut batch = Vec::with_capacity(chunk.len() * 96);
+            for (t, zone) in chunk {
+                let seq = self.next_seq();
+                batch.extend_from_slice(&codec::refresh_request(seq, t, *zone, timeout_s));
+            }
+            self.send(&batch)?;
+            let mut pending = chunk.len();
+            while pending > 0 {
+                recv_some(&self.sock, &mut self.buf).context("reading refresh acks")?;
+                for m in codec::parse_datagram(&self.buf) {
+                    if let Ok(Message::Ack { seq, errno }) = m {
+                        let idx = seq.wrapping_sub(first) as usize;
+                        if idx < chunk.len() {
+                            pending -= 1;
+                            if errno == -nix::libc::ENOENT {
+                                alive[chunk_no * 64 + idx] = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(alive)
+    }
+}
+
+fn set_timeout(sock: &Socket, d: Duration) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _);
+    // SAFETY: the fd is owned by `sock`, open for the duration of this borrow; setsockopt only
+    // reads the TimeVal we pass.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .context("setting the ctnetlink receive timeout")?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The daemon's life cycle, end to end, as root in a throw-away namespace: start, attach XDP to
+//! the configured devices, answer status, reload (good and bad config), exit cleanly on SIGTERM
+//! leaving nothing attached or pinned. `ip` is the independent oracle for what is attached.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::Bpffs;
+use harness::Daemon;
+use harness::Netns;
+use harness::TempDir;
+
+fn config(devices: &[&str]) -> String {
+    let mut s = String::from(
+        "config globals 'globals'\n\toption enabled '1'\n\toption offload '1'\n\toption log_level 'debug'\n",
+    );
+    for (i, d) in devices.iter().enumerate() {
+        s.push_str(&format!(
+            "\nconfig interface 'if{i}'\n\toption device '{d}'\n"
+        ));
+    }
+    s
+}
+
+/// The XDP program id attached to `dev` in `ns`, from `ip -j -d link` (the oracle).
+fn xdp_attached(ns: &Netns, dev: &str) -> Option<String> {
+    let out = ns.ip(&["-j", "-d", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let xdp = v.get(0)?.get("xdp")?;
+    Some(xdp.get("mode").map(|m| m.to_string()).unwrap_or_default())
+}
+
+fn veth_pair(ns: &Netns) {
+    ns.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ]);
+    ns.ip(&[
+        "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p",
+    ]);
+    for d in ["lan0", "lan0p", "wan0", "wan0p"] {
+        ns.ip(&["link", "set", d, "up"]);
+    }
+}
+
+#[test]
+fn daemon_lifecycle_attach_status_reload_exit() {
+    if !harness::require_root("daemon_lifecycle_attach_status_reload_exit") {
+        return;
+    }
+    let ns = Netns::new("bqd");
+    veth_pair(&ns);
+    let work = TempDir::new("bpfqos-daemon-");
+    let bpffs = Bpffs::new();
+    let pin_dir = bpffs.dir.join("bpfqos");
+    let cfg = work.write("bpfqos", &config(&["lan0"]));
+    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+
+    let mut d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    let st = d.status();
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert!(st["uptime_s"].is_u64());
+    assert_eq!(st["offload"]["enabled"], true, "{st}");
+    assert_eq!(st["attach"].as_array().map(Vec::len), Some(1), "{st}");
+    assert_eq!(st["attach"][0]["device"], "lan0");
+    assert_eq!(st["attach"][0]["hook"], "xdp");
+    assert_eq!(
+        st["attach"][0]["mode"], "native",
+        "veth supports native XDP: {st}"
+    );
+    assert!(
+        xdp_attached(&ns, "lan0").is_some(),
+        "ip link shows no XDP on lan0"
+    );
+    assert!(xdp_attached(&ns, "wan0").is_none());
+    // Maps are pinned for re-adoption after a restart.
+    assert!(pin_dir.join("control").exists(), "control map not pinned");
+
+    // Human status names the attach point.
+    let out = d.client(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lan0") && text.contains("native"), "{text}");
+
+    // A bad config is rejected by `reload`, with file, line and option; the running one stays.
+    let bad = config(&["lan0"]).replace("option log_level 'debug'", "option log_level 'loud'");
+    work.write("bpfqos", &bad);
+    let out = d.client(&["reload"]);
+    assert!(!out.status.success(), "bad reload must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:4:", cfg.display())), "{err}");
+    assert!(err.contains("log_level"), "{err}");
+    let st = d.status();
+    assert_eq!(st["attach"].as_array().map(Vec::len), Some(1));
+    assert!(st["config"]["last_reload_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("log_level")));
+    assert!(
+        xdp_attached(&ns, "lan0").is_some(),
+        "bad reload must not detach"
+    );
+
+    // A good config via SIGHUP: wan0 is attached too.
+    work.write("bpfqos", &config(&["lan0", "wan0"]));
+    d.signal("HUP");
+    let ok = harness::wait_for(Duration::from_secs(5), || {
+        d.status()["attach"].as_array().map(Vec::len) == Some(2)
+    });
+    assert!(ok, "SIGHUP reload did not attach wan0: {}", d.status());
+    assert!(xdp_attached(&ns, "wan0").is_some());
+    assert_eq!(d.status()["config"]["reloads"], 1);
+    assert!(d.status()["config"].get("last_reload_error").is_none());
+
+    // Removing an interface from the config detaches it on `reload`.
+    work.write("bpfqos", &config(&["wan0"]));
+    assert!(d.client(&["reload"]).status.success());
+    assert!(
+        xdp_attached(&ns, "lan0").is_none(),
+        "lan0 still attached after removal"
+    );
+
+    // SIGTERM: clean exit, nothing left attached, pinned or listening.
+    d.signal("TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        xdp_attached(&ns, "wan0").is_none(),
+        "XDP left attached after exit"
+    );
+    assert!(!pin_dir.join("control").exists(), "pins left after exit");
+    assert!(!d.socket.exists(), "socket left after exit");
+}
+
+#[test]
+fn keep_leaves_attached_and_restart_readopts() {
+    if !harness::require_root("keep_leaves_attached_and_restart_readopts") {
+        return;
+    }
+    let ns = Netns::new("bqk");
+    veth_pair(&ns);
+    let work = TempDir::new("bpfqos-keep-");
+    let bpffs = Bpffs::new();
+    let pin_dir = bpffs.dir.join("bpfqos");
+    let cfg = work.write("bpfqos", &config(&["lan0"]));
+    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+
+    let mut d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &["--keep"]);
+    d.signal("TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        xdp_attached(&ns, "lan0").is_some(),
+        "--keep must leave XDP attached"
+    );
+    assert!(
+        pin_dir.join("control").exists(),
+        "--keep must leave maps pinned"
+    );
+
+    let mut d2 = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    assert!(
+        d2.log_text().contains("re-adopted pinned maps"),
+        "{}",
+        d2.log_text()
+    );
+    assert_eq!(d2.status()["attach"][0]["device"], "lan0");
+    d2.signal("TERM");
+    assert_eq!(d2.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(xdp_attached(&ns, "lan0").is_none());
+}
+
+#[test]
+fn missing_device_is_reported_not_fatal() {
+    if !harness::require_root("missing_device_is_reported_not_fatal") {
+        return;
+    }
+    let ns = Netns::new("bqm");
+    let work = TempDir::new("bpfqos-missing-");
+    let bpffs = Bpffs::new();
+    let cfg = work.write("bpfqos", &config(&["nosuch0"]));
+    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let d = Daemon::start(
+        Some(&ns),
+        &config_dir,
+        &bpffs.dir.join("p"),
+        &work.path,
+        &[],
+    );
+    let st = d.status();
+    assert_eq!(st["attach"].as_array().map(Vec::len), Some(0));
+    assert!(
+        st["interfaces"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no such device")),
+        "{st}"
+    );
+    // The device appears later (hotplug): it gets attached without a reload.
+    ns.ip(&[
+        "link", "add", "nosuch0", "type", "veth", "peer", "name", "nosuch0p",
+    ]);
+    ns.ip(&["link", "set", "nosuch0", "up"]);
+    let ok = harness::wait_for(Duration::from_secs(5), || {
+        d.status()["attach"].as_array().map(Vec::len) == Some(1)
+    });
+    assert!(ok, "late device not attached: {}", d.status());
+}
+
+#[test]
+fn clients_without_daemon_fail_clearly() {
+    let sock = std::env::temp_dir().join(harness::unique("bpfqos-nosock-"));
+    let out = std::process::Command::new(harness::bpfqos_bin())
+        .args(["status", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    let out = std::process::Command::new(harness::bpfqos_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["running"], false, "{v}");
+}
+
+#[test]
+fn rpcd_contract() {
+    let out = std::process::Command::new(harness::bpfqos_bin())
+        .args(["rpcd", "list"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for m in ["status", "reload", "check_config"] {
+        assert!(v[m].is_object(), "{m} missing from {v}");
+    }
+    let out = std::process::Command::new(harness::bpfqos_bin())
+        .args([
+            "rpcd",
+            "call",
+            "status",
+            "--socket",
+            "/nonexistent/bpfqos.sock",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "rpcd wants exit 0 and a JSON error");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(v["error"].is_string(), "{v}");
+}
+
+#[test]
+fn version_matches_cargo() {
+    let out = std::process::Command::new(harness::bpfqos_bin())
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("bpfqos {}", env!("CARGO_PKG_VERSION"))
+    );
+}

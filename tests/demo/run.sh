@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The demo router: three network namespaces (LAN client, router, WAN server), NAT on the router,
+# bpfqos running on it with tests/demo/config/bpfqos, real TCP and UDP traffic through it, and
+# `bpfqos status` before and after. Everything is torn down on exit, also on failure or Ctrl-C.
+#
+#   LAN client            router                                  WAN server
+#   c0 198.18.1.2 ── lan1 [br-lan 198.18.1.1]  wan0 198.19.0.1 ── s0 198.19.0.2
+#      fd00:1::2                 fd00:1::1           fd00:2::1       fd00:2::2
+set -euo pipefail
+BIN=${1:-target/release/bpfqos}
+BIN=$(realpath "$BIN")
+HERE=$(cd "$(dirname "$0")" && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces, BPF)" >&2; exit 1; }
+
+P=bqdemo$$
+LAN=$P-lan RTR=$P-rtr SRV=$P-srv
+WORK=$(mktemp -d /tmp/bpfqos-demo.XXXXXX)
+DAEMON_PID=
+
+cleanup() {
+	set +e
+	[ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+	for ns in "$LAN" "$RTR" "$SRV"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null; done
+	for ns in "$LAN" "$RTR" "$SRV"; do ip netns del "$ns" 2>/dev/null; done
+	umount "$WORK/bpffs" 2>/dev/null
+	rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+in() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+say "building the namespace router"
+for ns in "$LAN" "$RTR" "$SRV"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip -n "$LAN" link add c0 type veth peer name lan1 netns "$RTR"
+ip -n "$SRV" link add s0 type veth peer name wan0 netns "$RTR"
+ip -n "$RTR" link add br-lan type bridge
+ip -n "$RTR" link set lan1 master br-lan
+for d in lan1 br-lan wan0; do ip -n "$RTR" link set "$d" up; done
+ip -n "$LAN" link set c0 up
+ip -n "$SRV" link set s0 up
+ip -n "$RTR" addr add 198.18.1.1/24 dev br-lan
+ip -n "$RTR" addr add fd00:1::1/64 dev br-lan nodad
+ip -n "$RTR" addr add 198.19.0.1/24 dev wan0
+ip -n "$RTR" addr add fd00:2::1/64 dev wan0 nodad
+ip -n "$LAN" addr add 198.18.1.2/24 dev c0
+ip -n "$LAN" addr add fd00:1::2/64 dev c0 nodad
+ip -n "$LAN" route add default via 198.18.1.1
+ip -n "$LAN" -6 route add default via fd00:1::1
+ip -n "$SRV" addr add 198.19.0.2/24 dev s0
+ip -n "$SRV" addr add fd00:2::2/64 dev s0 nodad
+ip -n "$SRV" -6 route add default via fd00:2::1
+in "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+in "$RTR" nft -f - <<'NFT'
+table inet demo_nat {
+	chain post { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
+}
+NFT
+# veth and XDP (docs: ../shared/testing.md): end hosts send full checksums and MTU-sized frames
+# like real NICs, and the receiving ends of redirected frames run NAPI (GRO).
+in "$LAN" ethtool -K c0 tx off tso off gso off gro on >/dev/null
+in "$SRV" ethtool -K s0 tx off tso off gso off gro on >/dev/null
+
+say "starting bpfqos (config: tests/demo/config/bpfqos)"
+mkdir -p "$WORK/bpffs" "$WORK/etc"
+mount -t bpf bpf "$WORK/bpffs"
+cp "$HERE/config/bpfqos" "$WORK/etc/bpfqos"
+"$BIN" check-config --config-dir "$WORK/etc"
+SOCK=$WORK/bpfqos.sock
+in "$RTR" "$BIN" daemon --config-dir "$WORK/etc" --socket "$SOCK" --pin-dir "$WORK/bpffs/bpfqos" \
+	2> >(sed 's/^/  daemon: /' >&2) &
+DAEMON_PID=$!
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+[ -S "$SOCK" ] || { echo "demo: daemon did not start" >&2; exit 1; }
+"$BIN" status --socket "$SOCK"
+
+say "traffic: TCP and UDP, LAN client -> WAN server, through NAT (5 s each, bounded)"
+in "$SRV" iperf3 -s -D -1 -B 198.19.0.2 --logfile "$WORK/iperf-s.log"
+sleep 0.3
+in "$LAN" iperf3 -c 198.19.0.2 -t 5 -f m --connect-timeout 2000 | grep -E 'sender|receiver'
+in "$SRV" iperf3 -s -D -1 -B 198.19.0.2 --logfile "$WORK/iperf-s2.log"
+sleep 0.3
+in "$LAN" iperf3 -c 198.19.0.2 -u -b 200M -l 1200 -t 5 -f m --connect-timeout 2000 | grep -E 'sender|receiver'
+in "$LAN" ping -c 2 -W 1 -q fd00:2::2 | tail -1
+
+say "bpfqos status"
+"$BIN" status --socket "$SOCK"
+say "bpfqos status --json (what ubus call bpfqos status returns)"
+"$BIN" status --json --socket "$SOCK"
+echo
+say "demo done; tearing down"
