@@ -206,6 +206,19 @@ fn corpus_matches_uci() {
     for file in &files {
         let text =
             std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // The syntax corpus carries what `uci show` printed when it was written; it must
+        // still be what uci prints (tests/config_errors.rs checks our parser against it).
+        let golden = file.with_extension("show");
+        if golden.is_file() {
+            let want = std::fs::read_to_string(&golden).unwrap_or_default();
+            let got = run_oracle(bin, &text).map(|(_, show, _)| show);
+            if got.as_deref() != Some(want.as_str()) {
+                failures.push(format!(
+                    "--- {}: uci show now prints {got:?}",
+                    golden.display()
+                ));
+            }
+        }
         if let Some(f) = compare(bin, &file.display().to_string(), &text) {
             failures.push(f);
         } else if ours(&text).is_some() {

@@ -190,17 +190,17 @@ pub fn build(file: &Path, package: &Package) -> (Config, Vec<Diagnostic>, Vec<Di
                 globals_at = Some(section.line);
                 config.globals = globals(&mut report, &sref, section);
             }
+            // Sections with errors are kept too (the config is not used then), so that the
+            // checks across sections still run on what is valid in them.
             "interface" => {
-                if let Some(i) = interface(&mut report, &sref, section) {
-                    config.interfaces.push(i);
-                    interface_origin.push((sref, section));
-                }
+                config
+                    .interfaces
+                    .push(interface(&mut report, &sref, section));
+                interface_origin.push((sref, section));
             }
             "circuit" => {
-                if let Some(c) = circuit(&mut report, &sref, section) {
-                    config.circuits.push(c);
-                    circuit_origin.push((sref, section));
-                }
+                config.circuits.push(circuit(&mut report, &sref, section));
+                circuit_origin.push((sref, section));
             }
             other => report.warn(
                 section.line,
@@ -217,6 +217,9 @@ pub fn build(file: &Path, package: &Package) -> (Config, Vec<Diagnostic>, Vec<Di
     check_unique_circuits(&mut report, &config.circuits, &circuit_origin);
     check_overlaps(&mut report, &config.circuits, &circuit_origin);
 
+    // Cross-section checks come last; report in file order, like a compiler.
+    report.errors.sort_by_key(|d| d.line);
+    report.warnings.sort_by_key(|d| d.line);
     (config, report.errors, report.warnings)
 }
 
@@ -337,8 +340,7 @@ fn globals(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Glo
     g
 }
 
-fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Option<Interface> {
-    let errors_before = report.errors.len();
+fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Interface {
     let mut i = Interface {
         name: String::new(),
         network: None,
@@ -404,7 +406,7 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> O
     if i.autorate {
         check_autorate(report, sref, section, &i, autorate_line, &failed);
     }
-    (report.errors.len() == errors_before).then_some(i)
+    i
 }
 
 /// Autorate moves a direction's rate between its min_ and max_ bound. A direction takes part
@@ -506,8 +508,7 @@ fn check_autorate(
     }
 }
 
-fn circuit(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Option<Circuit> {
-    let errors_before = report.errors.len();
+fn circuit(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Circuit {
     let mut c = Circuit {
         name: String::new(),
         ips: Vec::new(),
@@ -535,9 +536,12 @@ fn circuit(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Opt
         }
         true
     });
+    let has = |name: &str| section.options.iter().any(|o| o.name == name);
     c.name = match named {
         Some(n) => n,
         None if !section.anonymous => section.name.clone(),
+        // An invalid name was reported already.
+        None if has("name") => String::new(),
         None => {
             report.error(
                 section.line,
@@ -548,8 +552,7 @@ fn circuit(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Opt
             String::new()
         }
     };
-    let has_ip = section.options.iter().any(|o| o.name == "ip");
-    if !has_ip {
+    if !has("ip") {
         report.error(
             section.line,
             sref,
@@ -557,7 +560,7 @@ fn circuit(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Opt
             "needs at least one 'list ip' (address or prefix)".into(),
         );
     }
-    (report.errors.len() == errors_before).then_some(c)
+    c
 }
 
 /// The line of `option` in `section`, else the section's line.
@@ -603,7 +606,7 @@ fn check_unique_interfaces(
                 );
                 break;
             }
-            if i.name == prev.name {
+            if !i.name.is_empty() && i.name == prev.name {
                 report.error(
                     section.line,
                     sref,
@@ -626,8 +629,9 @@ fn check_unique_circuits(
 ) {
     for (n, (c, (sref, section))) in circuits.iter().zip(origin).enumerate() {
         let earlier = circuits[..n].iter().zip(origin);
-        if let Some((_, (prev_ref, prev_section))) =
-            earlier.into_iter().find(|(p, _)| p.name == c.name)
+        if let Some((_, (prev_ref, prev_section))) = earlier
+            .into_iter()
+            .find(|(p, _)| !c.name.is_empty() && p.name == c.name)
         {
             let has_name = section.options.iter().any(|o| o.name == "name");
             report.error(

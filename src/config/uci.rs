@@ -346,6 +346,7 @@ fn parse_line(lx: &mut Lexer, pkg: &mut Package, current: &mut Current) -> Resul
         lx.put(end, 0);
         let word = lx.buf[start..end].to_vec();
         let line = lx.phys_line;
+        lx.stmt_line = line;
         let is = |short: u8, long: &[u8]| word == [short] || word == long;
         let result = if word[0] == b'#' {
             return Ok(());
@@ -384,8 +385,8 @@ fn parse_line(lx: &mut Lexer, pkg: &mut Package, current: &mut Current) -> Resul
         };
         result.map_err(|message| LineError {
             line,
+            config_failed: message.starts_with("'config'"),
             message,
-            config_failed: false,
         })?;
     }
 }
@@ -499,6 +500,10 @@ struct Lexer<'a> {
     eof: bool,
     /// Physical lines read so far (the 1-based number of the latest one).
     phys_line: u32,
+    /// Line of the last opening quote.
+    quote_line: u32,
+    /// Line of the statement being parsed.
+    stmt_line: u32,
 }
 
 impl<'a> Lexer<'a> {
@@ -511,6 +516,8 @@ impl<'a> Lexer<'a> {
             pos: 0,
             eof: false,
             phys_line: 0,
+            quote_line: 0,
+            stmt_line: 0,
         }
     }
 
@@ -558,6 +565,18 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// An unterminated quote swallowed the rest of the file: say where it started.
+    fn unterminated(&self, quote: char) -> String {
+        if self.quote_line == self.stmt_line {
+            format!("unterminated {quote} quote (still open at the end of the file)")
+        } else {
+            format!(
+                "unterminated {quote} quote: the quotes from line {} on do not pair up, the one on line {} stays open to the end of the file",
+                self.stmt_line, self.quote_line
+            )
+        }
+    }
+
     fn skip_whitespace(&mut self) {
         while self.cur() != 0 && is_space(self.cur()) {
             self.pos += 1;
@@ -597,7 +616,8 @@ impl<'a> Lexer<'a> {
         true
     }
 
-    fn parse_double_quote(&mut self, target: &mut usize, opened: u32) -> Result<(), String> {
+    fn parse_double_quote(&mut self, target: &mut usize) -> Result<(), String> {
+        self.quote_line = self.phys_line;
         self.pos += 1;
         loop {
             match self.cur() {
@@ -608,7 +628,7 @@ impl<'a> Lexer<'a> {
                 0 => {
                     self.getln(self.pos);
                     if self.cur() == 0 {
-                        return Err(unterminated('"', opened));
+                        return Err(self.unterminated('"'));
                     }
                 }
                 b'\\' => {
@@ -621,7 +641,8 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn parse_single_quote(&mut self, target: &mut usize, opened: u32) -> Result<(), String> {
+    fn parse_single_quote(&mut self, target: &mut usize) -> Result<(), String> {
+        self.quote_line = self.phys_line;
         self.pos += 1;
         loop {
             match self.cur() {
@@ -632,7 +653,7 @@ impl<'a> Lexer<'a> {
                 0 => {
                     self.getln(self.pos);
                     if self.cur() == 0 {
-                        return Err(unterminated('\'', opened));
+                        return Err(self.unterminated('\''));
                     }
                 }
                 _ => self.addc(target),
@@ -644,10 +665,9 @@ impl<'a> Lexer<'a> {
     fn parse_str(&mut self, target: &mut usize) -> Result<(), String> {
         let mut next = true;
         loop {
-            let line = self.phys_line;
             match self.cur() {
-                b'\'' => self.parse_single_quote(target, line)?,
-                b'"' => self.parse_double_quote(target, line)?,
+                b'\'' => self.parse_single_quote(target)?,
+                b'"' => self.parse_double_quote(target)?,
                 b'#' => {
                     self.put(self.pos, 0);
                     break;
@@ -718,10 +738,4 @@ impl<'a> Lexer<'a> {
             ))
         }
     }
-}
-
-fn unterminated(quote: char, opened: u32) -> String {
-    format!(
-        "unterminated {quote} quote (opened on line {opened}, still open at the end of the file)"
-    )
 }
