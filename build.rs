@@ -1,1 +1,131 @@
-fn main(){}
+//! Builds the BPF data path: every `bpf/*.bpf.c` is compiled with clang for both byte orders
+//! (`<name>.bpfel.o`, `<name>.bpfeb.o` in OUT_DIR; big-endian is for MIPS routers), and a
+//! libbpf-rs skeleton (`<name>.skel.rs`) is generated from the object matching the target's byte
+//! order. UAPI headers only: no vmlinux.h, no CO-RE (OpenWrt kernels ship without BTF).
+//!
+//! Environment:
+//! - `BPFQOS_CLANG`: the clang to use (default `clang`).
+//! - `BPFQOS_BPF_CFLAGS`: extra flags, whitespace-separated (e.g. `-I<staging>/usr/include` for
+//!   the OpenWrt cross build, whose host has no multiarch asm/ headers for the target).
+//!
+//! Without cargo, the same objects come from `bpf/build.sh OUTDIR` (used by `make bpf`).
+
+use std::env;
+use std::fs;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+
+use libbpf_cargo::SkeletonBuilder;
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), BoxError> {
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let bpf_dir = manifest.join("bpf");
+    println!("cargo:rerun-if-changed={}", bpf_dir.display());
+    println!("cargo:rerun-if-env-changed=BPFQOS_CLANG");
+    println!("cargo:rerun-if-env-changed=BPFQOS_BPF_CFLAGS");
+
+    // libbpf's own headers (bpf_helpers.h, bpf_endian.h, ...) come from libbpf-sys, written
+    // into OUT_DIR/include/bpf so that `#include <bpf/bpf_helpers.h>` resolves.
+    let inc = out.join("include");
+    fs::create_dir_all(inc.join("bpf"))?;
+    for (name, text) in libbpf_sys::API_HEADERS {
+        write_if_changed(&inc.join("bpf").join(name), text.as_bytes())?;
+    }
+
+    let clang = env::var("BPFQOS_CLANG").unwrap_or_else(|_| "clang".to_string());
+    let extra: Vec<String> = env::var("BPFQOS_BPF_CFLAGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let native = match env::var("CARGO_CFG_TARGET_ENDIAN")?.as_str() {
+        "big" => "bpfeb",
+        _ => "bpfel",
+    };
+
+    let mut sources: Vec<PathBuf> = fs::read_dir(&bpf_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
+    sources.sort();
+    for src in &sources {
+        let file = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("bad BPF source name")?;
+        let name = file.trim_end_matches(".bpf.c");
+        for target in ["bpfel", "bpfeb"] {
+            let obj = out.join(format!("{name}.{target}.o"));
+            compile(
+                &clang,
+                target,
+                src,
+                &obj,
+                &[&inc, &bpf_dir.join("include")],
+                &extra,
+            )?;
+        }
+        let skel = out.join(format!("{name}.skel.rs"));
+        SkeletonBuilder::new()
+            .obj(out.join(format!("{name}.{native}.o")))
+            .generate(&skel)
+            .map_err(|e| format!("generating the skeleton for {file}: {e:#}"))?;
+    }
+    Ok(())
+}
+
+fn compile(
+    clang: &str,
+    target: &str,
+    src: &Path,
+    obj: &Path,
+    includes: &[&Path],
+    extra: &[String],
+) -> Result<(), BoxError> {
+    let mut cmd = Command::new(clang);
+    cmd.args(["-O2", "-g", "-Wall", "-Werror", "-target", target, "-c"]);
+    for dir in includes {
+        cmd.arg(format!("-I{}", dir.display()));
+    }
+    // <linux/types.h> needs <asm/types.h>; on Debian it lives in the multiarch directory.
+    for dir in multiarch_includes() {
+        cmd.arg(format!("-idirafter{}", dir.display()));
+    }
+    cmd.args(extra);
+    cmd.arg(src).arg("-o").arg(obj);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running {clang} (set BPFQOS_CLANG?): {e}"))?;
+    if !status.success() {
+        return Err(format!("{clang} failed on {} for {target}: {status}", src.display()).into());
+    }
+    Ok(())
+}
+
+/// The host's multiarch include directory (e.g. /usr/include/x86_64-linux-gnu), if any.
+fn multiarch_includes() -> Vec<PathBuf> {
+    let arch = env::var("HOST")
+        .ok()
+        .and_then(|h| h.split('-').next().map(str::to_string))
+        .unwrap_or_default();
+    let candidates = [
+        format!("/usr/include/{arch}-linux-gnu"),
+        format!("/usr/include/{arch}-linux-musl"),
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.join("asm").is_dir())
+        .collect()
+}
+
+fn write_if_changed(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if fs::read(path).map(|old| old == contents).unwrap_or(false) {
+        return Ok(());
+    }
+    fs::write(path, contents)
+}

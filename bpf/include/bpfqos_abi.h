@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The one definition of every structure shared between the BPF data path and
+ * the Rust control plane. libbpf-cargo turns the BTF of these types into the
+ * Rust `types` module of the skeleton (re-exported by src/dataplane/abi.rs), so
+ * there is no second, hand-kept copy; tests/bpf_abi.rs checks sizes and field
+ * offsets in the object's BTF against the Rust view.
+ *
+ * Rules for this file:
+ *  - fixed-width types only, every padding byte spelled out (hash keys are
+ *    compared bytewise, so padding must be zero and visible to user space);
+ *  - byte order: anything copied from or to the wire (addresses, ports, VLAN
+ *    TPID/TCI, PPPoE session id, checksum deltas) is in network byte order;
+ *    everything else (ifindex, MTU, counters, flags, enums) in host order.
+ */
+#ifndef BPFQOS_ABI_H
+#define BPFQOS_ABI_H
+
+#include <linux/types.h>
+
+/* DSA tagging protocols understood by the parser (per attach point). */
+enum bpfqos_dsa_proto {
+	BPFQOS_DSA_NONE = 0,
+	BPFQOS_DSA_MTK = 1,   /* 4 bytes after the source MAC */
+	BPFQOS_DSA_QCA = 2,   /* 2 bytes after the source MAC */
+	BPFQOS_DSA_GSWIP = 3, /* RX: 8 bytes before the MACs, TX: 4 bytes */
+};
+
+/* Per-attach-point configuration: `ifaces` array, indexed by ifindex. */
+struct bpfqos_iface {
+	__u8 dsa_proto; /* enum bpfqos_dsa_proto of this device's tagger */
+	__u8 pad[3];
+	__u32 flags; /* reserved, 0 */
+};
+
+/*
+ * L2 encapsulation between the Ethernet header and IP. In a flow key it is
+ * what the packet arrived with; in a next hop what to put on the way out.
+ * vlan_proto[i] == 0 means "no tag at this level"; [0] is the outer tag.
+ * In keys only the VID bits of the TCI are used (PCP/DEI are masked off by
+ * the parser); on egress the TCI is written as given.
+ */
+struct bpfqos_l2 {
+	__be16 vlan_proto[2]; /* ETH_P_8021Q or ETH_P_8021AD, network order */
+	__be16 vlan_tci[2];   /* network order */
+	__be16 pppoe_sid;     /* network order, valid if pppoe != 0 */
+	__u8 pppoe;	      /* 1: PPPoE session header present */
+	__u8 dsa_port;	      /* switch port of the DSA tag (0 without DSA) */
+};
+
+struct bpfqos_flow4_key {
+	__u32 ifindex; /* ingress device (the one the program is attached to) */
+	struct bpfqos_l2 l2;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];
+};
+
+struct bpfqos_flow6_key {
+	__u32 ifindex;
+	struct bpfqos_l2 l2;
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* What to do with a matching packet. */
+enum bpfqos_action {
+	BPFQOS_ACT_PASS = 0,	/* entry not ready: hand to the kernel */
+	BPFQOS_ACT_FORWARD = 1, /* forward from XDP or TC */
+	BPFQOS_ACT_FORWARD_TC =
+		2, /* XDP passes, the TC twin forwards (shaped egress) */
+};
+
+struct bpfqos_nexthop {
+	__u32 ifindex; /* lowest egress device; key of `tx_ports` for XDP */
+	__u8 h_dest[6];
+	__u8 h_source[6];
+	struct bpfqos_l2 l2; /* encapsulation to push */
+	__u16 mtu; /* max IP packet length (the L3 device's MTU, e.g. 1492) */
+	__u8 dsa_proto; /* egress conduit's tagger, enum bpfqos_dsa_proto */
+	__u8 pad;
+};
+
+/*
+ * Checksum deltas are 16-bit one's-complement sums, stored like a checksum
+ * field (network order): for every 16-bit word that NAT changes,
+ * delta += ~old + new, with end-around carry, folded to 16 bits.
+ * addr_csum covers the address words (IPv4 header checksum and the TCP/UDP
+ * pseudo-header), port_csum the port words (TCP/UDP only). Zero if no NAT.
+ */
+struct bpfqos_nat4 {
+	__be32 saddr; /* rewritten source (equal to the key's if no SNAT) */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u16 addr_csum;
+	__u16 port_csum;
+};
+
+struct bpfqos_nat6 {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u16 addr_csum;
+	__u16 port_csum;
+};
+
+/* Written by the data path; the daemon reads, and keeps them on updates. */
+struct bpfqos_counters {
+	__u64 packets;	    /* atomic adds: exact across CPUs */
+	__u64 bytes;	    /* IP packet bytes (like conntrack), atomic adds */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last forwarded packet */
+};
+
+/* Flow flags set by the data path. */
+#define BPFQOS_FLOW_F_TEARDOWN                                                 \
+	(1U << 0) /* FIN or RST seen: tear the flow down */
+
+struct bpfqos_flow4 {
+	struct bpfqos_nexthop nh;
+	struct bpfqos_nat4 nat;
+	__u8 action; /* enum bpfqos_action */
+	__u8 pad[3];
+	__u32 flags; /* BPFQOS_FLOW_F_*, set by BPF, cleared by user space */
+	struct bpfqos_counters cnt;
+};
+
+struct bpfqos_flow6 {
+	struct bpfqos_nexthop nh;
+	struct bpfqos_nat6 nat;
+	__u8 action;
+	__u8 pad[3];
+	__u32 flags;
+	struct bpfqos_counters cnt;
+};
+
+/* The daemon's side of the contract: `control` array, one entry. */
+#define BPFQOS_CTL_F_OFFLOAD (1U << 0) /* offload enabled */
+#define BPFQOS_HEARTBEAT_MAX_AGE_NS (3ULL * 1000 * 1000 * 1000)
+
+struct bpfqos_control {
+	__u64 heartbeat_ns; /* CLOCK_MONOTONIC (= bpf_ktime_get_ns) */
+	__u32 flags;	    /* BPFQOS_CTL_F_* */
+	__u32 pad;
+};
+
+/* Ring-buffer events (`events`). */
+enum bpfqos_event_type {
+	BPFQOS_EV_TEARDOWN4 = 1, /* FIN/RST on an offloaded IPv4 flow */
+	BPFQOS_EV_TEARDOWN6 = 2,
+};
+
+struct bpfqos_event {
+	__u32 type;	/* enum bpfqos_event_type */
+	__u8 tcp_flags; /* the TCP flags byte that triggered it */
+	__u8 pad[3];
+	struct bpfqos_flow4_key k4; /* valid for BPFQOS_EV_TEARDOWN4 */
+	struct bpfqos_flow6_key k6; /* valid for BPFQOS_EV_TEARDOWN6 */
+};
+
+/* Per-CPU counters, `stats` array index. */
+enum bpfqos_stat {
+	BPFQOS_STAT_SEEN = 0,	    /* every packet the program ran on */
+	BPFQOS_STAT_PASS_DISABLED,  /* offload off or heartbeat stale */
+	BPFQOS_STAT_PASS_PARSE,	    /* not understood / malformed / truncated */
+	BPFQOS_STAT_PASS_NO_FLOW,   /* parsed, no flow entry */
+	BPFQOS_STAT_PASS_NOT_READY, /* entry present but not for this hook */
+	BPFQOS_STAT_PASS_TTL,	    /* TTL / hop limit <= 1 */
+	BPFQOS_STAT_PASS_MTU,	    /* too big for the egress MTU */
+	BPFQOS_STAT_PASS_TCP_END,   /* FIN or RST: teardown requested */
+	BPFQOS_STAT_PASS_CSUM,	    /* IPv6 UDP with zero checksum */
+	BPFQOS_STAT_PASS_NO_TXPORT, /* egress not in tx_ports */
+	BPFQOS_STAT_PASS_L2,	    /* could not resize the L2 header */
+	BPFQOS_STAT_REDIRECT,	    /* forwarded to another device */
+	BPFQOS_STAT_TX, /* XDP_TX: out of the device it came in on */
+	BPFQOS_STAT_MAX,
+};
+
+/*
+ * Layout guards: the Rust side asserts the same numbers (tests/bpf_abi.rs),
+ * and both are checked against the BTF of the built object.
+ */
+_Static_assert(sizeof(struct bpfqos_l2) == 12, "bpfqos_l2 layout");
+_Static_assert(sizeof(struct bpfqos_flow4_key) == 32, "flow4 key layout");
+_Static_assert(sizeof(struct bpfqos_flow6_key) == 56, "flow6 key layout");
+_Static_assert(sizeof(struct bpfqos_nexthop) == 32, "nexthop layout");
+_Static_assert(sizeof(struct bpfqos_flow4) == 80, "flow4 layout");
+_Static_assert(sizeof(struct bpfqos_flow6) == 104, "flow6 layout");
+_Static_assert(sizeof(struct bpfqos_control) == 16, "control layout");
+_Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");
+
+#endif /* BPFQOS_ABI_H */

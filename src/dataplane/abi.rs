@@ -1,0 +1,271 @@
+//! The Rust view of the BPF data path's ABI: map and program names, and the key/value structs
+//! of `bpf/include/bpfqos_abi.h`.
+//!
+//! The structs are not hand-kept here: libbpf-cargo generates them from the BTF of the built
+//! object (`OUT_DIR/offload.skel.rs`, module `types`) and this module only gives them domain
+//! names and the few helpers needed to fill them. Byte order follows the header: wire fields
+//! (addresses, ports, VLAN TPID/TCI, PPPoE session id, checksum deltas) are stored in network
+//! order, everything else in host order.
+//!
+//! This file is self-contained (no `crate::` paths) so the integration tests can include it.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
+
+/// The generated libbpf-rs skeleton of `bpf/offload.bpf.c` (including the `types` module).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::restriction,
+    clippy::undocumented_unsafe_blocks,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unsafe_op_in_unsafe_fn
+)]
+pub mod skel {
+    include!(concat!(env!("OUT_DIR"), "/offload.skel.rs"));
+}
+
+use skel::types;
+
+/// The offload object for this machine's byte order.
+#[cfg(target_endian = "little")]
+pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.o"));
+/// The offload object for this machine's byte order.
+#[cfg(target_endian = "big")]
+pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfeb.o"));
+
+/// XDP program (attach to the lowest ingress device).
+pub const XDP_PROG: &str = "bpfqos_xdp";
+/// TC-ingress twin of the XDP program.
+pub const TC_PROG: &str = "bpfqos_tc";
+/// `ARRAY[1]` of [`Control`]: heartbeat and the offload switch.
+pub const CONTROL_MAP: &str = "control";
+/// `PERCPU_ARRAY[STAT_MAX]` of `u64`, indexed by [`Stat`].
+pub const STATS_MAP: &str = "stats";
+/// `ARRAY` of [`Iface`], indexed by ifindex (< [`MAX_IFACES`]): the DSA tagger per device.
+pub const IFACES_MAP: &str = "ifaces";
+/// `HASH` [`FlowKey4`] → [`Flow4`].
+pub const FLOWS4_MAP: &str = "flows4";
+/// `HASH` [`FlowKey6`] → [`Flow6`].
+pub const FLOWS6_MAP: &str = "flows6";
+/// Both flow tables.
+pub const FLOW_MAPS: [&str; 2] = [FLOWS4_MAP, FLOWS6_MAP];
+/// `DEVMAP_HASH` keyed and valued by the egress ifindex (`u32`): XDP redirect targets.
+pub const TX_PORTS_MAP: &str = "tx_ports";
+/// `RINGBUF` of [`Event`]: FIN/RST seen on an offloaded flow.
+pub const EVENTS_MAP: &str = "events";
+/// Size of the `ifaces` array: devices with a larger ifindex are parsed without DSA tag.
+pub const MAX_IFACES: u32 = 4096;
+
+/// Shared control word (`struct bpfqos_control`).
+pub type Control = types::bpfqos_control;
+/// Per-device config (`struct bpfqos_iface`).
+pub type Iface = types::bpfqos_iface;
+/// L2 encapsulation: VLANs, PPPoE, DSA port (`struct bpfqos_l2`).
+pub type L2Encap = types::bpfqos_l2;
+/// IPv4 flow key (`struct bpfqos_flow4_key`).
+pub type FlowKey4 = types::bpfqos_flow4_key;
+/// IPv6 flow key (`struct bpfqos_flow6_key`).
+pub type FlowKey6 = types::bpfqos_flow6_key;
+/// Where and how to send a flow's packets (`struct bpfqos_nexthop`).
+pub type NextHop = types::bpfqos_nexthop;
+/// IPv4 NAT rewrite with checksum deltas (`struct bpfqos_nat4`).
+pub type Nat4 = types::bpfqos_nat4;
+/// IPv6 NAT rewrite with checksum deltas (`struct bpfqos_nat6`).
+pub type Nat6 = types::bpfqos_nat6;
+/// Per-flow counters written by the data path (`struct bpfqos_counters`).
+pub type Counters = types::bpfqos_counters;
+/// IPv4 flow table value (`struct bpfqos_flow4`).
+pub type Flow4 = types::bpfqos_flow4;
+/// IPv6 flow table value (`struct bpfqos_flow6`).
+pub type Flow6 = types::bpfqos_flow6;
+/// Ring-buffer event (`struct bpfqos_event`).
+pub type Event = types::bpfqos_event;
+/// DSA tagging protocol (`enum bpfqos_dsa_proto`).
+pub type DsaProto = types::bpfqos_dsa_proto;
+/// Flow action (`enum bpfqos_action`).
+pub type Action = types::bpfqos_action;
+/// Event type (`enum bpfqos_event_type`).
+pub type EventType = types::bpfqos_event_type;
+/// Index into the `stats` map (`enum bpfqos_stat`).
+pub type Stat = types::bpfqos_stat;
+
+/// `control.flags` bit: offload enabled.
+pub const CTL_F_OFFLOAD: u32 = 1;
+/// Heartbeat age after which the data path passes everything to the kernel.
+pub const HEARTBEAT_MAX_AGE_NS: u64 = 3_000_000_000;
+/// `flow.flags` bit set by the data path on FIN/RST: user space should tear the flow down.
+pub const FLOW_F_TEARDOWN: u32 = 1;
+
+/// EtherType of an 802.1Q tag.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad (QinQ service) tag.
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+/// Types whose bytes are exactly what the BPF side sees: `#[repr(C)]`, `Copy`, every padding
+/// byte an explicit field (the header guarantees it; tests/bpf_abi.rs checks it).
+///
+/// # Safety
+/// Implement only for the generated ABI structs (no implicit padding, no pointers, every bit
+/// pattern valid).
+pub unsafe trait Pod: Copy + Default {}
+
+// SAFETY: all of these are generated from bpfqos_abi.h, which spells out every padding byte;
+// their fields are integers and arrays of integers, for which every bit pattern is valid.
+unsafe impl Pod for Control {}
+// SAFETY: see above.
+unsafe impl Pod for Iface {}
+// SAFETY: see above.
+unsafe impl Pod for FlowKey4 {}
+// SAFETY: see above.
+unsafe impl Pod for FlowKey6 {}
+// SAFETY: see above.
+unsafe impl Pod for Flow4 {}
+// SAFETY: see above.
+unsafe impl Pod for Flow6 {}
+// SAFETY: see above.
+unsafe impl Pod for Event {}
+
+/// The bytes of an ABI struct, as a map key or value.
+pub fn bytes_of<T: Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is Pod: no implicit padding (so every byte is initialized), and the slice
+    // borrows `v` for its whole lifetime with exactly size_of::<T>() bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// An ABI struct from map bytes; `None` if the length does not match.
+pub fn from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
+    if b.len() != std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked, every bit pattern is a valid T (Pod), and
+    // read_unaligned copes with the Vec<u8>'s alignment.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+/// The `control` map value: heartbeat (CLOCK_MONOTONIC ns) and the offload switch.
+pub fn control_value(heartbeat_ns: u64, enabled: bool) -> Vec<u8> {
+    let c = Control {
+        heartbeat_ns,
+        flags: if enabled { CTL_F_OFFLOAD } else { 0 },
+        pad: 0,
+    };
+    bytes_of(&c).to_vec()
+}
+
+/// Packets and bytes of a `flows4` or `flows6` value (told apart by size).
+pub fn flow_counters(value: &[u8]) -> Option<(u64, u64)> {
+    let cnt = if let Some(f) = from_bytes::<Flow4>(value) {
+        f.cnt
+    } else {
+        from_bytes::<Flow6>(value)?.cnt
+    };
+    Some((cnt.packets, cnt.bytes))
+}
+
+/// An IPv4 address as the BPF side stores it (network order in memory).
+pub fn ip4(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// An IPv6 address as the BPF side stores it (four network-order words).
+pub fn ip6(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    let mut w = [0u32; 4];
+    for (i, chunk) in o.chunks_exact(4).enumerate() {
+        w[i] = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    w
+}
+
+/// A 16-bit wire value (port, TPID, TCI, session id) as the BPF side stores it.
+pub fn be16(v: u16) -> u16 {
+    v.to_be()
+}
+
+/// One's-complement checksum delta for rewriting `old` into `new` (equal lengths, even, as
+/// network-order bytes): the sum of `~old + new` over 16-bit words, folded, returned as stored
+/// in the map (network order, like the checksum field it is added to).
+pub fn csum_delta(old: &[u8], new: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // A change that cancels out gives 0xffff (one's-complement -0); store +0 so that
+    // "no NAT" is an all-zero entry and adding it never flips a 0xffff checksum to 0.
+    let d = if sum == 0xffff { 0 } else { sum as u16 };
+    d.to_be()
+}
+
+/// NAT rewrite for an IPv4 flow whose packets arrive with `orig` (saddr, daddr, sport, dport)
+/// and leave with `new`; equal tuples mean no NAT (deltas 0).
+pub fn nat4(orig: (Ipv4Addr, Ipv4Addr, u16, u16), new: (Ipv4Addr, Ipv4Addr, u16, u16)) -> Nat4 {
+    let addrs = |t: &(Ipv4Addr, Ipv4Addr, u16, u16)| [t.0.octets(), t.1.octets()].concat();
+    let ports =
+        |t: &(Ipv4Addr, Ipv4Addr, u16, u16)| [t.2.to_be_bytes(), t.3.to_be_bytes()].concat();
+    Nat4 {
+        saddr: ip4(new.0),
+        daddr: ip4(new.1),
+        sport: be16(new.2),
+        dport: be16(new.3),
+        addr_csum: csum_delta(&addrs(&orig), &addrs(&new)),
+        port_csum: csum_delta(&ports(&orig), &ports(&new)),
+    }
+}
+
+/// NAT rewrite for an IPv6 flow (see [`nat4`]).
+pub fn nat6(orig: (Ipv6Addr, Ipv6Addr, u16, u16), new: (Ipv6Addr, Ipv6Addr, u16, u16)) -> Nat6 {
+    let addrs = |t: &(Ipv6Addr, Ipv6Addr, u16, u16)| [t.0.octets(), t.1.octets()].concat();
+    let ports =
+        |t: &(Ipv6Addr, Ipv6Addr, u16, u16)| [t.2.to_be_bytes(), t.3.to_be_bytes()].concat();
+    Nat6 {
+        saddr: ip6(new.0),
+        daddr: ip6(new.1),
+        sport: be16(new.2),
+        dport: be16(new.3),
+        addr_csum: csum_delta(&addrs(&orig), &addrs(&new)),
+        port_csum: csum_delta(&ports(&orig), &ports(&new)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_sizes_match_the_header_guards() {
+        assert_eq!(std::mem::size_of::<L2Encap>(), 12);
+        assert_eq!(std::mem::size_of::<FlowKey4>(), 32);
+        assert_eq!(std::mem::size_of::<FlowKey6>(), 56);
+        assert_eq!(std::mem::size_of::<NextHop>(), 32);
+        assert_eq!(std::mem::size_of::<Flow4>(), 80);
+        assert_eq!(std::mem::size_of::<Flow6>(), 104);
+        assert_eq!(std::mem::size_of::<Control>(), 16);
+        assert_eq!(std::mem::size_of::<Event>(), 96);
+    }
+
+    #[test]
+    fn csum_delta_matches_rfc1624_example() {
+        // Identity rewrite: no change.
+        assert_eq!(csum_delta(&[1, 2, 3, 4], &[1, 2, 3, 4]), 0);
+        // 0x0001 -> 0x0002 adds one.
+        assert_eq!(u16::from_be(csum_delta(&[0, 1], &[0, 2])), 1);
+    }
+
+    #[test]
+    fn control_value_layout() {
+        let v = control_value(0x0102_0304_0506_0708, true);
+        assert_eq!(v.len(), 16);
+        assert_eq!(&v[0..8], &0x0102_0304_0506_0708u64.to_ne_bytes());
+        assert_eq!(&v[8..12], &1u32.to_ne_bytes());
+    }
+}

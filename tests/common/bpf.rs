@@ -1,0 +1,115 @@
+//! Shared helpers for the BPF data-path tests: the built objects, the ABI view (the daemon's own
+//! `src/dataplane/abi.rs`, compiled into the test), root checks and BPF_PROG_TEST_RUN.
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+
+use libbpf_rs::Object;
+use libbpf_rs::ObjectBuilder;
+use libbpf_rs::ProgramInput;
+
+#[path = "../../src/dataplane/abi.rs"]
+pub mod abi;
+
+/// Little-endian object.
+pub const OBJ_EL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.o"));
+/// Big-endian object (MIPS routers).
+pub const OBJ_EB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfeb.o"));
+/// The object this machine can load.
+pub const OBJ_NATIVE: &[u8] = abi::OFFLOAD_OBJ;
+
+/// XDP return codes.
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+/// TC return codes.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// True when running as root. Otherwise: under `CI=true` the test fails (root-only tests must
+/// run in CI), elsewhere it prints why it is skipped and the caller returns.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root (BPF load / BPF_PROG_TEST_RUN), and CI=true forbids skipping");
+    }
+    eprintln!("{test}: skipped, needs root (run `sudo -E cargo test`)");
+    false
+}
+
+/// Opens and loads the native object.
+pub fn load() -> Object {
+    ObjectBuilder::default()
+        .open_memory(OBJ_NATIVE)
+        .expect("open native object")
+        .load()
+        .expect("load native object (verifier)")
+}
+
+/// The result of one BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub ret: u32,
+    pub data: Vec<u8>,
+    pub duration_ns: u64,
+}
+
+/// Runs the XDP program on `frame`; `ingress_ifindex` goes into the `xdp_md` context (the
+/// device must exist in the caller's netns; 0 = none).
+pub fn run_xdp(obj: &mut Object, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> RunResult {
+    let prog = obj
+        .progs_mut()
+        .find(|p| p.name() == abi::XDP_PROG)
+        .expect("xdp program");
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let mut ctx = [0u8; 24];
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 512];
+    let input = ProgramInput {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        context_in: (ingress_ifindex != 0).then_some(&mut ctx[..]),
+        ..Default::default()
+    };
+    let output = prog.test_run(input).expect("BPF_PROG_TEST_RUN (xdp)");
+    let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
+    RunResult {
+        ret: output.return_value,
+        data,
+        duration_ns: output.duration.as_nanos() as u64,
+    }
+}
+
+/// Runs the TC program on `frame` as if received on `ifindex` (test runs cannot set
+/// `ingress_ifindex`; the kernel sets `skb->dev` from `__sk_buff.ifindex`, which is what the
+/// program keys flows by).
+pub fn run_tc(obj: &mut Object, frame: &[u8], ifindex: u32, repeat: u32) -> RunResult {
+    let prog = obj
+        .progs_mut()
+        .find(|p| p.name() == abi::TC_PROG)
+        .expect("tc program");
+    let mut out = vec![0u8; frame.len() + 512];
+    // struct __sk_buff is 192 bytes; ifindex is at offset 40 (after len, pkt_type, mark,
+    // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority, ingress_ifindex).
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let input = ProgramInput {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        context_in: (ifindex != 0).then_some(&mut ctx[..]),
+        ..Default::default()
+    };
+    let output = prog.test_run(input).expect("BPF_PROG_TEST_RUN (tc)");
+    let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
+    RunResult {
+        ret: output.return_value,
+        data,
+        duration_ns: output.duration.as_nanos() as u64,
+    }
+}
