@@ -432,7 +432,7 @@ fn generated_inputs_match_uci() {
     // BPFQOS_ORACLE_SEED=7 BPFQOS_ORACLE_CASES=20000 cargo test --test config_oracle
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let seed = env("BPFQOS_ORACLE_SEED").unwrap_or(0x9E37_79B9_7F4A_7C15) | 1;
-    let cases = env("BPFQOS_ORACLE_CASES").map_or(2000, |n| n as usize);
+    let cases = env("BPFQOS_ORACLE_CASES").map_or(1000, |n| n as usize);
     let mut rng = Rng(seed);
     let mut failures = Vec::new();
     let mut accepted = 0;

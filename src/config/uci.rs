@@ -739,3 +739,145 @@ impl<'a> Lexer<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Package {
+        let (pkg, errors) = parse(text);
+        assert!(errors.is_empty(), "{text:?}: {errors:?}");
+        pkg
+    }
+
+    fn first_error(text: &str) -> (u32, String) {
+        let (_, errors) = parse(text);
+        let e = errors.first().cloned();
+        let e = e.unwrap_or_else(|| panic!("{text:?} parsed without errors"));
+        (e.line, e.message)
+    }
+
+    #[test]
+    fn quoting_and_escapes() {
+        let pkg = ok("config t 's'\n\toption a 'it'\\''s'\n\toption b \"x \\\"y\\\" \\\\\"\n\toption c un\\ quoted\n\toption d 'a'\"b\"c # comment\n");
+        assert_eq!(
+            pkg.show("p", true),
+            "p.s=t\np.s.a='it'\\''s'\np.s.b='x \"y\" \\'\np.s.c='un quoted'\np.s.d='abc'\n"
+        );
+    }
+
+    #[test]
+    fn export_format() {
+        let pkg = ok(
+            "config interface 'wan'\n option device eth0\n list ip a\n list ip b\nconfig circuit\n",
+        );
+        assert_eq!(
+            pkg.export("bpfqos"),
+            "package bpfqos\n\nconfig interface 'wan'\n\toption device 'eth0'\n\tlist ip 'a'\n\tlist ip 'b'\n\nconfig circuit\n\n"
+        );
+    }
+
+    #[test]
+    fn show_refs_count_named_sections_of_the_type() {
+        let pkg =
+            ok("config interface 'wan'\nconfig interface\nconfig circuit\nconfig interface\n");
+        assert_eq!(
+            pkg.show_refs(),
+            ["wan", "@interface[1]", "@circuit[0]", "@interface[2]"]
+        );
+    }
+
+    #[test]
+    fn anonymous_names_like_libuci() {
+        // Values taken from `uci -X show` of the same input.
+        let pkg = ok("config interface 'wan'\nconfig circuit\nconfig interface\n");
+        assert_eq!(pkg.sections[1].name, "cfg02f8b8");
+        assert_eq!(pkg.sections[2].name, "cfg036d96");
+        // A later `config` naming it adds to the anonymous section.
+        let pkg =
+            ok("config interface 'wan'\nconfig circuit\nconfig circuit 'cfg02f8b8'\noption x y\n");
+        assert_eq!(pkg.sections.len(), 2);
+        assert!(pkg.sections[1].anonymous);
+        assert_eq!(pkg.sections[1].options[0].name, "x");
+    }
+
+    #[test]
+    fn option_semantics() {
+        let pkg = ok("config t 's'\noption a 1\noption b 2\noption a 3\noption b 2\noption c ''\nlist d x\noption e 1\nlist e 2\nlist f 1\noption f 2\n");
+        let s = &pkg.sections[0];
+        let names: Vec<&str> = s.options.iter().map(|o| o.name.as_str()).collect();
+        // Re-setting a changed value moves it to the end; an unchanged one stays; an empty
+        // value is ignored; list after option converts (at the end), option after list replaces.
+        assert_eq!(names, ["b", "a", "d", "e", "f"]);
+        assert_eq!(
+            s.options[3].value,
+            Value::List(vec![("1".into(), 8), ("2".into(), 9)])
+        );
+        assert_eq!(s.options[4].value, Value::Single("2".into()));
+        assert_eq!(s.options[4].line, 11);
+    }
+
+    #[test]
+    fn semicolons_like_libuci() {
+        // After a quoted word `;` starts a new statement; right after an unquoted word the
+        // rest of the line is lost (the word's terminator overwrites the `;`).
+        let pkg = ok("config t 'a';option x 1\nconfig t b;option y 2\n");
+        assert_eq!(pkg.sections[0].options.len(), 1);
+        assert!(pkg.sections[1].options.is_empty());
+    }
+
+    #[test]
+    fn continuation_and_multiline_values() {
+        let pkg = ok("config t 's'\noption a \"x\\\ny\"\noption b 'l1\nl2'\noption c p\\\nq\n");
+        let v: Vec<&Value> = pkg.sections[0].options.iter().map(|o| &o.value).collect();
+        assert_eq!(
+            v,
+            [
+                &Value::Single("xy".into()),
+                &Value::Single("l1\nl2".into()),
+                &Value::Single("pq".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_statement_line() {
+        assert_eq!(first_error("\n\noption a b\n").0, 3);
+        assert_eq!(
+            first_error("config t 's'\noption a b c\n"),
+            (
+                2,
+                "unexpected 'c' after the option value (quote values that contain spaces)".into()
+            )
+        );
+        assert_eq!(
+            first_error("config t 's'\noption a 'b\n\n"),
+            (
+                2,
+                "unterminated ' quote (still open at the end of the file)".into()
+            )
+        );
+        assert_eq!(
+            first_error("config t s-1\n").1,
+            "invalid name 's-1' (letters, digits and _ only)"
+        );
+        assert_eq!(first_error("config\n").1, "'config' needs a section type");
+        assert_eq!(
+            first_error("config t 's'\noption\n").1,
+            "'option' needs a name"
+        );
+        assert_eq!(first_error("package\n").1, "'package' needs a name");
+        assert_eq!(first_error("config t 's'\nconfig u 's'\n").0, 2);
+        // All errors, each once: options of a broken section are not reported again.
+        let (_, errors) = parse("config 'a b'\noption x y\nconfig t\nfoo\n");
+        let lines: Vec<u32> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [1, 4]);
+    }
+
+    #[test]
+    fn third_definition_loses_the_section_like_libuci() {
+        let text = "config t 's'\nconfig t 's'\noption a 1\nconfig t 's'\n";
+        assert!(parse(text).1.is_empty());
+        assert_eq!(first_error(&format!("{text}option b 2\n")).0, 5);
+    }
+}

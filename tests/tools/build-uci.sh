@@ -13,7 +13,8 @@
 #   share/libubox/jshn.sh        OpenWrt's /usr/share/libubox/jshn.sh
 # OpenWrt's /lib/functions.sh comes from base-files and is NOT in these sources.
 #
-# Needs: a C compiler, make, cmake, pkg-config, libjson-c-dev (all in .ci/install-deps.sh).
+# Needs (Debian): cmake, make, pkg-config, libjson-c-dev and gcc or clang; all but gcc are in
+# .ci/install-deps.sh, and clang is used when there is no cc. libclang is not needed (no bindgen).
 # Idempotent: when the stamp matches (same sources, same script) it only checks, in milliseconds.
 # Usage: tests/tools/build-uci.sh   (prints the path of the uci binary on success)
 set -euo pipefail
@@ -42,8 +43,13 @@ if [ -x "$out/bin/uci" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stam
 	exit 0
 fi
 
-for tool in cc make cmake pkg-config; do
-	command -v "$tool" >/dev/null || { log "missing '$tool' (apt-get install build-essential cmake pkg-config)"; exit 1; }
+# Any C compiler will do: cc (gcc) if present, else clang (which CI installs for the BPF code).
+if [ -z "${CC:-}" ] && ! command -v cc >/dev/null && command -v clang >/dev/null; then
+	export CC=clang
+fi
+command -v "${CC:-cc}" >/dev/null || { log "missing a C compiler (apt-get install gcc or clang)"; exit 1; }
+for tool in make cmake pkg-config; do
+	command -v "$tool" >/dev/null || { log "missing '$tool' (apt-get install $tool)"; exit 1; }
 done
 pkg-config --exists json-c || { log "missing json-c (apt-get install libjson-c-dev)"; exit 1; }
 
