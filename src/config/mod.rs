@@ -12,10 +12,13 @@
 //!
 //! Why a parser of our own rather than a crate: `libuci-sys`/`rust-uci` bind the C library
 //! (one more C dependency to cross-compile for every OpenWrt target, and libuci stops at the
-//! first error without the line of the option at fault), and `uci_rs` (0.1.2), a pure Rust
-//! parser, is a different grammar: it does not implement libuci's escapes, continuations and
-//! `;` rules nor its option/section redefinition semantics. The file format is small; an exact
-//! emulation proven against the real tool is less code than working around either.
+//! first error and cannot say which option of which section is wrong). `uci_rs` 0.1.2, the pure
+//! Rust parser, reads a different language than libuci (from its lexer source): a newline inside
+//! quotes is an error (libuci allows multi-line values), `;` is not a separator, `'a'"b"`
+//! concatenation and the short keywords `c`/`o`/`l`/`p` are unknown, a last line without newline
+//! ends in an "unterminated unquoted string" error, and it `unwrap()`s on input. The file format
+//! is small; an exact emulation proven against the real tool is less code than working around
+//! either.
 //!
 //! Decisions worth knowing (see docs/config.md for the user-facing reference):
 //! - A syntax error fails the whole file, as `uci` does in its default strict mode.
