@@ -31,8 +31,12 @@ const HARNESS: &str = "tests/data/packaging/procd-harness.sh";
 fn uci(test: &str) -> Option<PathBuf> {
     static UCI: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = UCI.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("UCI_BIN") {
-            return Ok(PathBuf::from(bin));
+        if let Some(bin) = std::env::var_os("UCI_BIN").map(PathBuf::from) {
+            return if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!("the uci CLI at UCI_BIN={}", bin.display()))
+            };
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -179,7 +183,7 @@ fn enabled_config_starts_one_supervised_daemon() {
         return;
     };
     let params = single_instance(&calls);
-    let command = param(&params, "command").expect("command");
+    let command = param(&params, "command").unwrap_or_else(|| panic!("no command: {params:?}"));
     assert_eq!(command[..2], ["/usr/sbin/bpfqos", "daemon"], "{command:?}");
     // The daemon's own defaults (/etc/config, /var/run/bpfqos.sock, /sys/fs/bpf/bpfqos) are the
     // router's paths; any extra argument must be one of its options.

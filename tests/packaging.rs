@@ -17,6 +17,7 @@ use packaging_support::makefile_var;
 use packaging_support::missing;
 use packaging_support::read;
 use packaging_support::repo;
+use packaging_support::required_var;
 use packaging_support::which;
 use packaging_support::PACKAGE_MAKEFILE;
 
@@ -233,8 +234,8 @@ fn origin(source: &str) -> Origin {
 #[test]
 fn pkg_version_equals_cargo_version_and_is_apk_valid() {
     let mk = package_makefile();
-    let version = makefile_var(&mk, "PKG_VERSION").expect("PKG_VERSION");
-    let release = makefile_var(&mk, "PKG_RELEASE").expect("PKG_RELEASE");
+    let version = required_var(&mk, "PKG_VERSION");
+    let release = required_var(&mk, "PKG_RELEASE");
     assert_eq!(
         version,
         env!("CARGO_PKG_VERSION"),
@@ -263,7 +264,7 @@ fn recipe_has_the_required_parts() {
         Some("GPL-2.0-only")
     );
     assert!(makefile_var(&mk, "PKG_MAINTAINER").is_some_and(|m| m.contains('@')));
-    let build_deps = makefile_var(&mk, "PKG_BUILD_DEPENDS").expect("PKG_BUILD_DEPENDS");
+    let build_deps = required_var(&mk, "PKG_BUILD_DEPENDS");
     for dep in ["rust/host", "bpf-headers"] {
         assert!(
             build_deps.split_whitespace().any(|d| d == dep),
@@ -290,7 +291,7 @@ fn recipe_has_the_required_parts() {
         "the build must stay --locked"
     );
     let deps = define_block(&mk, "Package/bpfqos")
-        .expect("define Package/bpfqos")
+        .unwrap_or_else(|| panic!("no define Package/bpfqos"))
         .join("\n");
     for dep in [
         "$(BPF_DEPENDS)",
@@ -392,7 +393,8 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn conffiles_are_installed() {
     let mk = package_makefile();
-    let conffiles = define_block(&mk, "Package/bpfqos/conffiles").expect("conffiles");
+    let conffiles = define_block(&mk, "Package/bpfqos/conffiles")
+        .unwrap_or_else(|| panic!("no Package/bpfqos/conffiles"));
     let dests: BTreeSet<String> = installed_files(&mk, "bpfqos")
         .into_iter()
         .map(|f| f.dest)
@@ -541,13 +543,17 @@ fn luci_menu_points_at_existing_views() {
     ));
     let views_dir = format!("{LUCI_APP}/htdocs/luci-static/resources/view");
     let mut referenced = BTreeSet::new();
-    let entries = menu.as_object().expect("menu.d is an object");
+    let entries = menu
+        .as_object()
+        .unwrap_or_else(|| panic!("menu.d is not an object"));
     assert!(!entries.is_empty());
     for (path, entry) in entries {
         assert!(path.starts_with("admin/"), "{path}");
         assert!(entry["title"].is_string(), "{path}: title");
         if entry["action"]["type"] == "view" {
-            let view = entry["action"]["path"].as_str().expect("view path");
+            let view = entry["action"]["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: view without path"));
             let file = format!("{views_dir}/{view}.js");
             assert!(repo().join(&file).is_file(), "{path}: {file} missing");
             referenced.insert(file);

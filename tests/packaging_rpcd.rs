@@ -18,10 +18,10 @@ use std::process::Stdio;
 use packaging_support::acl_bpfqos_methods;
 use packaging_support::describe;
 use packaging_support::json;
-use packaging_support::makefile_var;
 use packaging_support::posix_shells;
 use packaging_support::read;
 use packaging_support::repo;
+use packaging_support::required_var;
 use packaging_support::TempDir;
 use packaging_support::PACKAGE_MAKEFILE;
 use serde_json::Value;
@@ -263,7 +263,7 @@ fn plugin_usage_error_prints_no_json() {
 #[test]
 fn version_is_pkg_version() {
     let mk = read(PACKAGE_MAKEFILE);
-    let version = makefile_var(&mk, "PKG_VERSION").expect("PKG_VERSION");
+    let version = required_var(&mk, "PKG_VERSION");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfqos"))
         .arg("--version")
         .output()

@@ -126,6 +126,11 @@ pub fn makefile_var(makefile: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Like [`makefile_var`], panicking when the variable is not assigned.
+pub fn required_var(makefile: &str, name: &str) -> String {
+    makefile_var(makefile, name).unwrap_or_else(|| panic!("{PACKAGE_MAKEFILE}: no {name}"))
+}
+
 /// Parses a repository JSON file, panicking with its path.
 pub fn json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
