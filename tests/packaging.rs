@@ -439,9 +439,10 @@ fn router_scripts_parse_under_posix_shells() {
     let test = "router_scripts_parse_under_posix_shells";
     for (name, argv) in packaging_support::posix_shells(test) {
         for script in [INIT_SCRIPT, RPCD_PLUGIN, PROCD_HARNESS] {
-            let mut cmd = Command::new(&argv[0]);
-            cmd.args(&argv[1..]).arg("-n").arg(repo().join(script));
-            let out = cmd.output().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let out =
+                packaging_support::shell_command(&argv, &[Path::new("-n"), &repo().join(script)])
+                    .output()
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(
                 out.status.success(),
                 "{name} -n {script}: {}",
