@@ -10,8 +10,10 @@ mod control;
 mod daemon;
 mod dataplane;
 mod logger;
+mod offload;
 mod rpcd;
 mod status;
+mod topology;
 
 use std::io::Write;
 use std::process::ExitCode;

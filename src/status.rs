@@ -23,6 +23,12 @@ pub struct Status {
     pub attach: Vec<AttachPoint>,
     /// Configured interfaces.
     pub interfaces: Vec<InterfaceStatus>,
+    /// Offloaded connections with their counters.
+    #[serde(default)]
+    pub flows: serde_json::Value,
+    /// The data path's own counters (packets seen, passed by reason, redirected).
+    #[serde(default)]
+    pub datapath: std::collections::BTreeMap<String, u64>,
 }
 
 /// Configuration state.
@@ -46,6 +52,12 @@ pub struct OffloadStatus {
     pub enabled: bool,
     /// Flow entries currently installed (one per direction).
     pub flows: u64,
+    /// Connections offloaded (each is two flow entries).
+    #[serde(default)]
+    pub connections: u64,
+    /// The flow manager's decisions: admitted, removed, rejected by reason.
+    #[serde(default)]
+    pub manager: serde_json::Value,
     /// Packets forwarded by the data path.
     pub packets: u64,
     /// Bytes forwarded by the data path.

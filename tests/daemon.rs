@@ -166,6 +166,8 @@ fn keep_leaves_attached_and_restart_readopts() {
     );
 
     let mut d2 = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    // The socket is bound before the data path is loaded; status answers once the loop runs.
+    assert_eq!(d2.status()["attach"][0]["device"], "lan0");
     assert!(
         d2.log_text().contains("re-adopted pinned maps"),
         "{}",

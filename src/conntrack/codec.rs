@@ -69,16 +69,10 @@ const CTA_HELP_NAME: u16 = 1;
 
 /// `IPS_*` status bits that admission looks at.
 pub mod status {
-    /// Packets were seen in both directions.
-    pub const SEEN_REPLY: u32 = 1 << 1;
     /// The connection will not be early-dropped (UDP: assured stream).
     pub const ASSURED: u32 = 1 << 2;
     /// In the main table (not a template or unconfirmed).
     pub const CONFIRMED: u32 = 1 << 3;
-    /// Source NAT applies.
-    pub const SRC_NAT: u32 = 1 << 4;
-    /// Destination NAT applies.
-    pub const DST_NAT: u32 = 1 << 5;
     /// Sequence numbers are adjusted (helpers): payload-altering, never offload.
     pub const SEQ_ADJUST: u32 = 1 << 6;
     /// Being destroyed.
@@ -87,8 +81,6 @@ pub mod status {
     pub const UNTRACKED: u32 = 1 << 12;
     /// A helper is attached.
     pub const HELPER: u32 = 1 << 13;
-    /// Offloaded to the kernel's own flowtable.
-    pub const OFFLOAD: u32 = 1 << 14;
 }
 
 /// TCP conntrack state `TCP_CONNTRACK_ESTABLISHED`.
@@ -600,7 +592,7 @@ mod tests {
             id: 0xdead_beef,
             orig: tuple4([198, 18, 1, 2], [198, 19, 0, 1], 40000, 80),
             reply: tuple4([198, 19, 0, 1], [198, 18, 255, 1], 80, 61000),
-            status: status::CONFIRMED | status::ASSURED | status::SEEN_REPLY | status::SRC_NAT,
+            status: status::CONFIRMED | status::ASSURED,
             tcp_state: Some(TCP_CONNTRACK_ESTABLISHED),
             mark: 7,
             zone: 0,

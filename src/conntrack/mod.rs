@@ -172,19 +172,35 @@ impl Client {
         entries: &[(Tuple, u16)],
         timeout_s: u32,
     ) -> anyhow::Result<Vec<bool>> {
+        self.batch(entries, |seq, t, zone| {
+            codec::refresh_request(seq, t, zone, timeout_s)
+        })
+    }
+
+    /// Whether each entry still exists, without changing it.
+    pub fn exists(&mut self, entries: &[(Tuple, u16)]) -> anyhow::Result<Vec<bool>> {
+        self.batch(entries, codec::get_request)
+    }
+
+    /// Sends one acked request per entry, 64 per datagram, and maps the acks back to entries:
+    /// `false` where the kernel answered ENOENT.
+    fn batch(
+        &mut self,
+        entries: &[(Tuple, u16)],
+        build: impl Fn(u32, &Tuple, u16) -> Vec<u8>,
+    ) -> anyhow::Result<Vec<bool>> {
         let mut alive = vec![true; entries.len()];
-        // Batches of up to 64 requests per datagram keep the socket buffer small.
         for (chunk_no, chunk) in entries.chunks(64).enumerate() {
             let first = self.seq.wrapping_add(1);
-            let mut batch = Vec::with_capacity(chunk.len() * 96);
+            let mut datagram = Vec::with_capacity(chunk.len() * 96);
             for (t, zone) in chunk {
                 let seq = self.next_seq();
-                batch.extend_from_slice(&codec::refresh_request(seq, t, *zone, timeout_s));
+                datagram.extend_from_slice(&build(seq, t, *zone));
             }
-            self.send(&batch)?;
+            self.send(&datagram)?;
             let mut pending = chunk.len();
             while pending > 0 {
-                recv_some(&self.sock, &mut self.buf).context("reading refresh acks")?;
+                recv_some(&self.sock, &mut self.buf).context("reading conntrack acks")?;
                 for m in codec::parse_datagram(&self.buf) {
                     if let Ok(Message::Ack { seq, errno }) = m {
                         let idx = seq.wrapping_sub(first) as usize;

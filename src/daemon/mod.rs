@@ -1,15 +1,19 @@
-//! The daemon: owns the running configuration and the data path, and serialises every change
-//! through one event loop (signals, control requests, the one-second heartbeat tick).
+//! The daemon: owns the running configuration, the network model, the data path and the flow
+//! table, and serialises every change through one event loop (signals, control requests,
+//! conntrack events, rtnetlink events, and a one-second tick for heartbeat and refreshes).
 //!
 //! Everything mutable lives in [`Daemon`] and is touched only from the loop, so no locks: control
 //! connections are served on their own tasks and forward requests through a channel.
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
+use futures::StreamExt;
+use log::debug;
 use log::error;
 use log::info;
 use log::warn;
@@ -20,14 +24,22 @@ use tokio::sync::mpsc;
 use crate::cli::DaemonArgs;
 use crate::config;
 use crate::config::Config;
+use crate::conntrack;
 use crate::control::server::ControlSocket;
 use crate::control::Reply;
 use crate::control::Request;
 use crate::dataplane::Dataplane;
 use crate::logger;
+use crate::offload::encode;
+use crate::offload::Ctx;
+use crate::offload::FlowManager;
+use crate::offload::Timeouts;
 use crate::status::ConfigStatus;
 use crate::status::InterfaceStatus;
 use crate::status::Status;
+use crate::topology;
+use crate::topology::Topology;
+use crate::topology::TopologyEvent;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -52,6 +64,11 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
     let socket = ControlSocket::bind(&args.socket)?;
     let socket_path = args.socket.clone();
 
+    let rtnl = topology::subscribe().context("rtnetlink")?;
+    let topo = Topology::dump(&rtnl.handle)
+        .await
+        .context("reading the network configuration")?;
+    let mut topo_events = rtnl.events;
     let dataplane = match Dataplane::load(&args.pin_dir) {
         Ok(dp) => Some(dp),
         Err(e) => {
@@ -59,8 +76,37 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
             None
         }
     };
-    let mut daemon = Daemon::new(args, loaded, dataplane);
+    // Without conntrack events there is no admission; the daemon still runs (status, attach).
+    let (mut ct_events, ct_client) = match (
+        conntrack::EventSocket::subscribe(),
+        conntrack::Client::new(),
+    ) {
+        (Ok(ev), Ok(cl)) => (Some(ev), Some(cl)),
+        (Err(e), _) | (_, Err(e)) => {
+            error!("conntrack unavailable, no flow will be offloaded: {e:#}");
+            (None, None)
+        }
+    };
+    let mut daemon = Daemon {
+        args,
+        started: Instant::now(),
+        config: loaded.config,
+        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
+        last_reload_error: None,
+        reloads: 0,
+        interface_errors: BTreeMap::new(),
+        net: Net {
+            topo,
+            handle: rtnl.handle,
+            dp: dataplane,
+            attached: HashSet::new(),
+        },
+        flows: FlowManager::default(),
+        ct: ct_client,
+        timeouts: Timeouts::read(),
+    };
     daemon.apply();
+    daemon.resync().await;
 
     let (tx, mut rx) = mpsc::channel(16);
     tokio::task::spawn_local(socket.serve(tx));
@@ -75,20 +121,61 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading configuration");
-                let _ = daemon.reload();
+                let _ = daemon.reload().await;
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = tick.tick() => daemon.tick(),
             Some((req, reply)) = rx.recv() => {
                 // The client may have gone away; its loss.
-                let _ = reply.send(daemon.handle(req));
+                let _ = reply.send(daemon.handle(req).await);
             }
+            ev = recv_ct(&mut ct_events) => match ev {
+                Ok(conntrack::Recv::Messages(msgs)) => daemon.on_conntrack(msgs).await,
+                Ok(conntrack::Recv::Overflow) => {
+                    warn!("conntrack events lost (queue overflow): resynchronising");
+                    daemon.resync().await;
+                }
+                Err(e) => {
+                    error!("conntrack event socket failed, admission stops: {e:#}");
+                    ct_events = None;
+                }
+            },
+            Some(ev) = topo_events.next() => daemon.on_netlink(ev).await,
         }
     }
     daemon.shutdown();
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Next conntrack batch, or never when there is no conntrack socket.
+async fn recv_ct(ev: &mut Option<conntrack::EventSocket>) -> anyhow::Result<conntrack::Recv> {
+    match ev {
+        Some(ev) => ev.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The network side the flow manager works against, kept apart from the manager so both can be
+/// borrowed at once.
+struct Net {
+    topo: Topology,
+    handle: rtnetlink::Handle,
+    dp: Option<Dataplane>,
+    /// Ifindexes of the lowest devices the data path is attached to.
+    attached: HashSet<u32>,
+}
+
+impl Net {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            topo: &self.topo,
+            handle: &self.handle,
+            dp: self.dp.as_ref(),
+            attached: &self.attached,
+        }
+    }
 }
 
 /// Everything the daemon owns.
@@ -99,87 +186,163 @@ struct Daemon {
     warnings: Vec<String>,
     last_reload_error: Option<String>,
     reloads: u64,
-    dataplane: Option<Dataplane>,
-    /// Per configured interface: why it is not in use, if it is not.
+    /// Per configured interface: why it is not (fully) in use.
     interface_errors: BTreeMap<String, String>,
+    net: Net,
+    flows: FlowManager,
+    ct: Option<conntrack::Client>,
+    timeouts: Timeouts,
 }
 
 impl Daemon {
-    fn new(args: DaemonArgs, loaded: config::Loaded, dataplane: Option<Dataplane>) -> Self {
-        Self {
-            args,
-            started: Instant::now(),
-            config: loaded.config,
-            warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
-            last_reload_error: None,
-            reloads: 0,
-            dataplane,
-            interface_errors: BTreeMap::new(),
-        }
-    }
-
     fn config_file(&self) -> PathBuf {
         self.args.config_dir.join("bpfqos")
     }
 
-    /// Devices the data path should be attached to under the running config.
-    fn wanted_devices(&self) -> Vec<String> {
-        let g = &self.config.globals;
-        if !g.enabled || !g.offload {
-            return Vec::new();
-        }
-        self.config
-            .interfaces
-            .iter()
-            .filter(|i| i.offload)
-            .filter_map(|i| i.device.clone())
-            .collect()
+    fn offload_on(&self) -> bool {
+        self.config.globals.enabled && self.config.globals.offload
     }
 
-    /// Brings attachments in line with the running config. Failures are per interface and never
-    /// fatal: that interface simply stays on the kernel path.
+    /// Lowest devices (name, ifindex) of each offload-enabled interface, or why there are none.
+    fn wanted_devices(&self) -> BTreeMap<String, Result<Vec<(String, u32)>, String>> {
+        let mut out = BTreeMap::new();
+        if !self.offload_on() {
+            return out;
+        }
+        for i in self.config.interfaces.iter().filter(|i| i.offload) {
+            let r = match &i.device {
+                None => Err(format!(
+                    "logical network '{}' needs ubus to resolve; set option device",
+                    i.network.as_deref().unwrap_or("")
+                )),
+                Some(dev) => match self.net.topo.link_by_name(dev) {
+                    None => Err(format!("{dev}: no such device")),
+                    Some(link) => {
+                        let points: Vec<(String, u32)> = self
+                            .net
+                            .topo
+                            .attach_points(link.ifindex)
+                            .into_iter()
+                            .filter_map(|ix| self.net.topo.link(ix).map(|l| (l.name.clone(), ix)))
+                            .collect();
+                        if points.is_empty() {
+                            Err(format!("{dev}: no device below it can carry the data path"))
+                        } else {
+                            Ok(points)
+                        }
+                    }
+                },
+            };
+            out.insert(i.name.clone(), r);
+        }
+        out
+    }
+
+    /// Brings attachments in line with the running config and topology. Failures are per
+    /// interface and never fatal: that interface simply stays on the kernel path.
     fn apply(&mut self) {
         logger::set_level(self.config.globals.log_level);
-        self.interface_errors.clear();
-        for i in &self.config.interfaces {
-            if i.device.is_none() {
-                self.interface_errors.insert(
-                    i.name.clone(),
-                    format!(
-                        "logical network '{}' needs ubus to resolve; set option device",
-                        i.network.as_deref().unwrap_or("")
-                    ),
-                );
-            }
-        }
+        let enabled = self.offload_on();
         let wanted = self.wanted_devices();
-        let Some(dp) = self.dataplane.as_mut() else {
+        self.interface_errors.clear();
+        let Some(dp) = self.net.dp.as_mut() else {
             return;
         };
-        dp.set_enabled(self.config.globals.enabled && self.config.globals.offload);
+        dp.set_enabled(enabled);
+        let want: HashSet<&str> = wanted
+            .values()
+            .filter_map(|r| r.as_ref().ok())
+            .flatten()
+            .map(|(n, _)| n.as_str())
+            .collect();
         for dev in dp.attached_devices() {
-            if !wanted.contains(&dev) {
+            if !want.contains(dev.as_str()) {
                 dp.detach(&dev);
             }
         }
-        for dev in &wanted {
-            if let Err(e) = dp.attach(dev) {
-                let msg = format!("{e:#}");
-                warn!("{dev}: not attached, traffic stays on the kernel path: {msg}");
-                for i in self
-                    .config
-                    .interfaces
-                    .iter()
-                    .filter(|i| i.device.as_ref() == Some(dev))
-                {
-                    self.interface_errors.insert(i.name.clone(), msg.clone());
+        self.net.attached.clear();
+        for (name, r) in &wanted {
+            let points = match r {
+                Ok(p) => p,
+                Err(e) => {
+                    self.interface_errors.insert(name.clone(), e.clone());
+                    continue;
+                }
+            };
+            for (dev, ifindex) in points {
+                let tagger = self
+                    .net
+                    .topo
+                    .link(*ifindex)
+                    .and_then(|l| l.dsa_tagger.as_ref())
+                    .and_then(encode::dsa_proto);
+                if let Err(e) = dp.set_dsa_tagger(*ifindex, tagger) {
+                    warn!("{dev}: {e:#}");
+                }
+                match dp.attach(dev) {
+                    Ok(()) => {
+                        self.net.attached.insert(*ifindex);
+                    }
+                    Err(e) => {
+                        let msg = format!("{dev}: {e:#}");
+                        warn!("{msg}; traffic there stays on the kernel path");
+                        self.interface_errors.insert(name.clone(), msg);
+                    }
                 }
             }
         }
     }
 
+    /// Dumps conntrack and makes the flow table match it (start, lost events, re-enable).
+    async fn resync(&mut self) {
+        let Some(ct) = self.ct.as_mut() else { return };
+        match ct.dump() {
+            Ok(conns) => {
+                let ctx = self.net.ctx();
+                self.flows.resync(conns, &ctx).await;
+                info!(
+                    "conntrack synchronised: {} flows offloaded",
+                    self.flows.len()
+                );
+            }
+            Err(e) => warn!("conntrack dump: {e:#}"),
+        }
+    }
+
+    async fn on_conntrack(&mut self, msgs: Vec<conntrack::Message>) {
+        for m in msgs {
+            let ctx = self.net.ctx();
+            self.flows.on_conntrack(m, &ctx).await;
+        }
+    }
+
+    async fn on_netlink(&mut self, ev: topology::NetlinkEvent) {
+        let Some(change) = self.net.topo.apply(&ev) else {
+            return;
+        };
+        if change == TopologyEvent::Resync {
+            match Topology::dump(&self.net.handle).await {
+                Ok(t) => self.net.topo = t,
+                Err(e) => warn!("re-reading the network configuration: {e:#}"),
+            }
+        }
+        if matches!(change, TopologyEvent::Link(_) | TopologyEvent::Resync) {
+            // Devices come and go (hotplug, PPPoE reconnect): follow them.
+            let before = self.net.attached.clone();
+            self.apply();
+            if before != self.net.attached {
+                debug!(
+                    "attach points changed: {:?} -> {:?}",
+                    before, self.net.attached
+                );
+            }
+        }
+        let ctx = self.net.ctx();
+        self.flows.on_topology(&change, &ctx).await;
+    }
+
     /// Reloads the config file; a config with errors is rejected whole and the running one kept.
-    fn reload(&mut self) -> Result<(), String> {
+    async fn reload(&mut self) -> Result<(), String> {
         match config::load(&self.args.config_dir) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
@@ -190,6 +353,11 @@ impl Daemon {
                 self.last_reload_error = None;
                 self.reloads += 1;
                 self.apply();
+                if self.offload_on() {
+                    self.resync().await;
+                } else {
+                    self.flows.flush(self.net.dp.as_ref());
+                }
                 info!("configuration reloaded");
                 Ok(())
             }
@@ -203,49 +371,24 @@ impl Daemon {
     }
 
     fn tick(&mut self) {
-        if let Some(dp) = self.dataplane.as_mut() {
+        if let Some(dp) = self.net.dp.as_mut() {
             if let Err(e) = dp.heartbeat() {
                 warn!("heartbeat: {e:#}");
             }
         }
-        // Devices that failed to attach (not there yet: hotplug, PPPoE not up) are retried.
-        if !self.interface_errors.is_empty() {
-            let missing: Vec<String> = self
-                .wanted_devices()
-                .into_iter()
-                .filter(|d| {
-                    self.dataplane
-                        .as_ref()
-                        .is_some_and(|dp| !dp.attached_devices().contains(d))
-                })
-                .collect();
-            if let Some(dp) = self.dataplane.as_mut() {
-                for dev in missing {
-                    if dp.attach(&dev).is_ok() {
-                        let names: Vec<String> = self
-                            .config
-                            .interfaces
-                            .iter()
-                            .filter(|i| i.device.as_deref() == Some(dev.as_str()))
-                            .map(|i| i.name.clone())
-                            .collect();
-                        for n in names {
-                            self.interface_errors.remove(&n);
-                        }
-                    }
-                }
-            }
+        if let Some(ct) = self.ct.as_mut() {
+            self.flows.tick(ct, self.net.dp.as_ref(), &self.timeouts);
         }
     }
 
-    fn handle(&mut self, req: Request) -> Reply {
+    async fn handle(&mut self, req: Request) -> Reply {
         match req {
             Request::Ping => Reply::ok(serde_json::json!({"pong": true})),
             Request::Status => match serde_json::to_value(self.status()) {
                 Ok(v) => Reply::ok(v),
                 Err(e) => Reply::err(format!("serialising status: {e}")),
             },
-            Request::Reload => match self.reload() {
+            Request::Reload => match self.reload().await {
                 Ok(()) => Reply::ok(serde_json::json!({"reloaded": true})),
                 Err(e) => Reply::err(format!(
                     "configuration rejected, running configuration kept:\n{e}"
@@ -266,10 +409,19 @@ impl Daemon {
             },
             ..Default::default()
         };
-        if let Some(dp) = &self.dataplane {
+        if let Some(dp) = &self.net.dp {
             st.offload = dp.offload_status();
             st.attach = dp.attach_points();
+            st.datapath = dp
+                .stats()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
         }
+        st.offload.connections = self.flows.len() as u64;
+        st.offload.manager = serde_json::to_value(self.flows.stats()).unwrap_or_default();
+        st.flows =
+            serde_json::to_value(self.flows.flow_status(self.net.dp.as_ref())).unwrap_or_default();
         st.interfaces = self
             .config
             .interfaces
@@ -287,7 +439,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
-        if let Some(dp) = self.dataplane.take() {
+        if let Some(dp) = self.net.dp.take() {
             dp.shutdown(self.args.keep);
         }
     }

@@ -29,6 +29,8 @@ use log::debug;
 use log::info;
 use log::warn;
 
+use crate::offload::encode::FlowKey;
+use crate::offload::encode::FlowValue;
 use crate::status::AttachMode;
 use crate::status::AttachPoint;
 use crate::status::Hook;
@@ -41,6 +43,23 @@ use abi::XDP_PROG;
 /// Our TC filter's handle and priority on clsact ingress, so we only ever touch our own filter.
 const TC_HANDLE: u32 = 0xb9f0;
 const TC_PRIORITY: u32 = 0xb9f;
+
+/// Names of the data path's per-CPU counters in `bpfqos status`.
+const STAT_NAMES: [(abi::Stat, &str); 13] = [
+    (abi::Stat::BPFQOS_STAT_SEEN, "seen"),
+    (abi::Stat::BPFQOS_STAT_PASS_DISABLED, "pass_disabled"),
+    (abi::Stat::BPFQOS_STAT_PASS_PARSE, "pass_not_parsed"),
+    (abi::Stat::BPFQOS_STAT_PASS_NO_FLOW, "pass_no_flow"),
+    (abi::Stat::BPFQOS_STAT_PASS_NOT_READY, "pass_not_ready"),
+    (abi::Stat::BPFQOS_STAT_PASS_TTL, "pass_ttl"),
+    (abi::Stat::BPFQOS_STAT_PASS_MTU, "pass_mtu"),
+    (abi::Stat::BPFQOS_STAT_PASS_TCP_END, "pass_fin_rst"),
+    (abi::Stat::BPFQOS_STAT_PASS_CSUM, "pass_udp6_zero_csum"),
+    (abi::Stat::BPFQOS_STAT_PASS_NO_TXPORT, "pass_no_tx_port"),
+    (abi::Stat::BPFQOS_STAT_PASS_L2, "pass_l2_resize"),
+    (abi::Stat::BPFQOS_STAT_REDIRECT, "redirect"),
+    (abi::Stat::BPFQOS_STAT_TX, "tx"),
+];
 
 #[derive(Debug, Clone)]
 struct Attachment {
@@ -282,6 +301,111 @@ impl Dataplane {
         self.map(abi::CONTROL_MAP)?
             .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
             .context("writing the heartbeat")
+    }
+
+    /// Whether offload is switched on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Makes `ifindex` a redirect target of the XDP program (`tx_ports` devmap).
+    pub fn add_tx_port(&self, ifindex: u32) -> anyhow::Result<()> {
+        self.map(abi::TX_PORTS_MAP)?
+            .update(
+                &ifindex.to_ne_bytes(),
+                &ifindex.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .with_context(|| format!("adding ifindex {ifindex} to tx_ports"))
+    }
+
+    /// Tells the parser which DSA tag a device's frames carry (`None`: no tag).
+    pub fn set_dsa_tagger(&self, ifindex: u32, proto: Option<u8>) -> anyhow::Result<()> {
+        if ifindex >= abi::MAX_IFACES {
+            anyhow::bail!(
+                "ifindex {ifindex} beyond the ifaces table ({})",
+                abi::MAX_IFACES
+            );
+        }
+        let v = abi::Iface {
+            dsa_proto: proto.unwrap_or(0),
+            ..Default::default()
+        };
+        self.map(abi::IFACES_MAP)?
+            .update(&ifindex.to_ne_bytes(), abi::bytes_of(&v), MapFlags::ANY)
+            .with_context(|| format!("setting the DSA tagger of ifindex {ifindex}"))
+    }
+
+    /// Writes a flow entry, keeping the counters of the entry it replaces.
+    pub fn install(&self, key: &FlowKey, mut value: FlowValue) -> anyhow::Result<()> {
+        let map = self.map(key.map())?;
+        if let Ok(Some(old)) = map.lookup(key.bytes(), MapFlags::ANY) {
+            value.keep_counters_of(&old);
+        }
+        map.update(key.bytes(), value.bytes(), MapFlags::ANY)
+            .context("writing a flow entry")
+    }
+
+    /// Deletes a flow entry (absent: nothing to do).
+    pub fn remove_flow(&self, key: &FlowKey) {
+        if let Ok(map) = self.map(key.map()) {
+            let _ = map.delete(key.bytes());
+        }
+    }
+
+    /// Packets, bytes and flags of a flow entry.
+    pub fn flow_counters(&self, key: &FlowKey) -> Option<(u64, u64, u32)> {
+        let v = self
+            .map(key.map())
+            .ok()?
+            .lookup(key.bytes(), MapFlags::ANY)
+            .ok()??;
+        match key {
+            FlowKey::V4(_) => {
+                abi::from_bytes::<abi::Flow4>(&v).map(|f| (f.cnt.packets, f.cnt.bytes, f.flags))
+            }
+            FlowKey::V6(_) => {
+                abi::from_bytes::<abi::Flow6>(&v).map(|f| (f.cnt.packets, f.cnt.bytes, f.flags))
+            }
+        }
+    }
+
+    /// Deletes every flow entry not in `keep` (entries of an earlier daemon, or orphans).
+    pub fn retain_flows(&self, keep: &[&FlowKey]) {
+        let keep: std::collections::HashSet<&[u8]> = keep.iter().map(|k| k.bytes()).collect();
+        for name in abi::FLOW_MAPS {
+            let Ok(map) = self.map(name) else { continue };
+            let doomed: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|k| !keep.contains(k.as_slice()))
+                .collect();
+            for k in doomed {
+                let _ = map.delete(&k);
+            }
+        }
+    }
+
+    /// Per-CPU statistics of the data path, summed over CPUs, by name.
+    pub fn stats(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        let Ok(map) = self.map(abi::STATS_MAP) else {
+            return out;
+        };
+        for (stat, name) in STAT_NAMES {
+            let sum = map
+                .lookup_percpu(&stat.0.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|cpus| {
+                    cpus.iter()
+                        .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+                        .map(u64::from_ne_bytes)
+                        .sum()
+                })
+                .unwrap_or(0);
+            out.insert(name, sum);
+        }
+        out
     }
 
     /// Offload counters for `bpfqos status`.

@@ -1,0 +1,541 @@
+//! The flow table manager: turns conntrack entries into data-path entries and keeps them true.
+//!
+//! - Admission: a connection that conntrack reports ESTABLISHED (TCP) or ASSURED (UDP), routed
+//!   between two offload-enabled attach points, is resolved in both directions (route, neighbour,
+//!   bridge port, VLAN/PPPoE/DSA down to the lowest device) and installed as two entries.
+//! - Removal: conntrack DESTROY, a state change out of the offloadable states, FIN/RST marks
+//!   from the data path, or the conntrack entry vanishing (found when refreshing).
+//! - Invalidation: route changes re-resolve every flow, neighbour/FDB/link changes the flows that
+//!   use them; a firewall reload drops everything so the new rules see the traffic.
+//! - Liveness: while offloaded packets flow, conntrack never sees them, so their entries' timeouts
+//!   are refreshed from here.
+//!
+//! Whatever cannot be resolved exactly stays in the kernel path, which is always correct.
+
+pub mod encode;
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+use std::time::Instant;
+
+use log::debug;
+use log::info;
+use log::warn;
+use rtnetlink::Handle;
+use serde::Serialize;
+
+use crate::conntrack;
+use crate::conntrack::Conn;
+use crate::conntrack::Tuple;
+use crate::dataplane::Dataplane;
+use crate::topology::NextHop;
+use crate::topology::RouteQuery;
+use crate::topology::Topology;
+use crate::topology::TopologyEvent;
+use crate::topology::Unresolved;
+use encode::FlowKey;
+
+/// How often live flows' conntrack timeouts are refreshed (well below UDP's 120-180 s stream
+/// timeout).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+
+/// Identity of a connection: its original tuple and zone.
+pub type ConnKey = (Tuple, u16);
+
+/// One offloaded connection: both directions installed.
+struct Offloaded {
+    conn: Conn,
+    /// [original direction, reply direction].
+    keys: [FlowKey; 2],
+    /// Next hop towards the originator and towards the responder.
+    hops: [NextHop; 2],
+    /// Packets counted by the data path at the last refresh (both directions).
+    packets_at_refresh: u64,
+}
+
+impl Offloaded {
+    fn uses_device(&self, ifindex: u32) -> bool {
+        self.hops
+            .iter()
+            .any(|h| h.devices.contains(&ifindex) || h.egress_ifindex == ifindex)
+    }
+
+    fn uses_neighbour(&self, ifindex: u32, ip: IpAddr) -> bool {
+        self.hops.iter().any(|h| h.neighbour == Some((ifindex, ip)))
+    }
+
+    fn uses_mac(&self, mac: &[u8; 6]) -> bool {
+        self.hops.iter().any(|h| &h.dst_mac == mac)
+    }
+}
+
+/// Why a connection was not offloaded (counted for `bpfqos status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// One end is the router itself.
+    Local,
+    /// No usable route or neighbour yet, or an unsupported path.
+    Unresolved(String),
+    /// An end is behind a device the data path is not attached to (not configured, tunnel...).
+    NotAttached(String),
+    /// The data path cannot express the path (unknown DSA tagger, >2 VLANs, NAT64...).
+    Inexpressible,
+    /// The flow table is full.
+    MapFull,
+    /// The data path is not loaded or offload is off.
+    Disabled,
+}
+
+impl Reject {
+    fn label(&self) -> &'static str {
+        match self {
+            Reject::Local => "local",
+            Reject::Unresolved(_) => "unresolved",
+            Reject::NotAttached(_) => "not_attached",
+            Reject::Inexpressible => "inexpressible",
+            Reject::MapFull => "map_full",
+            Reject::Disabled => "disabled",
+        }
+    }
+}
+
+/// Counters of the manager's decisions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ManagerStats {
+    /// Connections installed (both directions) since start.
+    pub admitted: u64,
+    /// Connections removed since start.
+    pub removed: u64,
+    /// Admission refusals by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Re-resolutions after topology changes.
+    pub reresolved: u64,
+    /// Times everything was dropped (firewall reload, conntrack resync).
+    pub flushes: u64,
+    /// Duration of the last admission, microseconds (event to both entries written).
+    pub last_admit_us: u64,
+}
+
+/// One offloaded connection in `bpfqos status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowStatus {
+    /// `tcp`/`udp`.
+    pub proto: &'static str,
+    /// Original direction, as the client sent it.
+    pub orig: String,
+    /// Reply direction, as the server sent it.
+    pub reply: String,
+    /// Packets forwarded by the data path, original direction.
+    pub packets_orig: u64,
+    /// Packets forwarded by the data path, reply direction.
+    pub packets_reply: u64,
+    /// Bytes forwarded by the data path, both directions.
+    pub bytes: u64,
+    /// Lowest ingress device of the original direction.
+    pub ingress_ifindex: u32,
+    /// Lowest egress device of the original direction.
+    pub egress_ifindex: u32,
+}
+
+/// The flow table manager.
+#[derive(Default)]
+pub struct FlowManager {
+    flows: HashMap<ConnKey, Offloaded>,
+    stats: ManagerStats,
+    last_refresh: Option<Instant>,
+}
+
+fn key_of(c: &Conn) -> ConnKey {
+    (c.orig, c.zone)
+}
+
+impl FlowManager {
+    /// Number of offloaded connections.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Decision counters.
+    pub fn stats(&self) -> &ManagerStats {
+        &self.stats
+    }
+
+    fn reject(&mut self, r: Reject) -> Reject {
+        *self
+            .stats
+            .rejected
+            .entry(r.label().to_string())
+            .or_default() += 1;
+        r
+    }
+
+    /// Handles a conntrack message: admit, update or remove.
+    pub async fn on_conntrack(&mut self, msg: conntrack::Message, ctx: &Ctx<'_>) {
+        match msg {
+            conntrack::Message::New(c) | conntrack::Message::Update(c) => {
+                if !c.offloadable_state() {
+                    if self.flows.contains_key(&key_of(&c)) {
+                        debug!("{}: left offloadable state, back to the kernel", c.orig);
+                        self.remove(&key_of(&c), ctx.dp);
+                    }
+                    return;
+                }
+                if self.flows.contains_key(&key_of(&c)) {
+                    return;
+                }
+                let start = Instant::now();
+                match self.admit(c.clone(), ctx).await {
+                    Ok(()) => {
+                        self.stats.last_admit_us = start.elapsed().as_micros() as u64;
+                        debug!("{}: offloaded in {} us", c.orig, self.stats.last_admit_us);
+                    }
+                    Err(r) => debug!("{}: stays in the kernel: {r:?}", c.orig),
+                }
+            }
+            conntrack::Message::Destroy(c) => {
+                self.remove(&key_of(&c), ctx.dp);
+            }
+            conntrack::Message::RulesetChanged => {
+                info!("firewall ruleset changed: dropping all offloaded flows");
+                self.flush(ctx.dp);
+            }
+            _ => {}
+        }
+    }
+
+    /// Resolves and installs both directions of `c`.
+    async fn admit(&mut self, c: Conn, ctx: &Ctx<'_>) -> Result<(), Reject> {
+        let Some(dp) = ctx.dp.filter(|dp| dp.enabled()) else {
+            return Err(self.reject(Reject::Disabled));
+        };
+        match resolve_pair(&c, ctx).await {
+            Ok(hops) => {
+                let [to_orig, to_reply] = &hops;
+                for h in &hops {
+                    if !ctx.attached.contains(&h.egress_ifindex) {
+                        return Err(self
+                            .reject(Reject::NotAttached(format!("ifindex {}", h.egress_ifindex))));
+                    }
+                }
+                // Original direction: arrives from the originator's side as `orig`, leaves
+                // towards the responder as the reverse of `reply` (that is the NAT).
+                let fwd = encode::entry(&c.orig, &c.reply.reversed(), to_orig, to_reply);
+                let rev = encode::entry(&c.reply, &c.orig.reversed(), to_reply, to_orig);
+                let (Some((k0, v0)), Some((k1, v1))) = (fwd, rev) else {
+                    return Err(self.reject(Reject::Inexpressible));
+                };
+                for h in &hops {
+                    if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
+                        warn!("tx_ports: {e:#}");
+                    }
+                }
+                if let Err(e) = dp.install(&k0, v0).and_then(|()| dp.install(&k1, v1)) {
+                    dp.remove_flow(&k0);
+                    dp.remove_flow(&k1);
+                    debug!("installing {}: {e:#}", c.orig);
+                    return Err(self.reject(Reject::MapFull));
+                }
+                self.stats.admitted += 1;
+                self.flows.insert(
+                    key_of(&c),
+                    Offloaded {
+                        conn: c,
+                        keys: [k0, k1],
+                        hops,
+                        packets_at_refresh: 0,
+                    },
+                );
+                Ok(())
+            }
+            Err(Unresolved::Local) => Err(self.reject(Reject::Local)),
+            Err(e) => Err(self.reject(Reject::Unresolved(e.to_string()))),
+        }
+    }
+
+    fn remove(&mut self, key: &ConnKey, dp: Option<&Dataplane>) {
+        if let Some(f) = self.flows.remove(key) {
+            if let Some(dp) = dp {
+                for k in &f.keys {
+                    dp.remove_flow(k);
+                }
+            }
+            self.stats.removed += 1;
+        }
+    }
+
+    /// Drops every offloaded flow (they continue on the kernel path).
+    pub fn flush(&mut self, dp: Option<&Dataplane>) {
+        let keys: Vec<ConnKey> = self.flows.keys().copied().collect();
+        for k in &keys {
+            self.remove(k, dp);
+        }
+        self.stats.flushes += 1;
+    }
+
+    /// Reacts to a topology change: re-resolves the flows it may affect. A flow that no longer
+    /// resolves leaves the data path; one whose next hop changed is rewritten in place.
+    pub async fn on_topology(&mut self, ev: &TopologyEvent, ctx: &Ctx<'_>) {
+        let affected: Vec<ConnKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| match ev {
+                TopologyEvent::Route | TopologyEvent::Resync | TopologyEvent::Addr { .. } => true,
+                TopologyEvent::Link(i) => f.uses_device(*i),
+                TopologyEvent::Neigh { ifindex, ip, .. } => f.uses_neighbour(*ifindex, *ip),
+                TopologyEvent::Fdb { mac, bridge, .. } => f.uses_mac(mac) || f.uses_device(*bridge),
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        if affected.is_empty() {
+            return;
+        }
+        debug!("{ev:?}: re-resolving {} flows", affected.len());
+        for key in affected {
+            let Some(old) = self.flows.remove(&key) else {
+                continue;
+            };
+            self.stats.reresolved += 1;
+            let conn = old.conn.clone();
+            match resolve_pair(&conn, ctx).await {
+                Ok(hops) if hops == old.hops => {
+                    self.flows.insert(key, old);
+                }
+                Ok(_) | Err(_) => {
+                    // Take the old entries out first so nothing stale forwards, then try again.
+                    if let Some(dp) = ctx.dp {
+                        for k in &old.keys {
+                            dp.remove_flow(k);
+                        }
+                    }
+                    self.stats.removed += 1;
+                    if let Err(r) = self.admit(conn, ctx).await {
+                        debug!("{}: after {ev:?}: stays in the kernel: {r:?}", key.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic work: remove flows the data path marked for teardown, refresh conntrack timeouts
+    /// of flows with traffic, and check that idle ones still exist.
+    pub fn tick(
+        &mut self,
+        ct: &mut conntrack::Client,
+        dp: Option<&Dataplane>,
+        timeouts: &Timeouts,
+    ) {
+        let Some(dp) = dp else { return };
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        let mut teardown = Vec::new();
+        let mut active = Vec::new();
+        let mut idle = Vec::new();
+        for (key, f) in self.flows.iter_mut() {
+            let (mut packets, mut marked) = (0, false);
+            for k in &f.keys {
+                if let Some((p, _, flags)) = dp.flow_counters(k) {
+                    packets += p;
+                    marked |= flags & crate::dataplane::abi::FLOW_F_TEARDOWN != 0;
+                }
+            }
+            if marked {
+                teardown.push(*key);
+            } else if due && packets != f.packets_at_refresh {
+                f.packets_at_refresh = packets;
+                active.push(*key);
+            } else if due {
+                idle.push(*key);
+            }
+        }
+        for key in &teardown {
+            debug!(
+                "{}: FIN/RST seen by the data path, back to the kernel",
+                key.0
+            );
+            self.remove(key, Some(dp));
+        }
+        if !due {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        let mut check = |keys: Vec<ConnKey>, timeout: &dyn Fn(u8) -> Option<u32>| -> Vec<ConnKey> {
+            // Refresh active flows with their protocol's established timeout; query idle ones
+            // (timeout None) only for existence.
+            let mut gone = Vec::new();
+            for proto in [conntrack::codec::IPPROTO_TCP, conntrack::codec::IPPROTO_UDP] {
+                let batch: Vec<ConnKey> = keys
+                    .iter()
+                    .filter(|k| k.0.proto == proto)
+                    .copied()
+                    .collect();
+                if batch.is_empty() {
+                    continue;
+                }
+                let result = match timeout(proto) {
+                    Some(t) => ct.refresh(&batch, t),
+                    None => ct.exists(&batch),
+                };
+                match result {
+                    Ok(alive) => {
+                        gone.extend(batch.iter().zip(alive).filter(|(_, a)| !a).map(|(k, _)| *k))
+                    }
+                    Err(e) => warn!("conntrack refresh: {e:#}"),
+                }
+            }
+            gone
+        };
+        let mut gone = check(active, &|p| Some(timeouts.established(p)));
+        gone.extend(check(idle, &|_| None));
+        for key in &gone {
+            debug!("{}: conntrack entry gone", key.0);
+            self.remove(key, Some(dp));
+        }
+    }
+
+    /// Re-synchronises with the kernel: every offloadable conntrack entry is (re)admitted, every
+    /// flow whose entry is gone removed, and map entries nobody owns deleted (left by an earlier
+    /// daemon or by lost events).
+    pub async fn resync(&mut self, conns: Vec<Conn>, ctx: &Ctx<'_>) {
+        let live: HashSet<ConnKey> = conns
+            .iter()
+            .filter(|c| c.offloadable_state())
+            .map(key_of)
+            .collect();
+        let stale: Vec<ConnKey> = self
+            .flows
+            .keys()
+            .filter(|k| !live.contains(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            self.remove(k, ctx.dp);
+        }
+        for c in conns {
+            if c.offloadable_state() && !self.flows.contains_key(&key_of(&c)) {
+                let _ = self.admit(c, ctx).await;
+            }
+        }
+        if let Some(dp) = ctx.dp {
+            let owned: Vec<&FlowKey> = self.flows.values().flat_map(|f| f.keys.iter()).collect();
+            dp.retain_flows(&owned);
+        }
+    }
+
+    /// Per-flow status.
+    pub fn flow_status(&self, dp: Option<&Dataplane>) -> Vec<FlowStatus> {
+        let mut out: Vec<FlowStatus> = self
+            .flows
+            .values()
+            .map(|f| {
+                let c = |i: usize| {
+                    dp.and_then(|dp| dp.flow_counters(&f.keys[i]))
+                        .unwrap_or_default()
+                };
+                let (p0, b0, _) = c(0);
+                let (p1, b1, _) = c(1);
+                FlowStatus {
+                    proto: if f.conn.orig.proto == conntrack::codec::IPPROTO_TCP {
+                        "tcp"
+                    } else {
+                        "udp"
+                    },
+                    orig: f.conn.orig.to_string(),
+                    reply: f.conn.reply.to_string(),
+                    packets_orig: p0,
+                    packets_reply: p1,
+                    bytes: b0 + b1,
+                    ingress_ifindex: f.hops[0].egress_ifindex,
+                    egress_ifindex: f.hops[1].egress_ifindex,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.orig.cmp(&b.orig));
+        out
+    }
+}
+
+/// What admission and invalidation need from the daemon.
+pub struct Ctx<'a> {
+    /// The network model.
+    pub topo: &'a Topology,
+    /// rtnetlink requests (route and neighbour lookups).
+    pub handle: &'a Handle,
+    /// The data path, when loaded.
+    pub dp: Option<&'a Dataplane>,
+    /// Lowest devices the data path is attached to (offload-enabled interfaces).
+    pub attached: &'a HashSet<u32>,
+}
+
+/// Resolves the next hop towards each end of `c`: [towards the originator, towards the
+/// responder]. Each lookup is a forwarded-packet route query (policy routing with the real
+/// input device and mark), so what is installed is what the kernel itself would do.
+async fn resolve_pair(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolved> {
+    let mark = (c.mark != 0).then_some(c.mark);
+    let plain = |dst| RouteQuery {
+        dst,
+        src: None,
+        iif: None,
+        mark,
+    };
+    // First find the L3 device each end is behind (the router's own route), which is the input
+    // device of the packets coming from that end...
+    let orig_side = ctx.topo.resolve(ctx.handle, plain(c.orig.src)).await?;
+    // ...then resolve each direction as a forwarded packet from that device.
+    let q = |dst, src, iif| RouteQuery {
+        dst,
+        src: Some(src),
+        iif: Some(iif),
+        mark,
+    };
+    // Towards the responder: reply direction's source is where the post-NAT packets go.
+    let to_reply = ctx
+        .topo
+        .resolve(
+            ctx.handle,
+            q(c.reply.src, c.reply.dst, orig_side.l3_ifindex),
+        )
+        .await?;
+    let to_orig = ctx
+        .topo
+        .resolve(ctx.handle, q(c.orig.src, c.orig.dst, to_reply.l3_ifindex))
+        .await?;
+    Ok([to_orig, to_reply])
+}
+
+/// Conntrack's established timeouts, read from procfs, so a refreshed flow lives exactly as long
+/// as it would in the kernel path.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `nf_conntrack_tcp_timeout_established`.
+    pub tcp: u32,
+    /// `nf_conntrack_udp_timeout_stream`.
+    pub udp: u32,
+}
+
+impl Timeouts {
+    /// Reads them (defaults when procfs does not have them).
+    pub fn read() -> Self {
+        let get = |name: &str, default: u32| {
+            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            tcp: get("nf_conntrack_tcp_timeout_established", 432_000),
+            udp: get("nf_conntrack_udp_timeout_stream", 180),
+        }
+    }
+
+    fn established(&self, proto: u8) -> u32 {
+        if proto == conntrack::codec::IPPROTO_TCP {
+            self.tcp
+        } else {
+            self.udp
+        }
+    }
+}
