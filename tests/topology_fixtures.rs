@@ -2,7 +2,9 @@
 //! fixture trees under tests/data/topology/ (the layout of `/`), `/proc/net/pppoe` texts in the
 //! kernel's exact format.
 
-#[allow(dead_code, unused_imports)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(unused_imports)]
 #[path = "../src/topology/mod.rs"]
 mod topology;
 
@@ -33,7 +35,9 @@ const HOST_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0b];
 const PEER: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/topology").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/topology")
+        .join(rel)
 }
 
 fn fs(rel: &str) -> HostFs {
@@ -279,7 +283,10 @@ fn pppoe_multi_session_is_matched_through_pppd() {
     let topo = Topology::from_parts_in(links, vec![], fs("fs-pppoe-multi"));
 
     let wan = topo.lower_path(21).unwrap();
-    assert_eq!(wan.encap.pppoe.as_ref().unwrap().sid, native_sid_of_le_fixture());
+    assert_eq!(
+        wan.encap.pppoe.as_ref().unwrap().sid,
+        native_sid_of_le_fixture()
+    );
     assert_eq!(wan.encap.pppoe.as_ref().unwrap().peer_mac, PEER);
     assert_eq!(wan.lowest_ifindex, 2);
 
@@ -317,8 +324,8 @@ fn ppp_without_a_kernel_session_is_unsupported() {
 
 #[test]
 fn proc_net_pppoe_parsing_follows_the_printing_byte_order() {
-    let le = parse_proc_pppoe(&text("proc-net-pppoe/single-le.txt"), ProcByteOrder::Little)
-        .unwrap();
+    let le =
+        parse_proc_pppoe(&text("proc-net-pppoe/single-le.txt"), ProcByteOrder::Little).unwrap();
     let be = parse_proc_pppoe(&text("proc-net-pppoe/single-be.txt"), ProcByteOrder::Big).unwrap();
     assert_eq!(le, be);
     assert_eq!(le.len(), 1);
@@ -376,7 +383,10 @@ fn bridge_links(filtering: bool) -> Vec<Link> {
             .with_mtu(1400)
             .with_mac(HOST_B),
     );
-    for l in links.iter_mut().filter(|l| l.ifindex == 3 || l.ifindex == 4) {
+    for l in links
+        .iter_mut()
+        .filter(|l| l.ifindex == 3 || l.ifindex == 4)
+    {
         l.master = Some(10);
     }
     if filtering {

@@ -181,9 +181,9 @@ fn pppd_device(fs: &HostFs, ifname: &str, sessions: &[ProcSession]) -> Option<St
 fn owns_unit(args: &[String], ifname: &str, unit: Option<u32>) -> bool {
     let value_of = |opt: &str| {
         args.windows(2)
-            .filter(|w| w[0] == opt)
+            .rev()
+            .find(|w| w[0] == opt)
             .map(|w| w[1].as_str())
-            .last()
     };
     match value_of("ifname") {
         Some(name) => name == ifname,

@@ -1,0 +1,568 @@
+//! Topology dump, next-hop resolution and events against a real kernel, checked with iproute2
+//! (`ip -j route get`, `ip -j neigh`, `ip -j link`, `bridge -j fdb`) as independent oracles.
+//!
+//! Needs root (network namespaces). Without root the tests skip with a message, except under
+//! `CI=true`, where they fail. Everything lives in namespaces created here (router `r`, LAN hosts
+//! `h1` and `h2` behind the router's bridge, WAN host `w` behind two links), addressed only from
+//! 198.18.0.0/15 and fd00::/8, and deleted on drop, panics included.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(unused_imports)]
+#[path = "../src/topology/mod.rs"]
+mod topology;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use topology::NetlinkEvent;
+use topology::RouteQuery;
+use topology::Topology;
+use topology::TopologyEvent;
+use topology::Unresolved;
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root for network namespaces, and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: needs root (network namespaces)");
+    false
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace that is deleted when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Self {
+        let name = format!(
+            "bqtopo-{}-{}-{role}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command in the namespace; panics with its output if it fails.
+    fn sh(&self, cmd: &str) -> String {
+        run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd])
+    }
+
+    /// Runs a shell command in the namespace and reports whether it succeeded.
+    fn try_sh(&self, cmd: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    fn json(&self, cmd: &str) -> Value {
+        serde_json::from_str(&self.sh(cmd)).unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    }
+
+    fn ifindex(&self, dev: &str) -> u32 {
+        let v = self.json(&format!("ip -j link show dev {dev}"));
+        v[0]["ifindex"].as_u64().unwrap() as u32
+    }
+
+    fn mac(&self, dev: &str) -> [u8; 6] {
+        let v = self.json(&format!("ip -j link show dev {dev}"));
+        topology::parse_mac(v[0]["address"].as_str().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a thread of its own that has entered `ns`, on a current-thread tokio runtime
+/// (the daemon's kind): netlink sockets belong to the namespace of the thread creating them.
+fn in_netns<F, Fut, T>(ns: &Netns, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{}", ns.name);
+    let thread = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f())
+    });
+    match thread.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The namespaces of one test; dropped (deleted) together.
+struct Lab {
+    r: Netns,
+    h1: Netns,
+    h2: Netns,
+    w: Netns,
+}
+
+const H1_MAC: &str = "02:00:00:00:01:11";
+const H2_MAC: &str = "02:00:00:00:01:12";
+const BR_MAC: &str = "02:00:00:00:01:01";
+
+/// Router r: br-lan (198.18.1.1/24, fd00:1::1/64) with ports vr1 → h1 (198.18.1.11) and
+/// vr2 → h2 (198.18.1.12); wan0 (198.18.2.1/24) → w (198.18.2.2) and wan1 (198.18.4.1/24)
+/// → w (198.18.4.2). 198.18.100.0/24 is behind w: via wan0 in the main table, via wan1 in
+/// table 100 for traffic from h2 (`ip rule add from 198.18.1.12 table 100`).
+fn build_lab() -> Lab {
+    let lab = Lab {
+        r: Netns::new("r"),
+        h1: Netns::new("h1"),
+        h2: Netns::new("h2"),
+        w: Netns::new("w"),
+    };
+    let (r, h1, h2, w) = (&lab.r, &lab.h1, &lab.h2, &lab.w);
+    r.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+    r.sh(&format!(
+        "ip link add br-lan type bridge && ip link set br-lan address {BR_MAC} && \
+         ip link set br-lan up && \
+         ip addr add 198.18.1.1/24 dev br-lan && ip addr add fd00:1::1/64 dev br-lan nodad"
+    ));
+    for (i, (h, mac)) in [(h1, H1_MAC), (h2, H2_MAC)].into_iter().enumerate() {
+        let n = i + 1;
+        r.sh(&format!(
+            "ip link add vr{n} type veth peer name eth0 netns {} && \
+             ip link set vr{n} master br-lan && ip link set vr{n} up",
+            h.name
+        ));
+        h.sh(&format!(
+            "ip link set eth0 address {mac} && ip link set eth0 up && \
+             ip addr add 198.18.1.1{n}/24 dev eth0 && ip addr add fd00:1::1{n}/64 dev eth0 nodad && \
+             ip route add default via 198.18.1.1"
+        ));
+    }
+    for (n, net) in [(0, 2), (1, 4)] {
+        r.sh(&format!(
+            "ip link add wan{n} type veth peer name wan{n} netns {} && \
+             ip link set wan{n} up && ip addr add 198.18.{net}.1/24 dev wan{n}",
+            w.name
+        ));
+        w.sh(&format!(
+            "ip link set wan{n} up && ip addr add 198.18.{net}.2/24 dev wan{n}"
+        ));
+    }
+    r.sh("ip route add 198.18.100.0/24 via 198.18.2.2 && \
+          ip route add 198.18.100.0/24 via 198.18.4.2 table 100 && \
+          ip rule add from 198.18.1.12 table 100 && \
+          ip route add blackhole 198.18.200.0/24 && \
+          ip route add unreachable 198.18.201.0/24");
+    // Dynamic neighbours: traffic resolves them (and makes the bridge learn h1, h2).
+    h1.sh("ping -c 1 -W 1 198.18.1.1 >/dev/null");
+    h2.sh("ping -c 1 -W 1 198.18.1.1 >/dev/null");
+    h1.sh("ping -6 -c 1 -W 1 fd00:1::1 >/dev/null");
+    r.sh("ping -c 1 -W 1 198.18.2.2 >/dev/null && ping -c 1 -W 1 198.18.4.2 >/dev/null");
+    // A static neighbour: h2 pinned with its real MAC.
+    r.sh(&format!(
+        "ip neigh replace 198.18.1.12 lladdr {H2_MAC} dev br-lan nud permanent"
+    ));
+    lab
+}
+
+/// What `ip -j route get` says: (output device, gateway).
+fn oracle_route(r: &Netns, args: &str) -> (String, Option<IpAddr>) {
+    let v = r.json(&format!("ip -j route get {args}"));
+    let dev = v[0]["dev"].as_str().unwrap().to_string();
+    let gw = v[0]["gateway"].as_str().map(|g| g.parse().unwrap());
+    (dev, gw)
+}
+
+/// What `ip -j neigh` says the MAC of `ip` on `dev` is.
+fn oracle_neigh(r: &Netns, ip: IpAddr, dev: &str) -> [u8; 6] {
+    let v = r.json(&format!("ip -j neigh show {ip} dev {dev}"));
+    topology::parse_mac(v[0]["lladdr"].as_str().unwrap()).unwrap()
+}
+
+/// What `bridge -j fdb` says: the port `mac` is behind on `br`.
+fn oracle_fdb_port(r: &Netns, br: &str, mac: &[u8; 6]) -> String {
+    let v = r.json(&format!("bridge -j fdb show br {br}"));
+    let want = topology::fmt_mac(mac);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["mac"].as_str() == Some(want.as_str())
+                && e["ifname"].as_str() != Some(br)
+                && !e["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "self"))
+        })
+        .and_then(|e| e["ifname"].as_str())
+        .unwrap_or_else(|| panic!("bridge fdb has no port for {want}: {v}"))
+        .to_string()
+}
+
+#[test]
+fn dump_and_resolve_match_iproute2() {
+    if !root_or_skip("dump_and_resolve_match_iproute2") {
+        return;
+    }
+    let lab = build_lab();
+    let r = &lab.r;
+    let idx = |d: &str| r.ifindex(d);
+    let (br, vr1, vr2, wan0, wan1) = (
+        idx("br-lan"),
+        idx("vr1"),
+        idx("vr2"),
+        idx("wan0"),
+        idx("wan1"),
+    );
+    let links_oracle = r.json("ip -j -d link show");
+    let addrs_oracle = r.json("ip -j addr show");
+
+    let (topo, results) = in_netns(r, move || async move {
+        let sub = topology::subscribe().unwrap();
+        let topo = Topology::dump(&sub.handle).await.unwrap();
+        let q = |dst: &str, src: Option<&str>, iif: Option<u32>| RouteQuery {
+            dst: dst.parse().unwrap(),
+            src: src.map(|s| s.parse().unwrap()),
+            iif,
+            mark: None,
+        };
+        let queries = vec![
+            // 0: router → LAN host h1 (dynamic neighbour), across the bridge.
+            q("198.18.1.11", None, None),
+            // 1: forwarded w → h1.
+            q("198.18.1.11", Some("198.18.100.5"), Some(wan0)),
+            // 2: forwarded h1 → 198.18.100.5: main table, via wan0.
+            q("198.18.100.5", Some("198.18.1.11"), Some(br)),
+            // 3: forwarded h2 → 198.18.100.5: rule → table 100, via wan1.
+            q("198.18.100.5", Some("198.18.1.12"), Some(br)),
+            // 4: to h2: static neighbour.
+            q("198.18.1.12", None, None),
+            // 5: on-link on wan0 but nobody there: the neighbour never resolves.
+            q("198.18.2.99", None, None),
+            // 6: the router itself, forwarded path and output path.
+            q("198.18.1.1", Some("198.18.100.5"), Some(wan0)),
+            q("198.18.2.1", None, None),
+            // 8: blackhole and unreachable routes.
+            q("198.18.200.1", None, None),
+            q("198.18.201.1", None, None),
+            // 10: IPv6 to h1 across the bridge.
+            q("fd00:1::11", None, None),
+        ];
+        let mut results = Vec::new();
+        for query in queries {
+            results.push(topo.resolve(&sub.handle, query).await);
+        }
+        (topo, results)
+    });
+
+    // The dump against `ip -j -d link` / `ip -j addr`.
+    for l in links_oracle.as_array().unwrap() {
+        let ifindex = l["ifindex"].as_u64().unwrap() as u32;
+        let link = topo
+            .link(ifindex)
+            .unwrap_or_else(|| panic!("{l} missing from the dump"));
+        assert_eq!(link.name, l["ifname"].as_str().unwrap());
+        assert_eq!(u64::from(link.mtu), l["mtu"].as_u64().unwrap());
+        if let Some(mac) = l["address"].as_str() {
+            if l["link_type"] == "ether" {
+                assert_eq!(link.mac, topology::parse_mac(mac), "{}", link.name);
+            }
+        }
+        let master = l["master"]
+            .as_str()
+            .map(|m| topo.link_by_name(m).unwrap().ifindex);
+        assert_eq!(link.master, master, "{}", link.name);
+        let expected_kind = match l["linkinfo"]["info_kind"].as_str() {
+            Some("veth") => topology::LinkKind::Veth,
+            Some("bridge") => topology::LinkKind::Bridge,
+            _ if l["link_type"] == "loopback" => topology::LinkKind::Other("loopback".into()),
+            Some(other) => topology::LinkKind::Other(other.into()),
+            None => topology::LinkKind::Ethernet,
+        };
+        assert_eq!(link.kind, expected_kind, "{}", link.name);
+    }
+    assert_eq!(topo.links().count(), links_oracle.as_array().unwrap().len());
+    for l in addrs_oracle.as_array().unwrap() {
+        for a in l["addr_info"].as_array().unwrap() {
+            let ip: IpAddr = a["local"].as_str().unwrap().parse().unwrap();
+            assert!(topo.is_local(ip), "{ip} not recognised as local");
+        }
+    }
+    assert!(!topo.is_local("198.18.1.11".parse().unwrap()));
+    assert_eq!(topo.attach_points(br), vec![vr1, vr2]);
+
+    // Resolutions against `ip route get` + `ip neigh` + `bridge fdb`.
+    let check = |i: usize, get_args: &str| {
+        let nh = results[i]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("query {i} ({get_args}): {e}"));
+        let (dev, gw) = oracle_route(r, get_args);
+        assert_eq!(nh.l3_ifindex, idx(&dev), "query {i}: device");
+        assert_eq!(nh.gateway, gw, "query {i}: gateway");
+        let nh_ip: IpAddr =
+            gw.unwrap_or_else(|| get_args.split(' ').next().unwrap().parse().unwrap());
+        assert_eq!(nh.dst_mac, oracle_neigh(r, nh_ip, &dev), "query {i}: MAC");
+        assert_eq!(nh.neighbour, Some((idx(&dev), nh_ip)));
+        let (port, lowest_mtu) = if dev == "br-lan" {
+            let port = oracle_fdb_port(r, "br-lan", &nh.dst_mac);
+            (
+                port.clone(),
+                r.json(&format!("ip -j link show {port}"))[0]["mtu"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        } else {
+            (
+                dev.clone(),
+                r.json(&format!("ip -j link show {dev}"))[0]["mtu"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        };
+        assert_eq!(nh.egress_ifindex, idx(&port), "query {i}: egress port");
+        assert_eq!(nh.src_mac, r.mac(&dev), "query {i}: source MAC");
+        assert_eq!(u64::from(nh.mtu), lowest_mtu.min(1500), "query {i}: MTU");
+        assert_eq!(
+            nh.encap,
+            topology::L2Encap::default(),
+            "query {i}: no encap"
+        );
+    };
+    check(0, "198.18.1.11");
+    check(1, "198.18.1.11 from 198.18.100.5 iif wan0");
+    check(2, "198.18.100.5 from 198.18.1.11 iif br-lan");
+    check(3, "198.18.100.5 from 198.18.1.12 iif br-lan");
+    check(4, "198.18.1.12");
+    check(10, "fd00:1::11");
+    assert_eq!(results[0].as_ref().unwrap().egress_ifindex, vr1);
+    assert_eq!(results[2].as_ref().unwrap().l3_ifindex, wan0);
+    assert_eq!(results[3].as_ref().unwrap().l3_ifindex, wan1);
+    assert_eq!(results[4].as_ref().unwrap().egress_ifindex, vr2);
+    assert_eq!(
+        results[5],
+        Err(Unresolved::Neighbour {
+            ifindex: wan0,
+            ip: "198.18.2.99".parse().unwrap()
+        })
+    );
+    assert_eq!(results[6], Err(Unresolved::Local));
+    assert_eq!(results[7], Err(Unresolved::Local));
+    assert!(
+        matches!(results[8], Err(Unresolved::NoRoute(_))),
+        "{:?}",
+        results[8]
+    );
+    assert!(
+        matches!(results[9], Err(Unresolved::NoRoute(_))),
+        "{:?}",
+        results[9]
+    );
+    drop(lab);
+}
+
+#[test]
+fn failed_neighbour_and_unlearned_fdb_stay_in_the_kernel() {
+    if !root_or_skip("failed_neighbour_and_unlearned_fdb_stay_in_the_kernel") {
+        return;
+    }
+    let lab = build_lab();
+    let r = &lab.r;
+    // Make 198.18.2.99 INCOMPLETE/FAILED by trying it; a static neighbour with a MAC the bridge
+    // has never seen cannot be given a port.
+    assert!(!r.try_sh("ping -c 1 -W 1 198.18.2.99 >/dev/null"));
+    r.sh("ip neigh replace 198.18.1.50 lladdr 02:00:00:00:01:50 dev br-lan nud permanent");
+    let wan0 = r.ifindex("wan0");
+    let state = r.json("ip -j neigh show 198.18.2.99 dev wan0");
+    let (a, b) = in_netns(r, move || async move {
+        let sub = topology::subscribe().unwrap();
+        let topo = Topology::dump(&sub.handle).await.unwrap();
+        let q = |dst: &str| RouteQuery {
+            dst: dst.parse().unwrap(),
+            src: None,
+            iif: None,
+            mark: None,
+        };
+        (
+            topo.resolve(&sub.handle, q("198.18.2.99")).await,
+            topo.resolve(&sub.handle, q("198.18.1.50")).await,
+        )
+    });
+    assert_eq!(
+        a,
+        Err(Unresolved::Neighbour {
+            ifindex: wan0,
+            ip: "198.18.2.99".parse().unwrap()
+        }),
+        "neighbour state per ip: {state}"
+    );
+    match b {
+        Err(Unresolved::Unsupported(reason)) => {
+            assert!(reason.contains("no FDB entry"), "{reason}")
+        }
+        other => panic!("expected no FDB entry, got {other:?}"),
+    }
+}
+
+/// Waits for the first event matching `want`, applying every event to `topo` on the way.
+async fn wait_for(
+    events: &mut topology::netlink::Events,
+    topo: &mut Topology,
+    what: &str,
+    want: impl Fn(&TopologyEvent) -> bool,
+) -> TopologyEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev: NetlinkEvent = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} event within 5 s"))
+            .unwrap_or_else(|| panic!("event stream ended waiting for {what}"));
+        if let Some(t) = topo.apply(&ev) {
+            if want(&t) {
+                return t;
+            }
+        }
+    }
+}
+
+#[test]
+fn events_keep_the_model_current() {
+    if !root_or_skip("events_keep_the_model_current") {
+        return;
+    }
+    let lab = build_lab();
+    let r_name = lab.r.name.clone();
+    let (br, vr1, vr2) = (
+        lab.r.ifindex("br-lan"),
+        lab.r.ifindex("vr1"),
+        lab.r.ifindex("vr2"),
+    );
+    let h1_mac = topology::parse_mac(H1_MAC).unwrap();
+    in_netns(&lab.r, move || async move {
+        let ip = |cmd: &str| run("ip", &["netns", "exec", &r_name, "sh", "-c", cmd]);
+        let mut sub = topology::subscribe().unwrap();
+        let mut topo = Topology::dump(&sub.handle).await.unwrap();
+        assert_eq!(topo.bridge_port_for(br, h1_mac), Ok((vr1, None)));
+
+        // Link change: MTU.
+        ip("ip link set vr1 mtu 1400");
+        wait_for(&mut sub.events, &mut topo, "link", |e| {
+            *e == TopologyEvent::Link(vr1)
+        })
+        .await;
+        assert_eq!(topo.link(vr1).unwrap().mtu, 1400);
+
+        // Route change.
+        ip("ip route add 198.18.150.0/24 via 198.18.2.2");
+        wait_for(&mut sub.events, &mut topo, "route", |e| {
+            *e == TopologyEvent::Route
+        })
+        .await;
+
+        // Neighbour change: h2's MAC replaced.
+        ip("ip neigh replace 198.18.1.12 lladdr 02:00:00:00:01:99 dev br-lan nud permanent");
+        let ev = wait_for(&mut sub.events, &mut topo, "neighbour", |e| {
+            matches!(e, TopologyEvent::Neigh { .. })
+        })
+        .await;
+        assert_eq!(
+            ev,
+            TopologyEvent::Neigh {
+                ifindex: br,
+                ip: "198.18.1.12".parse().unwrap(),
+                mac: Some([2, 0, 0, 0, 1, 0x99]),
+            }
+        );
+
+        // FDB move: h1's MAC now behind vr2 (a static entry replaces the learned one).
+        ip(&format!(
+            "bridge fdb replace {H1_MAC} dev vr2 master static"
+        ));
+        let ev = wait_for(
+            &mut sub.events,
+            &mut topo,
+            "fdb",
+            |e| matches!(e, TopologyEvent::Fdb { mac, .. } if *mac == h1_mac),
+        )
+        .await;
+        assert_eq!(
+            ev,
+            TopologyEvent::Fdb {
+                bridge: br,
+                mac: h1_mac,
+                port: Some(vr2)
+            }
+        );
+        assert_eq!(topo.bridge_port_for(br, h1_mac), Ok((vr2, None)));
+
+        // FDB delete.
+        ip(&format!("bridge fdb del {H1_MAC} dev vr2 master"));
+        wait_for(
+            &mut sub.events,
+            &mut topo,
+            "fdb delete",
+            |e| matches!(e, TopologyEvent::Fdb { mac, port: None, .. } if *mac == h1_mac),
+        )
+        .await;
+        assert!(topo.bridge_port_for(br, h1_mac).is_err());
+
+        // Address added, and a link going away.
+        ip("ip addr add 198.18.9.1/32 dev br-lan");
+        wait_for(&mut sub.events, &mut topo, "address", |e| {
+            matches!(e, TopologyEvent::Addr { .. })
+        })
+        .await;
+        assert!(topo.is_local("198.18.9.1".parse().unwrap()));
+        ip("ip link del vr2");
+        wait_for(&mut sub.events, &mut topo, "link delete", |e| {
+            *e == TopologyEvent::Link(vr2)
+        })
+        .await;
+        // Several notifications may concern vr2; wait until it is gone from the model.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while topo.link(vr2).is_some() {
+            let ev = tokio::time::timeout_at(deadline, sub.events.next())
+                .await
+                .expect("vr2 still in the model after 5 s")
+                .unwrap();
+            topo.apply(&ev);
+        }
+    });
+}
