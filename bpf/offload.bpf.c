@@ -1,6 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * bpfqos flow offload: XDP program and its TC-ingress twin, one source.
+ * bpfqos flow offload: the XDP program and its TC-ingress twin, one source.
+ *
+ * A packet is forwarded here only when all of this holds; anything else goes
+ * to the kernel byte-for-byte unchanged (XDP_PASS / TC_ACT_OK):
+ *  - offload is enabled and the daemon's heartbeat is younger than 3 s;
+ *  - the shared parser understands every header (parse.h);
+ *  - a flow entry matches {ingress ifindex, L2 encap, 5-tuple} and is ready
+ *    for this hook;
+ *  - not a TCP FIN/RST (those mark the flow for teardown), TTL / hop limit
+ *    > 1, IP length within the egress MTU, IPv6 UDP checksum non-zero;
+ *  - the egress is reachable (XDP: in tx_ports, or the ingress device itself);
+ *  - the L2 header can be resized (TC: only growth, see tc_forward()).
+ * Then: L2 header rebuilt from the next hop (MACs, DSA TX tag, 0-2 VLAN,
+ * PPPoE), TTL/hop limit decremented, NAT applied with incremental checksums,
+ * counters updated, and the frame redirected (XDP_TX if egress == ingress).
+ *
+ * No loops; every helper that can fail is called before the first write, so
+ * a failure still leaves the frame untouched.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -49,6 +66,7 @@ struct {
 	__type(value, struct bpfqos_flow6);
 } flows6 SEC(".maps");
 
+/* Keyed and valued by egress ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
 	__uint(max_entries, 256);
@@ -73,6 +91,8 @@ struct bpfqos_btf_anchor {
 	enum bpfqos_stat stat;
 } bpfqos_btf_anchor = {};
 
+enum hook { HOOK_XDP, HOOK_TC };
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
@@ -83,42 +103,561 @@ static __always_inline void stat_inc(__u32 idx)
 
 static __always_inline __u8 iface_dsa_proto(__u32 ifindex)
 {
+	/* Array lookups are inlined by the verifier: cheap on every packet. */
 	struct bpfqos_iface *cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
 
 	return cfg ? cfg->dsa_proto : BPFQOS_DSA_NONE;
 }
 
-static __always_inline int offload(void *data, void *data_end, __u32 ifindex,
-				   __be16 vlan0_tpid, __be16 vlan0_tci)
+/* ---- checksums (RFC 1071 / RFC 1624) ------------------------------------ */
+
+static __always_inline __u16 csum_fold(__u32 sum)
 {
-	struct pkt p = {};
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* HC' = ~(~HC + delta), RFC 1624 eqn. 3; delta as stored in the flow entry. */
+static __always_inline __u16 csum_apply(__u16 check, __u16 delta)
+{
+	return ~csum_fold((__u32)(__u16)~check + delta);
+}
+
+/* Same arithmetic as the kernel's ip_decrease_ttl(), so results are equal. */
+static __always_inline void ipv4_decrease_ttl(struct iphdr *iph)
+{
+	__u32 check = iph->check;
+
+	check += bpf_htons(0x0100);
+	iph->check = (__u16)(check + (check >= 0xffff));
+	iph->ttl--;
+}
+
+/* ---- the flow entry, for both families ---------------------------------- */
+
+struct flow_ref {
+	struct bpfqos_nexthop *nh;
+	struct bpfqos_counters *cnt;
+	__u32 *flags;
+	struct bpfqos_nat4 *nat4; /* one of nat4 / nat6 */
+	struct bpfqos_nat6 *nat6;
+};
+
+static __always_inline void copy_l2(struct bpfqos_l2 *dst,
+				    const struct bpfqos_l2 *src)
+{
+	__builtin_memcpy(dst, src, sizeof(*dst));
+}
+
+/* FIN/RST on an offloaded flow: flag it and tell user space (once). */
+static __always_inline void
+request_teardown(struct flow_ref *f, const struct pkt *p, const void *key)
+{
+	struct bpfqos_event *ev;
+
+	if (*f->flags & BPFQOS_FLOW_F_TEARDOWN)
+		return;
+	/* Plain RMW: user space only clears the bit, a lost race re-sets it. */
+	*f->flags |= BPFQOS_FLOW_F_TEARDOWN;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->tcp_flags = p->tcp_flags;
+	if (p->ipv6) {
+		ev->type = BPFQOS_EV_TEARDOWN6;
+		__builtin_memcpy(&ev->k6, key, sizeof(ev->k6));
+	} else {
+		ev->type = BPFQOS_EV_TEARDOWN4;
+		__builtin_memcpy(&ev->k4, key, sizeof(ev->k4));
+	}
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/*
+ * Parse, look the flow up and apply every "hand it to the kernel" rule.
+ * Returns 0 with *f filled when the packet is to be forwarded; the packet
+ * has not been touched either way.
+ */
+static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
+				    __be16 vlan0_tpid, __be16 vlan0_tci,
+				    enum hook hook, struct pkt *p,
+				    struct flow_ref *f)
+{
 	struct pkt_hdrs h = {};
+	struct bpfqos_control *ctl;
+	__u32 zero = 0;
+	__u8 action;
+	__u64 now;
+	void *key;
+	union {
+		struct bpfqos_flow4_key k4;
+		struct bpfqos_flow6_key k6;
+	} k;
+
+	/* Keys are hashed bytewise: every byte, padding included, is zero. */
+	__builtin_memset(&k, 0, sizeof(k));
 
 	stat_inc(BPFQOS_STAT_SEEN);
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (!ctl || !(ctl->flags & BPFQOS_CTL_F_OFFLOAD)) {
+		stat_inc(BPFQOS_STAT_PASS_DISABLED);
+		return -1;
+	}
 	if (parse_packet(data, data_end, iface_dsa_proto(ifindex), vlan0_tpid,
-			 vlan0_tci, &p, &h)) {
+			 vlan0_tci, p, &h)) {
 		stat_inc(BPFQOS_STAT_PASS_PARSE);
 		return -1;
 	}
+
+	if (!p->ipv6) {
+		struct bpfqos_flow4 *v;
+
+		if (!h.iph)
+			return -1;
+		k.k4.ifindex = ifindex;
+		copy_l2(&k.k4.l2, &p->l2);
+		k.k4.saddr = h.iph->saddr;
+		k.k4.daddr = h.iph->daddr;
+		k.k4.proto = p->l4_proto;
+		key = &k.k4;
+		if (h.th) {
+			k.k4.sport = h.th->source;
+			k.k4.dport = h.th->dest;
+		} else if (h.uh) {
+			k.k4.sport = h.uh->source;
+			k.k4.dport = h.uh->dest;
+		}
+		v = bpf_map_lookup_elem(&flows4, &k.k4);
+		if (!v)
+			goto no_flow;
+		action = v->action;
+		f->nh = &v->nh;
+		f->cnt = &v->cnt;
+		f->flags = &v->flags;
+		f->nat4 = &v->nat;
+		if (h.iph->ttl <= 1)
+			goto ttl;
+	} else {
+		struct bpfqos_flow6 *v;
+
+		if (!h.ip6h)
+			return -1;
+		k.k6.ifindex = ifindex;
+		copy_l2(&k.k6.l2, &p->l2);
+		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
+		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
+		k.k6.proto = p->l4_proto;
+		key = &k.k6;
+		if (h.th) {
+			k.k6.sport = h.th->source;
+			k.k6.dport = h.th->dest;
+		} else if (h.uh) {
+			k.k6.sport = h.uh->source;
+			k.k6.dport = h.uh->dest;
+			/* Zero is invalid for IPv6 UDP: the kernel decides. */
+			if (!h.uh->check) {
+				stat_inc(BPFQOS_STAT_PASS_CSUM);
+				return -1;
+			}
+		}
+		v = bpf_map_lookup_elem(&flows6, &k.k6);
+		if (!v)
+			goto no_flow;
+		action = v->action;
+		f->nh = &v->nh;
+		f->cnt = &v->cnt;
+		f->flags = &v->flags;
+		f->nat6 = &v->nat;
+		if (h.ip6h->hop_limit <= 1)
+			goto ttl;
+	}
+
+	if (action != BPFQOS_ACT_FORWARD &&
+	    !(action == BPFQOS_ACT_FORWARD_TC && hook == HOOK_TC)) {
+		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
+		return -1;
+	}
+	if (!f->nh->ifindex || !f->nh->mtu) {
+		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
+		return -1;
+	}
+	/* Only now pay for the clock: unmatched traffic never reads it. */
+	now = bpf_ktime_get_ns();
+	if (now - ctl->heartbeat_ns > BPFQOS_HEARTBEAT_MAX_AGE_NS) {
+		stat_inc(BPFQOS_STAT_PASS_DISABLED);
+		return -1;
+	}
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) {
+		request_teardown(f, p, key);
+		stat_inc(BPFQOS_STAT_PASS_TCP_END);
+		return -1;
+	}
+	if (p->ip_len > f->nh->mtu) {
+		stat_inc(BPFQOS_STAT_PASS_MTU);
+		return -1;
+	}
+	f->cnt->last_seen_ns = now;
+	return 0;
+
+no_flow:
 	stat_inc(BPFQOS_STAT_PASS_NO_FLOW);
 	return -1;
+ttl:
+	stat_inc(BPFQOS_STAT_PASS_TTL);
+	return -1;
 }
+
+/* Counters are shared by all CPUs: atomic adds (BPF_ATOMIC_ADD / XADD). */
+static __always_inline void count(struct flow_ref *f, __u16 ip_len)
+{
+	__sync_fetch_and_add(&f->cnt->packets, 1);
+	__sync_fetch_and_add(&f->cnt->bytes, ip_len);
+}
+
+/* ---- L2 rebuild ---------------------------------------------------------- */
+
+static __always_inline __u8 nh_vlans(const struct bpfqos_nexthop *nh)
+{
+	return (nh->l2.vlan_proto[0] != 0) + (nh->l2.vlan_proto[1] != 0);
+}
+
+/* Length of the L2 header the next hop wants in front of the IP header. */
+static __always_inline __u32 l2_len(const struct bpfqos_nexthop *nh)
+{
+	__u32 len = ETH_HLEN + VLAN_HLEN * nh_vlans(nh);
+
+	if (nh->l2.pppoe)
+		len += PPPOE_SES_HLEN;
+	if (nh->dsa_proto == BPFQOS_DSA_GSWIP)
+		len += DSA_GSWIP_TX_LEN;
+	else if (nh->dsa_proto == BPFQOS_DSA_QCA)
+		len += DSA_QCA_LEN;
+	else if (nh->dsa_proto == BPFQOS_DSA_MTK && !nh_vlans(nh))
+		len += DSA_MTK_LEN; /* with a VLAN, the tag replaces its TPID */
+	return len;
+}
+
+static __always_inline int put16(struct cursor *c, __be16 v)
+{
+	__be16 *w = cursor_pull(c, sizeof(*w));
+
+	if (!w)
+		return -1;
+	*w = v;
+	return 0;
+}
+
+static __always_inline int put_vlan(struct cursor *c, __be16 tpid, __be16 tci)
+{
+	__be16 *w = cursor_pull(c, VLAN_HLEN);
+
+	if (!w)
+		return -1;
+	w[0] = tpid;
+	w[1] = tci;
+	return 0;
+}
+
+/*
+ * Writes the next hop's L2 header at the start of the frame, in the exact
+ * transmit formats of the kernel's DSA taggers; returns 0 and leaves the
+ * cursor at the IP header.
+ */
+static __always_inline int write_l2(struct cursor *c,
+				    const struct bpfqos_nexthop *nh,
+				    __u16 ip_len, int ipv6)
+{
+	const struct bpfqos_l2 *l2 = &nh->l2;
+	__u8 port_bit = 1 << (nh->l2.dsa_port & 7);
+	int vlan_done = 0;
+	__u8 *b;
+
+	if (nh->dsa_proto == BPFQOS_DSA_GSWIP) {
+		/* tag_gswip.c xmit: 4 bytes in front of the destination MAC. */
+		b = cursor_pull(c, DSA_GSWIP_TX_LEN);
+		if (!b)
+			return -1;
+		b[0] = 2;	    /* GSWIP_TX_SLPID_CPU */
+		b[1] = 0;	    /* GSWIP_TX_DPID_ELAN */
+		b[2] = 0x80 | 0x40; /* PORT_MAP_EN | PORT_MAP_SEL */
+		/* BIT(port + 1) & PORT_MAP_MASK(6:1), | DPID_EN */
+		b[3] = ((1 << ((nh->l2.dsa_port & 7) + 1)) & 0x7e) | 0x01;
+	}
+	b = cursor_pull(c, 2 * ETH_ALEN);
+	if (!b)
+		return -1;
+	__builtin_memcpy(b, nh->h_dest, ETH_ALEN);
+	__builtin_memcpy(b + ETH_ALEN, nh->h_source, ETH_ALEN);
+
+	if (nh->dsa_proto == BPFQOS_DSA_MTK) {
+		/*
+		 * tag_mtk.c xmit: 4 bytes after the source MAC. A tagged frame
+		 * has the tag combined with its outer VLAN header: the TPID is
+		 * replaced by {1: 802.1Q | 2: 802.1ad, port bit}, the TCI stays.
+		 */
+		b = cursor_pull(c, DSA_MTK_LEN);
+		if (!b)
+			return -1;
+		b[1] = port_bit & 0x3f;
+		if (l2->vlan_proto[0]) {
+			b[0] = l2->vlan_proto[0] == bpf_htons(ETH_P_8021AD) ? 2
+									    : 1;
+			__builtin_memcpy(b + 2, &l2->vlan_tci[0], 2);
+			vlan_done = 1;
+		} else {
+			b[0] = 0;
+			b[2] = 0;
+			b[3] = 0;
+		}
+	} else if (nh->dsa_proto == BPFQOS_DSA_QCA) {
+		/* tag_qca.c xmit: version 2 << 14 | FROM_CPU | BIT(port). */
+		if (put16(c,
+			  bpf_htons((2 << 14) | (1 << 7) | (port_bit & 0x7f))))
+			return -1;
+	}
+
+	if (l2->vlan_proto[0] && !vlan_done) {
+		if (put_vlan(c, l2->vlan_proto[0], l2->vlan_tci[0]))
+			return -1;
+	}
+	if (l2->vlan_proto[1]) {
+		if (put_vlan(c, l2->vlan_proto[1], l2->vlan_tci[1]))
+			return -1;
+	}
+	if (l2->pppoe) {
+		struct pppoe_ses_hdr *ph;
+
+		if (put16(c, bpf_htons(ETH_P_PPP_SES)))
+			return -1;
+		ph = cursor_pull(c, sizeof(*ph));
+		if (!ph)
+			return -1;
+		ph->ver_type = 0x11;
+		ph->code = 0;
+		ph->sid = l2->pppoe_sid;
+		ph->length = bpf_htons(ip_len + 2);
+		ph->ppp_proto = bpf_htons(ipv6 ? PPP_IPV6 : PPP_IP);
+		return 0;
+	}
+	return put16(c, bpf_htons(ipv6 ? ETH_P_IPV6 : ETH_P_IP));
+}
+
+/* ---- L3/L4 rewrite -------------------------------------------------------- */
+
+/*
+ * Rewrites TTL/hop limit, addresses and ports at the cursor (the IP header).
+ * L4 checksums are updated here for XDP; for TC (*l4_csum_off set) the caller
+ * uses bpf_l4_csum_replace(), which also handles CHECKSUM_PARTIAL skbs.
+ */
+static __always_inline int rewrite_l3(struct cursor *c, const struct pkt *p,
+				      struct flow_ref *f, enum hook hook,
+				      __u16 *addr_delta, __u16 *port_delta)
+{
+	int udp = p->l4_proto == IPPROTO_UDP;
+	__be16 sport, dport;
+	__u16 *check;
+	__u16 delta;
+
+	/*
+	 * The verifier cannot tie p->ipv6 to which of nat4/nat6 is set (it is
+	 * re-read from the stack), hence the NULL checks on both paths.
+	 */
+	if (!p->ipv6) {
+		struct bpfqos_nat4 *nat = f->nat4;
+		struct iphdr *iph = cursor_pull(c, sizeof(*iph));
+
+		if (!iph || !nat)
+			return -1;
+		ipv4_decrease_ttl(iph);
+		iph->saddr = nat->saddr;
+		iph->daddr = nat->daddr;
+		/* The IP header checksum covers the same address words. */
+		iph->check = csum_apply(iph->check, nat->addr_csum);
+		*addr_delta = nat->addr_csum;
+		*port_delta = nat->port_csum;
+		sport = nat->sport;
+		dport = nat->dport;
+	} else {
+		struct bpfqos_nat6 *nat = f->nat6;
+		struct ipv6hdr *ip6h = cursor_pull(c, sizeof(*ip6h));
+
+		if (!ip6h || !nat)
+			return -1;
+		ip6h->hop_limit--;
+		__builtin_memcpy(&ip6h->saddr, nat->saddr, 16);
+		__builtin_memcpy(&ip6h->daddr, nat->daddr, 16);
+		*addr_delta = nat->addr_csum;
+		*port_delta = nat->port_csum;
+		sport = nat->sport;
+		dport = nat->dport;
+	}
+
+	if (udp) {
+		struct udphdr *uh = cursor_pull(c, sizeof(*uh));
+
+		if (!uh)
+			return -1;
+		uh->source = sport;
+		uh->dest = dport;
+		check = &uh->check;
+	} else {
+		struct tcphdr *th = cursor_pull(c, sizeof(*th));
+
+		if (!th)
+			return -1;
+		th->source = sport;
+		th->dest = dport;
+		check = &th->check;
+	}
+	if (hook == HOOK_TC)
+		return 0;
+
+	delta = csum_fold((__u32)*addr_delta + *port_delta);
+	if (udp) {
+		/* IPv4 UDP without checksum stays without (RFC 768). */
+		if (!*check)
+			return 0;
+		*check = csum_apply(*check, delta);
+		/* A computed 0 is sent as 0xffff (CSUM_MANGLED_0). */
+		if (!*check)
+			*check = 0xffff;
+	} else {
+		*check = csum_apply(*check, delta);
+	}
+	return 0;
+}
+
+/* ---- XDP ------------------------------------------------------------------ */
 
 SEC("xdp")
 int bpfqos_xdp(struct xdp_md *ctx)
 {
-	offload((void *)(long)ctx->data, (void *)(long)ctx->data_end,
-		ctx->ingress_ifindex, 0, 0);
-	return XDP_PASS;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 ingress = ctx->ingress_ifindex;
+	struct flow_ref f = {};
+	struct pkt p = {};
+	struct cursor c;
+	__u16 addr_delta, port_delta;
+	__u32 egress, new_l2;
+	int len, excess;
+
+	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, &p, &f))
+		return XDP_PASS;
+
+	egress = f.nh->ifindex;
+	/* An egress missing from the devmap would make redirect fail: pass. */
+	if (egress != ingress && !bpf_map_lookup_elem(&tx_ports, &egress)) {
+		stat_inc(BPFQOS_STAT_PASS_NO_TXPORT);
+		return XDP_PASS;
+	}
+
+	/*
+	 * Ethernet padding after the IP packet is dropped (as ip_rcv() does);
+	 * the PPPoE length we write must match the packet.
+	 */
+	len = data_end - data;
+	excess = len - (int)(p.l3_off + p.ip_len);
+	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -excess)) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return XDP_PASS;
+	}
+	new_l2 = l2_len(f.nh);
+	if (bpf_xdp_adjust_head(ctx, (int)p.l3_off - (int)new_l2)) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return XDP_PASS;
+	}
+
+	/* From here the frame is ours; the checks below cannot fail. */
+	c.pos = (void *)(long)ctx->data;
+	c.end = (void *)(long)ctx->data_end;
+	if (write_l2(&c, f.nh, p.ip_len, p.ipv6))
+		return XDP_DROP;
+	if (rewrite_l3(&c, &p, &f, HOOK_XDP, &addr_delta, &port_delta))
+		return XDP_DROP;
+	count(&f, p.ip_len);
+
+	if (egress == ingress) {
+		stat_inc(BPFQOS_STAT_TX);
+		return XDP_TX;
+	}
+	stat_inc(BPFQOS_STAT_REDIRECT);
+	return bpf_redirect_map(&tx_ports, egress, 0);
 }
 
+/* ---- TC ------------------------------------------------------------------- */
+
+/*
+ * The TC twin keeps shaping working for offloaded flows (bpf_redirect goes
+ * through the egress qdisc). skb helpers can grow the head of any skb but
+ * only shrink it for plain IP skbs, where the data L2 header is already the
+ * minimum; so TC forwards only flows whose L2 header does not shrink (an
+ * outer VLAN in skb metadata is dropped with bpf_skb_vlan_pop) and passes
+ * the others (PPPoE/VLAN-in-data/DSA decapsulation is XDP's job).
+ * skb->protocol is left as the kernel set it.
+ */
 SEC("tc")
 int bpfqos_tc(struct __sk_buff *skb)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
 	__be16 tpid = skb->vlan_present ? (__be16)skb->vlan_proto : 0;
+	struct flow_ref f = {};
+	struct pkt p = {};
+	struct cursor c;
+	__u16 addr_delta = 0, port_delta = 0;
+	__u32 new_l2, csum_off = 0, l4_off;
+	__u64 mm0;
+	int grow;
 
 	/* At TC ingress skb->ifindex is the device the hook runs on. */
-	offload((void *)(long)skb->data, (void *)(long)skb->data_end,
-		skb->ifindex, tpid, bpf_htons(skb->vlan_tci));
-	return TC_ACT_OK;
+	if (classify(data, data_end, skb->ifindex, tpid,
+		     bpf_htons(skb->vlan_tci), HOOK_TC, &p, &f))
+		return TC_ACT_OK;
+
+	new_l2 = l2_len(f.nh);
+	grow = (int)new_l2 - (int)p.l3_off;
+	if (grow < 0) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return TC_ACT_OK;
+	}
+	if (skb->len > p.l3_off + p.ip_len &&
+	    bpf_skb_change_tail(skb, p.l3_off + p.ip_len, 0)) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return TC_ACT_OK;
+	}
+	if (grow > 0 && bpf_skb_change_head(skb, grow, 0)) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return TC_ACT_OK;
+	}
+	if (tpid)
+		bpf_skb_vlan_pop(skb); /* clears the metadata tag only */
+
+	c.pos = (void *)(long)skb->data;
+	c.end = (void *)(long)skb->data_end;
+	if (write_l2(&c, f.nh, p.ip_len, p.ipv6))
+		return TC_ACT_SHOT;
+	if (rewrite_l3(&c, &p, &f, HOOK_TC, &addr_delta, &port_delta))
+		return TC_ACT_SHOT;
+
+	/* Checksums last: the helpers invalidate packet pointers. */
+	l4_off = new_l2 +
+		 (p.ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr));
+	if (p.l4_proto == IPPROTO_UDP) {
+		csum_off = l4_off + __builtin_offsetof(struct udphdr, check);
+		mm0 = BPF_F_MARK_MANGLED_0;
+	} else {
+		csum_off = l4_off + __builtin_offsetof(struct tcphdr, check);
+		mm0 = 0;
+	}
+	if (addr_delta)
+		bpf_l4_csum_replace(skb, csum_off, 0, addr_delta,
+				    BPF_F_PSEUDO_HDR | mm0);
+	if (port_delta)
+		bpf_l4_csum_replace(skb, csum_off, 0, port_delta, mm0);
+	count(&f, p.ip_len);
+	stat_inc(BPFQOS_STAT_REDIRECT);
+	return bpf_redirect(f.nh->ifindex, 0);
 }

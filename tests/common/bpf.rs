@@ -9,6 +9,8 @@ use libbpf_rs::ProgramInput;
 
 #[path = "../../src/dataplane/abi.rs"]
 pub mod abi;
+#[path = "bpf_frames.rs"]
+pub mod bpf_frames;
 
 /// Little-endian object.
 pub const OBJ_EL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.o"));
@@ -66,7 +68,9 @@ pub fn run_xdp(obj: &mut Object, frame: &[u8], ingress_ifindex: u32, repeat: u32
         .find(|p| p.name() == abi::XDP_PROG)
         .expect("xdp program");
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    // The kernel wants data = 0 and data_end = the frame length in the context.
     let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 512];
     let input = ProgramInput {
@@ -112,4 +116,28 @@ pub fn run_tc(obj: &mut Object, frame: &[u8], ifindex: u32, repeat: u32) -> RunR
         data,
         duration_ns: output.duration.as_nanos() as u64,
     }
+}
+
+/// The `stats` counters summed over CPUs, as (name, value) for the non-zero ones.
+pub fn stats(obj: &Object) -> Vec<(u32, u64)> {
+    use libbpf_rs::MapCore;
+    let map = obj
+        .maps()
+        .find(|m| m.name() == abi::STATS_MAP)
+        .expect("stats map");
+    let mut out = Vec::new();
+    for i in 0..abi::Stat::BPFQOS_STAT_MAX.0 {
+        let per_cpu = map
+            .lookup_percpu(&i.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .expect("stats lookup")
+            .unwrap_or_default();
+        let sum: u64 = per_cpu
+            .iter()
+            .map(|v| u64::from_ne_bytes(v[..8].try_into().expect("u64")))
+            .sum();
+        if sum != 0 {
+            out.push((i, sum));
+        }
+    }
+    out
 }
