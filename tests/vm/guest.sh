@@ -1,8 +1,9 @@
 #!/bin/bash
 # Runs inside the VM (started by tests/vm/run.sh): loads the modules, then runs each scenario in
 # its own subshell, namespaces and time limit, and prints one result line per scenario:
-#   PASS name | FAIL name | PENDING name/part: reason
-# followed by a "VM-DONE" marker that tells run.sh the guest finished.
+#   PASS name | FAIL name | PENDING name/part: reason   (plus PASS/FAIL name/part sub-results)
+# right after each scenario, and at the end a "VM-DONE" marker that tells run.sh the guest
+# finished.
 set -uo pipefail
 
 VMDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,7 +20,6 @@ fi
 sysctl -qw net.ipv4.ip_forward=0 kernel.panic_on_oops=1 2>/dev/null || true
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 
-results=()
 times=()
 for sc in "$@"; do
     file=$VMDIR/scenarios/$sc.sh
@@ -54,13 +54,8 @@ for sc in "$@"; do
     fi
     echo "$line"
     cat "$work/results"
-    results+=("$line")
-    while read -r r; do results+=("$r"); done <"$work/results"
     times+=("$(printf '%-22s %6s s' "$sc" "$secs")")
 done
 echo "---- scenario times (software-emulated VM; behaviour, not performance)"
 printf '  %s\n' "${times[@]}"
-echo "VM-RESULTS-BEGIN"
-printf '%s\n' "${results[@]}"
-echo "VM-RESULTS-END"
 echo "VM-DONE up $(cut -d' ' -f1 /proc/uptime) s"

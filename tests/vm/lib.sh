@@ -273,9 +273,23 @@ pppoe_topology() {
     nsx rtr ip link set "w0.$vid" up
     nsx isp ip link set "i0.$vid" up
     host_nic isp i0
-    nsx isp ip link add srv0 type dummy
-    nsx isp ip addr add "$SRV4/32" dev srv0
-    nsx isp ip link set srv0 up
+    if [ "${PPPOE_SRV_NS:-0}" = 1 ]; then
+        # The server in its own namespace behind the ISP, on a 1500-byte link: its TCP MSS is 1460
+        # and the PPPoE link (1492) is the bottleneck only the middle knows about.
+        ns_add srv
+        veth isp s0 srv e0
+        nsx isp ip addr add 198.19.0.254/24 dev s0
+        nsx isp sysctl -qw net.ipv4.ip_forward=1
+        nsx srv ip addr add "$SRV4/24" dev e0
+        nsx srv ip route add default via 198.19.0.254
+        host_nic srv e0
+        SRV_NS=srv
+    else
+        nsx isp ip link add srv0 type dummy
+        nsx isp ip addr add "$SRV4/32" dev srv0
+        nsx isp ip link set srv0 up
+        SRV_NS=isp
+    fi
     lan_topology
     nsx rtr nft -f - <<NFT
 table inet bpfqos_test_nat {
@@ -294,7 +308,7 @@ NFT
 }
 
 # tcp_xfer NS DST PORT UP DOWN: one bounded bidirectional TCP transfer with hash checks.
-tcp_xfer() { nsx "$1" timeout 60 $XFER client --connect "$2" --port "$3" --up "$4" --down "$5"; }
+tcp_xfer() { nsx "$1" timeout 60 $XFER client --connect "$2" --port "$3" --up "$4" --down "$5" "${@:6}"; }
 udp_echo() { nsx "$1" timeout 60 $XFER client --udp --connect "$2" --port "$3" --count "$4" --size "$5" "${@:6}"; }
 # peers_only FILE ADDR: every peer the server saw is ADDR (NAT check)
 peers_only() { [ -s "$1" ] && ! awk -v a="$2" '$2 != a {bad=1} END {exit !bad}' "$1"; }

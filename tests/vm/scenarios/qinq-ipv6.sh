@@ -69,14 +69,17 @@ table inet bpfqos_test_nat {
 NFT
 
     step "kernel path: IPv4 NAT + IPv6 routed, capture at the ISP"
-    cap_start isp isp i0 -c 1500
+    cap_start isp4 isp i0 -c 500 "vlan 100 and vlan 7 and ip"
+    cap_start isp6 isp i0 -c 800 "vlan 100 and vlan 7 and ip6"
     qinq_traffic
     check "ping6 lan1 -> server: reply hop limit 63" ping_ttl lan1 "$SRV6" 63
     check "ping lan2 -> server: reply TTL 63" ping_ttl lan2 "$SRV4" 63
-    cap_stop isp
-    check "ISP side: 802.1ad 100 + 802.1Q 7 on IPv4 (NATed, TTL 63) and IPv6 (hop limit 63 up, 64 down)" \
-        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp.pcap" \
-        "src=$QWAN4,dst=$SRV4,outer-vlan=100,vlan=7,ttl=63,min=100" \
+    cap_stop isp4
+    cap_stop isp6
+    check "ISP side: 802.1ad 100 + 802.1Q 7 on IPv4, NATed, TTL 63" \
+        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp4.pcap" "src=$QWAN4,dst=$SRV4,outer-vlan=100,vlan=7,ttl=63,min=100"
+    check "ISP side: 802.1ad 100 + 802.1Q 7 on IPv6, LAN source kept, hop limit 63 up / 64 down" \
+        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp6.pcap" \
         "src=fd00:1::12,dst=$SRV6,outer-vlan=100,vlan=7,ttl=63,min=100" \
         "src=$SRV6,dst=fd00:1::12,outer-vlan=100,vlan=7,ttl=64,min=100"
 

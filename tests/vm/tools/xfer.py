@@ -70,6 +70,8 @@ def serve(a):
     s = socket.socket(family(a.bind), socket.SOCK_DGRAM if a.udp else socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((a.bind, a.port))
+    if a.udp and a.no_df and family(a.bind) == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
     if a.udp:
         seen = set()
         while time.monotonic() < deadline:
@@ -138,6 +140,8 @@ def udp_client(a):
     s.connect((a.connect, a.port))
     good = 0
     for i in range(a.count):
+        if i and a.interval:
+            time.sleep(a.interval)
         payload = struct.pack("!I", i) + os.urandom(a.size - 4)
         s.send(payload)
         try:
@@ -165,6 +169,7 @@ def main():
     p.add_argument("--size", type=int, default=1000)
     p.add_argument("--mss", type=int, default=0)
     p.add_argument("--no-df", action="store_true")
+    p.add_argument("--interval", type=float, default=0, help="UDP client: pause between datagrams")
     p.add_argument("--peers")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--io-timeout", type=float, default=10)

@@ -1,0 +1,64 @@
+# PPPoE reconnect: kill pppd, start it again. The new session must get a new session id, traffic
+# must work again, and no frame may leave with the old session id (a stale flow would do exactly
+# that). A UDP flow keeps running across the reconnect, so a stale flow would have traffic to
+# carry. Kernel path first; then the same with bpfqos attached (offload asserted once issue 4
+# lands: the daemon must follow the new session and drop the flows of the old one).
+
+# reconnect_cycle: one disconnect/reconnect with a paced UDP flow running across it; checks the
+# session id changed and every frame captured afterwards carries the new id. Sets OLD_SID/NEW_SID.
+reconnect_cycle() {
+    OLD_SID=$(pppoe_sid rtr)
+    bg srv_udp isp timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 80
+    bg srv_tcp isp timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80
+    sleep 0.5
+    check "TCP before the reconnect: 512 KiB each way, hashes equal" tcp_xfer lan1 "$SRV4" 5201 524288 524288
+    # ~40 s of paced UDP (5 datagrams/s), one socket, spanning the reconnect.
+    bg udp_flow lan2 timeout 60 $XFER client --udp --connect "$SRV4" --port 5202 --count 200 --size 600 --io-timeout 0.3 --interval 0.2
+    sleep 2
+    step "kill pppd (session $OLD_SID), wait for the link to go, start pppd again"
+    kill -TERM "$PID_pppd"
+    wait_until 15 "pppoe-wan gone" sh -c "! ip netns exec $SC-rtr ip link show pppoe-wan"
+    wait_until 10 "session gone from /proc/net/pppoe" sh -c "[ \$(ip netns exec $SC-rtr wc -l < /proc/net/pppoe) -le 1 ]"
+    pppoe_client_start rtr w0.7
+    wait_until 60 "PPPoE session up again" ppp_has_ip rtr pppoe-wan
+    wait_until 10 "default route via pppoe-wan again" sh -c "ip netns exec $SC-rtr ip route show default | grep -q pppoe-wan"
+    NEW_SID=$(pppoe_sid rtr)
+    note "session id $OLD_SID -> $NEW_SID"
+    check "new session id differs ($OLD_SID -> $NEW_SID)" test "$NEW_SID" != "$OLD_SID"
+    cap_start after isp i0 -c 1500
+    check "TCP after the reconnect: 512 KiB each way, hashes equal" tcp_xfer lan1 "$SRV4" 5201 524288 524288
+    # Let the UDP flow that started before the reconnect go on for a while under the new session.
+    sleep 3
+    cap_stop after
+    kill "$PID_udp_flow" 2>/dev/null || true
+    check "after the reconnect only session $NEW_SID is on the wire (UDP flow from before + new TCP)" \
+        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/after.pcap" \
+        "src=$WAN4,dst=$SRV4,proto=udp,vlan=7,sid=$NEW_SID,ttl=63,min=5" \
+        "src=$WAN4,dst=$SRV4,proto=tcp,vlan=7,sid=$NEW_SID,ttl=63,min=100" \
+        "src=$SRV4,dst=$WAN4,vlan=7,sid=$NEW_SID,min=100"
+    kill "$PID_srv_udp" "$PID_srv_tcp" 2>/dev/null || true
+}
+reconnect_cycle_offload_check() {
+    local before after
+    before=$(json_get "$WORK/status-before.json" 'd["offload"]["packets"]')
+    after=$(json_get "$WORK/status-after.json" 'd["offload"]["packets"]')
+    check "bpfqos offloaded traffic in the new session ($before -> $after packets)" test "$((after - before))" -ge 500
+    check "bpfqos still attached to w0 after the reconnect" grep -q '"w0"' "$WORK/status-after.json"
+}
+
+scenario_main() {
+    step "topology: PPPoE/VLAN 7 router"
+    pppoe_topology 7
+    step "kernel path: reconnect with traffic running"
+    reconnect_cycle
+
+    bpfqos_part bpfqos "config globals 'globals'
+	option enabled '1'
+	option offload '1'
+
+config interface 'wan'
+	option device 'pppoe-wan'
+
+config interface 'lan'
+	option device 'br-lan'" reconnect_cycle "w0,l1,l2"
+}
