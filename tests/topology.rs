@@ -90,6 +90,20 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Only processes this test started live in its namespace (pppd, pppoe-server).
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -565,4 +579,338 @@ fn events_keep_the_model_current() {
             topo.apply(&ev);
         }
     });
+}
+
+/// Whether `bridge -j vlan show` says `dev` sends VLAN `vid` untagged.
+fn oracle_vlan_untagged(r: &Netns, dev: &str, vid: u64) -> bool {
+    let v = r.json(&format!("bridge -j vlan show dev {dev}"));
+    let entry = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ifname"] == dev)
+        .unwrap_or_else(|| panic!("no vlan entry for {dev}: {v}"));
+    let vlan = entry["vlans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["vlan"].as_u64() == Some(vid))
+        .unwrap_or_else(|| panic!("{dev} not in vlan {vid}: {v}"));
+    vlan["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "Egress Untagged"))
+}
+
+#[test]
+fn vlan_filtering_bridge_egress_tagging() {
+    if !root_or_skip("vlan_filtering_bridge_egress_tagging") {
+        return;
+    }
+    let lab = build_lab();
+    let r = &lab.r;
+    if !r.try_sh("ip link set br-lan type bridge vlan_filtering 1") {
+        // A kernel capability, not an installable prerequisite: the host kernel of these
+        // machines lacks CONFIG_BRIDGE_VLAN_FILTERING; the VM kernel has it.
+        eprintln!(
+            "skipping vlan_filtering_bridge_egress_tagging: kernel without bridge VLAN filtering"
+        );
+        return;
+    }
+    // vr1 stays the untagged PVID member of VLAN 1; vr2 becomes a tagged member.
+    r.sh("bridge vlan del dev vr2 vid 1 && bridge vlan add dev vr2 vid 1");
+    r.sh(&format!(
+        "bridge fdb replace {H2_MAC} dev vr2 master static vlan 1"
+    ));
+    lab.h1.sh("ping -c 1 -W 1 198.18.1.1 >/dev/null");
+    let (vr1, vr2, br) = (r.ifindex("vr1"), r.ifindex("vr2"), r.ifindex("br-lan"));
+    assert!(oracle_vlan_untagged(r, "vr1", 1));
+    assert!(!oracle_vlan_untagged(r, "vr2", 1));
+    assert_eq!(
+        oracle_fdb_port(r, "br-lan", &topology::parse_mac(H1_MAC).unwrap()),
+        "vr1"
+    );
+    let r_name = r.name.clone();
+    in_netns(r, move || async move {
+        let mut sub = topology::subscribe().unwrap();
+        let mut topo = Topology::dump(&sub.handle).await.unwrap();
+        assert!(
+            topo.link(br)
+                .unwrap()
+                .bridge
+                .as_ref()
+                .unwrap()
+                .vlan_filtering
+        );
+        let q = |dst: &str| RouteQuery {
+            dst: dst.parse().unwrap(),
+            src: None,
+            iif: None,
+            mark: None,
+        };
+        let to_h1 = topo.resolve(&sub.handle, q("198.18.1.11")).await.unwrap();
+        assert_eq!(to_h1.egress_ifindex, vr1);
+        assert!(to_h1.encap.vlans.is_empty());
+        let to_h2 = topo.resolve(&sub.handle, q("198.18.1.12")).await.unwrap();
+        assert_eq!(to_h2.egress_ifindex, vr2);
+        assert_eq!(to_h2.encap.vlans, vec![(topology::VlanProto::Dot1Q, 1)]);
+
+        // vr1 turns into a tagged member: the AF_BRIDGE notification updates the model.
+        run(
+            "ip",
+            &[
+                "netns", "exec", &r_name, "bridge", "vlan", "add", "dev", "vr1", "vid", "1", "pvid",
+            ],
+        );
+        let h1 = topology::parse_mac(H1_MAC).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while topo.bridge_port_for(br, h1) != Ok((vr1, Some(1))) {
+            let ev = tokio::time::timeout_at(deadline, sub.events.next())
+                .await
+                .expect("vr1's VLAN change not seen within 5 s")
+                .unwrap();
+            topo.apply(&ev);
+        }
+    });
+}
+
+/// A background process of the test, killed (by its pid) when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_in(ns: &Netns, args: &[&str], log: &std::path::Path) -> Background {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    Background(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}")),
+    )
+}
+
+/// What pppd's PPPoE plugin logged: (session id, access concentrator MAC).
+fn pppd_session(log: &std::path::Path) -> Option<(u16, [u8; 6])> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let sid = text
+        .lines()
+        .find_map(|l| l.split("PPP session is ").nth(1))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mac = text
+        .lines()
+        .find_map(|l| l.split("Connected to ").nth(1))?
+        .split_whitespace()
+        .next()?;
+    Some((sid, topology::parse_mac(mac)?))
+}
+
+/// Real 802.1Q/802.1ad devices and two kernel-mode PPPoE sessions (pppd + pppoe-server): the
+/// dump's VLAN kinds, QinQ, and each ppp unit tied to its own session through its pppd, with
+/// the session id and peer MAC pppd logged as the oracle. Needs a kernel with 8021q and pppoe
+/// (the VM kernel; the host kernel of these machines has neither, and the test then skips):
+///
+///     vng --run /boot/vmlinuz-6.12.*-amd64 --disable-kvm --user root --memory 2G --cpus 2 -- \
+///         target/debug/deps/topology-<hash> kernel_vlan_qinq_and_pppoe --nocapture
+#[test]
+fn kernel_vlan_qinq_and_pppoe() {
+    if !root_or_skip("kernel_vlan_qinq_and_pppoe") {
+        return;
+    }
+    let _ = Command::new("modprobe")
+        .args(["-q", "-a", "8021q", "pppoe"])
+        .status();
+    let r = Netns::new("r");
+    let i = Netns::new("i");
+    r.sh(&format!(
+        "ip link add wan0 type veth peer name i0 netns {} && \
+         ip link set wan0 address 02:00:00:00:05:01 up",
+        i.name
+    ));
+    if !r.try_sh("ip link add link wan0 name wan0.7 type vlan id 7")
+        || !r.try_sh("test -e /proc/net/pppoe")
+    {
+        eprintln!("skipping kernel_vlan_qinq_and_pppoe: kernel without 8021q/pppoe (VM harness)");
+        return;
+    }
+    for tool in ["pppd", "pppoe-server"] {
+        if !r.try_sh(&format!("command -v {tool} >/dev/null")) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{tool} missing (Debian packages ppp, pppoe)"
+            );
+            eprintln!("skipping kernel_vlan_qinq_and_pppoe: {tool} not installed");
+            return;
+        }
+    }
+    r.sh("ip link set wan0.7 up && \
+          ip link add link wan0 name wan0.100 type vlan proto 802.1ad id 100 && \
+          ip link add link wan0.100 name wan0.100.7 type vlan id 7 && \
+          ip link set wan0.100 up && ip link set wan0.100.7 up");
+    i.sh("ip link set i0 address 02:00:00:00:05:02 up && \
+          ip link add link i0 name i0.7 type vlan id 7 && ip link set i0.7 up && \
+          ip link add link i0 name i0.100 type vlan proto 802.1ad id 100 && \
+          ip link add link i0.100 name i0.100.7 type vlan id 7 && \
+          ip link set i0.100.7 address 02:00:00:00:05:03 && \
+          ip link set i0.100 up && ip link set i0.100.7 up");
+
+    let dir = std::env::temp_dir().join(format!("bqtopo-{}-ppp", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = dir.join("server-options");
+    std::fs::write(&opts, "noauth\nlcp-echo-interval 10\nlcp-echo-failure 3\n").unwrap();
+    let opts = opts.to_str().unwrap().to_string();
+    let mut procs = Vec::new();
+    let mut logs = Vec::new();
+    for (n, (srv_dev, cli_dev, unit)) in [
+        ("i0.7", "wan0.7", "pppoe-wan"),
+        ("i0.100.7", "wan0.100.7", "pppoe-wan2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (local, remote) = (format!("198.18.5{n}.1"), format!("198.18.5{n}.2"));
+        // Both servers would hand out session 1 first: the second one permutes its ids, so the
+        // ids usually differ too.
+        let mut server = vec![
+            "pppoe-server",
+            "-F",
+            "-k",
+            "-I",
+            srv_dev,
+            "-L",
+            &local,
+            "-R",
+            &remote,
+            "-N",
+            "2",
+            "-O",
+            &opts,
+        ];
+        if n == 1 {
+            server.push("-r");
+        }
+        procs.push(spawn_in(&i, &server, &dir.join(format!("server{n}.log"))));
+        let log = dir.join(format!("pppd{n}.log"));
+        procs.push(spawn_in(
+            &r,
+            &[
+                "pppd",
+                "plugin",
+                "pppoe.so",
+                &format!("nic-{cli_dev}"),
+                "noauth",
+                "nodetach",
+                "ifname",
+                unit,
+                "mtu",
+                "1492",
+                "mru",
+                "1492",
+                "logfile",
+                log.to_str().unwrap(),
+            ],
+            &dir.join(format!("pppd{n}.out")),
+        ));
+        logs.push(log);
+    }
+    // Both sessions up: each unit has its IPCP address (bounded wait; emulated VMs are slow).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(r.try_sh("ip -4 addr show dev pppoe-wan | grep -q 198.18.50.2")
+        && r.try_sh("ip -4 addr show dev pppoe-wan2 | grep -q \"inet 198.18.51.\""))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PPPoE sessions not up within 60 s: {}",
+            r.sh("cat /proc/net/pppoe; ip -br addr")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let s1 = pppd_session(&logs[0]).expect("pppd log: session id and peer");
+    let s2 = pppd_session(&logs[1]).expect("pppd log: session id and peer");
+    // Session ids may coincide (two servers); the peers differ, and so do the devices.
+    assert_ne!(s1.1, s2.1);
+    r.sh("ip route add 198.18.60.0/24 dev pppoe-wan && ip route add 198.18.61.0/24 dev pppoe-wan2");
+    let proc_text = r.sh("cat /proc/net/pppoe");
+    let (wan0, wan0_7, wan0_100, wan0_100_7, ppp1, ppp2) = (
+        r.ifindex("wan0"),
+        r.ifindex("wan0.7"),
+        r.ifindex("wan0.100"),
+        r.ifindex("wan0.100.7"),
+        r.ifindex("pppoe-wan"),
+        r.ifindex("pppoe-wan2"),
+    );
+    let wan_mac = r.mac("wan0.7");
+    in_netns(&r, move || async move {
+        use topology::LinkKind;
+        use topology::VlanProto::Dot1Ad;
+        use topology::VlanProto::Dot1Q;
+        let sub = topology::subscribe().unwrap();
+        let topo = Topology::dump(&sub.handle).await.unwrap();
+        let kind = |i| topo.link(i).unwrap().kind.clone();
+        assert_eq!(
+            kind(wan0_7),
+            LinkKind::Vlan {
+                id: 7,
+                proto: Dot1Q
+            }
+        );
+        assert_eq!(
+            kind(wan0_100),
+            LinkKind::Vlan {
+                id: 100,
+                proto: Dot1Ad
+            }
+        );
+        assert_eq!(kind(ppp1), LinkKind::Ppp);
+        let qinq = topo.lower_path(wan0_100_7).unwrap();
+        assert_eq!(qinq.lowest_ifindex, wan0);
+        assert_eq!(qinq.encap.vlans, vec![(Dot1Ad, 100), (Dot1Q, 7)]);
+
+        for (unit, sess, vlans, net) in [
+            (ppp1, s1, vec![(Dot1Q, 7)], "198.18.60.1"),
+            (ppp2, s2, vec![(Dot1Ad, 100), (Dot1Q, 7)], "198.18.61.1"),
+        ] {
+            let path = topo
+                .lower_path(unit)
+                .unwrap_or_else(|e| panic!("{e}; /proc/net/pppoe:\n{proc_text}"));
+            let pppoe = path.encap.pppoe.clone().unwrap();
+            assert_eq!(pppoe.sid, sess.0, "/proc/net/pppoe:\n{proc_text}");
+            assert_eq!(pppoe.peer_mac, sess.1);
+            assert_eq!(pppoe.local_mac, wan_mac);
+            assert_eq!(path.lowest_ifindex, wan0);
+            assert_eq!(path.encap.vlans, vlans);
+            assert_eq!(path.mtu, 1492);
+
+            let nh = topo
+                .resolve(
+                    &sub.handle,
+                    RouteQuery {
+                        dst: net.parse().unwrap(),
+                        src: None,
+                        iif: None,
+                        mark: None,
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(nh.l3_ifindex, unit);
+            assert_eq!(nh.egress_ifindex, wan0);
+            assert_eq!(nh.dst_mac, sess.1);
+            assert_eq!(nh.src_mac, wan_mac);
+            assert_eq!(nh.gateway, None);
+            assert_eq!(nh.neighbour, None);
+            assert_eq!(nh.encap, path.encap);
+        }
+    });
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -653,3 +653,395 @@ fn local_addresses_are_recognised() {
     assert!(topo.is_local("::1".parse().unwrap()));
     assert!(!topo.is_local("198.18.0.2".parse().unwrap()));
 }
+
+/// Netlink notifications as the kernel sends them, applied to the model.
+mod notifications {
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::address::AddressMessage;
+    use netlink_packet_route::link::AfSpecBridge;
+    use netlink_packet_route::link::BridgeVlanInfo;
+    use netlink_packet_route::link::BridgeVlanInfoFlags;
+    use netlink_packet_route::link::InfoData;
+    use netlink_packet_route::link::InfoDsa;
+    use netlink_packet_route::link::InfoKind;
+    use netlink_packet_route::link::InfoVlan;
+    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::link::LinkFlags;
+    use netlink_packet_route::link::LinkInfo;
+    use netlink_packet_route::link::LinkLayerType;
+    use netlink_packet_route::link::LinkMessage;
+    use netlink_packet_route::link::VlanProtocol;
+    use netlink_packet_route::neighbour::NeighbourAddress;
+    use netlink_packet_route::neighbour::NeighbourAttribute;
+    use netlink_packet_route::neighbour::NeighbourMessage;
+    use netlink_packet_route::neighbour::NeighbourState;
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    use super::fs;
+    use super::topology::BridgeVlan;
+    use super::topology::DsaTagger;
+    use super::topology::LinkKind;
+    use super::topology::NetlinkEvent;
+    use super::topology::Topology;
+    use super::topology::TopologyEvent;
+    use super::topology::VlanProto;
+    use super::HOST_A;
+
+    fn link(index: u32, name: &str, attrs: Vec<LinkAttribute>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.link_layer_type = LinkLayerType::Ether;
+        m.header.flags = LinkFlags::Up | LinkFlags::Running;
+        m.attributes = vec![
+            LinkAttribute::IfName(name.into()),
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, index as u8]),
+        ];
+        m.attributes.extend(attrs);
+        m
+    }
+
+    fn kind(k: InfoKind, data: Option<InfoData>) -> LinkAttribute {
+        let mut infos = vec![LinkInfo::Kind(k)];
+        infos.extend(data.map(LinkInfo::Data));
+        LinkAttribute::LinkInfo(infos)
+    }
+
+    fn new_link(m: LinkMessage) -> NetlinkEvent {
+        NetlinkEvent::Message(RouteNetlinkMessage::NewLink(m))
+    }
+
+    fn apply_all(topo: &mut Topology, events: Vec<NetlinkEvent>) {
+        for e in events {
+            topo.apply(&e);
+        }
+    }
+
+    #[test]
+    fn link_kinds_from_rtnetlink() {
+        let mut topo = Topology::from_parts_in(vec![], vec![], fs("fs-dsa-mtk"));
+        let mut ppp = link(8, "ppp0", vec![]);
+        ppp.header.link_layer_type = LinkLayerType::Ppp;
+        let mut veth = link(
+            9,
+            "veth0",
+            vec![
+                kind(InfoKind::Veth, None),
+                LinkAttribute::Link(3),
+                LinkAttribute::LinkNetNsId(0),
+            ],
+        );
+        veth.header.flags = LinkFlags::empty();
+        let mut lo = link(1, "lo", vec![]);
+        lo.header.link_layer_type = LinkLayerType::Loopback;
+        apply_all(
+            &mut topo,
+            vec![
+                new_link(lo),
+                // The user port before its conduit, as a dump may order them.
+                new_link(link(
+                    3,
+                    "lan1",
+                    vec![
+                        LinkAttribute::Link(2),
+                        LinkAttribute::PhysPortName("p1".into()),
+                    ],
+                )),
+                new_link(link(2, "eth0", vec![LinkAttribute::Link(2)])),
+                // Kernels with the "dsa" rtnl kind name the conduit explicitly.
+                new_link(link(
+                    4,
+                    "lan2",
+                    vec![
+                        kind(
+                            InfoKind::Dsa,
+                            Some(InfoData::Dsa(vec![InfoDsa::Conduit(2)])),
+                        ),
+                        LinkAttribute::Link(2),
+                        LinkAttribute::PhysPortName("p2".into()),
+                    ],
+                )),
+                new_link(link(
+                    5,
+                    "lan1.100",
+                    vec![
+                        kind(
+                            InfoKind::Vlan,
+                            Some(InfoData::Vlan(vec![
+                                InfoVlan::Id(100),
+                                InfoVlan::Protocol(VlanProtocol::Ieee8021Ad),
+                            ])),
+                        ),
+                        LinkAttribute::Link(3),
+                    ],
+                )),
+                new_link(link(6, "br-lan", vec![kind(InfoKind::Bridge, None)])),
+                new_link(link(7, "wg0", vec![kind(InfoKind::Wireguard, None)])),
+                new_link(ppp),
+                new_link(veth),
+            ],
+        );
+        let k = |i| topo.link(i).unwrap().kind.clone();
+        assert_eq!(k(1), LinkKind::Other("loopback".into()));
+        assert_eq!(k(2), LinkKind::Ethernet);
+        assert_eq!(topo.link(2).unwrap().lower, None, "IFLA_LINK to itself");
+        assert_eq!(topo.link(2).unwrap().dsa_tagger, Some(DsaTagger::Mtk));
+        assert_eq!(
+            k(3),
+            LinkKind::DsaUser {
+                conduit: 2,
+                port: 1
+            }
+        );
+        assert_eq!(
+            k(4),
+            LinkKind::DsaUser {
+                conduit: 2,
+                port: 2
+            }
+        );
+        assert_eq!(
+            k(5),
+            LinkKind::Vlan {
+                id: 100,
+                proto: VlanProto::Dot1Ad
+            }
+        );
+        assert_eq!(topo.link(5).unwrap().lower, Some(3));
+        assert_eq!(k(6), LinkKind::Bridge);
+        assert_eq!(k(7), LinkKind::Other("wireguard".into()));
+        assert_eq!(k(8), LinkKind::Ppp);
+        assert_eq!(k(9), LinkKind::Veth);
+        let veth = topo.link(9).unwrap();
+        assert_eq!(
+            veth.lower, None,
+            "a peer in another namespace is no lower device"
+        );
+        assert!(!veth.admin_up);
+        assert_eq!(veth.mac, Some([2, 0, 0, 0, 0, 9]));
+
+        let p = topo.lower_path(5).unwrap();
+        assert_eq!(p.lowest_ifindex, 2);
+        assert_eq!(p.encap.vlans, vec![(VlanProto::Dot1Ad, 100)]);
+        assert_eq!(p.encap.dsa.unwrap().port, 1);
+    }
+
+    fn fdb(
+        port: u32,
+        master: u32,
+        mac: [u8; 6],
+        vlan: Option<u16>,
+        state: NeighbourState,
+    ) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Bridge;
+        n.header.ifindex = port;
+        n.header.state = state;
+        n.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+            NeighbourAttribute::Controller(master),
+        ];
+        n.attributes.extend(vlan.map(NeighbourAttribute::Vlan));
+        n
+    }
+
+    #[test]
+    fn bridge_vlans_and_fdb_from_notifications() {
+        let mut topo = Topology::from_parts_in(vec![], vec![], fs("fs-dsa-mtk"));
+        let port = |i, name: &str| {
+            new_link(link(
+                i,
+                name,
+                vec![kind(InfoKind::Veth, None), LinkAttribute::Controller(10)],
+            ))
+        };
+        apply_all(
+            &mut topo,
+            vec![
+                new_link(link(10, "br0", vec![kind(InfoKind::Bridge, None)])),
+                port(11, "p1"),
+                port(12, "p2"),
+            ],
+        );
+        // AF_BRIDGE RTM_NEWLINK, compressed: 1 PVID untagged, 20..=22 tagged.
+        let mut br = LinkMessage::default();
+        br.header.interface_family = AddressFamily::Bridge;
+        br.header.index = 11;
+        let vi = |flags, vid| AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid });
+        br.attributes = vec![LinkAttribute::AfSpecBridge(vec![
+            vi(BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged, 1),
+            vi(BridgeVlanInfoFlags::RangeBegin, 20),
+            vi(BridgeVlanInfoFlags::RangeEnd, 22),
+        ])];
+        let ev = topo.apply(&new_link(br));
+        assert_eq!(ev, Some(TopologyEvent::Link(11)));
+        let vids: Vec<BridgeVlan> = topo.link(11).unwrap().vlans.clone();
+        assert_eq!(vids.len(), 4);
+        assert!(vids[0].pvid && vids[0].untagged && vids[0].vid == 1);
+        assert_eq!(
+            vids[1..]
+                .iter()
+                .map(|v| (v.vid, v.untagged))
+                .collect::<Vec<_>>(),
+            vec![(20, false), (21, false), (22, false)]
+        );
+        // A later AF_UNSPEC notification for the port keeps its bridge VLANs.
+        topo.apply(&port(11, "p1"));
+        assert_eq!(topo.link(11).unwrap().vlans.len(), 4);
+
+        // FDB: learned on p1, moved to p2, deleted.
+        let ev = topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::NewNeighbour(
+            fdb(11, 10, HOST_A, None, NeighbourState::Reachable),
+        )));
+        assert_eq!(
+            ev,
+            Some(TopologyEvent::Fdb {
+                bridge: 10,
+                mac: HOST_A,
+                port: Some(11)
+            })
+        );
+        assert_eq!(topo.bridge_port_for(10, HOST_A), Ok((11, None)));
+        topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::NewNeighbour(
+            fdb(12, 10, HOST_A, None, NeighbourState::Reachable),
+        )));
+        assert_eq!(topo.bridge_port_for(10, HOST_A), Ok((12, None)));
+        let ev = topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::DelNeighbour(
+            fdb(12, 10, HOST_A, None, NeighbourState::Reachable),
+        )));
+        assert_eq!(
+            ev,
+            Some(TopologyEvent::Fdb {
+                bridge: 10,
+                mac: HOST_A,
+                port: None
+            })
+        );
+        assert!(topo.bridge_port_for(10, HOST_A).is_err());
+
+        // A device's own unicast list (no NDA_MASTER) is not the bridge's FDB.
+        let mut own = fdb(11, 10, HOST_A, None, NeighbourState::Permanent);
+        own.attributes
+            .retain(|a| !matches!(a, NeighbourAttribute::Controller(_)));
+        topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::NewNeighbour(
+            own,
+        )));
+        assert!(topo.bridge_port_for(10, HOST_A).is_err());
+
+        // Deleting a port forgets what was behind it.
+        topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::NewNeighbour(
+            fdb(12, 10, HOST_A, None, NeighbourState::Reachable),
+        )));
+        let mut del = LinkMessage::default();
+        del.header.index = 12;
+        let ev = topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::DelLink(del)));
+        assert_eq!(ev, Some(TopologyEvent::Link(12)));
+        assert!(topo.link(12).is_none());
+        assert!(topo.fdb_entries(10).is_empty());
+    }
+
+    fn neigh(state: NeighbourState, mac: Option<[u8; 6]>) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet;
+        n.header.ifindex = 4;
+        n.header.state = state;
+        n.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            "198.18.2.2".parse().unwrap(),
+        ))];
+        n.attributes
+            .extend(mac.map(|m| NeighbourAttribute::LinkLayerAddress(m.to_vec())));
+        n
+    }
+
+    #[test]
+    fn neighbour_states_route_and_address_events() {
+        let ip = "198.18.2.2".parse().unwrap();
+        let classify = |m| NetlinkEvent::Message(m).classify();
+        for (state, usable) in [
+            (NeighbourState::Reachable, true),
+            (NeighbourState::Stale, true),
+            (NeighbourState::Delay, true),
+            (NeighbourState::Probe, true),
+            (NeighbourState::Permanent, true),
+            (NeighbourState::Noarp, true),
+            (NeighbourState::Incomplete, false),
+            (NeighbourState::Failed, false),
+            (NeighbourState::None, false),
+        ] {
+            let ev = classify(RouteNetlinkMessage::NewNeighbour(neigh(
+                state,
+                Some(HOST_A),
+            )));
+            assert_eq!(
+                ev,
+                Some(TopologyEvent::Neigh {
+                    ifindex: 4,
+                    ip,
+                    mac: usable.then_some(HOST_A)
+                }),
+                "{state:?}"
+            );
+        }
+        // NOARP without an address (e.g. on a point-to-point device) gives no MAC.
+        assert_eq!(
+            classify(RouteNetlinkMessage::NewNeighbour(neigh(
+                NeighbourState::Noarp,
+                None
+            ))),
+            Some(TopologyEvent::Neigh {
+                ifindex: 4,
+                ip,
+                mac: None
+            })
+        );
+        assert_eq!(
+            classify(RouteNetlinkMessage::DelNeighbour(neigh(
+                NeighbourState::Reachable,
+                Some(HOST_A)
+            ))),
+            Some(TopologyEvent::Neigh {
+                ifindex: 4,
+                ip,
+                mac: None
+            })
+        );
+        assert_eq!(
+            classify(RouteNetlinkMessage::NewRoute(Default::default())),
+            Some(TopologyEvent::Route)
+        );
+        assert_eq!(
+            classify(RouteNetlinkMessage::DelRule(Default::default())),
+            Some(TopologyEvent::Route)
+        );
+        assert_eq!(
+            NetlinkEvent::Overrun.classify(),
+            Some(TopologyEvent::Resync)
+        );
+
+        // Addresses: IFA_LOCAL is the router's own on point-to-point links.
+        let mut topo = Topology::from_parts(vec![], vec![]);
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet;
+        a.header.index = 7;
+        a.header.prefix_len = 32;
+        a.attributes = vec![
+            AddressAttribute::Address("198.18.7.2".parse().unwrap()),
+            AddressAttribute::Local("198.18.7.1".parse().unwrap()),
+        ];
+        let ev = topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::NewAddress(
+            a.clone(),
+        )));
+        assert_eq!(
+            ev,
+            Some(TopologyEvent::Addr {
+                ifindex: 7,
+                ip: "198.18.7.1".parse().unwrap()
+            })
+        );
+        assert!(topo.is_local("198.18.7.1".parse().unwrap()));
+        assert!(!topo.is_local("198.18.7.2".parse().unwrap()));
+        topo.apply(&NetlinkEvent::Message(RouteNetlinkMessage::DelAddress(a)));
+        assert!(!topo.is_local("198.18.7.1".parse().unwrap()));
+    }
+}

@@ -16,6 +16,7 @@ use futures::Stream;
 use futures::StreamExt;
 use futures::TryStreamExt;
 use log::debug;
+use log::warn;
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::address::AddressAttribute;
@@ -41,6 +42,7 @@ use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::AsyncSocket;
 use netlink_sys::SocketAddr;
 use rtnetlink::Handle;
 use rtnetlink::MulticastGroup;
@@ -522,6 +524,10 @@ impl Topology {
     }
 }
 
+/// Receive buffer asked for the event socket (capped by `net.core.rmem_max`).
+// An `int`, as SO_RCVBUF takes: the setter passes the value's bytes as they are.
+const EVENT_RCVBUF: i32 = 4 << 20;
+
 /// An rtnetlink connection subscribed to link, address, route, rule, neighbour and FDB
 /// notifications, and its handle for requests (dump, route and neighbour lookups).
 pub struct Subscription {
@@ -573,8 +579,16 @@ pub fn subscribe() -> anyhow::Result<Subscription> {
         MulticastGroup::Ipv6Rule,
         MulticastGroup::Neigh,
     ];
-    let (connection, handle, rx) = rtnetlink::new_multicast_connection(&groups)
+    let (mut connection, handle, rx) = rtnetlink::new_multicast_connection(&groups)
         .context("opening the rtnetlink event socket")?;
+    // FDB and neighbour churn comes in bursts; a lost notification costs a full resync.
+    if let Err(e) = connection
+        .socket_mut()
+        .socket_mut()
+        .set_rx_buf_sz(EVENT_RCVBUF)
+    {
+        warn!("rtnetlink event socket: cannot raise the receive buffer: {e}");
+    }
     runtime.spawn(connection);
     Ok(Subscription {
         handle,

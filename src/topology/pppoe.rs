@@ -21,8 +21,10 @@ use super::parse_mac;
 use super::Mac;
 use super::Unsupported;
 
-/// Where the kernel's session table lives under the host root.
-pub const PROC_NET_PPPOE: &str = "proc/net/pppoe";
+/// Where the kernel's session table lives under the host root: the calling thread's network
+/// namespace (`/proc/net` is the thread-group leader's, which differs for a thread that entered
+/// another namespace), then the classic path (older kernels, fixture trees).
+pub const PROC_NET_PPPOE: [&str; 2] = ["proc/thread-self/net/pppoe", "proc/net/pppoe"];
 
 /// Byte order of the machine that printed a `/proc/net/pppoe` text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +90,17 @@ pub fn parse_proc_pppoe(text: &str, order: ProcByteOrder) -> Result<Vec<ProcSess
 /// Reads and parses `/proc/net/pppoe` under `fs` (native byte order). A missing file (no pppoe
 /// module) means no sessions.
 pub fn read_sessions(fs: &HostFs) -> Result<Vec<ProcSession>, Unsupported> {
-    match fs.read(PROC_NET_PPPOE) {
-        Ok(text) => parse_proc_pppoe(&text, ProcByteOrder::Native)
-            .map_err(|e| Unsupported(format!("/{PROC_NET_PPPOE}: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Unsupported(format!("/{PROC_NET_PPPOE}: {e}"))),
+    for path in PROC_NET_PPPOE {
+        match fs.read(path) {
+            Ok(text) => {
+                return parse_proc_pppoe(&text, ProcByteOrder::Native)
+                    .map_err(|e| Unsupported(format!("/{path}: {e}")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Unsupported(format!("/{path}: {e}"))),
+        }
     }
+    Ok(Vec::new())
 }
 
 /// The session the PPP unit `ifname` runs over (see the module docs for how it is chosen).
