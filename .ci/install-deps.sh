@@ -11,7 +11,7 @@ apt_pkgs=(
 	# independent oracles in tests
 	iproute2 nftables conntrack ethtool tcpdump iperf3 python3-scapy bpftool
 	# init script and rpcd plugin run under POSIX shells
-	dash busybox-static shellcheck
+	dash busybox-static shellcheck nodejs
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -491,17 +491,16 @@ async fn resolve_pair(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolve
         iif: Some(iif),
         mark,
     };
-    // Towards the responder: reply direction's source is where the post-NAT packets go.
+    // Routing sees a packet after destination NAT (prerouting) and before source NAT
+    // (postrouting): the original direction as (orig.src -> reply.src), the reply direction as
+    // (reply.src -> orig.src).
     let to_reply = ctx
         .topo
-        .resolve(
-            ctx.handle,
-            q(c.reply.src, c.reply.dst, orig_side.l3_ifindex),
-        )
+        .resolve(ctx.handle, q(c.reply.src, c.orig.src, orig_side.l3_ifindex))
         .await?;
     let to_orig = ctx
         .topo
-        .resolve(ctx.handle, q(c.orig.src, c.orig.dst, to_reply.l3_ifindex))
+        .resolve(ctx.handle, q(c.orig.src, c.reply.src, to_reply.l3_ifindex))
         .await?;
     Ok([to_orig, to_reply])
 }
