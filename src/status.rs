@@ -100,6 +100,18 @@ pub struct AttachPoint {
     /// Why a better mode was not used, when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// Offloaded packets received on this device.
+    #[serde(default)]
+    pub rx_packets: u64,
+    /// Offloaded bytes received on this device.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Offloaded packets sent out of this device.
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Offloaded bytes sent out of this device.
+    #[serde(default)]
+    pub tx_bytes: u64,
 }
 
 /// A configured interface.
@@ -164,6 +176,11 @@ impl Status {
                 if a.hook == Hook::Xdp { "xdp" } else { "tc" },
                 mode_name(a.mode)
             );
+            let _ = write!(
+                s,
+                "  rx {} pkts / {} B  tx {} pkts / {} B",
+                a.rx_packets, a.rx_bytes, a.tx_packets, a.tx_bytes
+            );
             if let Some(r) = &a.fallback_reason {
                 let _ = write!(s, "  ({r})");
             }
@@ -218,6 +235,10 @@ mod tests {
                 hook: Hook::Xdp,
                 mode: AttachMode::Native,
                 fallback_reason: None,
+                rx_packets: 0,
+                rx_bytes: 0,
+                tx_packets: 0,
+                tx_bytes: 0,
             }],
             ..Default::default()
         };

@@ -409,15 +409,23 @@ impl Daemon {
             },
             ..Default::default()
         };
+        let counted = self.flows.counters(self.net.dp.as_ref());
         if let Some(dp) = &self.net.dp {
             st.offload = dp.offload_status();
             st.attach = dp.attach_points();
+            for a in &mut st.attach {
+                if let Some(c) = counted.devices.get(&a.ifindex) {
+                    [a.rx_packets, a.rx_bytes, a.tx_packets, a.tx_bytes] = *c;
+                }
+            }
             st.datapath = dp
                 .stats()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
         }
+        st.offload.packets = counted.packets;
+        st.offload.bytes = counted.bytes;
         st.offload.connections = self.flows.len() as u64;
         st.offload.manager = serde_json::to_value(self.flows.stats()).unwrap_or_default();
         st.flows =

@@ -57,6 +57,16 @@ struct Offloaded {
 }
 
 impl Offloaded {
+    /// (ingress, egress) lowest devices of direction `dir` (0: original, 1: reply).
+    fn dir_devices(&self, dir: usize) -> (u32, u32) {
+        let (a, b) = (self.hops[0].egress_ifindex, self.hops[1].egress_ifindex);
+        if dir == 0 {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
     fn uses_device(&self, ifindex: u32) -> bool {
         self.hops
             .iter()
@@ -140,11 +150,37 @@ pub struct FlowStatus {
     pub egress_ifindex: u32,
 }
 
+/// Offloaded packets and bytes, in total and per lowest device.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Packets forwarded by the data path.
+    pub packets: u64,
+    /// Bytes (IP packet bytes) forwarded by the data path.
+    pub bytes: u64,
+    /// Per ifindex: (received packets, received bytes, sent packets, sent bytes).
+    pub devices: BTreeMap<u32, [u64; 4]>,
+}
+
+impl Counters {
+    fn add(&mut self, (ingress, egress): (u32, u32), packets: u64, bytes: u64) {
+        self.packets += packets;
+        self.bytes += bytes;
+        let i = self.devices.entry(ingress).or_default();
+        i[0] += packets;
+        i[1] += bytes;
+        let e = self.devices.entry(egress).or_default();
+        e[2] += packets;
+        e[3] += bytes;
+    }
+}
+
 /// The flow table manager.
 #[derive(Default)]
 pub struct FlowManager {
     flows: HashMap<ConnKey, Offloaded>,
     stats: ManagerStats,
+    /// What removed connections had counted.
+    retired: Counters,
     last_refresh: Option<Instant>,
 }
 
@@ -257,13 +293,36 @@ impl FlowManager {
 
     fn remove(&mut self, key: &ConnKey, dp: Option<&Dataplane>) {
         if let Some(f) = self.flows.remove(key) {
-            if let Some(dp) = dp {
-                for k in &f.keys {
-                    dp.remove_flow(k);
-                }
-            }
+            self.retire(&f, dp);
             self.stats.removed += 1;
         }
+    }
+
+    /// Takes a connection's entries out of the data path, keeping what they counted.
+    fn retire(&mut self, f: &Offloaded, dp: Option<&Dataplane>) {
+        let Some(dp) = dp else { return };
+        for (dir, k) in f.keys.iter().enumerate() {
+            if let Some((p, b, _)) = dp.flow_counters(k) {
+                self.retired.add(f.dir_devices(dir), p, b);
+            }
+            dp.remove_flow(k);
+        }
+    }
+
+    /// Packets and bytes forwarded by the data path since start, in total and per lowest
+    /// device (live entries plus retired ones).
+    pub fn counters(&self, dp: Option<&Dataplane>) -> Counters {
+        let mut c = self.retired.clone();
+        if let Some(dp) = dp {
+            for f in self.flows.values() {
+                for (dir, k) in f.keys.iter().enumerate() {
+                    if let Some((p, b, _)) = dp.flow_counters(k) {
+                        c.add(f.dir_devices(dir), p, b);
+                    }
+                }
+            }
+        }
+        c
     }
 
     /// Drops every offloaded flow (they continue on the kernel path).
@@ -305,11 +364,7 @@ impl FlowManager {
                 }
                 Ok(_) | Err(_) => {
                     // Take the old entries out first so nothing stale forwards, then try again.
-                    if let Some(dp) = ctx.dp {
-                        for k in &old.keys {
-                            dp.remove_flow(k);
-                        }
-                    }
+                    self.retire(&old, ctx.dp);
                     self.stats.removed += 1;
                     if let Err(r) = self.admit(conn, ctx).await {
                         debug!("{}: after {ev:?}: stays in the kernel: {r:?}", key.0);

@@ -33,7 +33,6 @@ use std::net::IpAddr;
 pub use self::hostfs::HostFs;
 pub use self::netlink::subscribe;
 pub use self::netlink::NetlinkEvent;
-pub use self::netlink::Subscription;
 pub use self::netlink::TopologyEvent;
 pub use self::resolve::NextHop;
 pub use self::resolve::RouteQuery;
