@@ -224,6 +224,7 @@ pppoe_client_start() {
         lcp-echo-interval 2 lcp-echo-failure 5 maxfail 1 debug logfile "$WORK/pppd-rtr.log"
 }
 pppoe_server_listening() { nsx "$1" awk 'NR>1 && tolower($4)=="8863" {f=1} END {exit !f}' /proc/net/packet; }
+ppp_addr() { nsx "$1" ip -4 -o addr show dev pppoe-wan | awk '{split($4, a, "/"); print a[1]; exit}'; }
 ppp_has_ip() { nsx "$1" ip -4 -o addr show dev "$2" 2>/dev/null | grep -q inet; }
 # The session id (decimal) of pppoe-wan's session, from /proc/net/pppoe in NS.
 # The kernel prints the __be16 sid raw with %08X, so on little-endian hosts the bytes are swapped.
@@ -336,7 +337,9 @@ bpfqos_part() {
         attach=$(json_get "$WORK/status-after.json" '",".join(sorted(a["device"]+":"+a["mode"] for a in d.get("attach",[])))')
         pkts=$(json_get "$WORK/status-after.json" 'd["offload"]["packets"]-0')
         note "bpfqos status: attach=[$attach] offload.packets=$pkts"
+        echo "$attach" >"$WORK/bpfqos-attach"
         daemon_stop
+        grep -iE 'warn|error' "$DAEMON_LOG" | head -n 4 | while read -r l; do note "daemon: $l"; done
         if [ "$BPFQOS_EXPECT_OFFLOAD" = 1 ]; then
             local dev
             for dev in ${expect_attach//,/ }; do
@@ -348,7 +351,7 @@ bpfqos_part() {
         if [ "$BPFQOS_EXPECT_OFFLOAD" = 1 ]; then
             subpass "$sub"
         else
-            pending "$sub" "daemon ran, traffic intact with it attached; offload assertions (attach on $expect_attach, status counters) pending issue 4 (set BPFQOS_EXPECT_OFFLOAD=1 when it lands)"
+            pending "$sub" "daemon ran (attached: [$(cat "$WORK/bpfqos-attach" 2>/dev/null)]), traffic intact; offload assertions (attach on $expect_attach, status counters) pending issue 4 (set BPFQOS_EXPECT_OFFLOAD=1 when it lands)"
         fi
     else
         echo "FAIL $SC/$sub" >>"$RESULTS"

@@ -43,6 +43,8 @@ scenario_main() {
     step "topology: PPPoE/VLAN 7 router, server behind the ISP on a 1500 link"
     PPPOE_SRV_NS=1 pppoe_topology 7
     check "pppoe-wan MTU is 1492" sh -c "ip netns exec $SC-rtr ip link show pppoe-wan | grep -q 'mtu 1492'"
+    local sid
+    sid=$(pppoe_sid rtr)
 
     step "kernel path: DF set -> ICMP PTB; DF clear -> fragments; TCP via PMTUD (no clamping)"
     cap_start srv srv e0 -c 800 ip
@@ -53,7 +55,7 @@ scenario_main() {
     check "server saw lan1's SYN unclamped (MSS 1460); no IPv4 packet over 1500" \
         $PY "$VMDIR/tools/pcapcheck.py" "$WORK/srv.pcap" "src=$WAN4,dst=$SRV4,proto=tcp,syn-mss=1460,max-ip-len=1500,min=50"
     check "ISP side: UDP fragments inside PPPoE, none over 1492" \
-        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp.pcap" "src=$WAN4,dst=$SRV4,proto=udp,vlan=7,expect-frags,max-ip-len=1492,min=30"
+        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp.pcap" "src=$WAN4,dst=$SRV4,proto=udp,vlan=7,sid=$sid,expect-frags,max-ip-len=1492,min=30"
 
     step "PMTU blackhole (router's ICMP PTB dropped): unclamped upload stalls, clamped works"
     nsx rtr nft -f - <<<"$BLACKHOLE_NFT"
@@ -61,7 +63,19 @@ scenario_main() {
     bg srv_tcp_bh "$SRV_NS" timeout 60 $XFER server --bind "$SRV4" --port 5203 --count 1 --timeout 50
     bg srv_tcp_cl "$SRV_NS" timeout 90 $XFER server --bind "$SRV4" --port 5204 --count 1 --timeout 80
     sleep 0.5
-    if tcp_xfer lan2 "$SRV4" 5203 262144 4096 --io-timeout 6; then
+    cap_start bh srv e0 -c 300 "tcp port 5203"
+    cap_start bhl rtr l2 -c 300 "tcp port 5203 or icmp"
+    local stalled=1
+    tcp_xfer lan2 "$SRV4" 5203 262144 4096 --io-timeout 6 && stalled=0
+    cap_stop bh
+    cap_stop bhl
+    nsx lan2 ip route get "$SRV4"
+    nsx rtr nft list table inet bpfqos_test_blackhole
+    nsx rtr sysctl net.ipv4.tcp_mtu_probing net.ipv4.ip_no_pmtu_disc net.ipv4.ip_forward_use_pmtu
+    nsx lan2 sysctl net.ipv4.tcp_mtu_probing net.ipv4.ip_no_pmtu_disc
+    tcpdump -nn -v -r "$WORK/bhl.pcap" 2>/dev/null | head -n 30
+    tcpdump -nn -v -r "$WORK/bh.pcap" 2>/dev/null | head -n 30
+    if [ "$stalled" = 0 ]; then
         fail "unclamped TCP upload through a PMTU blackhole should stall, but it completed"
     fi
     echo "ok: unclamped upload stalled as expected"

@@ -8,6 +8,7 @@
 # session id changed and every frame captured afterwards carries the new id. Sets OLD_SID/NEW_SID.
 reconnect_cycle() {
     OLD_SID=$(pppoe_sid rtr)
+    WAN_BEFORE=$(ppp_addr rtr)
     bg srv_udp isp timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 80
     bg srv_tcp isp timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80
     sleep 0.5
@@ -23,19 +24,24 @@ reconnect_cycle() {
     wait_until 60 "PPPoE session up again" ppp_has_ip rtr pppoe-wan
     wait_until 10 "default route via pppoe-wan again" sh -c "ip netns exec $SC-rtr ip route show default | grep -q pppoe-wan"
     NEW_SID=$(pppoe_sid rtr)
-    note "session id $OLD_SID -> $NEW_SID"
+    NEW_WAN=$(ppp_addr rtr)
+    note "session id $OLD_SID -> $NEW_SID, WAN address $WAN_BEFORE -> $NEW_WAN"
     check "new session id differs ($OLD_SID -> $NEW_SID)" test "$NEW_SID" != "$OLD_SID"
     cap_start after isp i0 -c 1500
     check "TCP after the reconnect: 512 KiB each way, hashes equal" tcp_xfer lan1 "$SRV4" 5201 524288 524288
     # Let the UDP flow that started before the reconnect go on for a while under the new session.
     sleep 3
+    check "the UDP flow from before the reconnect is NATed to the new address $NEW_WAN" \
+        sh -c "ip netns exec $SC-rtr conntrack -L -p udp 2>/dev/null | grep 'src=198.18.1.12' | grep -q 'dst=$NEW_WAN '"
     cap_stop after
     kill "$PID_udp_flow" 2>/dev/null || true
     check "after the reconnect only session $NEW_SID is on the wire (UDP flow from before + new TCP)" \
         $PY "$VMDIR/tools/pcapcheck.py" "$WORK/after.pcap" \
-        "src=$WAN4,dst=$SRV4,proto=udp,vlan=7,sid=$NEW_SID,ttl=63,min=5" \
-        "src=$WAN4,dst=$SRV4,proto=tcp,vlan=7,sid=$NEW_SID,ttl=63,min=100" \
-        "src=$SRV4,dst=$WAN4,vlan=7,sid=$NEW_SID,min=100"
+        "src=$NEW_WAN,dst=$SRV4,proto=udp,vlan=7,sid=$NEW_SID,ttl=63,min=5" \
+        "src=$NEW_WAN,dst=$SRV4,proto=tcp,vlan=7,sid=$NEW_SID,ttl=63,min=100" \
+        "src=$SRV4,dst=$NEW_WAN,vlan=7,sid=$NEW_SID,min=100"
+    check "nothing left with the old session $OLD_SID or the old address $WAN_BEFORE" \
+        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/after.pcap" "src=$WAN_BEFORE,dst=$SRV4,min=0,max=0" "src=$SRV4,dst=$WAN_BEFORE,min=0,max=0"
     kill "$PID_srv_udp" "$PID_srv_tcp" 2>/dev/null || true
 }
 reconnect_cycle_offload_check() {

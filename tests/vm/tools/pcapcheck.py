@@ -2,7 +2,7 @@
 """Check the frames of a capture with scapy (the independent oracle for encapsulation).
 
 Usage: pcapcheck.py FILE CHECK [CHECK...], each CHECK a comma-separated list of key=value
-(src, dst, vlan, outer-vlan, sid, ttl, proto, syn-mss, max-ip-len, min) or bare flags
+(src, dst, vlan, outer-vlan, sid, ttl, proto, syn-mss, max-ip-len, min, max) or bare flags
 (expect-frags), e.g. "src=198.18.100.10,dst=198.19.0.1,vlan=7,sid=1,ttl=63,min=200". The capture
 is read once (scapy is slow in a software-emulated VM). For each CHECK it selects IPv4/IPv6 packets from --src to --dst (whatever the encapsulation) and checks, for each:
 the VLAN tags (--outer-vlan with TPID 0x88a8, --vlan with 0x8100), the PPPoE session (--sid,
@@ -39,6 +39,7 @@ def parse_check(spec):
     ap.add_argument("--expect-frags", action="store_true")
     ap.add_argument("--max-ip-len", type=int)
     ap.add_argument("--min", type=int, default=1)
+    ap.add_argument("--max", type=int)
     argv = []
     for item in spec.split(","):
         k, _, v = item.partition("=")
@@ -114,6 +115,8 @@ def check(path, pkts, a):
         problems.append("no TCP SYN seen")
     if a.expect_frags and frags == 0:
         problems.append("no IPv4 fragments seen")
+    if a.max is not None and n > a.max:
+        problems.append(f"{n} matching packets, want at most {a.max}")
     if n < a.min:
         problems.append(f"only {n} matching packets, want at least {a.min}")
     print(f"pcapcheck {path}: {total} frames, {n} {a.src} -> {a.dst} ({a.proto}) checked"
