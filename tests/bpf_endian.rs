@@ -3,6 +3,9 @@
 //! real objects (same include order) stores an IPv4 header with version 4, IHL 5: its first byte
 //! must be 0x45 for both bpfel and bpfeb.
 
+// A test: a failure to set up is a test failure, so unwrap is the right tool here.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 
@@ -28,7 +31,11 @@ fn first_rodata_byte(target: &str) -> u8 {
         }
     }
     let out = cmd.arg(&src).arg("-o").arg(&obj).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bin = dir.join("rodata.bin");
     let out = Command::new("llvm-objcopy")
         .args(["-O", "binary", "--only-section=.rodata"])
@@ -36,15 +43,31 @@ fn first_rodata_byte(target: &str) -> u8 {
         .arg(&bin)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(&bin).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(bytes.get(1), Some(&0xab), "probe not found in .rodata: {bytes:02x?}");
+    assert_eq!(
+        bytes.get(1),
+        Some(&0xab),
+        "probe not found in .rodata: {bytes:02x?}"
+    );
     bytes[0]
 }
 
 #[test]
 fn ipv4_bitfields_follow_the_target_byte_order() {
-    assert_eq!(first_rodata_byte("bpfel"), 0x45, "bpfel: version/ihl swapped");
-    assert_eq!(first_rodata_byte("bpfeb"), 0x45, "bpfeb: version/ihl swapped");
+    assert_eq!(
+        first_rodata_byte("bpfel"),
+        0x45,
+        "bpfel: version/ihl swapped"
+    );
+    assert_eq!(
+        first_rodata_byte("bpfeb"),
+        0x45,
+        "bpfeb: version/ihl swapped"
+    );
 }

@@ -7,7 +7,6 @@ mod harness;
 
 use std::path::PathBuf;
 use std::process::Child;
-use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -208,5 +207,233 @@ fn tcp_ipv4_nat_is_offloaded_and_intact() {
         offloaded * 10 >= total * 9,
         "only {offloaded} of {total} packets offloaded\n{st}\n{}",
         d.log_text()
+    );
+}
+
+/// Conntrack entries of the router, as `conntrack -L -o id` prints them.
+fn conntrack(lab: &Lab, args: &str) -> String {
+    lab.rtr
+        .sh(&format!("conntrack -L {args} -o id 2>/dev/null || true"))
+}
+
+/// The `id=` of the first conntrack line matching `args`.
+fn conntrack_id(lab: &Lab, args: &str) -> Option<String> {
+    conntrack(lab, args)
+        .lines()
+        .next()?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("id=").map(str::to_string))
+}
+
+#[test]
+fn ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented() {
+    if !harness::require_root("ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented") {
+        return;
+    }
+    let lab = Lab::new("bq6");
+    let d = lab.daemon();
+    let (server, peers) = lab.server("fd00:2::2", &[]);
+    // The server's side captures hop limits as received (independent oracle: tcpdump).
+    let capture = lab
+        .srv
+        .command("timeout")
+        .args([
+            "10",
+            "tcpdump",
+            "-c",
+            "40",
+            "-nv",
+            "-i",
+            "s0",
+            "ip6 and tcp and src fd00:1::2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    let client = lab.client("fd00:2::2", &["--up", "16777216", "--down", "16777216"]);
+    let mut offloaded_during = false;
+    harness::wait_for(Duration::from_secs(20), || {
+        offloaded_during |= d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1;
+        offloaded_during
+    });
+    finish(client, "client");
+    finish(server, "server");
+    let dump = String::from_utf8_lossy(
+        &capture
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        offloaded_during,
+        "never offloaded: {}\n{}",
+        d.status(),
+        d.log_text()
+    );
+    // No NAT for IPv6: the server saw the client itself.
+    let peer = std::fs::read_to_string(&peers).unwrap_or_default();
+    assert!(peer.contains("fd00:1::2"), "server saw {peer:?}");
+    // The client sends with hop limit 64; one router hop, whichever path carried it.
+    assert!(
+        dump.contains("hlim 63"),
+        "no hop limit 63 at the server:\n{dump}"
+    );
+    assert!(
+        !dump.contains("hlim 64"),
+        "a packet arrived with hop limit 64:\n{dump}"
+    );
+    let st = d.status();
+    assert!(
+        st["offload"]["packets"].as_u64().unwrap_or(0) > 10_000,
+        "{st}"
+    );
+}
+
+#[test]
+fn udp_is_offloaded_once_assured_and_conntrack_kept_alive() {
+    if !harness::require_root("udp_is_offloaded_once_assured_and_conntrack_kept_alive") {
+        return;
+    }
+    let lab = Lab::new("bqu");
+    // A short stream timeout: without refreshes the entry would expire during the test.
+    lab.rtr
+        .sh("sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream=6");
+    let d = lab.daemon();
+    let (server, _) = lab.server("198.19.0.2", &["--udp"]);
+    let capture = lab
+        .srv
+        .command("timeout")
+        .args([
+            "20",
+            "tcpdump",
+            "-c",
+            "20",
+            "-nv",
+            "-i",
+            "s0",
+            "udp and dst port 5201",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    // 15 s of ping-pong, 20 datagrams a second, every echo checked by xfer.py.
+    let client = lab.client(
+        "198.19.0.2",
+        &[
+            "--udp",
+            "--count",
+            "300",
+            "--interval",
+            "0.05",
+            "--size",
+            "600",
+        ],
+    );
+    // UDP becomes ASSURED after ~2 s of two-way traffic, then it is offloaded.
+    let offloaded = harness::wait_for(Duration::from_secs(8), || {
+        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        offloaded,
+        "UDP never offloaded: {}\n{}",
+        d.status(),
+        d.log_text()
+    );
+    let id = conntrack_id(&lab, "-p udp --dport 5201").unwrap_or_default();
+    assert!(!id.is_empty(), "no conntrack entry");
+    // Well past the 6 s timeout, with conntrack seeing none of the offloaded packets...
+    std::thread::sleep(Duration::from_secs(9));
+    // ...the same entry is still there: the daemon refreshed it.
+    assert_eq!(
+        conntrack_id(&lab, "-p udp --dport 5201").unwrap_or_default(),
+        id,
+        "conntrack entry expired or was replaced while offloaded:\n{}",
+        conntrack(&lab, "-p udp")
+    );
+    finish(client, "client");
+    finish(server, "server");
+    let dump = String::from_utf8_lossy(
+        &capture
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .stdout,
+    )
+    .into_owned();
+    assert!(dump.contains("ttl 63"), "TTL not decremented:\n{dump}");
+    assert!(dump.contains("198.19.0.1."), "source not NATed:\n{dump}");
+    let st = d.status();
+    assert!(
+        st["offload"]["packets"].as_u64().unwrap_or(0) >= 300,
+        "{st}"
+    );
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing_and_restart_resumes() {
+    if !harness::require_root("kill_9_under_load_loses_nothing_and_restart_resumes") {
+        return;
+    }
+    let lab = Lab::new("bqk");
+    let mut d = lab.daemon();
+    let (server, _) = lab.server("198.19.0.2", &["--udp"]);
+    // 12 s of ping-pong; xfer.py fails if any echo is lost or corrupted.
+    let client = lab.client(
+        "198.19.0.2",
+        &[
+            "--udp",
+            "--count",
+            "240",
+            "--interval",
+            "0.05",
+            "--size",
+            "800",
+        ],
+    );
+    let offloaded = harness::wait_for(Duration::from_secs(8), || {
+        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(offloaded, "never offloaded: {}", d.log_text());
+    d.signal("KILL");
+    // Killed by a signal: no exit code.
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), None);
+    // The programs stay attached; with the heartbeat stale (3 s) they pass everything to the
+    // kernel, which still has the connection: the ping-pong goes on.
+    std::thread::sleep(Duration::from_secs(4));
+    let d2 = lab.daemon();
+    // The new daemon adopts the pinned maps and re-admits the live connection from conntrack.
+    let resumed = harness::wait_for(Duration::from_secs(5), || {
+        d2.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        resumed,
+        "offload did not resume: {}\n{}",
+        d2.status(),
+        d2.log_text()
+    );
+    let before = d2.status()["datapath"]["redirect"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = d2.status()["datapath"]["redirect"].as_u64().unwrap_or(0);
+    assert!(
+        after > before,
+        "data path not forwarding after restart ({before} -> {after})"
+    );
+    // The re-adopted per-CPU counters show the data path handed packets to the kernel while
+    // nobody fed the heartbeat.
+    let st = d2.status();
+    assert!(
+        st["datapath"]["pass_disabled"].as_u64().unwrap_or(0) > 0,
+        "no packet passed for a stale heartbeat: {st}"
+    );
+    finish(client, "client");
+    finish(server, "server");
+    assert!(
+        d2.log_text().contains("re-adopted pinned maps"),
+        "{}",
+        d2.log_text()
     );
 }

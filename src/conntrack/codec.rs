@@ -65,6 +65,10 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
+const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
+/// `IP_CT_TCP_FLAG_BE_LIBERAL`: window tracking accepts any in-connection sequence number.
+const IP_CT_TCP_FLAG_BE_LIBERAL: u8 = 0x08;
 const CTA_HELP_NAME: u16 = 1;
 
 /// `IPS_*` status bits that admission looks at.
@@ -551,6 +555,33 @@ pub fn refresh_request(seq: u32, orig: &Tuple, zone: u16, timeout_s: u32) -> Vec
         b.attr(CTA_ZONE, &zone.to_be_bytes());
     }
     b.attr(CTA_TIMEOUT, &timeout_s.to_be_bytes());
+    b.finish()
+}
+
+/// A request that makes conntrack's TCP window tracking liberal in both directions for one
+/// entry, as the kernel's own flowtable does when it offloads a connection: packets that bypass
+/// conntrack leave its sequence tracking behind, and without this, the first packets that take
+/// the kernel path again (after a FIN, a too-big packet, a re-resolution, a daemon restart)
+/// would be INVALID: not NATed, possibly answered with a reset.
+pub fn liberal_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
+    let mut b = Builder::new(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family_of(orig),
+    );
+    b.tuple(CTA_TUPLE_ORIG, orig);
+    if zone != 0 {
+        b.attr(CTA_ZONE, &zone.to_be_bytes());
+    }
+    let pi = b.nest(CTA_PROTOINFO);
+    let tcp = b.nest(CTA_PROTOINFO_TCP);
+    // struct nf_ct_tcp_flags { flags, mask }
+    let liberal = [IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL];
+    b.attr(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &liberal);
+    b.attr(CTA_PROTOINFO_TCP_FLAGS_REPLY, &liberal);
+    b.end_nest(tcp);
+    b.end_nest(pi);
     b.finish()
 }
 

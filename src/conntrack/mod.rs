@@ -7,6 +7,8 @@
 
 pub mod codec;
 
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::time::Duration;
 
@@ -112,8 +114,8 @@ impl EventSocket {
 /// kernel answers these from memory, so they complete in microseconds to milliseconds.
 pub struct Client {
     sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    seq: Cell<u32>,
+    buf: RefCell<Vec<u8>>,
 }
 
 impl Client {
@@ -124,14 +126,15 @@ impl Client {
         set_timeout(&sock, Duration::from_secs(2))?;
         Ok(Self {
             sock,
-            seq: 1,
-            buf: Vec::with_capacity(256 << 10),
+            seq: Cell::new(1),
+            buf: RefCell::new(Vec::with_capacity(256 << 10)),
         })
     }
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
+    fn next_seq(&self) -> u32 {
+        let s = self.seq.get().wrapping_add(1).max(1);
+        self.seq.set(s);
+        s
     }
 
     fn send(&self, msg: &[u8]) -> anyhow::Result<()> {
@@ -143,14 +146,15 @@ impl Client {
     }
 
     /// Every conntrack entry (both families).
-    pub fn dump(&mut self) -> anyhow::Result<Vec<Conn>> {
+    pub fn dump(&self) -> anyhow::Result<Vec<Conn>> {
         let seq = self.next_seq();
         self.send(&codec::dump_request(seq, codec::libc_af::UNSPEC))?;
         let mut out = Vec::new();
         // Bounded: a table of a million entries is ~4000 datagrams.
+        let mut buf = self.buf.borrow_mut();
         for _ in 0..1_000_000 {
-            recv_some(&self.sock, &mut self.buf).context("reading the conntrack dump")?;
-            for m in codec::parse_datagram(&self.buf) {
+            recv_some(&self.sock, &mut buf).context("reading the conntrack dump")?;
+            for m in codec::parse_datagram(&buf) {
                 match m {
                     Ok(Message::New(c)) | Ok(Message::Update(c)) => out.push(c),
                     Ok(Message::Done) => return Ok(out),
@@ -167,31 +171,32 @@ impl Client {
 
     /// Sets the timeout of each entry (by original tuple and zone) in one batch; returns, in
     /// order, whether each one still exists (ENOENT: it is gone).
-    pub fn refresh(
-        &mut self,
-        entries: &[(Tuple, u16)],
-        timeout_s: u32,
-    ) -> anyhow::Result<Vec<bool>> {
+    pub fn refresh(&self, entries: &[(Tuple, u16)], timeout_s: u32) -> anyhow::Result<Vec<bool>> {
         self.batch(entries, |seq, t, zone| {
             codec::refresh_request(seq, t, zone, timeout_s)
         })
     }
 
     /// Whether each entry still exists, without changing it.
-    pub fn exists(&mut self, entries: &[(Tuple, u16)]) -> anyhow::Result<Vec<bool>> {
+    pub fn exists(&self, entries: &[(Tuple, u16)]) -> anyhow::Result<Vec<bool>> {
         self.batch(entries, codec::get_request)
     }
 
     /// Sends one acked request per entry, 64 per datagram, and maps the acks back to entries:
     /// `false` where the kernel answered ENOENT.
+    /// Makes TCP window tracking liberal for these entries (see [`codec::liberal_request`]).
+    pub fn set_liberal(&self, entries: &[(Tuple, u16)]) -> anyhow::Result<Vec<bool>> {
+        self.batch(entries, codec::liberal_request)
+    }
+
     fn batch(
-        &mut self,
+        &self,
         entries: &[(Tuple, u16)],
         build: impl Fn(u32, &Tuple, u16) -> Vec<u8>,
     ) -> anyhow::Result<Vec<bool>> {
         let mut alive = vec![true; entries.len()];
         for (chunk_no, chunk) in entries.chunks(64).enumerate() {
-            let first = self.seq.wrapping_add(1);
+            let first = self.seq.get().wrapping_add(1);
             let mut datagram = Vec::with_capacity(chunk.len() * 96);
             for (t, zone) in chunk {
                 let seq = self.next_seq();
@@ -199,9 +204,10 @@ impl Client {
             }
             self.send(&datagram)?;
             let mut pending = chunk.len();
+            let mut buf = self.buf.borrow_mut();
             while pending > 0 {
-                recv_some(&self.sock, &mut self.buf).context("reading conntrack acks")?;
-                for m in codec::parse_datagram(&self.buf) {
+                recv_some(&self.sock, &mut buf).context("reading conntrack acks")?;
+                for m in codec::parse_datagram(&buf) {
                     if let Ok(Message::Ack { seq, errno }) = m {
                         let idx = seq.wrapping_sub(first) as usize;
                         if idx < chunk.len() {

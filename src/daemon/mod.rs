@@ -96,13 +96,13 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
         reloads: 0,
         interface_errors: BTreeMap::new(),
         net: Net {
+            ct: ct_client,
             topo,
             handle: rtnl.handle,
             dp: dataplane,
             attached: HashSet::new(),
         },
         flows: FlowManager::default(),
-        ct: ct_client,
         timeouts: Timeouts::read(),
     };
     daemon.apply();
@@ -160,6 +160,7 @@ async fn recv_ct(ev: &mut Option<conntrack::EventSocket>) -> anyhow::Result<conn
 /// The network side the flow manager works against, kept apart from the manager so both can be
 /// borrowed at once.
 struct Net {
+    ct: Option<conntrack::Client>,
     topo: Topology,
     handle: rtnetlink::Handle,
     dp: Option<Dataplane>,
@@ -174,6 +175,7 @@ impl Net {
             handle: &self.handle,
             dp: self.dp.as_ref(),
             attached: &self.attached,
+            ct: self.ct.as_ref(),
         }
     }
 }
@@ -190,7 +192,6 @@ struct Daemon {
     interface_errors: BTreeMap<String, String>,
     net: Net,
     flows: FlowManager,
-    ct: Option<conntrack::Client>,
     timeouts: Timeouts,
 }
 
@@ -295,7 +296,9 @@ impl Daemon {
 
     /// Dumps conntrack and makes the flow table match it (start, lost events, re-enable).
     async fn resync(&mut self) {
-        let Some(ct) = self.ct.as_mut() else { return };
+        let Some(ct) = self.net.ct.as_ref() else {
+            return;
+        };
         match ct.dump() {
             Ok(conns) => {
                 let ctx = self.net.ctx();
@@ -352,6 +355,7 @@ impl Daemon {
                 self.config = loaded.config;
                 self.last_reload_error = None;
                 self.reloads += 1;
+                self.timeouts = Timeouts::read();
                 self.apply();
                 if self.offload_on() {
                     self.resync().await;
@@ -376,7 +380,7 @@ impl Daemon {
                 warn!("heartbeat: {e:#}");
             }
         }
-        if let Some(ct) = self.ct.as_mut() {
+        if let Some(ct) = self.net.ct.as_ref() {
             self.flows.tick(ct, self.net.dp.as_ref(), &self.timeouts);
         }
     }

@@ -38,9 +38,9 @@ use crate::topology::TopologyEvent;
 use crate::topology::Unresolved;
 use encode::FlowKey;
 
-/// How often live flows' conntrack timeouts are refreshed (well below UDP's 120-180 s stream
-/// timeout).
-pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Longest interval between refreshes of live flows' conntrack timeouts; shorter when the
+/// configured timeouts are short (a third of the shortest, at least a second).
+pub const REFRESH_EVERY_MAX: Duration = Duration::from_secs(10);
 
 /// Identity of a connection: its original tuple and zone.
 pub type ConnKey = (Tuple, u16);
@@ -263,6 +263,19 @@ impl FlowManager {
                 let (Some((k0, v0)), Some((k1, v1))) = (fwd, rev) else {
                     return Err(self.reject(Reject::Inexpressible));
                 };
+                // Like the kernel's flowtable: conntrack must not judge the packets that take the
+                // kernel path again later by a window it stopped tracking.
+                if c.orig.proto == conntrack::codec::IPPROTO_TCP {
+                    let ok = ctx
+                        .ct
+                        .map(|ct| ct.set_liberal(&[key_of(&c)]))
+                        .is_some_and(|r| r.is_ok_and(|alive| alive.first() == Some(&true)));
+                    if !ok {
+                        return Err(self.reject(Reject::Unresolved(
+                            "could not make conntrack's TCP tracking liberal".into(),
+                        )));
+                    }
+                }
                 for h in &hops {
                     if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
                         warn!("tx_ports: {e:#}");
@@ -376,16 +389,11 @@ impl FlowManager {
 
     /// Periodic work: remove flows the data path marked for teardown, refresh conntrack timeouts
     /// of flows with traffic, and check that idle ones still exist.
-    pub fn tick(
-        &mut self,
-        ct: &mut conntrack::Client,
-        dp: Option<&Dataplane>,
-        timeouts: &Timeouts,
-    ) {
+    pub fn tick(&mut self, ct: &conntrack::Client, dp: Option<&Dataplane>, timeouts: &Timeouts) {
         let Some(dp) = dp else { return };
         let due = self
             .last_refresh
-            .is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+            .is_none_or(|t| t.elapsed() >= timeouts.refresh_every());
         let mut teardown = Vec::new();
         let mut active = Vec::new();
         let mut idle = Vec::new();
@@ -417,7 +425,7 @@ impl FlowManager {
             return;
         }
         self.last_refresh = Some(Instant::now());
-        let mut check = |keys: Vec<ConnKey>, timeout: &dyn Fn(u8) -> Option<u32>| -> Vec<ConnKey> {
+        let check = |keys: Vec<ConnKey>, timeout: &dyn Fn(u8) -> Option<u32>| -> Vec<ConnKey> {
             // Refresh active flows with their protocol's established timeout; query idle ones
             // (timeout None) only for existence.
             let mut gone = Vec::new();
@@ -523,6 +531,8 @@ pub struct Ctx<'a> {
     pub dp: Option<&'a Dataplane>,
     /// Lowest devices the data path is attached to (offload-enabled interfaces).
     pub attached: &'a HashSet<u32>,
+    /// Conntrack requests (TCP window tracking made liberal at admission).
+    pub ct: Option<&'a conntrack::Client>,
 }
 
 /// Resolves the next hop towards each end of `c`: [towards the originator, towards the
@@ -583,6 +593,12 @@ impl Timeouts {
             tcp: get("nf_conntrack_tcp_timeout_established", 432_000),
             udp: get("nf_conntrack_udp_timeout_stream", 180),
         }
+    }
+
+    /// How often to refresh so that no entry can expire between two refreshes.
+    pub fn refresh_every(&self) -> Duration {
+        let third = Duration::from_secs(u64::from(self.tcp.min(self.udp) / 3));
+        third.clamp(Duration::from_secs(1), REFRESH_EVERY_MAX)
     }
 
     fn established(&self, proto: u8) -> u32 {
