@@ -190,6 +190,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 	__u32 zero = 0;
 	__u8 action;
 	__u64 now;
+	__s64 age;
 	void *key;
 	union {
 		struct bpfqos_flow4_key k4;
@@ -283,9 +284,16 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return -1;
 	}
-	/* Only now pay for the clock: unmatched traffic never reads it. */
-	now = bpf_ktime_get_ns();
-	if (now - ctl->heartbeat_ns > BPFQOS_HEARTBEAT_MAX_AGE_NS) {
+	/*
+	 * Only now pay for the clock: unmatched traffic never reads it. The
+	 * coarse clock (jiffies resolution, 5.11+) is plenty for a 3 s
+	 * heartbeat and last-seen, and much cheaper than a clocksource read.
+	 */
+	now = bpf_ktime_get_coarse_ns();
+	/* The coarse clock may lag a fresh CLOCK_MONOTONIC write by a tick. */
+	age = (__s64)(now - ctl->heartbeat_ns);
+	if (age > (__s64)BPFQOS_HEARTBEAT_MAX_AGE_NS ||
+	    age < -(__s64)BPFQOS_HEARTBEAT_MAX_AGE_NS) {
 		stat_inc(BPFQOS_STAT_PASS_DISABLED);
 		return -1;
 	}
@@ -565,7 +573,8 @@ int bpfqos_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	new_l2 = l2_len(f.nh);
-	if (bpf_xdp_adjust_head(ctx, (int)p.l3_off - (int)new_l2)) {
+	if (new_l2 != p.l3_off &&
+	    bpf_xdp_adjust_head(ctx, (int)p.l3_off - (int)new_l2)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
 		return XDP_PASS;
 	}
