@@ -157,8 +157,9 @@ impl Status {
         let _ = writeln!(s, "bpfqos {}, up {} s", self.version, self.uptime_s);
         let _ = writeln!(
             s,
-            "offload: {}  flows {}  packets {}  bytes {}",
+            "offload: {}  connections {}  flow entries {}  packets {}  bytes {}",
             if self.offload.enabled { "on" } else { "off" },
+            self.offload.connections,
             self.offload.flows,
             self.offload.packets,
             self.offload.bytes
@@ -185,6 +186,22 @@ impl Status {
                 let _ = write!(s, "  ({r})");
             }
             s.push('\n');
+        }
+        if let Some(flows) = self.flows.as_array().filter(|f| !f.is_empty()) {
+            let _ = writeln!(s, "\noffloaded connections ({}):", flows.len());
+            for f in flows.iter().take(20) {
+                let _ = writeln!(
+                    s,
+                    "  {}  pkts {}/{}  bytes {}",
+                    f["orig"].as_str().unwrap_or("?"),
+                    f["packets_orig"],
+                    f["packets_reply"],
+                    f["bytes"]
+                );
+            }
+            if flows.len() > 20 {
+                let _ = writeln!(s, "  ... {} more (bpfqos status --json)", flows.len() - 20);
+            }
         }
         let _ = writeln!(s, "\ninterfaces:");
         if self.interfaces.is_empty() {

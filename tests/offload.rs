@@ -143,6 +143,12 @@ fn finish(child: Child, what: &str) -> String {
     text
 }
 
+/// Stops a UDP echo server (it would otherwise serve until its deadline).
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Packets the client's interface sent and received (the whole conversation, both directions).
 fn client_packets(lab: &Lab) -> u64 {
     let out = lab.lan.ip(&["-j", "-s", "link", "show", "dev", "c0"]);
@@ -356,7 +362,7 @@ fn udp_is_offloaded_once_assured_and_conntrack_kept_alive() {
         conntrack(&lab, "-p udp")
     );
     finish(client, "client");
-    finish(server, "server");
+    stop(server);
     let dump = String::from_utf8_lossy(
         &capture
             .wait_with_output()
@@ -430,10 +436,212 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
         "no packet passed for a stale heartbeat: {st}"
     );
     finish(client, "client");
-    finish(server, "server");
+    stop(server);
     assert!(
         d2.log_text().contains("re-adopted pinned maps"),
         "{}",
         d2.log_text()
     );
+}
+
+/// Echoes that came back, from xfer.py's UDP client summary line ("echoed N/M").
+fn echoed(child: Child) -> (u64, u64, String) {
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let counts = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("echoed "))
+        .or_else(|| {
+            text.split("echoed ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(g, t)| Some((g.trim().parse().ok()?, t.trim().parse().ok()?)));
+    let (good, total) = counts.unwrap_or((0, 0));
+    (good, total, text)
+}
+
+fn ifindex(ns: &Netns, dev: &str) -> u64 {
+    let out = ns.ip(&["-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["ifindex"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn route_change_moves_the_offloaded_flow() {
+    if !harness::require_root("route_change_moves_the_offloaded_flow") {
+        return;
+    }
+    let lab = Lab::new("bqr");
+    // A second WAN path to a service address on the server.
+    lab.srv.ip(&[
+        "link",
+        "add",
+        "s1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wan1",
+        "netns",
+        &lab.rtr.name,
+    ]);
+    lab.srv
+        .sh("ip link set s1 up; ip addr add 198.19.1.2/24 dev s1
+         ip addr add 198.19.9.9/32 dev lo
+         ethtool -K s1 tx off tso off gso off gro on >/dev/null");
+    lab.rtr
+        .sh("ip link set wan1 up; ip addr add 198.19.1.1/24 dev wan1
+         ip route add 198.19.9.9/32 via 198.19.0.2 dev wan0
+         ping -c 1 -W 2 198.19.1.2 >/dev/null");
+    lab.work.write(
+        "bpfqos",
+        "config globals 'globals'\n\toption log_level 'debug'\n\n\
+         config interface 'lan'\n\toption device 'br-lan'\n\n\
+         config interface 'wan'\n\toption device 'wan0'\n\n\
+         config interface 'wan2'\n\toption device 'wan1'\n",
+    );
+    let d = lab.daemon();
+    let (server, _) = lab.server("198.19.9.9", &["--udp"]);
+    let client = lab.client(
+        "198.19.9.9",
+        &[
+            "--udp",
+            "--count",
+            "200",
+            "--interval",
+            "0.05",
+            "--size",
+            "500",
+            "--io-timeout",
+            "1",
+        ],
+    );
+    let offloaded = harness::wait_for(Duration::from_secs(8), || {
+        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(offloaded, "never offloaded: {}", d.log_text());
+    let (wan0, wan1) = (ifindex(&lab.rtr, "wan0"), ifindex(&lab.rtr, "wan1"));
+    assert_eq!(d.status()["flows"][0]["egress_ifindex"], wan0);
+    // The route moves; the kernel would now send the flow out of wan1, so must the data path.
+    let capture = lab
+        .srv
+        .command("timeout")
+        .args([
+            "6",
+            "tcpdump",
+            "-c",
+            "10",
+            "-n",
+            "-i",
+            "s1",
+            "udp and dst host 198.19.9.9",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    lab.rtr.ip(&[
+        "route",
+        "replace",
+        "198.19.9.9/32",
+        "via",
+        "198.19.1.2",
+        "dev",
+        "wan1",
+    ]);
+    let moved = harness::wait_for(Duration::from_secs(2), || {
+        d.status()["flows"][0]["egress_ifindex"] == wan1
+    });
+    assert!(
+        moved,
+        "flow still leaves by wan0: {}\n{}",
+        d.status(),
+        d.log_text()
+    );
+    let (good, total, text) = echoed(client);
+    stop(server);
+    let dump = String::from_utf8_lossy(
+        &capture
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        dump.matches("198.19.9.9").count() >= 5,
+        "nothing arrived over wan1:\n{dump}"
+    );
+    assert!(good + 3 >= total && total == 200, "echoes lost: {text}");
+    let st = d.status();
+    let redirected = st["attach"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["device"] == "wan1"))
+        .map(|p| p["tx_packets"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    assert!(
+        redirected > 0,
+        "the data path sent nothing out of wan1: {st}"
+    );
+}
+
+#[test]
+fn neighbour_mac_change_is_followed() {
+    if !harness::require_root("neighbour_mac_change_is_followed") {
+        return;
+    }
+    let lab = Lab::new("bqn");
+    let d = lab.daemon();
+    let (server, _) = lab.server("198.19.0.2", &["--udp"]);
+    let client = lab.client(
+        "198.19.0.2",
+        &[
+            "--udp",
+            "--count",
+            "200",
+            "--interval",
+            "0.05",
+            "--size",
+            "500",
+            "--io-timeout",
+            "1",
+        ],
+    );
+    let offloaded = harness::wait_for(Duration::from_secs(8), || {
+        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(offloaded, "never offloaded: {}", d.log_text());
+    // The server gets a new MAC (NIC swapped, VM moved...) and the router learns it.
+    let new_mac = "02:00:5e:10:00:99";
+    lab.srv.ip(&["link", "set", "s0", "address", new_mac]);
+    lab.rtr.ip(&[
+        "neigh",
+        "replace",
+        "198.19.0.2",
+        "lladdr",
+        new_mac,
+        "dev",
+        "wan0",
+        "nud",
+        "reachable",
+    ]);
+    // The flow entry towards the server now carries the new MAC (read from the pinned map by
+    // bpftool, independently of the daemon).
+    let followed = harness::wait_for(Duration::from_secs(2), || {
+        let dump = lab.rtr.sh(&format!(
+            "bpftool -j map dump pinned {}/flows4",
+            lab.pin_dir.display()
+        ));
+        let want: Vec<String> = new_mac.split(':').map(|b| format!("0x{b}")).collect();
+        dump.contains(&want.join("\",\""))
+    });
+    assert!(followed, "no flow entry with the new MAC: {}", d.log_text());
+    let (good, total, text) = echoed(client);
+    stop(server);
+    // A stale MAC would lose every echo after the change (~150); allow the change window.
+    assert!(good + 5 >= total && total == 200, "echoes lost: {text}");
 }

@@ -28,7 +28,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-in() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 say "building the namespace router"
 for ns in "$LAN" "$RTR" "$SRV"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
@@ -50,16 +50,16 @@ ip -n "$LAN" -6 route add default via fd00:1::1
 ip -n "$SRV" addr add 198.19.0.2/24 dev s0
 ip -n "$SRV" addr add fd00:2::2/64 dev s0 nodad
 ip -n "$SRV" -6 route add default via fd00:2::1
-in "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-in "$RTR" nft -f - <<'NFT'
+nsx "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+nsx "$RTR" nft -f - <<'NFT'
 table inet demo_nat {
 	chain post { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
 }
 NFT
 # veth and XDP (docs: ../shared/testing.md): end hosts send full checksums and MTU-sized frames
 # like real NICs, and the receiving ends of redirected frames run NAPI (GRO).
-in "$LAN" ethtool -K c0 tx off tso off gso off gro on >/dev/null
-in "$SRV" ethtool -K s0 tx off tso off gso off gro on >/dev/null
+nsx "$LAN" ethtool -K c0 tx off tso off gso off gro on >/dev/null
+nsx "$SRV" ethtool -K s0 tx off tso off gso off gro on >/dev/null
 
 say "starting bpfqos (config: tests/demo/config/bpfqos)"
 mkdir -p "$WORK/bpffs" "$WORK/etc"
@@ -67,23 +67,27 @@ mount -t bpf bpf "$WORK/bpffs"
 cp "$HERE/config/bpfqos" "$WORK/etc/bpfqos"
 "$BIN" check-config --config-dir "$WORK/etc"
 SOCK=$WORK/bpfqos.sock
-in "$RTR" "$BIN" daemon --config-dir "$WORK/etc" --socket "$SOCK" --pin-dir "$WORK/bpffs/bpfqos" \
+nsx "$RTR" "$BIN" daemon --config-dir "$WORK/etc" --socket "$SOCK" --pin-dir "$WORK/bpffs/bpfqos" \
 	2> >(sed 's/^/  daemon: /' >&2) &
 DAEMON_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "demo: daemon did not start" >&2; exit 1; }
 "$BIN" status --socket "$SOCK"
 
-say "traffic: TCP and UDP, LAN client -> WAN server, through NAT (5 s each, bounded)"
-in "$SRV" iperf3 -s -D -1 -B 198.19.0.2 --logfile "$WORK/iperf-s.log"
+say "traffic: TCP and UDP, LAN client -> WAN server, through NAT (bounded: 6 s each)"
+nsx "$SRV" iperf3 -s -D -B 198.19.0.2 --logfile "$WORK/iperf-s.log"
 sleep 0.3
-in "$LAN" iperf3 -c 198.19.0.2 -t 5 -f m --connect-timeout 2000 | grep -E 'sender|receiver'
-in "$SRV" iperf3 -s -D -1 -B 198.19.0.2 --logfile "$WORK/iperf-s2.log"
-sleep 0.3
-in "$LAN" iperf3 -c 198.19.0.2 -u -b 200M -l 1200 -t 5 -f m --connect-timeout 2000 | grep -E 'sender|receiver'
-in "$LAN" ping -c 2 -W 1 -q fd00:2::2 | tail -1
+nsx "$LAN" iperf3 -c 198.19.0.2 -t 6 -f m --connect-timeout 2000 --logfile "$WORK/iperf-tcp.log" &
+TCP_PID=$!
+sleep 3
+say "bpfqos status while the TCP transfer runs (the connection is offloaded)"
+"$BIN" status --socket "$SOCK"
+wait "$TCP_PID"
+grep -E 'sender|receiver' "$WORK/iperf-tcp.log"
+nsx "$LAN" iperf3 -c 198.19.0.2 -u -b 100M -l 1200 -t 6 -f m --connect-timeout 2000 | grep -E 'sender|receiver'
+nsx "$LAN" ping -c 2 -W 1 -q fd00:2::2 | tail -1
 
-say "bpfqos status"
+say "bpfqos status after the traffic (counters include finished connections)"
 "$BIN" status --socket "$SOCK"
 say "bpfqos status --json (what ubus call bpfqos status returns)"
 "$BIN" status --json --socket "$SOCK"
