@@ -387,6 +387,35 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
     let lab = Lab::new("bqk");
     let mut d = lab.daemon();
     let (server, _) = lab.server("198.19.0.2", &["--udp"]);
+    // A TCP stream too (iperf3 fails if its connection breaks).
+    let iperf_s = lab
+        .srv
+        .command("iperf3")
+        .args(["-s", "-1", "-B", "198.19.0.2", "-p", "5301"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("iperf3 -s: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let iperf_c = lab
+        .lan
+        .command("iperf3")
+        .args([
+            "-c",
+            "198.19.0.2",
+            "-p",
+            "5301",
+            "-t",
+            "13",
+            "-b",
+            "50M",
+            "--connect-timeout",
+            "2000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("iperf3 -c: {e}"));
     // 12 s of ping-pong; xfer.py fails if any echo is lost or corrupted.
     let client = lab.client(
         "198.19.0.2",
@@ -400,8 +429,9 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
             "800",
         ],
     );
+    // Both the TCP data connection (plus iperf3's control connection) and the UDP one.
     let offloaded = harness::wait_for(Duration::from_secs(8), || {
-        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 3
     });
     assert!(offloaded, "never offloaded: {}", d.log_text());
     d.signal("KILL");
@@ -413,7 +443,7 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
     let d2 = lab.daemon();
     // The new daemon adopts the pinned maps and re-admits the live connection from conntrack.
     let resumed = harness::wait_for(Duration::from_secs(5), || {
-        d2.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
+        d2.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 3
     });
     assert!(
         resumed,
@@ -437,6 +467,10 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
     );
     finish(client, "client");
     stop(server);
+    let tcp = finish(iperf_c, "iperf3 client (TCP through kill -9 and restart)");
+    assert!(tcp.contains("receiver"), "{tcp}");
+    let mut iperf_s = iperf_s;
+    let _ = iperf_s.wait();
     assert!(
         d2.log_text().contains("re-adopted pinned maps"),
         "{}",
