@@ -40,7 +40,7 @@ test-host:
 	$(CARGO) test --locked -- --test-threads=1
 
 test-vm: build
-	$(CARGO) test --locked --test vm -- --nocapture
+	$(CARGO) test --locked --test vm -- --ignored --nocapture
 
 # A demo router in network namespaces: daemon, config, attach, traffic, status.
 demo: deps release
