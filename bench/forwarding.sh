@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Forwarding bench (issue 4, "Bench"): 64-byte UDP packets per second through a namespace router,
+# four data paths side by side in one run, interleaved in rounds; then admission latency.
+#
+#   LAN client            router                                        WAN server
+#   c0 198.18.1.2 ── lan1 [br-lan 198.18.1.1]  NAT  wan0 198.19.0.1 ── s0 198.19.0.2
+#   bench_gen (live frames)  variant on lan1 ingress       bench_sink (count + XDP_DROP)
+#
+# Variants, switched on lan1's ingress while one bpfqos daemon keeps running with the flow
+# admitted (so every variant forwards the same frames of the same ASSURED, NATed UDP flow):
+#   kernel  nothing on lan1: bridge, ip_forward, conntrack, nftables masquerade;
+#   xdp     the daemon's own XDP program (the one it attached natively), re-attached by id;
+#   tc      the daemon's own TC twin (bpfqos_tc of the same loaded object, so the same maps),
+#           attached as a direct-action cls_bpf filter on clsact ingress, XDP detached: what the
+#           daemon attaches itself when XDP fails;
+#   bare    bench_bare (bench/bpf/forwarding.bpf.c): bpf_redirect_map to wan0, nothing else.
+# Generator: bench_gen run by bench/forwarding_gen.py through BPF_PROG_RUN with
+# BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace; counted by bench_sink on s0.
+#
+# Usage: bench/forwarding.sh [path/to/bpfqos]   (root; default target/release/bpfqos)
+# Environment: ROUNDS (5), WINDOW seconds per measurement (2), LAT_CONNS (20).
+# Prints a table and whether the issue's goals are met; exits non-zero only when the bench
+# itself broke, never on a timing.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BIN=$(realpath "${1:-$ROOT/target/release/bpfqos}")
+ROUNDS=${ROUNDS:-5}
+WINDOW=${WINDOW:-2}
+LAT_CONNS=${LAT_CONNS:-20}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+HELPER=$HERE/forwarding_gen.py
+VARIANTS=(kernel xdp tc bare)
+
+die() { echo "forwarding bench: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, BPF)"
+[ -x "$BIN" ] || die "$BIN missing: run 'make release' first"
+for t in ip tc nft ethtool bpftool clang tcpdump; do
+	command -v "$t" >/dev/null || die "$t not found (.ci/install-deps.sh installs it)"
+done
+
+P=bqfwd$$
+LAN=$P-lan RTR=$P-rtr SRV=$P-srv
+WORK=$(mktemp -d /tmp/bpfqos-fwd-XXXXXX) # no dot: libbpf 1.1 turns pin path dots into _
+BB=$WORK/bpffs/bench # the bench's pins: programs, maps, the daemon's programs by id
+DAEMON_PID=
+BG_PIDS=()
+
+cleanup() {
+	set +e
+	for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+	[ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+	for ns in "$LAN" "$RTR" "$SRV"; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
+	done
+	for ns in "$LAN" "$RTR" "$SRV"; do ip netns del "$ns" 2>/dev/null; done
+	umount "$WORK/bpffs" 2>/dev/null
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '== %s\n' "$*" >&2; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# Reads a dotted path (e.g. offload.connections) from the JSON on stdin.
+jget() { "$PY" -c 'import json,sys
+v = json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v = v[int(k)] if isinstance(v, list) else v.get(k, 0) if isinstance(v, dict) else 0
+print(v)' "$1"; }
+status() { "$BIN" status --json --socket "$SOCK"; }
+mac() { cat "/sys/class/net/$1/address"; }
+# A u32 as the four little-endian bytes bpftool takes.
+le32() { printf '%d %d %d %d' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24)); }
+
+# ---- topology ------------------------------------------------------------------------------
+say "namespace router $P"
+for ns in "$LAN" "$RTR" "$SRV"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip -n "$LAN" link add c0 type veth peer name lan1 netns "$RTR"
+ip -n "$SRV" link add s0 type veth peer name wan0 netns "$RTR"
+ip -n "$RTR" link add br-lan type bridge
+ip -n "$RTR" link set lan1 master br-lan
+for d in lan1 br-lan wan0; do ip -n "$RTR" link set "$d" up; done
+ip -n "$LAN" link set c0 up
+ip -n "$SRV" link set s0 up
+ip -n "$RTR" addr add 198.18.1.1/24 dev br-lan
+ip -n "$RTR" addr add 198.19.0.1/24 dev wan0
+ip -n "$LAN" addr add 198.18.1.2/24 dev c0
+ip -n "$LAN" route add default via 198.18.1.1
+ip -n "$SRV" addr add 198.19.0.2/24 dev s0
+nsx "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+	net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.br-lan.rp_filter=0 \
+	net.ipv4.conf.wan0.rp_filter=0
+nsx "$RTR" nft -f - <<'NFT'
+table inet bench_nat {
+	chain post { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
+}
+NFT
+# testing.md's veth rules: the end hosts send full checksums and unsegmented frames; every veth
+# that receives redirected frames runs NAPI (GRO on; lan1 needs it whenever no XDP is attached).
+nsx "$LAN" ethtool -K c0 tx off tso off gso off gro on >/dev/null
+nsx "$SRV" ethtool -K s0 tx off tso off gso off gro on >/dev/null
+nsx "$RTR" ethtool -K lan1 gro on >/dev/null
+nsx "$RTR" ethtool -K wan0 gro on >/dev/null
+# Static neighbours everywhere: no ARP during a measurement, no neighbour events for the daemon.
+C0_MAC=$(nsx "$LAN" cat /sys/class/net/c0/address)
+BR_MAC=$(nsx "$RTR" cat /sys/class/net/br-lan/address)
+WAN_MAC=$(nsx "$RTR" cat /sys/class/net/wan0/address)
+S0_MAC=$(nsx "$SRV" cat /sys/class/net/s0/address)
+ip -n "$LAN" neigh replace 198.18.1.1 lladdr "$BR_MAC" dev c0 nud permanent
+ip -n "$RTR" neigh replace 198.18.1.2 lladdr "$C0_MAC" dev br-lan nud permanent
+ip -n "$RTR" neigh replace 198.19.0.2 lladdr "$S0_MAC" dev wan0 nud permanent
+ip -n "$SRV" neigh replace 198.19.0.1 lladdr "$WAN_MAC" dev s0 nud permanent
+C0_IDX=$(nsx "$LAN" cat /sys/class/net/c0/ifindex)
+WAN_IDX=$(nsx "$RTR" cat /sys/class/net/wan0/ifindex)
+
+# ---- the bench's BPF programs --------------------------------------------------------------
+say "compiling and loading bench/bpf/forwarding.bpf.c"
+mkdir -p "$WORK/bpffs"
+mount -t bpf bpf "$WORK/bpffs"
+INC=
+for d in "$ROOT"/target/*/build/bpfqos-*/out/include; do [ -d "$d" ] && INC=$d; done
+[ -n "$INC" ] || INC=/usr/include # libbpf's <bpf/bpf_helpers.h>: cargo's copy, else libbpf-dev
+clang -O2 -g -target bpf -I"$INC" -idirafter "/usr/include/$(uname -m)-linux-gnu" \
+	-c "$HERE/bpf/forwarding.bpf.c" -o "$WORK/forwarding.bpf.o"
+mkdir -p "$BB/maps"
+bpftool prog loadall "$WORK/forwarding.bpf.o" "$BB/progs" pinmaps "$BB/maps"
+# shellcheck disable=SC2046 # le32 prints four separate byte arguments
+bpftool map update pinned "$BB/maps/gen_target" key 0 0 0 0 value $(le32 "$C0_IDX")
+# A devmap resolves the ifindex in the caller's namespace.
+# shellcheck disable=SC2046
+nsx "$RTR" bpftool map update pinned "$BB/maps/bare_tx" key 0 0 0 0 value $(le32 "$WAN_IDX")
+
+# ---- the daemon and the admitted flow ------------------------------------------------------
+say "starting bpfqos ($BIN)"
+mkdir -p "$WORK/etc"
+cat >"$WORK/etc/bpfqos" <<'UCI'
+config globals 'globals'
+	option enabled '1'
+	option offload '1'
+	option log_level 'info'
+
+config interface 'lan'
+	option device 'br-lan'
+
+config interface 'wan'
+	option device 'wan0'
+UCI
+SOCK=$WORK/bpfqos.sock
+nsx "$RTR" "$BIN" daemon --config-dir "$WORK/etc" --socket "$SOCK" \
+	--pin-dir "$WORK/bpffs/bpfqos" 2>"$WORK/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+[ -S "$SOCK" ] || { cat "$WORK/daemon.log" >&2; die "daemon did not start"; }
+
+# The daemon's programs: XDP from lan1 (it attached natively), its TC twin by its maps (all
+# of them the XDP program's too; the TC twin has no devmap).
+XDP_ID=0
+for _ in $(seq 50); do
+	XDP_ID=$(ip -n "$RTR" -j link show dev lan1 | jget 0.xdp.prog.id)
+	[ "$XDP_ID" != 0 ] && break
+	sleep 0.1
+done
+[ "$XDP_ID" != 0 ] || { cat "$WORK/daemon.log" >&2; die "daemon did not attach XDP to lan1"; }
+XDP_MAPS=$(bpftool prog show id "$XDP_ID" -j | jget map_ids)
+TC_ID=$(bpftool prog show -j | "$PY" -c 'import json,sys
+for p in json.load(sys.stdin):
+    if p.get("name") == "bpfqos_tc" and set(p.get("map_ids", [])) <= set(json.loads(sys.argv[1])):
+        print(p["id"]); break
+else:
+    print(0)' "$XDP_MAPS")
+[ "$TC_ID" != 0 ] || die "the daemon's bpfqos_tc program (maps $XDP_MAPS) not found"
+bpftool prog pin id "$XDP_ID" "$BB/daemon_xdp"
+bpftool prog pin id "$TC_ID" "$BB/daemon_tc"
+
+SPORT=40000 DPORT=9000
+say "warm-up: two-way UDP 198.18.1.2:$SPORT -> 198.19.0.2:$DPORT until the daemon admits it"
+nsx "$SRV" "$PY" "$HELPER" udp-echo --bind 198.19.0.2 --port "$DPORT" --seconds 12 &
+BG_PIDS+=($!)
+sleep 0.2
+admitted=0
+for _ in 1 2 3; do # UDP is ASSURED after ~2 s of two-way traffic: 3 tries of 3 s
+	nsx "$LAN" "$PY" "$HELPER" udp-ping --bind 198.18.1.2 --sport "$SPORT" \
+		--dst 198.19.0.2 --dport "$DPORT" --seconds 3 >/dev/null || true
+	admitted=$(status | jget offload.connections)
+	[ "$admitted" -ge 1 ] && break
+done
+[ "$admitted" -ge 1 ] || { cat "$WORK/daemon.log" >&2; die "the UDP flow was not offloaded"; }
+# From now on s0 drops the bench's UDP at XDP (and that XDP program is s0's NAPI).
+ip -n "$SRV" link set dev s0 xdpdrv pinned "$BB/progs/bench_sink"
+
+# ---- variants on lan1's ingress ------------------------------------------------------------
+use_variant() {
+	ip -n "$RTR" link set dev lan1 xdpdrv off
+	tc -n "$RTR" qdisc del dev lan1 clsact 2>/dev/null || true
+	case $1 in
+	kernel) ;;
+	xdp) ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/daemon_xdp" ;;
+	tc)
+		tc -n "$RTR" qdisc add dev lan1 clsact
+		tc -n "$RTR" filter add dev lan1 ingress bpf direct-action object-pinned "$BB/daemon_tc"
+		;;
+	bare) ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/progs/bench_bare" ;;
+	esac
+}
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+measure() {
+	local v=$1 round=$2 red0 red1 out pps rx share
+	use_variant "$v"
+	sleep 0.2 # let the daemon digest the link event (it re-resolves, keeps the flow)
+	if [ "$v" = xdp ] || [ "$v" = tc ]; then
+		[ "$(status | jget offload.connections)" -ge 1 ] || die "$v: flow no longer offloaded"
+	fi
+	red0=$(status | jget datapath.redirect)
+	out=$(nsx "$LAN" "$PY" "$HELPER" gen --prog "$BB/progs/bench_gen" \
+		--count-map "$BB/maps/sink_count" --frame-map "$BB/maps/gen_frame" --src-mac "$C0_MAC" --dst-mac "$BR_MAC" \
+		--src-ip 198.18.1.2 --dst-ip 198.19.0.2 --sport "$SPORT" --dport "$DPORT" \
+		--window "$WINDOW") || die "$v: generator failed: $out"
+	red1=$(status | jget datapath.redirect)
+	if [ -n "${DEBUG:-}" ]; then
+		echo "$out" >&2
+		nsx "$LAN" ethtool -S c0 | grep -v ': 0$' >&2
+		nsx "$RTR" ethtool -S lan1 | grep -v ': 0$' >&2
+		nsx "$RTR" ethtool -S wan0 | grep -v ': 0$' >&2
+		nsx "$SRV" ethtool -S s0 | grep -v ': 0$' >&2
+		nsx "$RTR" nstat -a | grep -iE 'drop|err|Forw|InRec|OutReq|InAddr|NoRoute' >&2
+		status | jget datapath >&2
+	fi
+	pps=$(jget pps <<<"$out")
+	rx=$(jget rx_total <<<"$out")
+	# Which path the packets took: the data path's redirect counter against all that arrived.
+	share=$("$PY" -c 'import sys; d, n = int(sys.argv[1]), int(sys.argv[2]); print(f"{d / n:.3f}" if n else "-")' \
+		$((red1 - red0)) "$rx")
+	echo "$v $round $pps $share $(jget gen_pps <<<"$out")" >>"$RESULTS"
+	printf '   round %d  %-6s %6.3f Mpps  (generator %.2f Mpps, bpfqos redirect share %s)\n' \
+		"$round" "$v" "$("$PY" -c "print($pps / 1e6)")" \
+		"$("$PY" -c "print($(jget gen_pps <<<"$out") / 1e6)")" "$share" >&2
+}
+
+say "$ROUNDS rounds x ${#VARIANTS[@]} variants, ${WINDOW} s windows, order rotated per round"
+for ((r = 0; r < ROUNDS; r++)); do
+	for ((i = 0; i < ${#VARIANTS[@]}; i++)); do
+		measure "${VARIANTS[$(((i + r) % ${#VARIANTS[@]}))]}" $((r + 1))
+	done
+done
+"$PY" "$HELPER" report --results "$RESULTS"

@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Helpers of the forwarding bench (bench/forwarding.sh); standard library only.
+
+  gen       the packet generator: runs the pinned XDP program bench_gen through BPF_PROG_RUN
+            with BPF_F_TEST_XDP_LIVE_FRAMES (batch 64) on a fixed 60-byte IPv4/UDP frame, in a
+            thread, for lead + window + tail seconds, while the main thread samples the pinned
+            per-CPU counter of bench_sink (the server side) at the window's edges. Prints JSON.
+            Must run in the client namespace: live frames are redirected to an ifindex of the
+            calling thread's namespace.
+  udp-echo  UDP echo server (bounded in time), for the warm-up that makes the flow ASSURED.
+  udp-ping  UDP client from a fixed source port, one datagram every 20 ms (bounded).
+  tcp-sink  TCP server: accepts and drains connections (bounded in count and time).
+  tcp-probe TCP client for the admission-latency phase: connects, then sends small numbered
+            messages at a fixed interval for a fixed time, so the moment the connection leaves
+            the kernel path shows on the router's bridge (tcpdump). Prints the local port.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import socket
+import struct
+import sys
+import threading
+import time
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
+
+LIBC = ctypes.CDLL(None, use_errno=True)  # CDLL releases the GIL around calls
+
+
+class TestRunAttr(ctypes.Structure):
+    """The BPF_PROG_TEST_RUN member of union bpf_attr (include/uapi/linux/bpf.h)."""
+
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class ObjGetAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+        ("path_fd", ctypes.c_int32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class MapElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+def bpf(cmd, attr):
+    ret = LIBC.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf(cmd {cmd}): {os.strerror(err)}")
+    return ret
+
+
+def obj_get(path):
+    name = ctypes.create_string_buffer(path.encode())
+    return bpf(BPF_OBJ_GET, ObjGetAttr(pathname=ctypes.addressof(name)))
+
+
+def possible_cpus():
+    n = 0
+    with open("/sys/devices/system/cpu/possible") as f:
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+class PerCpuCounter:
+    """Slot 0 of a pinned BPF_MAP_TYPE_PERCPU_ARRAY of u64, summed over CPUs."""
+
+    def __init__(self, path):
+        self.fd = obj_get(path)
+        self.ncpu = possible_cpus()
+        self.key = ctypes.c_uint32(0)
+        self.value = (ctypes.c_uint64 * self.ncpu)()
+
+    def read(self):
+        attr = MapElemAttr(
+            map_fd=self.fd,
+            key=ctypes.addressof(self.key),
+            value=ctypes.addressof(self.value),
+        )
+        bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        return sum(self.value)
+
+
+def map_update(path, key, value):
+    fd = obj_get(path)
+    k = ctypes.c_uint32(key)
+    v = ctypes.create_string_buffer(value, len(value))
+    try:
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            MapElemAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)),
+        )
+    finally:
+        os.close(fd)
+
+
+def csum16(data):
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_frame(src_mac, dst_mac, src_ip, dst_ip, sport, dport):
+    """A 60-byte Ethernet frame (no FCS): IPv4 (valid checksum), UDP (checksum 0), 18 bytes of
+    payload. TTL 64 so the router forwards it."""
+    payload = b"bpfqos-bench-fwd!!"
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0x4000,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
+    )
+    ip = ip[:10] + struct.pack("!H", csum16(ip)) + ip[12:]
+    eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+    frame = eth + b"\x08\x00" + ip + udp
+    assert len(frame) == 60, len(frame)
+    return frame
+
+
+def cmd_gen(a):
+    prog_fd = obj_get(a.prog)
+    sink = PerCpuCounter(a.count_map)
+    frame = udp_frame(a.src_mac, a.dst_mac, a.src_ip, a.dst_ip, a.sport, a.dport)
+    # bench_gen copies this template over every frame (recycled pages come back rewritten).
+    map_update(a.frame_map, 0, frame)
+    buf = ctypes.create_string_buffer(frame, len(frame))
+    total_s = a.lead + a.window + a.tail
+    deadline = time.monotonic() + total_s
+    sent = [0]
+    errors = []
+
+    def run():
+        # Bounded: at most max_calls syscalls of `chunk` frames, and never past the deadline.
+        for _ in range(a.max_calls):
+            if time.monotonic() >= deadline:
+                return
+            attr = TestRunAttr(
+                prog_fd=prog_fd,
+                data_size_in=len(frame),
+                data_in=ctypes.addressof(buf),
+                repeat=a.chunk,
+                flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+                batch_size=64,
+            )
+            try:
+                bpf(BPF_PROG_TEST_RUN, attr)
+            except OSError as e:
+                errors.append(str(e))
+                return
+            sent[0] += a.chunk
+
+    rx0 = sink.read()
+    t_start = time.monotonic()
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    time.sleep(a.lead)
+    c0, t0 = sink.read(), time.monotonic()
+    time.sleep(a.window)
+    c1, t1 = sink.read(), time.monotonic()
+    th.join(timeout=total_s + 5)
+    gen_s = time.monotonic() - t_start
+    time.sleep(0.05)  # let the rings drain before the final count
+    rx_total = sink.read() - rx0
+    out = {
+        "pps": (c1 - c0) / (t1 - t0),
+        "window_s": t1 - t0,
+        "rx_window": c1 - c0,
+        "rx_total": rx_total,
+        "sent": sent[0],
+        "gen_pps": sent[0] / gen_s if gen_s > 0 else 0.0,
+        "error": errors[0] if errors else None,
+    }
+    if th.is_alive():
+        out["error"] = "generator thread did not stop"
+    print(json.dumps(out))
+    return 0 if out["error"] is None else 1
+
+
+def cmd_udp_echo(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a.bind, a.port))
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        s.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            data, peer = s.recvfrom(2048)
+        except socket.timeout:
+            break
+        s.sendto(data, peer)
+    return 0
+
+
+def cmd_udp_ping(a):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.bind, a.sport))
+    s.setblocking(False)
+    got = 0
+    for i in range(int(a.seconds / 0.02)):
+        s.sendto(b"warm-up %d" % i, (a.dst, a.dport))
+        time.sleep(0.02)
+        try:
+            while s.recv(2048):
+                got += 1
+        except BlockingIOError:
+            pass
+    print(json.dumps({"replies": got}))
+    return 0 if got else 1
+
+
+def cmd_tcp_sink(a):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((a.bind, a.port))
+    srv.listen(64)
+    end = time.monotonic() + a.seconds
+    for _ in range(a.count):
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        srv.settimeout(left)
+        try:
+            c, _ = srv.accept()
+        except socket.timeout:
+            break
+        with c:
+            c.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                while c.recv(65536):
+                    pass
+            except socket.timeout:
+                pass
+    return 0
+
+
+def cmd_tcp_probe(a):
+    c = socket.create_connection((a.dst, a.port), timeout=2)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    port = c.getsockname()[1]
+    interval = a.interval_us / 1e6
+    n = int(a.seconds / interval)
+    nxt = time.perf_counter()
+    for i in range(n):
+        c.send(struct.pack("!I12x", i))
+        nxt += interval
+        while time.perf_counter() < nxt:  # busy wait: sleep() is too coarse for 200 us
+            pass
+    c.close()
+    print(port)
+    return 0
+
+
+def cmd_report(a):
+    rows = {}
+    with open(a.results) as f:
+        for line in f:
+            v, _round, pps, share, _gen = line.split()
+            rows.setdefault(v, []).append((float(pps), share))
+    med = {v: statistics.median(p for p, _ in r) for v, r in rows.items()}
+    kernel, bare = med.get("kernel", 0.0), med.get("bare", 0.0)
+
+    def ratio(x, base):
+        return f"{x / base:.2f}x" if base else "-"
+
+    print()
+    print("64-byte UDP through the namespace router (median of %d rounds)" % len(rows["kernel"]))
+    print(f"{'variant':<8} {'Mpps':>7} {'min..max':>15} {'vs kernel':>10} {'vs bare':>8}  offloaded")
+    for v in ("kernel", "xdp", "tc", "bare"):
+        if v not in med:
+            continue
+        ps = [p for p, _ in rows[v]]
+        shares = sorted({s for _, s in rows[v]}) if v in ("xdp", "tc") else ["n/a"]
+        print(
+            f"{v:<8} {med[v] / 1e6:>7.3f} {min(ps) / 1e6:>7.3f}..{max(ps) / 1e6:<6.3f} "
+            f"{ratio(med[v], kernel):>10} {ratio(med[v], bare):>8}  {'/'.join(shares)}"
+        )
+    xdp = med.get("xdp", 0.0)
+    goals = [
+        ("XDP >= 2.5x kernel", kernel and xdp / kernel >= 2.5, ratio(xdp, kernel)),
+        ("XDP >= 0.85x bare redirect", bare and xdp / bare >= 0.85, ratio(xdp, bare)),
+    ]
+    print()
+    for name, met, val in goals:
+        print(f"goal {name:<28} {'met' if met else 'NOT met'} ({val})")
+    return 0
+
+
+def cmd_latency(a):
+    """Admission latency from the daemon (status) and from outside (tcpdump on the bridge)."""
+    internal = []
+    with open(a.internal) as f:
+        for line in f:
+            port, us = line.split()
+            internal.append((int(port), int(us)))
+    ports = {p for p, _ in internal}
+    # tcpdump -tt -n of client->server packets on br-lan: the kernel path only.
+    ack, last_data, seen = {}, {}, {}
+    with open(a.capture) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 4 or parts[1] != "IP":
+                continue
+            port = int(parts[2].rsplit(".", 1)[1])
+            if port not in ports:
+                continue
+            t = float(parts[0])
+            length = int(line.rsplit("length", 1)[1].split()[0].strip(":,")) if "length" in line else 0
+            if "Flags [.]" in line and length == 0 and port not in ack:
+                ack[port] = t
+            elif length > 0:
+                last_data[port] = t
+                seen[port] = seen.get(port, 0) + 1
+    external, never = [], 0
+    for port, _ in internal:
+        if port in ack and port in last_data:
+            if seen[port] >= a.sent:
+                never += 1
+            else:
+                external.append((last_data[port] - ack[port]) * 1e6)
+        elif port in ack:
+            external.append(0.0)  # not one data packet took the kernel path
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+    us = [u for _, u in internal]
+    print()
+    print(f"admission latency over {len(us)} new TCP connections (goal: < 10 ms)")
+    if us:
+        print(
+            f"  daemon (event handled -> both entries written, status last_admit_us): "
+            f"median {statistics.median(us):.0f} us, p95 {pct(us, 0.95):.0f} us, max {max(us)} us"
+        )
+    if external:
+        print(
+            f"  on the wire (handshake ACK -> last packet still on the kernel path, tcpdump on "
+            f"br-lan, +{a.interval_us} us resolution): median {statistics.median(external):.0f} us, "
+            f"p95 {pct(external, 0.95):.0f} us, max {max(external):.0f} us"
+        )
+    if never:
+        print(f"  {never} connection(s) never left the kernel path during their probe")
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--prog", required=True, help="pinned bench_gen program")
+    g.add_argument("--count-map", required=True, help="pinned sink_count map")
+    g.add_argument("--frame-map", required=True, help="pinned gen_frame map")
+    g.add_argument("--src-mac", required=True)
+    g.add_argument("--dst-mac", required=True)
+    g.add_argument("--src-ip", required=True)
+    g.add_argument("--dst-ip", required=True)
+    g.add_argument("--sport", type=int, required=True)
+    g.add_argument("--dport", type=int, required=True)
+    g.add_argument("--lead", type=float, default=0.5)
+    g.add_argument("--window", type=float, default=2.0)
+    g.add_argument("--tail", type=float, default=0.3)
+    g.add_argument("--chunk", type=int, default=131072, help="frames per BPF_PROG_RUN call")
+    g.add_argument("--max-calls", type=int, default=400)
+    e = sub.add_parser("udp-echo")
+    e.add_argument("--bind", required=True)
+    e.add_argument("--port", type=int, required=True)
+    e.add_argument("--seconds", type=float, default=10)
+    u = sub.add_parser("udp-ping")
+    u.add_argument("--bind", required=True)
+    u.add_argument("--sport", type=int, required=True)
+    u.add_argument("--dst", required=True)
+    u.add_argument("--dport", type=int, required=True)
+    u.add_argument("--seconds", type=float, default=3)
+    t = sub.add_parser("tcp-sink")
+    t.add_argument("--bind", required=True)
+    t.add_argument("--port", type=int, required=True)
+    t.add_argument("--count", type=int, default=20)
+    t.add_argument("--seconds", type=float, default=30)
+    c = sub.add_parser("tcp-probe")
+    c.add_argument("--dst", required=True)
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--interval-us", type=int, default=200)
+    c.add_argument("--seconds", type=float, default=0.04)
+    r = sub.add_parser("report")
+    r.add_argument("--results", required=True)
+    lt = sub.add_parser("latency")
+    lt.add_argument("--internal", required=True, help="lines: client port, last_admit_us")
+    lt.add_argument("--capture", required=True, help="tcpdump -tt -n text of br-lan")
+    lt.add_argument("--sent", type=int, required=True, help="data packets per probe")
+    lt.add_argument("--interval-us", type=int, required=True)
+    a = p.parse_args()
+    return {
+        "gen": cmd_gen,
+        "udp-echo": cmd_udp_echo,
+        "udp-ping": cmd_udp_ping,
+        "tcp-sink": cmd_tcp_sink,
+        "tcp-probe": cmd_tcp_probe,
+        "report": cmd_report,
+        "latency": cmd_latency,
+    }[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
