@@ -122,9 +122,9 @@ fn main() {
         ),
         // mtk TX tag [0, BIT(1)] reads back as RX port 2: the pair loops on one conduit.
         (
-            "DSA mtk strip + re-tag, VLAN push/pop (pair)",
+            "DSA mtk strip + re-tag (pair)",
             Encap::mtk(2),
-            Encap::mtk(1).with_vlan(0x8100, 5),
+            Encap::mtk(1),
             Tuple::v4(true),
             true,
         ),
@@ -167,7 +167,13 @@ fn main() {
             },
             _ => eout.clone(),
         };
-        let back = FlowSpec::new(dev[0], back_in, new, dev[1], ein.clone(), t);
+        // mtk: the mirror re-tags for the port the forward leg expects (TX BIT(1) = RX 2).
+        let back_out = if matches!(eout.dsa, bpf_common::bpf_frames::Dsa::Mtk(_)) {
+            eout.clone()
+        } else {
+            ein.clone()
+        };
+        let back = FlowSpec::new(dev[0], back_in, new, dev[1], back_out, t);
         fwd.install(&off);
         back.install(&off);
         // Both legs arrive on dev[0]: its DSA config must serve both; only same-tagger pairs
