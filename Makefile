@@ -19,12 +19,10 @@ build:
 release:
 	$(CARGO) build --release --locked
 
-# BPF objects for both byte orders (bpfel: x86/arm, bpfeb: big-endian MIPS routers), as built by
-# build.rs, copied out for inspection (llvm-objdump, bpftool, the VM verifier scenario).
-bpf: build
-	mkdir -p $(BPF_OUT)
-	for o in $$(ls -t $(TARGET_DIR)/debug/build/bpfqos-*/out/*.bpf*.o | awk -F/ '!seen[$$NF]++'); do \
-		cp $$o $(BPF_OUT)/; done
+# BPF objects for both byte orders (bpfel: x86/arm, bpfeb: big-endian MIPS routers), built the
+# way build.rs builds them, for inspection (llvm-objdump, bpftool, the VM verifier scenario).
+bpf:
+	bash bpf/build.sh $(BPF_OUT)
 	ls -l $(BPF_OUT)
 
 lint:
