@@ -47,8 +47,9 @@ for sc in "$@"; do
         line="PASS $sc"
     else
         [ "$rc" -eq 124 ] && echo "scenario exceeded ${SCENARIO_TIMEOUT}s" >>"$work/log"
-        echo "---- log of $sc (last 200 lines) ----"
-        tail -n 200 "$work/log"
+        echo "---- log of $sc (last 120 lines) ----"
+        tail -n 120 "$work/log"
+        [ -f "$work/diag.txt" ] && cat "$work/diag.txt"
         echo "---- end log of $sc ----"
         line="FAIL $sc"
     fi

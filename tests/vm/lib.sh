@@ -31,11 +31,15 @@ fail() {
 }
 # check "what is expected" cmd args...: run cmd, fail with the description if it fails.
 check() {
-    local what=$1
+    local what=$1 out=$WORK/check.out
     shift
-    if "$@"; then
+    if "$@" >"$out" 2>&1; then
+        cat "$out"
         echo "ok: $what"
     else
+        cat "$out"
+        # The command's last words go to the console too: they say what was wrong.
+        tail -n 8 "$out" | sed 's/^/      | /' >&3
         fail "$what (command: $*)"
     fi
 }
@@ -146,10 +150,8 @@ teardown() {
 on_exit() {
     local rc=$?
     trap - EXIT TERM INT
-    if [ "$rc" -ne 0 ]; then
-        diagnostics >>"$WORK/diag.txt" 2>&1
-        cat "$WORK/diag.txt"
-    fi
+    # guest.sh prints the end of the log, then diag.txt, for a failed scenario.
+    [ "$rc" -ne 0 ] && diagnostics >>"$WORK/diag.txt" 2>&1
     teardown >/dev/null 2>&1
     exit "$rc"
 }

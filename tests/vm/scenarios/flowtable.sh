@@ -39,8 +39,8 @@ scenario_main() {
     check "server saw only the router's WAN address (NAT)" peers_only "$WORK/peers" "$WAN4"
     check "ISP side: VLAN 7 + PPPoE sid $sid + length fields both ways; NATed, TTL 63 (flowtable decrements too)" \
         $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp.pcap" \
-        "src=$WAN4,dst=$SRV4,vlan=7,sid=$sid,ttl=63,min=200" \
-        "src=$SRV4,dst=$WAN4,vlan=7,sid=$sid,ttl=64,min=200"
+        "src=$WAN4,dst=$SRV4,vlan=7,sid=$sid,ttl=63,min=50" \
+        "src=$SRV4,dst=$WAN4,vlan=7,sid=$sid,ttl=64,min=50"
     local fwd
     fwd=$(nsx rtr nft -j list table inet bpfqos_test_ft |
         $PY -c 'import json,sys; print(sum(e["counter"]["packets"] for r in json.load(sys.stdin)["nftables"] if "rule" in r for e in r["rule"]["expr"] if "counter" in e))')

@@ -44,10 +44,10 @@ scenario_main() {
     cap_stop lan
     check "ISP side: VLAN 7 + PPPoE sid $sid + length fields both ways; NATed source, TTL 63 upstream" \
         $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp.pcap" \
-        "src=$WAN4,dst=$SRV4,vlan=7,sid=$sid,ttl=63,min=200" \
-        "src=$SRV4,dst=$WAN4,vlan=7,sid=$sid,ttl=64,min=200"
+        "src=$WAN4,dst=$SRV4,vlan=7,sid=$sid,ttl=63,min=50" \
+        "src=$SRV4,dst=$WAN4,vlan=7,sid=$sid,ttl=64,min=50"
     check "LAN side, downstream: plain Ethernet, de-NATed destination, TTL 63" \
-        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/lan.pcap" "src=$SRV4,dst=198.18.1.11,ttl=63,min=200"
+        $PY "$VMDIR/tools/pcapcheck.py" "$WORK/lan.pcap" "src=$SRV4,dst=198.18.1.11,ttl=63,min=100"
 
     bpfqos_part bpfqos "config globals 'globals'
 	option enabled '1'

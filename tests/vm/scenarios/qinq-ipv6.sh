@@ -81,7 +81,7 @@ NFT
     check "ISP side: 802.1ad 100 + 802.1Q 7 on IPv6, LAN source kept, hop limit 63 up / 64 down" \
         $PY "$VMDIR/tools/pcapcheck.py" "$WORK/isp6.pcap" \
         "src=fd00:1::12,dst=$SRV6,outer-vlan=100,vlan=7,ttl=63,min=100" \
-        "src=$SRV6,dst=fd00:1::12,outer-vlan=100,vlan=7,ttl=64,min=100"
+        "src=$SRV6,dst=fd00:1::12,outer-vlan=100,vlan=7,ttl=64,min=20"
 
     bpfqos_part bpfqos "config globals 'globals'
 	option enabled '1'
