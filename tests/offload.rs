@@ -679,3 +679,111 @@ fn neighbour_mac_change_is_followed() {
     // A stale MAC would lose every echo after the change (~150); allow the change window.
     assert!(good + 5 >= total && total == 200, "echoes lost: {text}");
 }
+
+#[test]
+fn firewall_reload_drops_flows_and_readmits_only_what_still_flows() {
+    if !harness::require_root("firewall_reload_drops_flows_and_readmits_only_what_still_flows") {
+        return;
+    }
+    let lab = Lab::new("bqf");
+    let d = lab.daemon();
+    let (server, _) = lab.server("198.19.0.2", &["--udp"]);
+    let client = lab.client(
+        "198.19.0.2",
+        &[
+            "--udp",
+            "--count",
+            "300",
+            "--interval",
+            "0.05",
+            "--size",
+            "300",
+            "--io-timeout",
+            "0.5",
+        ],
+    );
+    let connections = || d.status()["offload"]["connections"].as_u64().unwrap_or(0);
+    assert!(
+        harness::wait_for(Duration::from_secs(8), || connections() >= 1),
+        "never offloaded"
+    );
+    // A ruleset change that does not touch this traffic: dropped, then offloaded again.
+    lab.rtr.sh("nft add table inet bq_probe");
+    assert!(
+        harness::wait_for(Duration::from_secs(1), || d.status()["offload"]["manager"]
+            ["flushes"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1),
+        "no flush on a ruleset change: {}",
+        d.log_text()
+    );
+    assert!(
+        harness::wait_for(Duration::from_secs(6), || connections() >= 1),
+        "not re-admitted after a harmless reload: {}",
+        d.log_text()
+    );
+    // A ruleset that drops the flow in the forward path: it must stay in the kernel, which drops.
+    lab.rtr.sh(
+        "nft add chain inet bq_probe filt '{ type filter hook forward priority 0; }'
+         nft add rule inet bq_probe filt udp dport 5201 counter drop",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        connections(),
+        0,
+        "re-admitted a flow the firewall now drops: {}",
+        d.status()
+    );
+    // The kernel's drop rule sees the flow's packets: the offload does not bypass it.
+    let rule = lab.rtr.sh("nft list chain inet bq_probe filt");
+    let dropped: u64 = rule
+        .split("packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 5, "the drop rule saw {dropped} packets:\n{rule}");
+    stop(client);
+    stop(server);
+}
+
+#[test]
+fn connections_to_the_router_itself_stay_in_the_kernel() {
+    if !harness::require_root("connections_to_the_router_itself_stay_in_the_kernel") {
+        return;
+    }
+    let lab = Lab::new("bql");
+    let d = lab.daemon();
+    let peers = lab.work.path.join("peers-local");
+    let server = lab
+        .rtr
+        .command("/usr/bin/python3")
+        .arg(xfer())
+        .args([
+            "server",
+            "--bind",
+            "198.18.1.1",
+            "--timeout",
+            "30",
+            "--peers",
+        ])
+        .arg(&peers)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("xfer server: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let client = lab.client("198.18.1.1", &["--up", "1048576", "--down", "1048576"]);
+    finish(client, "client");
+    finish(server, "server");
+    let st = d.status();
+    assert!(
+        st["offload"]["manager"]["rejected"]["local"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "the local connection was not seen and refused: {st}"
+    );
+    assert_eq!(st["offload"]["manager"]["admitted"], 0, "{st}");
+}

@@ -22,7 +22,7 @@ pub const IPCTNL_MSG_CT_GET: u16 = 1;
 /// `IPCTNL_MSG_CT_DELETE`: destroyed entry (events).
 pub const IPCTNL_MSG_CT_DELETE: u16 = 2;
 /// `NFT_MSG_NEWGEN`: a new nf_tables ruleset generation was committed.
-pub const NFT_MSG_NEWGEN: u16 = 16;
+pub const NFT_MSG_NEWGEN: u16 = 15;
 
 /// Multicast groups (`NFNLGRP_*`).
 pub const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -51,6 +51,9 @@ const CTA_PROTOINFO: u16 = 4;
 const CTA_HELP: u16 = 5;
 const CTA_TIMEOUT: u16 = 7;
 const CTA_MARK: u16 = 8;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const CTA_COUNTERS_PACKETS: u16 = 1;
 const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
 
@@ -159,6 +162,8 @@ pub struct Conn {
     pub timeout: Option<u32>,
     /// Name of an attached helper (ftp, sip...), if any.
     pub helper: Option<String>,
+    /// Packets conntrack itself has seen, [original, reply] (only with nf_conntrack_acct on).
+    pub packets: Option<[u64; 2]>,
 }
 
 impl Conn {
@@ -328,6 +333,7 @@ fn parse_conn(b: &[u8]) -> Result<Conn, DecodeError> {
         zone: 0,
         timeout: None,
         helper: None,
+        packets: None,
     };
     for a in attrs(b) {
         let (ty, v) = a?;
@@ -350,6 +356,20 @@ fn parse_conn(b: &[u8]) -> Result<Conn, DecodeError> {
                         if ty == CTA_PROTOINFO_TCP_STATE {
                             c.tcp_state = v.first().copied();
                         }
+                    }
+                }
+            }
+            CTA_COUNTERS_ORIG | CTA_COUNTERS_REPLY => {
+                let ty_outer = ty;
+                for a in attrs(v) {
+                    let (ty, v) = a?;
+                    if ty == CTA_COUNTERS_PACKETS {
+                        let n = <[u8; 8]>::try_from(v)
+                            .map(u64::from_be_bytes)
+                            .map_err(|_| DecodeError("counter is not 8 bytes"))?;
+                        let mut p = c.packets.unwrap_or([0, 0]);
+                        p[usize::from(ty_outer == CTA_COUNTERS_REPLY)] = n;
+                        c.packets = Some(p);
                     }
                 }
             }
@@ -629,6 +649,7 @@ mod tests {
             zone: 0,
             timeout: Some(431999),
             helper: None,
+            packets: None,
         }
     }
 

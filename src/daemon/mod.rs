@@ -125,7 +125,7 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = tick.tick() => daemon.tick(),
+            _ = tick.tick() => daemon.tick().await,
             Some((req, reply)) = rx.recv() => {
                 // The client may have gone away; its loss.
                 let _ = reply.send(daemon.handle(req).await);
@@ -374,7 +374,7 @@ impl Daemon {
         }
     }
 
-    fn tick(&mut self) {
+    async fn tick(&mut self) {
         if let Some(dp) = self.net.dp.as_mut() {
             if let Err(e) = dp.heartbeat() {
                 warn!("heartbeat: {e:#}");
@@ -383,6 +383,8 @@ impl Daemon {
         if let Some(ct) = self.net.ct.as_ref() {
             self.flows.tick(ct, self.net.dp.as_ref(), &self.timeouts);
         }
+        let ctx = self.net.ctx();
+        self.flows.readmit_due(&ctx).await;
     }
 
     async fn handle(&mut self, req: Request) -> Reply {

@@ -42,6 +42,10 @@ use encode::FlowKey;
 /// configured timeouts are short (a third of the shortest, at least a second).
 pub const REFRESH_EVERY_MAX: Duration = Duration::from_secs(10);
 
+/// After a firewall ruleset change, how long connections stay on the kernel path before those
+/// the new rules still forward are offloaded again.
+pub const READMIT_AFTER: Duration = Duration::from_secs(2);
+
 /// Identity of a connection: its original tuple and zone.
 pub type ConnKey = (Tuple, u16);
 
@@ -181,6 +185,9 @@ pub struct FlowManager {
     stats: ManagerStats,
     /// What removed connections had counted.
     retired: Counters,
+    /// Pending re-admission after a ruleset change: when it was flushed, and conntrack's packet
+    /// counts per connection at that moment.
+    readmit: Option<(Instant, HashMap<ConnKey, Option<[u64; 2]>>)>,
     last_refresh: Option<Instant>,
 }
 
@@ -235,8 +242,20 @@ impl FlowManager {
                 self.remove(&key_of(&c), ctx.dp);
             }
             conntrack::Message::RulesetChanged => {
-                info!("firewall ruleset changed: dropping all offloaded flows");
+                info!(
+                    "firewall ruleset changed: all flows back to the kernel; re-admitting in {} s \
+                     those the new rules still forward",
+                    READMIT_AFTER.as_secs()
+                );
                 self.flush(ctx.dp);
+                // What conntrack had counted per connection at the flush: a connection whose
+                // count grows afterwards is being forwarded by the kernel under the new rules.
+                let counts = ctx
+                    .ct
+                    .and_then(|ct| ct.dump().ok())
+                    .map(|conns| conns.iter().map(|c| (key_of(c), c.packets)).collect())
+                    .unwrap_or_default();
+                self.readmit = Some((Instant::now(), counts));
             }
             _ => {}
         }
@@ -456,6 +475,39 @@ impl FlowManager {
         for key in &gone {
             debug!("{}: conntrack entry gone", key.0);
             self.remove(key, Some(dp));
+        }
+    }
+
+    /// After a ruleset change and [`READMIT_AFTER`]: offloads again the connections the kernel
+    /// kept forwarding under the new rules (conntrack counted packets both ways since). Without
+    /// nf_conntrack_acct there are no counts, and every live connection is re-admitted: rules
+    /// that should stop an established connection must then also delete its conntrack entry, as
+    /// with the kernel's own flowtable.
+    pub async fn readmit_due(&mut self, ctx: &Ctx<'_>) {
+        let Some((since, before)) = self.readmit.take() else {
+            return;
+        };
+        if since.elapsed() < READMIT_AFTER {
+            self.readmit = Some((since, before));
+            return;
+        }
+        let Some(conns) = ctx.ct.and_then(|ct| ct.dump().ok()) else {
+            return;
+        };
+        for c in conns {
+            if !c.offloadable_state() || self.flows.contains_key(&key_of(&c)) {
+                continue;
+            }
+            // Conntrack counts at prerouting, before any filter verdict: only growth in both
+            // directions shows that packets got through and answers came back.
+            let forwarded = match (before.get(&key_of(&c)).copied().flatten(), c.packets) {
+                (Some(then), Some(now)) => now[0] > then[0] && now[1] > then[1],
+                // No accounting, or a connection born after the flush: nothing says otherwise.
+                _ => true,
+            };
+            if forwarded {
+                let _ = self.admit(c, ctx).await;
+            }
         }
     }
 
