@@ -246,4 +246,52 @@ for ((r = 0; r < ROUNDS; r++)); do
 		measure "${VARIANTS[$(((i + r) % ${#VARIANTS[@]}))]}" $((r + 1))
 	done
 done
+
+# ---- admission latency ---------------------------------------------------------------------
+# Internal: the daemon's own figure (conntrack event handled -> both map entries written).
+# External: the probe sends a 16-byte message every PROBE_US from the moment connect() returns.
+# tcpdump on c0 sees every packet the client sends, tcpdump on br-lan only those that still take
+# the kernel path (offloaded ones never reach the bridge). Per connection: handshake ACK (its
+# conntrack ESTABLISHED event starts admission) -> first packet not on br-lan, the whole
+# admission seen from outside, event delivery and wake-up included.
+LPORT=5201 PROBE_US=50 PROBE_S=0.02
+say "admission latency: $LAT_CONNS new TCP connections, bpfqos XDP on lan1"
+use_variant xdp
+capture() { # namespace device file
+	nsx "$1" timeout 60 tcpdump -Z root -U -i "$2" -n -s 128 --immediate-mode -w "$3.pcap" \
+		"tcp dst port $LPORT" 2>"$3.log" &
+	BG_PIDS+=($!)
+	for _ in $(seq 30); do grep -q listening "$3.log" && break; sleep 0.1; done
+}
+capture "$LAN" c0 "$WORK/lat-c0"
+TD1=$!
+capture "$RTR" br-lan "$WORK/lat-br"
+TD2=$!
+nsx "$SRV" "$PY" "$HELPER" tcp-sink --bind 198.19.0.2 --port "$LPORT" --count "$LAT_CONNS" \
+	--seconds 40 &
+BG_PIDS+=($!)
+sleep 0.3
+: >"$WORK/lat.internal"
+for ((i = 0; i < LAT_CONNS; i++)); do
+	before=$(status | jget offload.manager.admitted)
+	port=$(nsx "$LAN" "$PY" "$HELPER" tcp-probe --dst 198.19.0.2 --port "$LPORT" \
+		--interval-us "$PROBE_US" --seconds "$PROBE_S") || { echo "   probe $i failed" >&2; continue; }
+	for _ in $(seq 20); do
+		[ "$(status | jget offload.manager.admitted)" -gt "$before" ] && break
+		sleep 0.05
+	done
+	if [ "$(status | jget offload.manager.admitted)" -gt "$before" ]; then
+		echo "$port $(status | jget offload.manager.last_admit_us)" >>"$WORK/lat.internal"
+	else
+		echo "   connection from port $port was not admitted" >&2
+	fi
+done
+sleep 0.2
+kill -TERM "$TD1" "$TD2" 2>/dev/null || true # (SIGINT would hit this script too)
+wait "$TD1" "$TD2" 2>/dev/null || true
+for f in lat-c0 lat-br; do tcpdump -r "$WORK/$f.pcap" -n -tt 2>/dev/null >"$WORK/$f.txt" || true; done
+[ -n "${DEBUG:-}" ] && cp "$WORK"/lat* /tmp/
+
 "$PY" "$HELPER" report --results "$RESULTS"
+"$PY" "$HELPER" latency --internal "$WORK/lat.internal" --client "$WORK/lat-c0.txt" \
+	--bridge "$WORK/lat-br.txt"
