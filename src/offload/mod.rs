@@ -46,6 +46,9 @@ pub const REFRESH_EVERY_MAX: Duration = Duration::from_secs(10);
 /// the new rules still forward are offloaded again.
 pub const READMIT_AFTER: Duration = Duration::from_secs(2);
 
+/// Conntrack's [original, reply] packet counts per connection (None without accounting).
+type PacketCounts = HashMap<ConnKey, Option<[u64; 2]>>;
+
 /// Identity of a connection: its original tuple and zone.
 pub type ConnKey = (Tuple, u16);
 
@@ -187,7 +190,7 @@ pub struct FlowManager {
     retired: Counters,
     /// Pending re-admission after a ruleset change: when it was flushed, and conntrack's packet
     /// counts per connection at that moment.
-    readmit: Option<(Instant, HashMap<ConnKey, Option<[u64; 2]>>)>,
+    readmit: Option<(Instant, PacketCounts)>,
     last_refresh: Option<Instant>,
 }
 
