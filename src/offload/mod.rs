@@ -46,6 +46,9 @@ pub const REFRESH_EVERY_MAX: Duration = Duration::from_secs(10);
 /// the new rules still forward are offloaded again.
 pub const READMIT_AFTER: Duration = Duration::from_secs(2);
 
+/// Connections remembered per unresolved neighbour.
+const MAX_WAITING_PER_NEIGHBOUR: usize = 256;
+
 /// Conntrack's [original, reply] packet counts per connection (None without accounting).
 type PacketCounts = HashMap<ConnKey, Option<[u64; 2]>>;
 
@@ -191,6 +194,9 @@ pub struct FlowManager {
     /// Pending re-admission after a ruleset change: when it was flushed, and conntrack's packet
     /// counts per connection at that moment.
     readmit: Option<(Instant, PacketCounts)>,
+    /// Connections refused because a neighbour had no MAC yet, by that neighbour: retried when
+    /// it resolves (no conntrack event would bring them back).
+    waiting_for_neighbour: HashMap<(u32, IpAddr), Vec<Conn>>,
     last_refresh: Option<Instant>,
 }
 
@@ -223,6 +229,7 @@ impl FlowManager {
         match msg {
             conntrack::Message::New(c) | conntrack::Message::Update(c) => {
                 if !c.offloadable_state() {
+                    self.forget_waiting(&key_of(&c));
                     if self.flows.contains_key(&key_of(&c)) {
                         debug!("{}: left offloadable state, back to the kernel", c.orig);
                         self.remove(&key_of(&c), ctx.dp);
@@ -243,6 +250,7 @@ impl FlowManager {
             }
             conntrack::Message::Destroy(c) => {
                 self.remove(&key_of(&c), ctx.dp);
+                self.forget_waiting(&key_of(&c));
             }
             conntrack::Message::RulesetChanged => {
                 info!(
@@ -322,8 +330,30 @@ impl FlowManager {
                 Ok(())
             }
             Err(Unresolved::Local) => Err(self.reject(Reject::Local)),
+            Err(Unresolved::Neighbour { ifindex, ip }) => {
+                let waiting = self.waiting_for_neighbour.entry((ifindex, ip)).or_default();
+                // Bounded: a neighbour that never answers must not grow memory without end.
+                if waiting.len() < MAX_WAITING_PER_NEIGHBOUR
+                    && !waiting.iter().any(|w| key_of(w) == key_of(&c))
+                {
+                    waiting.push(c);
+                }
+                Err(self.reject(Reject::Unresolved(format!(
+                    "neighbour {ip} on ifindex {ifindex} not resolved"
+                ))))
+            }
             Err(e) => Err(self.reject(Reject::Unresolved(e.to_string()))),
         }
+    }
+
+    fn forget_waiting(&mut self, key: &ConnKey) {
+        if self.waiting_for_neighbour.is_empty() {
+            return;
+        }
+        self.waiting_for_neighbour.retain(|_, w| {
+            w.retain(|x| key_of(x) != *key);
+            !w.is_empty()
+        });
     }
 
     fn remove(&mut self, key: &ConnKey, dp: Option<&Dataplane>) {
@@ -372,6 +402,24 @@ impl FlowManager {
     /// Reacts to a topology change: re-resolves the flows it may affect. A flow that no longer
     /// resolves leaves the data path; one whose next hop changed is rewritten in place.
     pub async fn on_topology(&mut self, ev: &TopologyEvent, ctx: &Ctx<'_>) {
+        if let TopologyEvent::Neigh {
+            ifindex,
+            ip,
+            mac: Some(_),
+        } = ev
+        {
+            if let Some(waiting) = self.waiting_for_neighbour.remove(&(*ifindex, *ip)) {
+                debug!(
+                    "neighbour {ip} resolved: retrying {} connections",
+                    waiting.len()
+                );
+                for c in waiting {
+                    if !self.flows.contains_key(&key_of(&c)) {
+                        let _ = self.admit(c, ctx).await;
+                    }
+                }
+            }
+        }
         let affected: Vec<ConnKey> = self
             .flows
             .iter()
