@@ -10,6 +10,8 @@
 # Addresses: only 198.18.0.0/15 and fd00::/8, only between namespaces created here.
 
 # shellcheck shell=bash
+# PID_<name> variables are made by `bg` (eval); SRV_NS, SRV4... are for the scenarios.
+# shellcheck disable=SC2034,SC2154
 
 : "${SC:?SC (scenario name) must be set}"
 : "${WORK:?WORK (scratch dir) must be set}"
@@ -179,8 +181,8 @@ daemon_start() {
 daemon_status() { "$BPFQOS_BIN" status --json --socket "$BPFQOS_SOCK"; }
 daemon_stop() {
     kill -TERM "$PID_bpfqos_daemon" 2>/dev/null || true
-    local i
-    for i in $(seq 50); do kill -0 "$PID_bpfqos_daemon" 2>/dev/null || break; sleep 0.1; done
+    local _
+    for _ in $(seq 50); do kill -0 "$PID_bpfqos_daemon" 2>/dev/null || break; sleep 0.1; done
 }
 # json_get JSON_FILE python-expression-on-d : print the value
 json_get() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
@@ -189,7 +191,6 @@ have_bpfqos() { [ -n "$BPFQOS_BIN" ] && [ -x "$BPFQOS_BIN" ]; }
 # ---------- PPPoE (kernel mode, rp-pppoe server + pppd pppoe.so client) ----------
 PPP_USER=bpfqos-test
 PPP_SECRET=not-a-secret
-PPP_PLUGIN=$(ls /usr/lib/pppd/*/pppoe.so 2>/dev/null | tail -n1)
 
 # pppoe_server_start NS DEV LOCAL REMOTE [extra pppoe-server args]
 pppoe_server_start() {

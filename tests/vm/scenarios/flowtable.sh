@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # The incumbent: the kernel's nftables flowtable (OpenWrt's "software flow offloading") on the
 # same PPPoE/VLAN 7 router. Same traffic, same payload and NAT checks as pppoe-vlan-nat, plus
 # proof that the flowtable carried it: conntrack shows [OFFLOAD] and the forward chain saw only

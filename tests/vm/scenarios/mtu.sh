@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # MTU: PPPoE's 1492 against the LAN's 1500, with the server behind the ISP on a 1500 link (so
 # both ends advertise MSS 1460 and only the PPPoE link is narrow). Oversize packets must reach
 # the kernel, which fragments (DF clear) or answers ICMP "fragmentation needed, mtu 1492" (DF
@@ -25,7 +26,7 @@ oversize_traffic() {
     check "ping -M do -s 1472 (1500 B, DF): router answers 'frag needed, mtu 1492'" \
         sh -c "ip netns exec $SC-lan1 ping -M do -s 1472 -c 2 -i 0.5 -W 2 $SRV4 2>&1 | grep -Eq 'mtu ?= ?1492'"
     check "ping -M do -s 1464 (1492 B) fits and is answered" \
-        nsx lan1 ping -M do -s 1464 -c 2 -i 0.3 -W 2 "$SRV4"
+        nsx lan1 ping -M "do" -s 1464 -c 2 -i 0.3 -W 2 "$SRV4"
     bg srv_udp "$SRV_NS" timeout 60 $XFER server --udp --no-df --bind "$SRV4" --port 5202 --timeout 40
     sleep 0.5
     check "UDP 1472-byte payloads (1500 B IP, DF clear): fragmented by the router, echoed intact" \

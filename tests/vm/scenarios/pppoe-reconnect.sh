@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # PPPoE reconnect: kill pppd, start it again. The new session must get a new session id, traffic
 # must work again, and no frame may leave with the old session id (a stale flow would do exactly
 # that). A UDP flow keeps running across the reconnect, so a stale flow would have traffic to

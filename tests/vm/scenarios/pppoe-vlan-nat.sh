@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # The classic OpenWrt WAN: kernel-mode PPPoE over VLAN 7, masquerade on pppoe-wan, a LAN bridge
 # with two ports. Kernel path first (the oracle), then bpfqos attached (offload asserted once
 # issue 4 lands).

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # CAKE and fq_codel are there and shape: the smoke check the QoS work (issue: SQM) builds on.
 # A veth between two namespaces; CAKE at 2 Mbit/s, then fq_codel, on the sender's egress;
 # bounded transfers; counters read back with `tc -s -j qdisc`. Also CAKE with PPPoE overhead on

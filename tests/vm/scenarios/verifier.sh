@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # The bpfqos BPF objects load and pass the verifier on 6.12 (the kernel of OpenWrt 25.12).
 # Loads every program of the little-endian object(s) build.rs produced with bpftool (an
 # independent loader: libbpf underneath, but not the daemon's code) and reports, per program,
@@ -24,7 +25,11 @@ scenario_main() {
             "$3" "$4" /sys/fs/bpf/v/*' _ "$o" "$WORK" "$PY" "$VMDIR/tools/proginfo.py" \
             >"$WORK/progs.json"; then
             tail -n 40 "$WORK/verifier.txt"
-            fail "$(basename "$o") did not pass the verifier on $(uname -r) (end of the verifier log above)"
+            # The rejection on the console: the source line, the instruction and the reason.
+            grep -B 30 -E '^processed [0-9]+ insns' "$WORK/verifier.txt" | grep -v '^mark_precise' |
+                grep -E '^; |^[0-9]+: |^[a-zA-Z]' | tail -n 4 | sed 's/^/      | /' | cut -c1-200 >&3
+            grep -E "^libbpf: prog '.*': failed to load" "$WORK/verifier.txt" | sed 's/^/      | /' >&3
+            fail "$(basename "$o") did not pass the verifier on $(uname -r) (verifier log in the scenario log)"
         fi
         $PY - "$WORK/progs.json" "$(basename "$o")" >&3 <<'PYEOF' || fail "$(basename "$o"): no program loaded"
 import json, sys
