@@ -24,6 +24,8 @@ log() { printf 'vm-deps: %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { log "must run as root"; exit 1; }
 
+# bookworm-backports already configured, by us or by anyone (avoid a duplicate source).
+have_backports() { grep -rqsE '(^|[[:space:]])bookworm-backports([[:space:]]|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; }
 have_kernel() { compgen -G '/boot/vmlinuz-6.12.*-amd64' >/dev/null; }
 have_vng() {
     [ -x "$VENV/bin/vng" ] && [ -e /usr/local/bin/vng ] && [ -e /usr/local/bin/virtme-run ] &&
@@ -36,7 +38,7 @@ missing_pkgs() {
     done
 }
 
-if have_kernel && command -v qemu-system-x86_64 >/dev/null && have_vng && [ -f "$BACKPORTS_FILE" ] && [ -z "$(missing_pkgs)" ]; then
+if have_kernel && command -v qemu-system-x86_64 >/dev/null && have_vng && have_backports && [ -z "$(missing_pkgs)" ]; then
     log "all present ($(basename /boot/vmlinuz-6.12.*-amd64 | tail -n1), virtme-ng $VIRTME_NG_VERSION)"
     exit 0
 fi
@@ -64,7 +66,7 @@ debian_mirror() {
     done
 }
 
-if [ ! -f "$BACKPORTS_FILE" ]; then
+if ! have_backports; then
     mirror=$(debian_mirror | head -n1)
     [ -n "$mirror" ] || { log "no bookworm apt source found in /etc/apt/sources.list*"; exit 1; }
     log "adding bookworm-backports from $mirror"
