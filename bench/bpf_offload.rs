@@ -1,6 +1,15 @@
-//! ns/packet of the offload XDP program via BPF_PROG_TEST_RUN with repeat, next to a bare
-//! "parse and redirect" baseline (bpf/bench.bpf.c) on the same frame in the same run.
-//! Root only; prints, never asserts timings. Run: `sudo -E cargo bench --bench bpf_offload`.
+//! ns/packet of the offload XDP program via BPF_PROG_TEST_RUN with repeat, next to references
+//! from bpf/bench.bpf.c on the same frame in the same run, calls interleaved and medians taken:
+//! - baseline: the bare "parse and redirect" (parser + devmap redirect);
+//! - floor: parse + the flow-table lookup (the offload's key and map shape) + redirect, the
+//!   least any flow offload does; the difference floor - baseline is the lookup's cost;
+//! - the empty program's time, printed last: BPF_PROG_TEST_RUN's own per-repetition cost,
+//!   included in every column;
+//! - with `BPFQOS_BENCH_BEFORE=<offload.bpfel.o>`, another build of the offload (e.g. the
+//!   previous commit's, built with bpf/build.sh) as a "before" column.
+//!
+//! Root only; prints, never asserts timings. Run: `sudo -E cargo bench --bench bpf_offload`
+//! (`BPFQOS_BENCH_CALLS` sets the calls per case, `BPFQOS_BENCH_VERBOSE` prints wall times).
 //!
 //! BPF_PROG_TEST_RUN repeats on the same buffer, so a rewritten frame would not match again:
 //! each forwarding case installs the flow and its mirror image (the rewritten frame arriving on
@@ -156,6 +165,7 @@ fn main() {
     };
     let mut base = Subject::new(bench_obj(), "bench_parse_redirect");
     let mut empty = Subject::new(bench_obj(), "bench_pass");
+    let mut floor = Subject::new(bench_obj(), "bench_parse_lookup_redirect");
     let base_cfg = |base: &Object, dsa: u32| {
         let m = base.maps().find(|m| m.name() == "bench_cfg").unwrap();
         let mut v = dev[1].to_ne_bytes().to_vec();
@@ -206,23 +216,28 @@ fn main() {
         ),
     ];
 
+    // Subjects, in this order: offload, baseline, empty, floor, [before].
     let print_row = |name: &str, m: &[f64], note: &str| {
-        let (o, b) = (m[0], m[1]);
-        let mut line = format!("{name:<42} {o:>8.1} {b:>8.1} {:>6.2}", o / b);
-        if m.len() > 3 {
-            line += &format!(" {:>8.1} {:>6.2}", m[3], m[3] / b);
+        let (o, b, fl) = (m[0], m[1], m[3]);
+        let mut line = format!(
+            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2}",
+            o / b,
+            o / fl
+        );
+        if m.len() > 4 {
+            line += &format!(" {:>7.0} {:>6.2}", m[4], m[4] / b);
         }
         println!("{line}{note}");
     };
     let mut head = format!(
-        "{:<42} {:>8} {:>8} {:>6}",
-        "case (median ns/packet)", "offload", "baseline", "ratio"
+        "{:<42} {:>7} {:>8} {:>6} {:>6} {:>6}",
+        "case (median ns/packet)", "offload", "baseline", "ratio", "floor", "ratio"
     );
     if before.is_some() {
-        head += &format!(" {:>8} {:>6}", "before", "ratio");
+        head += &format!(" {:>7} {:>6}", "before", "ratio");
     }
     println!("{head}");
-    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty];
+    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty, &mut floor];
     if let Some(b) = before.as_mut() {
         all.push(b);
     }
@@ -231,6 +246,7 @@ fn main() {
     {
         let f = frame(&Encap::plain(), &Tuple::v4(false));
         base_cfg(&all[1].obj, 0);
+        base_cfg(&all[3].obj, 0);
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2]);
         print_row("no-match pass", &m, "");
@@ -254,7 +270,7 @@ fn main() {
             ein.clone()
         };
         let back = FlowSpec::new(dev[0], back_in, new, dev[1], back_out, t);
-        let offloads: Vec<usize> = if all.len() > 3 { vec![0, 3] } else { vec![0] };
+        let offloads: Vec<usize> = if all.len() > 4 { vec![0, 4] } else { vec![0] };
         for &i in &offloads {
             fwd.install(&all[i].obj);
             back.install(&all[i].obj);
@@ -266,6 +282,21 @@ fn main() {
         let done_of = |o: &Object| fwd.counters(o).0 + back.counters(o).0;
         let before_runs: Vec<u64> = offloads.iter().map(|&i| done_of(&all[i].obj)).collect();
         base_cfg(&all[1].obj, u32::from(ein.dsa_proto()));
+        base_cfg(&all[3].obj, u32::from(ein.dsa_proto()));
+        // The floor looks the forward leg up with the offload's own key bytes.
+        let (map, key, _) = fwd.entry();
+        let floor_map = if map == bpf_common::abi::FLOWS6_MAP {
+            "bench_flows6"
+        } else {
+            "bench_flows4"
+        };
+        all[3]
+            .obj
+            .maps()
+            .find(|m| m.name() == floor_map)
+            .unwrap()
+            .update(&key, &dev[1].to_ne_bytes(), MapFlags::ANY)
+            .unwrap();
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2]);
         let expect = u64::from(calls()) * u64::from(REPS_PER_CALL);

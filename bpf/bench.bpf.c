@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * Baseline for bench/bpf_offload.rs: the bare minimum an offload needs, the
- * shared parser plus a devmap redirect, no flow lookup and no rewrite. The
- * offload program's cost is reported relative to this.
+ * References for bench/bpf_offload.rs, which reports the offload program's
+ * cost relative to them:
+ *  - bench_parse_redirect, the baseline: the shared parser plus a devmap
+ *    redirect, no flow lookup and no rewrite;
+ *  - bench_parse_lookup_redirect, the floor of any flow offload: the same plus
+ *    the flow-table lookup with the offload's own key and map shape;
+ *  - bench_pass: nothing, i.e. BPF_PROG_TEST_RUN's own cost per repetition.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -31,6 +35,21 @@ struct {
 	__type(value, __u32);
 } bench_tx SEC(".maps");
 
+/* Same key, shape and size as the offload's flow maps; value: egress. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct bpfqos_flow4_key);
+	__type(value, __u32);
+} bench_flows4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct bpfqos_flow6_key);
+	__type(value, __u32);
+} bench_flows6 SEC(".maps");
+
 SEC("xdp")
 int bench_parse_redirect(struct xdp_md *ctx)
 {
@@ -47,6 +66,52 @@ int bench_parse_redirect(struct xdp_md *ctx)
 	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
 		return XDP_PASS;
 	return bpf_redirect_map(&bench_tx, cfg->ifindex, 0);
+}
+
+SEC("xdp")
+int bench_parse_lookup_redirect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt_hdrs h = {};
+	struct pkt p = {};
+	struct bench_cfg *cfg;
+	__u32 zero = 0, *egress;
+	union {
+		struct bpfqos_flow4_key k4;
+		struct bpfqos_flow6_key k6;
+	} k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	cfg = bpf_map_lookup_elem(&bench_cfg, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
+		return XDP_PASS;
+	if (h.iph) {
+		k.k4.ifindex = ctx->ingress_ifindex;
+		__builtin_memcpy(&k.k4.l2, &p.l2, sizeof(k.k4.l2));
+		k.k4.saddr = h.iph->saddr;
+		k.k4.daddr = h.iph->daddr;
+		k.k4.proto = p.l4_proto;
+		k.k4.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
+		k.k4.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
+		egress = bpf_map_lookup_elem(&bench_flows4, &k.k4);
+	} else if (h.ip6h) {
+		k.k6.ifindex = ctx->ingress_ifindex;
+		__builtin_memcpy(&k.k6.l2, &p.l2, sizeof(k.k6.l2));
+		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
+		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
+		k.k6.proto = p.l4_proto;
+		k.k6.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
+		k.k6.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
+		egress = bpf_map_lookup_elem(&bench_flows6, &k.k6);
+	} else {
+		return XDP_PASS;
+	}
+	if (!egress)
+		return XDP_PASS;
+	return bpf_redirect_map(&bench_tx, *egress, XDP_PASS);
 }
 
 /*
