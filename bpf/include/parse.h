@@ -182,6 +182,21 @@ static __always_inline int parse_vlan(struct cursor *c, __be16 tpid,
 	return vh->encap_proto;
 }
 
+/*
+ * A 16-bit length from the wire in host order, with a range the verifier can
+ * see. Kernels before 6.13 or so forget a register's bounds across BPF_END
+ * (the byte swap), and 6.12 then rejects packet-pointer arithmetic with it
+ * ("math between pkt pointer and register with unbounded min value"). The
+ * empty asm keeps clang from dropping the mask, which it knows is redundant.
+ */
+static __always_inline __u32 wire_len16(__be16 v)
+{
+	__u32 x = bpf_ntohs(v);
+
+	asm volatile("" : "+r"(x));
+	return x & 0xffff;
+}
+
 /* PPPoE session: returns ETH_P_IP / ETH_P_IPV6 (network order) or -1. */
 static __always_inline int parse_pppoe(struct cursor *c, __be16 *sid,
 				       __u16 *len)
@@ -193,7 +208,7 @@ static __always_inline int parse_pppoe(struct cursor *c, __be16 *sid,
 	if (ph->ver_type != 0x11 || ph->code != 0)
 		return -1;
 	*sid = ph->sid;
-	*len = bpf_ntohs(ph->length);
+	*len = wire_len16(ph->length);
 	if (ph->ppp_proto == bpf_htons(PPP_IP))
 		return bpf_htons(ETH_P_IP);
 	if (ph->ppp_proto == bpf_htons(PPP_IPV6))
@@ -235,7 +250,7 @@ static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **out,
 		return -1;
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return -1;
-	tot = bpf_ntohs(iph->tot_len);
+	tot = wire_len16(iph->tot_len);
 	if (tot < sizeof(*iph) || (void *)iph + tot > c->end)
 		return -1;
 	if (ipv4_hdr_csum_check(iph))
@@ -258,7 +273,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct ipv6hdr **out,
 		return -1;
 	if (ip6h->nexthdr != IPPROTO_TCP && ip6h->nexthdr != IPPROTO_UDP)
 		return -1;
-	tot = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+	tot = sizeof(*ip6h) + wire_len16(ip6h->payload_len);
 	if (tot > 0xffff || (void *)ip6h + tot > c->end)
 		return -1;
 	*out = ip6h;
