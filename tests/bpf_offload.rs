@@ -500,6 +500,136 @@ fn fin_and_rst_mark_the_flow_for_teardown() {
     }
 }
 
+/// Drains the `events` ring buffer: every record, in order.
+fn drain_events(obj: &Object) -> Vec<bpf_common::abi::Event> {
+    let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let sink = got.clone();
+    let map = bpf_common::bpf_frames::find_map(obj, bpf_common::abi::EVENTS_MAP);
+    let mut b = libbpf_rs::RingBufferBuilder::new();
+    b.add(&map, move |data: &[u8]| {
+        sink.borrow_mut().push(data.to_vec());
+        0
+    })
+    .unwrap();
+    b.build().unwrap().consume().unwrap();
+    let raw = got.borrow().clone();
+    raw.iter()
+        .map(|d| {
+            assert_eq!(d.len(), std::mem::size_of::<bpf_common::abi::Event>());
+            bpf_common::abi::from_bytes(d).unwrap()
+        })
+        .collect()
+}
+
+/// Clears the teardown flag as the daemon does when it keeps a flow (e.g. a re-admitted one).
+fn clear_teardown(obj: &Object, spec: &FlowSpec) {
+    let (map, key, _) = spec.entry();
+    let mut v = spec.value(obj);
+    // flags sit right after action + pad in both value layouts.
+    let off = if spec.orig.is_v6() {
+        std::mem::offset_of!(bpf_common::abi::Flow6, flags)
+    } else {
+        std::mem::offset_of!(bpf_common::abi::Flow4, flags)
+    };
+    v[off..off + 4].copy_from_slice(&0u32.to_ne_bytes());
+    bpf_common::bpf_frames::map_update(obj, map, &key, &v);
+}
+
+#[test]
+fn teardown_events_once_per_flow_in_the_ring_buffer() {
+    let Some(mut env) = setup("teardown_events_once_per_flow_in_the_ring_buffer") else {
+        return;
+    };
+    let (din, dout) = (env.dev[0], env.dev[1]);
+    assert!(
+        drain_events(&env.obj).is_empty(),
+        "events before any packet"
+    );
+    for (flags, orig) in [(Tcp::Fin, Tuple::v4(false)), (Tcp::Rst, Tuple::v6(false))] {
+        let v6 = orig.is_v6();
+        let spec = FlowSpec::new(din, Encap::plain(), orig, dout, Encap::plain(), orig.snat());
+        spec.install(&env.obj);
+        let (_, key, _) = spec.entry();
+        let check = |ev: &bpf_common::abi::Event, bit: u8, what: &str| {
+            let (ty, k, other) = if v6 {
+                (
+                    2,
+                    bpf_common::abi::bytes_of(&ev.k6),
+                    bpf_common::abi::bytes_of(&ev.k4),
+                )
+            } else {
+                (
+                    1,
+                    bpf_common::abi::bytes_of(&ev.k4),
+                    bpf_common::abi::bytes_of(&ev.k6),
+                )
+            };
+            assert_eq!(ev.r#type, ty, "{what}: event type");
+            assert_eq!(
+                ev.tcp_flags & bit,
+                bit,
+                "{what}: tcp flags {:#x}",
+                ev.tcp_flags
+            );
+            assert_eq!(k, &key[..], "{what}: event key = the flow's key");
+            assert!(
+                other.iter().all(|b| *b == 0),
+                "{what}: other family's key zeroed"
+            );
+            assert_eq!(ev.pad, [0; 3], "{what}: padding zeroed");
+        };
+        let bit = |f: Tcp| if f == Tcp::Fin { 0x01 } else { 0x04 };
+
+        // First FIN/RST: passed to the kernel, flow flagged, exactly one event.
+        let (input, _) = spec.frames(flags, b"");
+        assert_xdp_pass(&mut env, "first fin/rst", din, &input);
+        let ev = drain_events(&env.obj);
+        assert_eq!(ev.len(), 1, "one event for the first FIN/RST");
+        check(&ev[0], bit(flags), "first");
+
+        // More FIN/RST of the flagged flow (both kinds, repeated): no more events.
+        let (fin, _) = spec.frames(Tcp::Fin, b"");
+        let (rst, _) = spec.frames(Tcp::Rst, b"");
+        assert_eq!(run_xdp(&mut env.obj, &fin, din, 5).ret, XDP_PASS);
+        assert_eq!(run_xdp(&mut env.obj, &rst, din, 5).ret, XDP_PASS);
+        assert!(
+            drain_events(&env.obj).is_empty(),
+            "a second event for a flagged flow"
+        );
+
+        // A FIN of a flow that is not offloaded: nothing.
+        let other = FlowSpec::new(
+            din,
+            Encap::plain(),
+            Tuple { sport: 1, ..orig },
+            dout,
+            Encap::plain(),
+            orig,
+        );
+        let (stranger, _) = other.frames(Tcp::Fin, b"");
+        assert_xdp_pass(&mut env, "fin without flow", din, &stranger);
+        assert!(
+            drain_events(&env.obj).is_empty(),
+            "event for an unknown flow"
+        );
+
+        // User space clears the flag: the next RST reports again, once.
+        clear_teardown(&env.obj, &spec);
+        assert_eq!(run_xdp(&mut env.obj, &rst, din, 3).ret, XDP_PASS);
+        let ev = drain_events(&env.obj);
+        assert_eq!(ev.len(), 1, "one event after the flag was cleared");
+        check(&ev[0], 0x04, "after clear");
+
+        // The TC twin reports through the same ring, with the same once-only rule.
+        clear_teardown(&env.obj, &spec);
+        assert_eq!(run_tc(&mut env.obj, &fin, din, 3).ret, TC_ACT_OK);
+        let ev = drain_events(&env.obj);
+        assert_eq!(ev.len(), 1, "one event from TC");
+        check(&ev[0], 0x01, "tc");
+        spec.remove(&env.obj);
+    }
+}
+
 #[test]
 fn stale_heartbeat_disabled_offload_and_missing_txport_pass() {
     let Some(mut env) = setup("stale_heartbeat_disabled_offload_and_missing_txport_pass") else {
