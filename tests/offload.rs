@@ -787,3 +787,40 @@ fn connections_to_the_router_itself_stay_in_the_kernel() {
     );
     assert_eq!(st["offload"]["manager"]["admitted"], 0, "{st}");
 }
+
+#[test]
+fn full_flow_table_leaves_new_connections_in_the_kernel() {
+    if !harness::require_root("full_flow_table_leaves_new_connections_in_the_kernel") {
+        return;
+    }
+    let lab = Lab::new("bqm");
+    let d = lab.daemon();
+    // Status answers once the data path is loaded and its maps pinned.
+    assert_eq!(d.status()["offload"]["enabled"], true);
+    // Fill flows4 to the brim behind the daemon's back (keys no packet will ever match).
+    use libbpf_rs::MapCore;
+    let map = libbpf_rs::MapHandle::from_pinned_path(lab.pin_dir.join("flows4"))
+        .unwrap_or_else(|e| panic!("pinned flows4: {e}"));
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let value = vec![0u8; value_size];
+    for i in 0..map.max_entries() as u32 {
+        let mut key = vec![0u8; key_size];
+        key[..4].copy_from_slice(&9999u32.to_ne_bytes());
+        key[4..8].copy_from_slice(&i.to_ne_bytes());
+        map.update(&key, &value, libbpf_rs::MapFlags::ANY)
+            .unwrap_or_else(|e| panic!("filling entry {i}: {e}"));
+    }
+    let (server, _) = lab.server("198.19.0.2", &[]);
+    let client = lab.client("198.19.0.2", &["--up", "4194304", "--down", "4194304"]);
+    finish(client, "client");
+    finish(server, "server");
+    let st = d.status();
+    assert!(
+        st["offload"]["manager"]["rejected"]["map_full"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "a full table was not counted: {st}"
+    );
+    assert_eq!(st["offload"]["manager"]["admitted"], 0, "{st}");
+}
