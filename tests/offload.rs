@@ -803,7 +803,7 @@ fn full_flow_table_leaves_new_connections_in_the_kernel() {
         .unwrap_or_else(|e| panic!("pinned flows4: {e}"));
     let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
     let value = vec![0u8; value_size];
-    for i in 0..map.max_entries() as u32 {
+    for i in 0..map.max_entries() {
         let mut key = vec![0u8; key_size];
         key[..4].copy_from_slice(&9999u32.to_ne_bytes());
         key[4..8].copy_from_slice(&i.to_ne_bytes());
