@@ -4,12 +4,13 @@
 //! between a client and a server namespace. The same crafted frames (IPv4 TCP and UDP that the
 //! router masquerades, IPv6 TCP and UDP that it routes) are sent twice from the client:
 //!
-//! 1. through the kernel (ip_forward + conntrack + masquerade, no bpfqos), and
+//! 1. through the kernel (ip_forward + conntrack + masquerade, no bpfqos),
 //! 2. through the offload XDP program attached to lan1, with the flows installed the way the
 //!    daemon installs them: the NAT tuple read from conntrack's entry of run 1 (`conntrack -L`),
-//!    the MACs from the router's links and neighbours.
+//!    the MACs those of the router's wan0 and the server (the router's neighbour), and
+//! 3. through its TC twin.
 //!
-//! The server captures both runs with an AF_PACKET socket, and every frame must be
+//! The server captures every run with an AF_PACKET socket, and every frame must be
 //! byte-identical: Ethernet (destination/source MAC, EtherType), IP (TOS/traffic class, flow
 //! label, length, ID, flags, TTL/hop limit, header checksum, addresses after NAT), L4 (ports,
 //! checksum, sequence numbers, payload). The frames vary what a rewrite could get wrong: payload
@@ -26,8 +27,11 @@
 //! - GRO on the server's veth could merge TCP segments in the capture: every data segment
 //!   carries PSH, which makes GRO flush each one unmerged.
 //!
-//! Run 2 also checks that the kernel did not forward anything: the flows' counters in the map
-//! count every frame, and the router's conntrack entries see no new packets.
+//! Run 3 repeats run 2 with the TC twin (clsact ingress on lan1, `bpf_redirect` through the
+//! egress qdisc, L4 checksums by `bpf_l4_csum_replace`), the path used when shaping.
+//!
+//! Runs 2 and 3 also check that the kernel did not forward anything: the flows' counters in the
+//! map count every frame, and the router's conntrack entries see no new packets.
 //!
 //! Addresses: 198.18.0.0/15 and fd00::/8 only, in namespaces the test creates and removes.
 
@@ -42,6 +46,7 @@ use std::io::BufReader;
 use std::io::Read;
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::process::Stdio;
 
 use bpf_common::bpf_frames::inet_csum;
@@ -56,6 +61,9 @@ use bpf_common::bpf_frames::MAC_ROUTER_OUT;
 use bpf_common::bpf_frames::MAC_SERVER;
 use etherparse::PacketBuilder;
 use harness::Netns;
+use libbpf_rs::Object;
+use libbpf_rs::TcHookBuilder;
+use libbpf_rs::TC_INGRESS;
 
 const SERVER4: &str = "198.19.0.2";
 const ROUTER_WAN4: &str = "198.19.0.1";
@@ -369,17 +377,77 @@ fn tuple(udp: bool, v6: bool, sport: u16, dport: u16) -> Tuple {
     }
 }
 
-fn hexdiff(a: &[u8], b: &[u8]) -> String {
+fn hexdiff(a: &[u8], b: &[u8], path: &str) -> String {
     let mut s = String::new();
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         if x != y {
-            s += &format!(" @{i}: xdp {x:02x} kernel {y:02x};");
+            s += &format!(" @{i}: {path} {x:02x} kernel {y:02x};");
         }
     }
     if a.len() != b.len() {
-        s += &format!(" len xdp {} kernel {}", a.len(), b.len());
+        s += &format!(" len {path} {} kernel {}", a.len(), b.len());
     }
     s
+}
+
+/// Sends `frames` with the offload attached; checks that the data path, not the kernel,
+/// forwarded every one of them (flow counters in the map, conntrack counters unchanged).
+fn offloaded_run(
+    lab: &Lab,
+    obj: &Object,
+    specs: &[FlowSpec],
+    frames: &[Vec<u8>],
+    ports: &[u16],
+    path: &str,
+) -> Vec<Vec<u8>> {
+    let count = |obj: &Object| -> u64 { specs.iter().map(|s| s.counters(obj).0).sum() };
+    let nat: Vec<&Tuple> = specs
+        .iter()
+        .map(|s| &s.orig)
+        .filter(|t| !t.is_v6())
+        .collect();
+    let ct_before: Vec<u64> = nat.iter().map(|t| lab.conntrack_packets(t)).collect();
+    let before = count(obj);
+    set_control(obj, 0, true);
+    let got = lab.exchange(frames, ports);
+    let forwarded = count(obj) - before;
+    assert_eq!(
+        forwarded,
+        frames.len() as u64,
+        "{path} forwarded {forwarded} of {} frames; stats {:?}",
+        frames.len(),
+        bpf_common::stats(obj)
+    );
+    let ct_after: Vec<u64> = nat.iter().map(|t| lab.conntrack_packets(t)).collect();
+    assert_eq!(
+        ct_before, ct_after,
+        "the {path} run went through the kernel"
+    );
+    got
+}
+
+/// Frame by frame: `offload` equal to `kernel`, after sanity checks of the kernel's own output.
+fn compare(offload: &[Vec<u8>], kernel: &[Vec<u8>], path: &str) {
+    assert_eq!(
+        offload.len(),
+        kernel.len(),
+        "frames received: {path} vs kernel"
+    );
+    for (i, (x, k)) in offload.iter().zip(kernel).enumerate() {
+        // Sanity: the kernel really rewrote what we expect, and every checksum is valid.
+        let v6 = k[12..14] == [0x86, 0xdd];
+        assert_eq!(&k[0..6], &MAC_SERVER, "frame {i}: kernel dst MAC");
+        assert_eq!(&k[6..12], &MAC_ROUTER_OUT, "frame {i}: kernel src MAC");
+        if !v6 {
+            let wan: std::net::Ipv4Addr = ROUTER_WAN4.parse().unwrap();
+            assert_eq!(&k[26..30], &wan.octets(), "frame {i}: kernel SNAT");
+        }
+        let (hdr_ok, l4_ok) = verify_checksums(&k[14..]);
+        assert!(hdr_ok && l4_ok, "frame {i}: kernel checksums");
+        let (hdr_ok, l4_ok) = verify_checksums(&x[14..]);
+        assert!(hdr_ok && l4_ok, "frame {i}: {path} checksums");
+        assert!(x == k, "frame {i} differs ({path}):{}", hexdiff(x, k, path));
+    }
 }
 
 /// Moves the calling thread into `ns` (the test thread only; its children inherit it).
@@ -389,8 +457,8 @@ fn enter(ns: &Netns) {
 }
 
 #[test]
-fn xdp_path_matches_kernel_forwarding_byte_for_byte() {
-    if !harness::require_root("xdp_path_matches_kernel_forwarding_byte_for_byte") {
+fn xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte() {
+    if !harness::require_root("xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte") {
         return;
     }
     let lab = Lab::new();
@@ -451,50 +519,36 @@ fn xdp_path_matches_kernel_forwarding_byte_for_byte() {
     for s in &specs {
         s.install(&obj);
     }
-    let ct_before: Vec<u64> = flows[..2]
-        .iter()
-        .map(|t| lab.conntrack_packets(t))
-        .collect();
     let link = obj
         .progs_mut()
         .find(|p| p.name() == bpf_common::abi::XDP_PROG)
         .unwrap()
         .attach_xdp(lan1 as i32)
         .expect("attach XDP to lan1");
-    set_control(&obj, 0, true);
-    let xdp = lab.exchange(&frames, &ports);
-
-    let forwarded: u64 = specs.iter().map(|s| s.counters(&obj).0).sum();
-    assert_eq!(
-        forwarded,
-        frames.len() as u64,
-        "XDP forwarded {forwarded} of {} frames; stats {:?}",
-        frames.len(),
-        bpf_common::stats(&obj)
-    );
-    let ct_after: Vec<u64> = flows[..2]
-        .iter()
-        .map(|t| lab.conntrack_packets(t))
-        .collect();
-    assert_eq!(ct_before, ct_after, "run 2 went through the kernel");
+    let xdp = offloaded_run(&lab, &obj, &specs, &frames, &ports, "XDP");
     drop(link);
-    assert_eq!(xdp.len(), kernel.len(), "frames received: xdp vs kernel");
+    compare(&xdp, &kernel, "XDP");
 
-    for (i, (x, k)) in xdp.iter().zip(&kernel).enumerate() {
-        // Sanity: the kernel really rewrote what we expect, and every checksum is valid.
-        let v6 = k[12..14] == [0x86, 0xdd];
-        assert_eq!(&k[0..6], &MAC_SERVER, "frame {i}: kernel dst MAC");
-        assert_eq!(&k[6..12], &MAC_ROUTER_OUT, "frame {i}: kernel src MAC");
-        if !v6 {
-            let wan: std::net::Ipv4Addr = ROUTER_WAN4.parse().unwrap();
-            assert_eq!(&k[26..30], &wan.octets(), "frame {i}: kernel SNAT");
-        }
-        let (hdr_ok, l4_ok) = verify_checksums(&k[14..]);
-        assert!(hdr_ok && l4_ok, "frame {i}: kernel checksums");
-        let (hdr_ok, l4_ok) = verify_checksums(&x[14..]);
-        assert!(hdr_ok && l4_ok, "frame {i}: xdp checksums");
-        assert!(x == k, "frame {i} differs:{}", hexdiff(x, k));
-    }
+    // Run 3: the TC twin (the shaped path), same flows, from lan1's clsact ingress.
+    let tc_fd = obj
+        .progs()
+        .find(|p| p.name() == bpf_common::abi::TC_PROG)
+        .unwrap()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap();
+    let mut hook = TcHookBuilder::new(tc_fd.as_fd())
+        .ifindex(lan1 as i32)
+        .replace(true)
+        .handle(1)
+        .priority(1)
+        .hook(TC_INGRESS);
+    hook.create().expect("clsact on lan1");
+    hook.attach().expect("attach TC to lan1");
+    let tc = offloaded_run(&lab, &obj, &specs, &frames, &ports, "TC");
+    let _ = hook.detach();
+    compare(&tc, &kernel, "TC");
+
     // The IPv4 UDP datagram without checksum arrived without one on both paths.
     let no_csum = kernel
         .iter()
@@ -502,7 +556,7 @@ fn xdp_path_matches_kernel_forwarding_byte_for_byte() {
         .count();
     assert_eq!(no_csum, 1, "IPv4 UDP zero checksum kept");
     eprintln!(
-        "{} frames (IPv4 SNAT TCP+UDP, IPv6 routed TCP+UDP) byte-identical, kernel vs XDP",
+        "{} frames (IPv4 SNAT TCP+UDP, IPv6 routed TCP+UDP) byte-identical: kernel, XDP, TC",
         kernel.len()
     );
 }
