@@ -117,6 +117,15 @@ NFT",
         (child, peers)
     }
 
+    /// UDP ping-pong with xfer.py, 20 datagrams a second, every echo checked: (server, client).
+    fn udp_pingpong(&self, addr: &str, count: u32, extra: &[&str]) -> (Child, Child) {
+        let (server, _) = self.server(addr, &["--udp"]);
+        let count = count.to_string();
+        let mut args = vec!["--udp", "--count", &count, "--interval", "0.05"];
+        args.extend_from_slice(extra);
+        (server, self.client(addr, &args))
+    }
+
     fn client(&self, connect: &str, extra: &[&str]) -> Child {
         self.lan
             .command("/usr/bin/python3")
@@ -141,6 +150,38 @@ fn finish(child: Child, what: &str) -> String {
     );
     assert!(out.status.success(), "{what} failed: {text}");
     text
+}
+
+/// tcpdump in `ns` (an independent view of the wire): at most `count` packets or `secs` seconds.
+fn capture(ns: &Netns, secs: u32, count: u32, flags: &str, dev: &str, filter: &str) -> Child {
+    ns.command("timeout")
+        .arg(secs.to_string())
+        .args([
+            "tcpdump",
+            "-c",
+            &count.to_string(),
+            flags,
+            "-i",
+            dev,
+            filter,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("tcpdump: {e}"))
+}
+
+/// Waits (bounded) until the daemon reports at least `n` offloaded connections.
+fn wait_offloaded(d: &Daemon, n: u64, within: Duration) {
+    let ok = harness::wait_for(within, || {
+        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= n
+    });
+    assert!(
+        ok,
+        "not {n} connection(s) offloaded: {}\n{}",
+        d.status(),
+        d.log_text()
+    );
 }
 
 /// Stops a UDP echo server (it would otherwise serve until its deadline).
@@ -240,23 +281,14 @@ fn ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented() {
     let d = lab.daemon();
     let (server, peers) = lab.server("fd00:2::2", &[]);
     // The server's side captures hop limits as received (independent oracle: tcpdump).
-    let capture = lab
-        .srv
-        .command("timeout")
-        .args([
-            "10",
-            "tcpdump",
-            "-c",
-            "40",
-            "-nv",
-            "-i",
-            "s0",
-            "ip6 and tcp and src fd00:1::2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+    let capture = capture(
+        &lab.srv,
+        10,
+        40,
+        "-nv",
+        "s0",
+        "ip6 and tcp and src fd00:1::2",
+    );
     std::thread::sleep(Duration::from_millis(500));
     let client = lab.client("fd00:2::2", &["--up", "16777216", "--down", "16777216"]);
     let mut offloaded_during = false;
@@ -309,23 +341,7 @@ fn udp_is_offloaded_once_assured_and_conntrack_kept_alive() {
         .sh("sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream=6");
     let d = lab.daemon();
     let (server, _) = lab.server("198.19.0.2", &["--udp"]);
-    let capture = lab
-        .srv
-        .command("timeout")
-        .args([
-            "20",
-            "tcpdump",
-            "-c",
-            "20",
-            "-nv",
-            "-i",
-            "s0",
-            "udp and dst port 5201",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+    let capture = capture(&lab.srv, 20, 20, "-nv", "s0", "udp and dst port 5201");
     std::thread::sleep(Duration::from_millis(500));
     // 15 s of ping-pong, 20 datagrams a second, every echo checked by xfer.py.
     let client = lab.client(
@@ -430,10 +446,7 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
         ],
     );
     // Both the TCP data connection (plus iperf3's control connection) and the UDP one.
-    let offloaded = harness::wait_for(Duration::from_secs(8), || {
-        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 3
-    });
-    assert!(offloaded, "never offloaded: {}", d.log_text());
+    wait_offloaded(&d, 3, Duration::from_secs(8));
     d.signal("KILL");
     // Killed by a signal: no exit code.
     assert_eq!(d.wait_exit(Duration::from_secs(5)), None);
@@ -539,45 +552,13 @@ fn route_change_moves_the_offloaded_flow() {
          config interface 'wan2'\n\toption device 'wan1'\n",
     );
     let d = lab.daemon();
-    let (server, _) = lab.server("198.19.9.9", &["--udp"]);
-    let client = lab.client(
-        "198.19.9.9",
-        &[
-            "--udp",
-            "--count",
-            "200",
-            "--interval",
-            "0.05",
-            "--size",
-            "500",
-            "--io-timeout",
-            "1",
-        ],
-    );
-    let offloaded = harness::wait_for(Duration::from_secs(8), || {
-        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
-    });
-    assert!(offloaded, "never offloaded: {}", d.log_text());
+    let (server, client) =
+        lab.udp_pingpong("198.19.9.9", 200, &["--size", "500", "--io-timeout", "1"]);
+    wait_offloaded(&d, 1, Duration::from_secs(8));
     let (wan0, wan1) = (ifindex(&lab.rtr, "wan0"), ifindex(&lab.rtr, "wan1"));
     assert_eq!(d.status()["flows"][0]["egress_ifindex"], wan0);
     // The route moves; the kernel would now send the flow out of wan1, so must the data path.
-    let capture = lab
-        .srv
-        .command("timeout")
-        .args([
-            "6",
-            "tcpdump",
-            "-c",
-            "10",
-            "-n",
-            "-i",
-            "s1",
-            "udp and dst host 198.19.9.9",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("tcpdump: {e}"));
+    let capture = capture(&lab.srv, 6, 10, "-n", "s1", "udp and dst host 198.19.9.9");
     std::thread::sleep(Duration::from_millis(500));
     lab.rtr.ip(&[
         "route",
@@ -630,25 +611,9 @@ fn neighbour_mac_change_is_followed() {
     }
     let lab = Lab::new("bqn");
     let d = lab.daemon();
-    let (server, _) = lab.server("198.19.0.2", &["--udp"]);
-    let client = lab.client(
-        "198.19.0.2",
-        &[
-            "--udp",
-            "--count",
-            "200",
-            "--interval",
-            "0.05",
-            "--size",
-            "500",
-            "--io-timeout",
-            "1",
-        ],
-    );
-    let offloaded = harness::wait_for(Duration::from_secs(8), || {
-        d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
-    });
-    assert!(offloaded, "never offloaded: {}", d.log_text());
+    let (server, client) =
+        lab.udp_pingpong("198.19.0.2", 200, &["--size", "500", "--io-timeout", "1"]);
+    wait_offloaded(&d, 1, Duration::from_secs(8));
     // The server gets a new MAC (NIC swapped, VM moved...) and the router learns it.
     let new_mac = "02:00:5e:10:00:99";
     lab.srv.ip(&["link", "set", "s0", "address", new_mac]);
@@ -687,21 +652,8 @@ fn firewall_reload_drops_flows_and_readmits_only_what_still_flows() {
     }
     let lab = Lab::new("bqf");
     let d = lab.daemon();
-    let (server, _) = lab.server("198.19.0.2", &["--udp"]);
-    let client = lab.client(
-        "198.19.0.2",
-        &[
-            "--udp",
-            "--count",
-            "300",
-            "--interval",
-            "0.05",
-            "--size",
-            "300",
-            "--io-timeout",
-            "0.5",
-        ],
-    );
+    let (server, client) =
+        lab.udp_pingpong("198.19.0.2", 300, &["--size", "300", "--io-timeout", "0.5"]);
     let connections = || d.status()["offload"]["connections"].as_u64().unwrap_or(0);
     assert!(
         harness::wait_for(Duration::from_secs(8), || connections() >= 1),

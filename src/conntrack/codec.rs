@@ -546,10 +546,10 @@ pub fn dump_request(seq: u32, family: u8) -> Vec<u8> {
     .finish()
 }
 
-/// A request to fetch one entry by its original tuple (ENOENT when it is gone).
-pub fn get_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
+/// An acked request about one existing entry, addressed by its original tuple and zone.
+fn entry_request(msg: u16, seq: u32, orig: &Tuple, zone: u16) -> Builder {
     let mut b = Builder::new(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        (NFNL_SUBSYS_CTNETLINK << 8) | msg,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
         family_of(orig),
@@ -558,22 +558,18 @@ pub fn get_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
     if zone != 0 {
         b.attr(CTA_ZONE, &zone.to_be_bytes());
     }
-    b.finish()
+    b
+}
+
+/// A request to fetch one entry by its original tuple (ENOENT when it is gone).
+pub fn get_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
+    entry_request(IPCTNL_MSG_CT_GET, seq, orig, zone).finish()
 }
 
 /// A request to set an existing entry's timeout (keeps offloaded connections alive in conntrack
 /// while their packets bypass it). Without NLM_F_CREATE it never creates an entry.
 pub fn refresh_request(seq: u32, orig: &Tuple, zone: u16, timeout_s: u32) -> Vec<u8> {
-    let mut b = Builder::new(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        family_of(orig),
-    );
-    b.tuple(CTA_TUPLE_ORIG, orig);
-    if zone != 0 {
-        b.attr(CTA_ZONE, &zone.to_be_bytes());
-    }
+    let mut b = entry_request(IPCTNL_MSG_CT_NEW, seq, orig, zone);
     b.attr(CTA_TIMEOUT, &timeout_s.to_be_bytes());
     b.finish()
 }
@@ -584,16 +580,7 @@ pub fn refresh_request(seq: u32, orig: &Tuple, zone: u16, timeout_s: u32) -> Vec
 /// the kernel path again (after a FIN, a too-big packet, a re-resolution, a daemon restart)
 /// would be INVALID: not NATed, possibly answered with a reset.
 pub fn liberal_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
-    let mut b = Builder::new(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        family_of(orig),
-    );
-    b.tuple(CTA_TUPLE_ORIG, orig);
-    if zone != 0 {
-        b.attr(CTA_ZONE, &zone.to_be_bytes());
-    }
+    let mut b = entry_request(IPCTNL_MSG_CT_NEW, seq, orig, zone);
     let pi = b.nest(CTA_PROTOINFO);
     let tcp = b.nest(CTA_PROTOINFO_TCP);
     // struct nf_ct_tcp_flags { flags, mask }
