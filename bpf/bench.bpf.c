@@ -97,7 +97,16 @@ int bench_parse_lookup_redirect(struct xdp_md *ctx)
 		k.k4.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
 		k.k4.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
 		egress = bpf_map_lookup_elem(&bench_flows4, &k.k4);
-	} else if (h.ip6h) {
+		/*
+		 * Redirect from each branch: with one shared call site clang
+		 * passes the map as a variable, and the verifier then cannot
+		 * inline the lookup as it does for the offload program.
+		 */
+		if (!egress)
+			return XDP_PASS;
+		return bpf_redirect_map(&bench_tx, *egress, XDP_PASS);
+	}
+	if (h.ip6h) {
 		k.k6.ifindex = ctx->ingress_ifindex;
 		__builtin_memcpy(&k.k6.l2, &p.l2, sizeof(k.k6.l2));
 		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
@@ -106,12 +115,11 @@ int bench_parse_lookup_redirect(struct xdp_md *ctx)
 		k.k6.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
 		k.k6.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
 		egress = bpf_map_lookup_elem(&bench_flows6, &k.k6);
-	} else {
-		return XDP_PASS;
+		if (!egress)
+			return XDP_PASS;
+		return bpf_redirect_map(&bench_tx, *egress, XDP_PASS);
 	}
-	if (!egress)
-		return XDP_PASS;
-	return bpf_redirect_map(&bench_tx, *egress, XDP_PASS);
+	return XDP_PASS;
 }
 
 /*
