@@ -111,14 +111,34 @@ pub fn l2(e: &topology::L2Encap) -> Option<abi::L2Encap> {
     Some(out)
 }
 
+/// Largest IP packet the data path may send along `egress` when it writes every header in the
+/// frame itself. The kernel carries one VLAN tag out of band (hardware-accelerated tagging), so a
+/// device takes frames of MTU + Ethernet + one tag; tags and a PPPoE header that XDP must put in
+/// the frame beyond that count against the device's MTU (a DSA conduit's MTU already includes
+/// its tag). Bigger packets go to the kernel, which sends them fine.
+pub fn wire_mtu(egress: &NextHop, lowest_dev_mtu: u32) -> u32 {
+    const VLAN_HLEN: u32 = 4;
+    let pushed = VLAN_HLEN * egress.encap.vlans.len() as u32
+        + if egress.encap.pppoe.is_some() {
+            crate::topology::PPPOE_OVERHEAD
+        } else {
+            0
+        };
+    egress
+        .mtu
+        .min((lowest_dev_mtu + VLAN_HLEN).saturating_sub(pushed))
+}
+
 /// Builds the entry for packets that arrive matching `inbound` (as conntrack saw them on the
 /// wire, before NAT) on the lowest device and encapsulation of `ingress`, and leave as
-/// `outbound` (after NAT) through `egress`. `None` if something cannot be expressed.
+/// `outbound` (after NAT) through `egress`, at most `mtu` bytes of IP packet (see [`wire_mtu`]).
+/// `None` if something cannot be expressed.
 pub fn entry(
     inbound: &Tuple,
     outbound: &Tuple,
     ingress: &NextHop,
     egress: &NextHop,
+    mtu: u32,
 ) -> Option<(FlowKey, FlowValue)> {
     let in_l2 = l2(&ingress.encap)?;
     let out_l2 = l2(&egress.encap)?;
@@ -127,7 +147,7 @@ pub fn entry(
         h_dest: egress.dst_mac,
         h_source: egress.src_mac,
         l2: out_l2,
-        mtu: u16::try_from(egress.mtu.min(u32::from(u16::MAX))).ok()?,
+        mtu: u16::try_from(mtu.min(u32::from(u16::MAX))).ok()?,
         dsa_proto: match &egress.encap.dsa {
             Some(d) => dsa_proto(&d.tagger)?,
             None => 0,
@@ -182,5 +202,47 @@ pub fn entry(
         }
         // NAT64 and friends: not ours.
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::L2Encap;
+    use crate::topology::PppoeSession;
+
+    fn hop(mtu: u32, vlans: usize, pppoe: bool) -> NextHop {
+        NextHop {
+            l3_ifindex: 1,
+            egress_ifindex: 2,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            encap: L2Encap {
+                vlans: vec![(VlanProto::Dot1Q, 7); vlans],
+                pppoe: pppoe.then(|| PppoeSession {
+                    sid: 1,
+                    peer_mac: [0; 6],
+                    local_mac: [0; 6],
+                }),
+                dsa: None,
+            },
+            mtu,
+            gateway: None,
+            neighbour: None,
+            devices: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn wire_mtu_counts_in_frame_headers_beyond_one_tag() {
+        // Plain and single-tag paths: the route's MTU.
+        assert_eq!(wire_mtu(&hop(1500, 0, false), 1500), 1500);
+        assert_eq!(wire_mtu(&hop(1500, 1, false), 1500), 1500);
+        // PPPoE over VLAN 7 on a 1500 device: 1492, as the PPPoE device says.
+        assert_eq!(wire_mtu(&hop(1492, 1, true), 1500), 1492);
+        // QinQ on a 1500 device: the second tag must fit in the frame.
+        assert_eq!(wire_mtu(&hop(1500, 2, false), 1500), 1496);
+        // A baby-jumbo device (1508) carries QinQ at full size.
+        assert_eq!(wire_mtu(&hop(1500, 2, false), 1508), 1500);
     }
 }

@@ -288,8 +288,24 @@ impl FlowManager {
                 }
                 // Original direction: arrives from the originator's side as `orig`, leaves
                 // towards the responder as the reverse of `reply` (that is the NAT).
-                let fwd = encode::entry(&c.orig, &c.reply.reversed(), to_orig, to_reply);
-                let rev = encode::entry(&c.reply, &c.orig.reversed(), to_reply, to_orig);
+                let mtu = |h: &NextHop| {
+                    let dev = ctx.topo.link(h.egress_ifindex).map_or(h.mtu, |l| l.mtu);
+                    encode::wire_mtu(h, dev)
+                };
+                let fwd = encode::entry(
+                    &c.orig,
+                    &c.reply.reversed(),
+                    to_orig,
+                    to_reply,
+                    mtu(to_reply),
+                );
+                let rev = encode::entry(
+                    &c.reply,
+                    &c.orig.reversed(),
+                    to_reply,
+                    to_orig,
+                    mtu(to_orig),
+                );
                 let (Some((k0, v0)), Some((k1, v1))) = (fwd, rev) else {
                     return Err(self.reject(Reject::Inexpressible));
                 };

@@ -82,8 +82,9 @@ veth() {
     nsx "$3" ip link set "$4" up
 }
 # Traffic ends (clients/servers) send full checksums and MTU-sized frames, as real NICs deliver
-# them; an XDP data path needs that (shared/testing.md), and the kernel path does not mind.
-host_nic() { nsx "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true; }
+# them, and receive with NAPI (GRO on: veth frames that XDP redirects to them are dropped
+# otherwise); an XDP data path needs both (shared/testing.md), the kernel path does not mind.
+host_nic() { nsx "$1" ethtool -K "$2" tx off tso off gso off gro on >/dev/null 2>&1 || true; }
 # bg NAME NS cmd...: start cmd in NS in the background, log to $WORK/NAME.log, killed at teardown.
 bg() {
     local name=$1 ns=$2
