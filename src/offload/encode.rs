@@ -219,7 +219,7 @@ mod tests {
             dst_mac: [0; 6],
             encap: L2Encap {
                 vlans: vec![(VlanProto::Dot1Q, 7); vlans],
-                pppoe: pppoe.then(|| PppoeSession {
+                pppoe: pppoe.then_some(PppoeSession {
                     sid: 1,
                     peer_mac: [0; 6],
                     local_mac: [0; 6],

@@ -46,6 +46,9 @@ pub const REFRESH_EVERY_MAX: Duration = Duration::from_secs(10);
 /// the new rules still forward are offloaded again.
 pub const READMIT_AFTER: Duration = Duration::from_secs(2);
 
+/// Longest a connection's next-hop resolution may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connections remembered per unresolved neighbour.
 const MAX_WAITING_PER_NEIGHBOUR: usize = 256;
 
@@ -658,6 +661,18 @@ pub struct Ctx<'a> {
 /// responder]. Each lookup is a forwarded-packet route query (policy routing with the real
 /// input device and mark), so what is installed is what the kernel itself would do.
 async fn resolve_pair(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolved> {
+    // The event loop must never hang on netlink: a lookup that does not answer in time leaves
+    // the connection in the kernel.
+    tokio::time::timeout(RESOLVE_TIMEOUT, resolve_pair_inner(c, ctx))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Unresolved::Netlink(
+                "route/neighbour lookup timed out".into(),
+            ))
+        })
+}
+
+async fn resolve_pair_inner(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolved> {
     let mark = (c.mark != 0).then_some(c.mark);
     let plain = |dst| RouteQuery {
         dst,

@@ -320,8 +320,10 @@ peers_only() { [ -s "$1" ] && ! awk -v a="$2" '$2 != a {bad=1} END {exit !bad}' 
 ping_ttl() { nsx "$1" ping -c 3 -i 0.3 -W 2 "$2" | grep -q "ttl=$3 "; }
 
 # bpfqos_part SUBNAME CONFIG TRAFFIC_FN: run the daemon in rtr with CONFIG, run TRAFFIC_FN again
-# with the daemon attached (payloads must stay intact), then the offload assertions, which are
-# PENDING until BPFQOS_EXPECT_OFFLOAD=1 (issue 4). Sub-result NAME/SUBNAME; never exits.
+# with the daemon attached (payloads must stay intact); it must be attached to the lowest devices
+# and its data path must have carried packets. With BPFQOS_EXPECT_OFFLOAD=1 also the scenario's
+# strict check ("most of the transfer offloaded"), which software emulation's slow admission
+# (70-450 ms, longer than these transfers) does not meet. Sub-result NAME/SUBNAME; never exits.
 bpfqos_part() {
     local sub=$1 cfg=$2 traffic=$3 expect_attach=$4
     if ! have_bpfqos; then
@@ -336,7 +338,8 @@ bpfqos_part() {
         daemon_start rtr "$cfg"
         daemon_status >"$WORK/status-before.json"
         "$traffic"
-        daemon_status >"$WORK/status-after.json"
+        daemon_status >"$WORK/status-after.json" ||
+            note "bpfqos status failed: $(head -c 300 "$WORK/status-after.json")"
         local attach pkts
         attach=$(json_get "$WORK/status-after.json" '",".join(sorted(a["device"]+":"+a["mode"] for a in d.get("attach",[])))')
         pkts=$(json_get "$WORK/status-after.json" 'd["offload"]["packets"]-0')
@@ -344,19 +347,16 @@ bpfqos_part() {
         echo "$attach" >"$WORK/bpfqos-attach"
         daemon_stop
         grep -iE 'warn|error' "$DAEMON_LOG" | head -n 4 | while read -r l; do note "daemon: $l"; done
+        local dev
+        for dev in ${expect_attach//,/ }; do
+            check "bpfqos attached to $dev" grep -q "\"$dev\"" "$WORK/status-after.json"
+        done
+        check "bpfqos data path carried part of the traffic ($pkts packets)" test "$pkts" -ge 100
         if [ "$BPFQOS_EXPECT_OFFLOAD" = 1 ]; then
-            local dev
-            for dev in ${expect_attach//,/ }; do
-                check "bpfqos attached to $dev" grep -q "\"$dev\"" "$WORK/status-after.json"
-            done
             "${traffic}_offload_check"
         fi
     ); then
-        if [ "$BPFQOS_EXPECT_OFFLOAD" = 1 ]; then
-            subpass "$sub"
-        else
-            pending "$sub" "daemon ran (attached: [$(cat "$WORK/bpfqos-attach" 2>/dev/null)]), traffic intact; offload assertions (attach on $expect_attach, status counters) pending issue 4 (set BPFQOS_EXPECT_OFFLOAD=1 when it lands)"
-        fi
+        subpass "$sub"
     else
         echo "FAIL $SC/$sub" >>"$RESULTS"
         printf '  [%s] FAIL %s (see daemon log in the scenario log)\n' "$SC" "$sub" >&3

@@ -2,7 +2,7 @@
 # PPPoE reconnect: kill pppd, start it again. The new session must get a new session id, traffic
 # must work again, and no frame may leave with the old session id (a stale flow would do exactly
 # that). A UDP flow keeps running across the reconnect, so a stale flow would have traffic to
-# carry. Kernel path first; then the same with bpfqos attached (offload asserted once issue 4
+# carry. Kernel path first; then the same with bpfqos attached (offload: see bpfqos_part in lib.sh
 # lands: the daemon must follow the new session and drop the flows of the old one).
 
 # reconnect_cycle: one disconnect/reconnect with a paced UDP flow running across it; checks the
@@ -62,6 +62,7 @@ scenario_main() {
     bpfqos_part bpfqos "config globals 'globals'
 	option enabled '1'
 	option offload '1'
+	option log_level 'debug'
 
 config interface 'wan'
 	option device 'pppoe-wan'

@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # The classic OpenWrt WAN: kernel-mode PPPoE over VLAN 7, masquerade on pppoe-wan, a LAN bridge
-# with two ports. Kernel path first (the oracle), then bpfqos attached (offload asserted once
-# issue 4 lands).
+# with two ports. Kernel path first (the oracle), then bpfqos attached (see bpfqos_part in
+# lib.sh).
 
 # Bulk both ways from both LAN ports, UDP echo, with every payload hash checked.
 wan_traffic() {

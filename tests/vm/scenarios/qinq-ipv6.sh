@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
 # QinQ WAN: 802.1ad outer tag 100, 802.1Q inner tag 7, IPoE (as fibre ISPs hand out).
 # IPv4 is masqueraded; IPv6 is routed without NAT (the ISP routes the LAN's fd00:1::/64 to the
-# router). Kernel path first, then bpfqos attached (offload asserted once issue 4 lands).
+# router). Kernel path first, then bpfqos attached (offload: see bpfqos_part in lib.sh).
 #
 #   lan1/lan2 ─ br-lan [rtr] w0.100.7 (198.18.200.2, fd00:200::2) ─ w0 ══ i0 ─ i0.100.7 [isp]
 #   [isp] srv0: 198.19.0.1, fd00:99::1
