@@ -28,13 +28,15 @@ scenario_main() {
     bg srv_udp isp timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 60 --peers "$WORK/peers"
     sleep 0.5
     cap_start isp isp i0 -c 1200
-    # A paced UDP flow that is still running while conntrack is inspected.
-    bg udp_flow lan2 timeout 60 $XFER client --udp --connect "$SRV4" --port 5202 --count 60 --size 800 --io-timeout 2 --interval 0.2
+    # A paced UDP flow that is still running while conntrack is inspected. It shares the link with
+    # two bulk TCP transfers through a user-mode PPPoE server under software emulation: a
+    # datagram or two may be dropped by congestion; none may arrive corrupted.
+    bg udp_flow lan2 timeout 60 $XFER client --udp --connect "$SRV4" --port 5202 --count 60 --size 800 --io-timeout 2 --interval 0.2 --max-loss 2
     check "lan1: 1 MiB up + 1 MiB down, hashes equal" tcp_xfer lan1 "$SRV4" 5201 1048576 1048576
     nsx rtr conntrack -L >"$WORK/conntrack.txt" 2>&1 || true
     check "lan2: 512 KiB up + 1 MiB down, hashes equal" tcp_xfer lan2 "$SRV4" 5201 524288 1048576
     cap_stop isp
-    check "paced UDP flow: every datagram echoed intact" wait "$PID_udp_flow"
+    check "paced UDP flow: echoed intact (at most 2 of 60 lost to congestion)" wait "$PID_udp_flow"
     check "conntrack shows the running UDP flow [OFFLOAD]" \
         sh -c "grep 'src=198.18.1.12' '$WORK/conntrack.txt' | grep '^udp' | grep -q 'OFFLOAD'"
     check "server saw only the router's WAN address (NAT)" peers_only "$WORK/peers" "$WAN4"
