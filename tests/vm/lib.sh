@@ -96,10 +96,13 @@ bg() {
 WITH_PPP_DIR=$VMDIR/tools/with-ppp-dir.sh
 
 # Capture: cap_start NAME NS DEV [filter...]; cap_stop NAME -> $WORK/NAME.pcap
+# --immediate-mode: libpcap's default TPACKET_V3 ring hands packets over only when a block
+# fills or its timeout expires, and on SIGINT the block in progress is lost: a short capture
+# (one half-second transfer under TCG) then came out empty (0 frames) although tcpdump was up.
 cap_start() {
     local name=$1 ns=$2 dev=$3
     shift 3
-    bg "cap_$name" "$ns" timeout 120 tcpdump -i "$dev" -nn -U -s 256 -w "$WORK/$name.pcap" "$@"
+    bg "cap_$name" "$ns" timeout 120 tcpdump -i "$dev" -nn -U --immediate-mode -s 256 -w "$WORK/$name.pcap" "$@"
     wait_until 10 "tcpdump on $dev ready" grep -q "listening on" "$WORK/cap_$name.log"
 }
 cap_stop() {
