@@ -3,6 +3,10 @@
 //! - baseline: the bare "parse and redirect" (parser + devmap redirect);
 //! - floor: parse + the flow-table lookup (the offload's key and map shape) + redirect, the
 //!   least any flow offload does; the difference floor - baseline is the lookup's cost;
+//! - array floor: the same with the flow table as a direct-mapped array whose slot (a
+//!   multiplicative hash of the key) and key comparison are computed in BPF, so no kernel
+//!   function is called for the lookup: what a flow table of that shape could save (the kernel
+//!   hash table's call chain is what costs here; see docs/bench.md);
 //! - the empty program's time, printed last: BPF_PROG_TEST_RUN's own per-repetition cost,
 //!   included in every column;
 //! - with `BPFQOS_BENCH_BEFORE=<offload.bpfel.o>`, another build of the offload (e.g. the
@@ -41,6 +45,9 @@ use libbpf_rs::ProgramInput;
 
 const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpfel.o"));
 const REPS_PER_CALL: u32 = 200;
+const XDP_REDIRECT: u32 = 4;
+/// TBL_SLOTS in bpf/bench.bpf.c.
+const ARRAY_SLOTS: u32 = 65536;
 /// Each call costs milliseconds of wall time outside the measured loop (the kernel swaps the
 /// XDP dispatcher around every XDP test run), so keep the count modest: medians are stable.
 /// `BPFQOS_BENCH_CALLS` overrides it.
@@ -58,6 +65,8 @@ struct Subject {
     obj: Object,
     prog: &'static str,
     samples: Vec<f64>,
+    /// The program's return value in the last call (XDP_REDIRECT: the floors found the flow).
+    last_ret: u32,
 }
 
 impl Subject {
@@ -66,6 +75,7 @@ impl Subject {
             obj,
             prog,
             samples: Vec::new(),
+            last_ret: 0,
         }
     }
 
@@ -90,6 +100,7 @@ impl Subject {
         };
         let o = p.test_run(input).expect("test run");
         self.samples.push(o.duration.as_nanos() as f64);
+        self.last_ret = o.return_value;
     }
 
     /// Median ns per run of the calls since the last take (robust to preemption by other load).
@@ -124,6 +135,31 @@ fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<f64
         eprintln!("{} interleaved calls in {:?}", calls(), started.elapsed());
     }
     subjects.iter_mut().map(|s| s.take_median()).collect()
+}
+
+/// Slot of `key` in bench.bpf.c's direct-mapped tables: the same multiplicative hash over the
+/// key's native-endian 64-bit words as `tbl_hash()`.
+fn array_slot(key: &[u8]) -> u32 {
+    let mut h: u64 = 0;
+    for w in key.chunks(8) {
+        let mut b = [0u8; 8];
+        b[..w.len()].copy_from_slice(w);
+        h = (h ^ u64::from_ne_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    ((h >> 32) as u32) & (ARRAY_SLOTS - 1)
+}
+
+/// Puts {key, egress} into the array floor's table for the key's family.
+fn install_array_floor(obj: &Object, v6: bool, key: &[u8], egress: u32) {
+    let mut v = key.to_vec();
+    v.extend_from_slice(&egress.to_ne_bytes());
+    v.extend_from_slice(&[0u8; 4]);
+    let name = if v6 { "bench_tbl6" } else { "bench_tbl4" };
+    obj.maps()
+        .find(|m| m.name() == name)
+        .unwrap()
+        .update(&array_slot(key).to_ne_bytes(), &v, MapFlags::ANY)
+        .unwrap();
 }
 
 fn frame(e: &Encap, t: &Tuple) -> Vec<u8> {
@@ -166,6 +202,7 @@ fn main() {
     let mut base = Subject::new(bench_obj(), "bench_parse_redirect");
     let mut empty = Subject::new(bench_obj(), "bench_pass");
     let mut floor = Subject::new(bench_obj(), "bench_parse_lookup_redirect");
+    let mut array = Subject::new(bench_obj(), "bench_parse_table_redirect");
     let base_cfg = |base: &Object, dsa: u32| {
         let m = base.maps().find(|m| m.name() == "bench_cfg").unwrap();
         let mut v = dev[1].to_ne_bytes().to_vec();
@@ -216,28 +253,36 @@ fn main() {
         ),
     ];
 
-    // Subjects, in this order: offload, baseline, empty, floor, [before].
+    // Subjects, in this order: offload, baseline, empty, floor, array floor, [before].
     let print_row = |name: &str, m: &[f64], note: &str| {
-        let (o, b, fl) = (m[0], m[1], m[3]);
+        let (o, b, fl, t) = (m[0], m[1], m[3], m[4]);
         let mut line = format!(
-            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2}",
+            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2} {t:>6.0} {:>6.2}",
             o / b,
-            o / fl
+            o / fl,
+            t / b
         );
-        if m.len() > 4 {
-            line += &format!(" {:>7.0} {:>6.2}", m[4], m[4] / b);
+        if m.len() > 5 {
+            line += &format!(" {:>7.0} {:>6.2}", m[5], m[5] / b);
         }
         println!("{line}{note}");
     };
     let mut head = format!(
-        "{:<42} {:>7} {:>8} {:>6} {:>6} {:>6}",
-        "case (median ns/packet)", "offload", "baseline", "ratio", "floor", "ratio"
+        "{:<42} {:>7} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "case (median ns/packet)",
+        "offload",
+        "baseline",
+        "ratio",
+        "floor",
+        "ratio",
+        "array",
+        "/base"
     );
     if before.is_some() {
         head += &format!(" {:>7} {:>6}", "before", "ratio");
     }
     println!("{head}");
-    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty, &mut floor];
+    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty, &mut floor, &mut array];
     if let Some(b) = before.as_mut() {
         all.push(b);
     }
@@ -247,6 +292,7 @@ fn main() {
         let f = frame(&Encap::plain(), &Tuple::v4(false));
         base_cfg(&all[1].obj, 0);
         base_cfg(&all[3].obj, 0);
+        base_cfg(&all[4].obj, 0);
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2]);
         print_row("no-match pass", &m, "");
@@ -270,7 +316,7 @@ fn main() {
             ein.clone()
         };
         let back = FlowSpec::new(dev[0], back_in, new, dev[1], back_out, t);
-        let offloads: Vec<usize> = if all.len() > 4 { vec![0, 4] } else { vec![0] };
+        let offloads: Vec<usize> = if all.len() > 5 { vec![0, 5] } else { vec![0] };
         for &i in &offloads {
             fwd.install(&all[i].obj);
             back.install(&all[i].obj);
@@ -283,6 +329,7 @@ fn main() {
         let before_runs: Vec<u64> = offloads.iter().map(|&i| done_of(&all[i].obj)).collect();
         base_cfg(&all[1].obj, u32::from(ein.dsa_proto()));
         base_cfg(&all[3].obj, u32::from(ein.dsa_proto()));
+        base_cfg(&all[4].obj, u32::from(ein.dsa_proto()));
         // The floor looks the forward leg up with the offload's own key bytes.
         let (map, key, _) = fwd.entry();
         let floor_map = if map == bpf_common::abi::FLOWS6_MAP {
@@ -297,10 +344,20 @@ fn main() {
             .unwrap()
             .update(&key, &dev[1].to_ne_bytes(), MapFlags::ANY)
             .unwrap();
+        install_array_floor(&all[4].obj, floor_map == "bench_flows6", &key, dev[1]);
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2]);
         let expect = u64::from(calls()) * u64::from(REPS_PER_CALL);
         let mut note = String::new();
+        // A floor that missed the flow would pass early and look cheap: say so.
+        for (i, what) in [(3, "floor"), (4, "array floor")] {
+            if all[i].last_ret != XDP_REDIRECT {
+                note += &format!(
+                    "  ({what} did not find the flow: returned {})",
+                    all[i].last_ret
+                );
+            }
+        }
         for (n, &i) in offloads.iter().enumerate() {
             let done = done_of(&all[i].obj) - before_runs[n];
             if done != expect {

@@ -131,3 +131,111 @@ int bench_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
 }
+
+/*
+ * Experiment: the same floor with the flow table as a direct-mapped array
+ * (slot = multiplicative hash of the key words computed here, key compared
+ * here): no kernel function call at all.
+ */
+#define TBL_SLOTS 65536
+struct tbl4_ent {
+	struct bpfqos_flow4_key key;
+	__u32 egress;
+	__u32 pad;
+};
+struct tbl6_ent {
+	struct bpfqos_flow6_key key;
+	__u32 egress;
+	__u32 pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TBL_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tbl4_ent);
+} bench_tbl4 SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TBL_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tbl6_ent);
+} bench_tbl6 SEC(".maps");
+
+#define TBL_MUL 0x9E3779B97F4A7C15ULL
+static __always_inline __u32 tbl_hash(const __u64 *w, int n)
+{
+	__u64 h = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < n; i++)
+		h = (h ^ w[i]) * TBL_MUL;
+	return (__u32)(h >> 32) & (TBL_SLOTS - 1);
+}
+
+static __always_inline int tbl_eq(const __u64 *a, const __u64 *b, int n)
+{
+	__u64 d = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < n; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
+SEC("xdp")
+int bench_parse_table_redirect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt_hdrs h = {};
+	struct pkt p = {};
+	struct bench_cfg *cfg;
+	__u32 zero = 0, slot;
+	union {
+		struct bpfqos_flow4_key k4;
+		struct bpfqos_flow6_key k6;
+		__u64 w[7];
+	} k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	cfg = bpf_map_lookup_elem(&bench_cfg, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
+		return XDP_PASS;
+	if (h.iph) {
+		struct tbl4_ent *e;
+
+		k.k4.ifindex = ctx->ingress_ifindex;
+		__builtin_memcpy(&k.k4.l2, &p.l2, sizeof(k.k4.l2));
+		k.k4.saddr = h.iph->saddr;
+		k.k4.daddr = h.iph->daddr;
+		k.k4.proto = p.l4_proto;
+		k.k4.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
+		k.k4.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
+		slot = tbl_hash(k.w, 4);
+		e = bpf_map_lookup_elem(&bench_tbl4, &slot);
+		if (!e || !tbl_eq((__u64 *)&e->key, k.w, 4))
+			return XDP_PASS;
+		return bpf_redirect_map(&bench_tx, e->egress, XDP_PASS);
+	}
+	if (h.ip6h) {
+		struct tbl6_ent *e;
+
+		k.k6.ifindex = ctx->ingress_ifindex;
+		__builtin_memcpy(&k.k6.l2, &p.l2, sizeof(k.k6.l2));
+		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
+		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
+		k.k6.proto = p.l4_proto;
+		k.k6.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
+		k.k6.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
+		slot = tbl_hash(k.w, 7);
+		e = bpf_map_lookup_elem(&bench_tbl6, &slot);
+		if (!e || !tbl_eq((__u64 *)&e->key, k.w, 7))
+			return XDP_PASS;
+		return bpf_redirect_map(&bench_tx, e->egress, XDP_PASS);
+	}
+	return XDP_PASS;
+}
