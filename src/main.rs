@@ -74,6 +74,19 @@ fn main() -> ExitCode {
                 for w in &loaded.warnings {
                     eprintln!("warning: {w}");
                 }
+                // Logical networks are resolved when the daemon applies the config; say now
+                // what they resolve to (the network may be configured later: not an error).
+                for i in &loaded.config.interfaces {
+                    if let (None, Some(net)) = (&i.device, &i.network) {
+                        match config::network::resolve(&config_dir, net) {
+                            Ok(dev) => println!(
+                                "interface '{}': network '{net}' is device '{dev}'",
+                                i.name
+                            ),
+                            Err(e) => eprintln!("warning: interface '{}': {e}", i.name),
+                        }
+                    }
+                }
                 print_line(&format!(
                     "{}: configuration is valid",
                     config_dir.join("bpfqos").display()

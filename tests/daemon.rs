@@ -215,6 +215,98 @@ fn missing_device_is_reported_not_fatal() {
     assert!(ok, "late device not attached: {}", d.status());
 }
 
+/// `option network`: resolved from the network config beside ours (netifd's naming, `@alias`
+/// included), then walked down to the lowest devices like `option device`; what cannot be
+/// resolved is reported. (No 8021q/ppp on the host: VLAN and PPPoE names are unit-tested.)
+#[test]
+fn logical_networks_resolve_through_etc_config_network() {
+    if !harness::require_root("logical_networks_resolve_through_etc_config_network") {
+        return;
+    }
+    let ns = Netns::new("bqn");
+    veth_pair(&ns);
+    ns.ip(&["link", "add", "br-lan", "type", "bridge"]);
+    ns.ip(&["link", "set", "lan0", "master", "br-lan"]);
+    ns.ip(&["link", "set", "br-lan", "up"]);
+    let work = TempDir::new("bpfqos-network-");
+    let bpffs = Bpffs::new();
+    let cfg = work.write(
+        "bpfqos",
+        "config globals 'globals'\n\toption enabled '1'\n\toption offload '1'\n\
+         \nconfig interface 'lan'\n\toption network 'lan'\n\
+         \nconfig interface 'wan'\n\toption network 'wan6'\n\
+         \nconfig interface 'lte'\n\toption network 'lte'\n",
+    );
+    work.write(
+        "network",
+        "config device\n\toption name 'br-lan'\n\toption type 'bridge'\n\tlist ports 'lan0'\n\
+         \nconfig interface 'lan'\n\toption device 'br-lan'\n\toption proto 'static'\n\
+         \nconfig interface 'wan'\n\toption device 'wan0'\n\toption proto 'dhcp'\n\
+         \nconfig interface 'wan6'\n\toption device '@wan'\n\toption proto 'dhcpv6'\n\
+         \nconfig interface 'lte'\n\toption proto 'qmi'\n\toption device '/dev/cdc-wdm0'\n",
+    );
+    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+
+    // check-config says what each network is, and warns about the one it cannot resolve.
+    let out = std::process::Command::new(harness::bpfqos_bin())
+        .args(["check-config", "--config-dir"])
+        .arg(&config_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("interface 'lan': network 'lan' is device 'br-lan'"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("interface 'wan': network 'wan6' is device 'wan0'"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: interface 'lte': network 'lte':")
+            && stderr.contains("proto 'qmi'"),
+        "{stderr}"
+    );
+
+    let d = Daemon::start(
+        Some(&ns),
+        &config_dir,
+        &bpffs.dir.join("p"),
+        &work.path,
+        &[],
+    );
+    let st = d.status();
+    let mut attached: Vec<&str> = st["attach"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["device"].as_str()).collect())
+        .unwrap_or_default();
+    attached.sort_unstable();
+    // br-lan's port (the lowest device) and the alias's device.
+    assert_eq!(attached, ["lan0", "wan0"], "{st}");
+    assert!(xdp_attached(&ns, "lan0").is_some() && xdp_attached(&ns, "wan0").is_some());
+    let iface = |name: &str| {
+        st["interfaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(iface("lan")["device"], "br-lan", "{st}");
+    assert_eq!(iface("wan")["device"], "wan0", "{st}");
+    assert!(
+        iface("lan")["error"].is_null() && iface("wan")["error"].is_null(),
+        "{st}"
+    );
+    assert!(
+        iface("lte")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("proto 'qmi' gets its device from netifd")),
+        "{st}"
+    );
+}
+
 #[test]
 fn clients_without_daemon_fail_clearly() {
     let sock = std::env::temp_dir().join(harness::unique("bpfqos-nosock-"));

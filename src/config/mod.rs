@@ -27,6 +27,7 @@
 
 mod diagnostic;
 mod model;
+pub mod network;
 mod prefix;
 pub mod uci;
 

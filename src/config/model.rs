@@ -403,17 +403,6 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
             "needs 'option network' (an OpenWrt interface such as wan) or 'option device' (a Linux device such as eth0)".into(),
         );
     }
-    if has("network") && !has("device") {
-        // Said at check-config and reload time, not only in status: the daemon cannot use it.
-        report.warn(
-            option_line(section, "network"),
-            sref,
-            Some("network"),
-            "this version does not resolve OpenWrt interfaces to devices yet (ubus \
-             network.interface): the interface is skipped; add option device (e.g. 'pppoe-wan')"
-                .into(),
-        );
-    }
     if i.autorate {
         check_autorate(report, sref, section, &i, autorate_line, &failed);
     }

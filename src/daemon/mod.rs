@@ -211,12 +211,14 @@ impl Daemon {
             return out;
         }
         for i in self.config.interfaces.iter().filter(|i| i.offload) {
-            let r = match &i.device {
-                None => Err(format!(
-                    "logical network '{}' needs ubus to resolve; set option device",
-                    i.network.as_deref().unwrap_or("")
-                )),
-                Some(dev) => match self.net.topo.link_by_name(dev) {
+            let device = match (&i.device, &i.network) {
+                (Some(dev), _) => Ok(dev.clone()),
+                (None, Some(net)) => config::network::resolve(&self.args.config_dir, net),
+                (None, None) => Err("no device".to_owned()), // the config parser rejects this
+            };
+            let r = match device {
+                Err(e) => Err(e),
+                Ok(dev) => match self.net.topo.link_by_name(&dev) {
                     None => Err(format!("{dev}: no such device")),
                     Some(link) => {
                         let points: Vec<(String, u32)> = self
@@ -442,7 +444,10 @@ impl Daemon {
             .iter()
             .map(|i| InterfaceStatus {
                 name: i.name.clone(),
-                device: i.device.clone(),
+                device: i.device.clone().or_else(|| {
+                    let net = i.network.as_deref()?;
+                    config::network::resolve(&self.args.config_dir, net).ok()
+                }),
                 offload: i.offload,
                 upload_kbit: i.upload_kbit,
                 download_kbit: i.download_kbit,

@@ -72,33 +72,31 @@ return view.extend({
 		o.default = 'info';
 
 		s = m.section(form.TypedSection, 'interface', _('Interfaces'),
-			_('A link to shape and offload, usually the WAN, given by its device.'));
+			_('A link to shape and offload, usually the WAN. Give either a logical network or a device.'));
 		s.addremove = true;
 		s.anonymous = false;
 		s.tab('general', _('General'));
 		s.tab('shaping', _('Shaping'));
 		s.tab('autorate', _('Autorate'));
 
-		/*
-		 * The daemon does not resolve logical networks to devices yet (no ubus client):
-		 * the device is what it uses, so it is required here; the network is a label.
-		 */
+		o = s.taboption('general', widgets.NetworkSelect, 'network', _('Network'),
+			_('Logical interface, resolved to its device the way netifd names it (wan with PPPoE: pppoe-wan). Protocols such as QMI need the device set instead.'));
+		o.optional = true;
+		o.nocreate = true;
+
 		o = s.taboption('general', widgets.DeviceSelect, 'device', _('Device'),
-			_('The device carrying the traffic, such as pppoe-wan, eth1 or wan.'));
+			_('Instead of a network: a device name such as eth1 or pppoe-wan.'));
+		o.optional = true;
 		o.noaliases = true;
-		o.rmempty = false;
+		o.depends('network', '');
 		o.validate = function(section_id, value) {
-			if (!value)
-				return _('Set the device (e.g. pppoe-wan)');
-			if (!/^[^\s\/:]{1,15}$/.test(value))
+			var net = this.section.formvalue(section_id, 'network');
+			if (!value && !net)
+				return _('Set a network or a device');
+			if (value && !/^[^\s\/:]{1,15}$/.test(value))
 				return _('Expecting a device name of at most 15 characters without "/", ":" or spaces');
 			return true;
 		};
-
-		o = s.taboption('general', widgets.NetworkSelect, 'network', _('Network'),
-			_('Optional: the logical interface this device belongs to (a label in this version; not resolved to a device).'));
-		o.optional = true;
-		o.nocreate = true;
 
 		o = s.taboption('general', form.Flag, 'offload', _('Flow offload'),
 			_('Offload flows entering or leaving this interface (when global offload is on).'));
