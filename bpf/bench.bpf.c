@@ -50,6 +50,31 @@ struct {
 	__type(value, __u32);
 } bench_flows6 SEC(".maps");
 
+/* The offload's flow keys, built the same way as in classify(). */
+static __always_inline void key4(struct bpfqos_flow4_key *k, __u32 ifindex,
+				 const struct pkt *p, const struct pkt_hdrs *h)
+{
+	k->ifindex = ifindex;
+	__builtin_memcpy(&k->l2, &p->l2, sizeof(k->l2));
+	k->saddr = h->iph->saddr;
+	k->daddr = h->iph->daddr;
+	k->proto = p->l4_proto;
+	k->sport = h->th ? h->th->source : h->uh ? h->uh->source : 0;
+	k->dport = h->th ? h->th->dest : h->uh ? h->uh->dest : 0;
+}
+
+static __always_inline void key6(struct bpfqos_flow6_key *k, __u32 ifindex,
+				 const struct pkt *p, const struct pkt_hdrs *h)
+{
+	k->ifindex = ifindex;
+	__builtin_memcpy(&k->l2, &p->l2, sizeof(k->l2));
+	__builtin_memcpy(k->saddr, &h->ip6h->saddr, 16);
+	__builtin_memcpy(k->daddr, &h->ip6h->daddr, 16);
+	k->proto = p->l4_proto;
+	k->sport = h->th ? h->th->source : h->uh ? h->uh->source : 0;
+	k->dport = h->th ? h->th->dest : h->uh ? h->uh->dest : 0;
+}
+
 SEC("xdp")
 int bench_parse_redirect(struct xdp_md *ctx)
 {
@@ -89,13 +114,7 @@ int bench_parse_lookup_redirect(struct xdp_md *ctx)
 	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
 		return XDP_PASS;
 	if (h.iph) {
-		k.k4.ifindex = ctx->ingress_ifindex;
-		__builtin_memcpy(&k.k4.l2, &p.l2, sizeof(k.k4.l2));
-		k.k4.saddr = h.iph->saddr;
-		k.k4.daddr = h.iph->daddr;
-		k.k4.proto = p.l4_proto;
-		k.k4.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
-		k.k4.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
+		key4(&k.k4, ctx->ingress_ifindex, &p, &h);
 		egress = bpf_map_lookup_elem(&bench_flows4, &k.k4);
 		/*
 		 * Redirect from each branch: with one shared call site clang
@@ -107,13 +126,7 @@ int bench_parse_lookup_redirect(struct xdp_md *ctx)
 		return bpf_redirect_map(&bench_tx, *egress, XDP_PASS);
 	}
 	if (h.ip6h) {
-		k.k6.ifindex = ctx->ingress_ifindex;
-		__builtin_memcpy(&k.k6.l2, &p.l2, sizeof(k.k6.l2));
-		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
-		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
-		k.k6.proto = p.l4_proto;
-		k.k6.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
-		k.k6.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
+		key6(&k.k6, ctx->ingress_ifindex, &p, &h);
 		egress = bpf_map_lookup_elem(&bench_flows6, &k.k6);
 		if (!egress)
 			return XDP_PASS;
@@ -162,25 +175,38 @@ struct {
 } bench_tbl6 SEC(".maps");
 
 #define TBL_MUL 0x9E3779B97F4A7C15ULL
-static __always_inline __u32 tbl_hash(const __u64 *w, int n)
+/*
+ * Words are read with memcpy: the key was written through its struct type,
+ * and reading it back as __u64 through the union would break strict aliasing
+ * (clang then hoists the loads above the stores).
+ */
+static __always_inline __u64 tbl_word(const void *key, int i)
+{
+	__u64 w;
+
+	__builtin_memcpy(&w, (const char *)key + 8 * i, sizeof(w));
+	return w;
+}
+
+static __always_inline __u32 tbl_hash(const void *key, int n)
 {
 	__u64 h = 0;
 	int i;
 
 #pragma unroll
 	for (i = 0; i < n; i++)
-		h = (h ^ w[i]) * TBL_MUL;
+		h = (h ^ tbl_word(key, i)) * TBL_MUL;
 	return (__u32)(h >> 32) & (TBL_SLOTS - 1);
 }
 
-static __always_inline int tbl_eq(const __u64 *a, const __u64 *b, int n)
+static __always_inline int tbl_eq(const void *a, const void *b, int n)
 {
 	__u64 d = 0;
 	int i;
 
 #pragma unroll
 	for (i = 0; i < n; i++)
-		d |= a[i] ^ b[i];
+		d |= tbl_word(a, i) ^ tbl_word(b, i);
 	return d == 0;
 }
 
@@ -196,7 +222,6 @@ int bench_parse_table_redirect(struct xdp_md *ctx)
 	union {
 		struct bpfqos_flow4_key k4;
 		struct bpfqos_flow6_key k6;
-		__u64 w[7];
 	} k;
 
 	__builtin_memset(&k, 0, sizeof(k));
@@ -208,32 +233,20 @@ int bench_parse_table_redirect(struct xdp_md *ctx)
 	if (h.iph) {
 		struct tbl4_ent *e;
 
-		k.k4.ifindex = ctx->ingress_ifindex;
-		__builtin_memcpy(&k.k4.l2, &p.l2, sizeof(k.k4.l2));
-		k.k4.saddr = h.iph->saddr;
-		k.k4.daddr = h.iph->daddr;
-		k.k4.proto = p.l4_proto;
-		k.k4.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
-		k.k4.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
-		slot = tbl_hash(k.w, 4);
+		key4(&k.k4, ctx->ingress_ifindex, &p, &h);
+		slot = tbl_hash(&k.k4, 4);
 		e = bpf_map_lookup_elem(&bench_tbl4, &slot);
-		if (!e || !tbl_eq((__u64 *)&e->key, k.w, 4))
+		if (!e || !tbl_eq(&e->key, &k.k4, 4))
 			return XDP_PASS;
 		return bpf_redirect_map(&bench_tx, e->egress, XDP_PASS);
 	}
 	if (h.ip6h) {
 		struct tbl6_ent *e;
 
-		k.k6.ifindex = ctx->ingress_ifindex;
-		__builtin_memcpy(&k.k6.l2, &p.l2, sizeof(k.k6.l2));
-		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
-		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
-		k.k6.proto = p.l4_proto;
-		k.k6.sport = h.th ? h.th->source : h.uh ? h.uh->source : 0;
-		k.k6.dport = h.th ? h.th->dest : h.uh ? h.uh->dest : 0;
-		slot = tbl_hash(k.w, 7);
+		key6(&k.k6, ctx->ingress_ifindex, &p, &h);
+		slot = tbl_hash(&k.k6, 7);
 		e = bpf_map_lookup_elem(&bench_tbl6, &slot);
-		if (!e || !tbl_eq((__u64 *)&e->key, k.w, 7))
+		if (!e || !tbl_eq(&e->key, &k.k6, 7))
 			return XDP_PASS;
 		return bpf_redirect_map(&bench_tx, e->egress, XDP_PASS);
 	}

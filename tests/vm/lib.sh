@@ -174,6 +174,8 @@ daemon_start() {
     local ns=$1 cfg=$2
     mkdir -p "$WORK/bpfqos-config"
     printf '%s\n' "$cfg" >"$WORK/bpfqos-config/bpfqos"
+    # /etc/config/network's stand-in, for configs naming logical networks (option network).
+    if [ -n "${NETWORK_CFG:-}" ]; then printf '%s\n' "$NETWORK_CFG" >"$WORK/bpfqos-config/network"; fi
     DAEMON_LOG=$WORK/bpfqos-daemon.log
     BPFQOS_SOCK=$WORK/bpfqos.sock
     # bpffs private to the daemon's mount namespace; pins vanish with it.

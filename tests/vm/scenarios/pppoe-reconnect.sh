@@ -59,14 +59,22 @@ scenario_main() {
     step "kernel path: reconnect with traffic running"
     reconnect_cycle
 
-    bpfqos_part bpfqos "config globals 'globals'
+    # Logical networks here, as on a router: resolved through the network config with netifd's
+    # naming (wan, proto pppoe -> pppoe-wan) and walked down to w0 / the bridge ports.
+    NETWORK_CFG="config interface 'lan'
+	option device 'br-lan'
+	option proto 'static'
+
+config interface 'wan'
+	option device 'w0.7'
+	option proto 'pppoe'" bpfqos_part bpfqos "config globals 'globals'
 	option enabled '1'
 	option offload '1'
 	option log_level 'debug'
 
 config interface 'wan'
-	option device 'pppoe-wan'
+	option network 'wan'
 
 config interface 'lan'
-	option device 'br-lan'" reconnect_cycle "w0,l1,l2"
+	option network 'lan'" reconnect_cycle "w0,l1,l2"
 }
