@@ -176,16 +176,16 @@ struct {
 
 #define TBL_MUL 0x9E3779B97F4A7C15ULL
 /*
- * Words are read with memcpy: the key was written through its struct type,
- * and reading it back as __u64 through the union would break strict aliasing
- * (clang then hoists the loads above the stores).
+ * The key was written through its struct type: reading it back as __u64
+ * needs a may_alias type (through a plain __u64 union member clang hoisted the
+ * loads above the stores), and 8-byte alignment (keys and values are
+ * 8-aligned: the stack union below, map values by the kernel).
  */
+typedef __u64 __attribute__((__may_alias__)) tbl_u64;
+
 static __always_inline __u64 tbl_word(const void *key, int i)
 {
-	__u64 w;
-
-	__builtin_memcpy(&w, (const char *)key + 8 * i, sizeof(w));
-	return w;
+	return ((const tbl_u64 *)key)[i];
 }
 
 static __always_inline __u32 tbl_hash(const void *key, int n)
@@ -222,7 +222,7 @@ int bench_parse_table_redirect(struct xdp_md *ctx)
 	union {
 		struct bpfqos_flow4_key k4;
 		struct bpfqos_flow6_key k6;
-	} k;
+	} k __attribute__((aligned(8)));
 
 	__builtin_memset(&k, 0, sizeof(k));
 	cfg = bpf_map_lookup_elem(&bench_cfg, &zero);
