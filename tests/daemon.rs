@@ -43,18 +43,44 @@ fn veth_pair(ns: &Netns) {
     }
 }
 
+/// A test's world: a namespace (with the lan0/wan0 veth pairs if asked), a work directory
+/// holding the `bpfqos` config, and a private bpffs.
+struct World {
+    ns: Netns,
+    work: TempDir,
+    bpffs: Bpffs,
+    config_dir: std::path::PathBuf,
+}
+
+fn world(tag: &str, veths: bool, bpfqos_config: &str) -> World {
+    let ns = Netns::new(&format!("bq{tag}"));
+    if veths {
+        veth_pair(&ns);
+    }
+    let work = TempDir::new(&format!("bpfqos-{tag}-"));
+    let bpffs = Bpffs::new();
+    let cfg = work.write("bpfqos", bpfqos_config);
+    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    World {
+        ns,
+        work,
+        bpffs,
+        config_dir,
+    }
+}
+
 #[test]
 fn daemon_lifecycle_attach_status_reload_exit() {
     if !harness::require_root("daemon_lifecycle_attach_status_reload_exit") {
         return;
     }
-    let ns = Netns::new("bqd");
-    veth_pair(&ns);
-    let work = TempDir::new("bpfqos-daemon-");
-    let bpffs = Bpffs::new();
+    let World {
+        ns,
+        work,
+        bpffs,
+        config_dir,
+    } = world("d", true, &config(&["lan0"]));
     let pin_dir = bpffs.dir.join("bpfqos");
-    let cfg = work.write("bpfqos", &config(&["lan0"]));
-    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
 
     let mut d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
     let st = d.status();
@@ -88,6 +114,7 @@ fn daemon_lifecycle_attach_status_reload_exit() {
     let out = d.client(&["reload"]);
     assert!(!out.status.success(), "bad reload must fail");
     let err = String::from_utf8_lossy(&out.stderr);
+    let cfg = config_dir.join("bpfqos");
     assert!(err.contains(&format!("{}:4:", cfg.display())), "{err}");
     assert!(err.contains("log_level"), "{err}");
     let st = d.status();
@@ -140,13 +167,13 @@ fn keep_leaves_attached_and_restart_readopts() {
     if !harness::require_root("keep_leaves_attached_and_restart_readopts") {
         return;
     }
-    let ns = Netns::new("bqk");
-    veth_pair(&ns);
-    let work = TempDir::new("bpfqos-keep-");
-    let bpffs = Bpffs::new();
+    let World {
+        ns,
+        work,
+        bpffs,
+        config_dir,
+    } = world("k", true, &config(&["lan0"]));
     let pin_dir = bpffs.dir.join("bpfqos");
-    let cfg = work.write("bpfqos", &config(&["lan0"]));
-    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
 
     let mut d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &["--keep"]);
     d.signal("TERM");
@@ -184,11 +211,12 @@ fn missing_device_is_reported_not_fatal() {
     if !harness::require_root("missing_device_is_reported_not_fatal") {
         return;
     }
-    let ns = Netns::new("bqm");
-    let work = TempDir::new("bpfqos-missing-");
-    let bpffs = Bpffs::new();
-    let cfg = work.write("bpfqos", &config(&["nosuch0"]));
-    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let World {
+        ns,
+        work,
+        bpffs,
+        config_dir,
+    } = world("m", false, &config(&["nosuch0"]));
     let d = Daemon::start(
         Some(&ns),
         &config_dir,
@@ -223,20 +251,22 @@ fn logical_networks_resolve_through_etc_config_network() {
     if !harness::require_root("logical_networks_resolve_through_etc_config_network") {
         return;
     }
-    let ns = Netns::new("bqn");
-    veth_pair(&ns);
-    ns.ip(&["link", "add", "br-lan", "type", "bridge"]);
-    ns.ip(&["link", "set", "lan0", "master", "br-lan"]);
-    ns.ip(&["link", "set", "br-lan", "up"]);
-    let work = TempDir::new("bpfqos-network-");
-    let bpffs = Bpffs::new();
-    let cfg = work.write(
-        "bpfqos",
+    let World {
+        ns,
+        work,
+        bpffs,
+        config_dir,
+    } = world(
+        "n",
+        true,
         "config globals 'globals'\n\toption enabled '1'\n\toption offload '1'\n\
          \nconfig interface 'lan'\n\toption network 'lan'\n\
          \nconfig interface 'wan'\n\toption network 'wan6'\n\
          \nconfig interface 'lte'\n\toption network 'lte'\n",
     );
+    ns.ip(&["link", "add", "br-lan", "type", "bridge"]);
+    ns.ip(&["link", "set", "lan0", "master", "br-lan"]);
+    ns.ip(&["link", "set", "br-lan", "up"]);
     work.write(
         "network",
         "config device\n\toption name 'br-lan'\n\toption type 'bridge'\n\tlist ports 'lan0'\n\
@@ -245,7 +275,6 @@ fn logical_networks_resolve_through_etc_config_network() {
          \nconfig interface 'wan6'\n\toption device '@wan'\n\toption proto 'dhcpv6'\n\
          \nconfig interface 'lte'\n\toption proto 'qmi'\n\toption device '/dev/cdc-wdm0'\n",
     );
-    let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
 
     // check-config says what each network is, and warns about the one it cannot resolve.
     let out = std::process::Command::new(harness::bpfqos_bin())
