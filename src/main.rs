@@ -76,15 +76,18 @@ fn main() -> ExitCode {
                 }
                 // Logical networks are resolved when the daemon applies the config; say now
                 // what they resolve to (the network may be configured later: not an error).
-                for i in &loaded.config.interfaces {
-                    if let (None, Some(net)) = (&i.device, &i.network) {
-                        match config::network::resolve(&config_dir, net) {
-                            Ok(dev) => println!(
-                                "interface '{}': network '{net}' is device '{dev}'",
-                                i.name
-                            ),
-                            Err(e) => eprintln!("warning: interface '{}': {e}", i.name),
+                for i in loaded
+                    .config
+                    .interfaces
+                    .iter()
+                    .filter(|i| i.device.is_none())
+                {
+                    let net = i.network.as_deref().unwrap_or_default();
+                    match config::network::interface_device(i, &config_dir) {
+                        Ok(dev) => {
+                            println!("interface '{}': network '{net}' is device '{dev}'", i.name)
                         }
+                        Err(e) => eprintln!("warning: interface '{}': {e}", i.name),
                     }
                 }
                 print_line(&format!(

@@ -31,6 +31,17 @@ const MAX_IFNAME: usize = 15;
 /// The file of the network configuration inside the UCI config directory.
 pub const NETWORK_PACKAGE: &str = "network";
 
+/// The device an interface section stands for: its `device`, else its `network` resolved from
+/// `<config_dir>/network`.
+pub fn interface_device(i: &super::Interface, config_dir: &Path) -> Result<String, String> {
+    match (&i.device, &i.network) {
+        (Some(dev), _) => Ok(dev.clone()),
+        (None, Some(net)) => resolve(config_dir, net),
+        // The config parser rejects a section with neither.
+        (None, None) => Err("neither option device nor option network".to_owned()),
+    }
+}
+
 /// Resolves `network` to its l3 device from `<config_dir>/network`.
 pub fn resolve(config_dir: &Path, network: &str) -> Result<String, String> {
     let path = config_dir.join(NETWORK_PACKAGE);

@@ -95,6 +95,7 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
         last_reload_error: None,
         reloads: 0,
         interface_errors: BTreeMap::new(),
+        devices: BTreeMap::new(),
         net: Net {
             ct: ct_client,
             topo,
@@ -190,6 +191,8 @@ struct Daemon {
     reloads: u64,
     /// Per configured interface: why it is not (fully) in use.
     interface_errors: BTreeMap<String, String>,
+    /// Per interface section: its device, or why there is none (resolve_devices()).
+    devices: BTreeMap<String, Result<String, String>>,
     net: Net,
     flows: FlowManager,
     timeouts: Timeouts,
@@ -211,14 +214,10 @@ impl Daemon {
             return out;
         }
         for i in self.config.interfaces.iter().filter(|i| i.offload) {
-            let device = match (&i.device, &i.network) {
-                (Some(dev), _) => Ok(dev.clone()),
-                (None, Some(net)) => config::network::resolve(&self.args.config_dir, net),
-                (None, None) => Err("no device".to_owned()), // the config parser rejects this
-            };
-            let r = match device {
-                Err(e) => Err(e),
-                Ok(dev) => match self.net.topo.link_by_name(&dev) {
+            let r = match self.devices.get(&i.name) {
+                None => continue, // resolve_devices() covers every interface
+                Some(Err(e)) => Err(e.clone()),
+                Some(Ok(dev)) => match self.net.topo.link_by_name(dev) {
                     None => Err(format!("{dev}: no such device")),
                     Some(link) => {
                         let points: Vec<(String, u32)> = self
@@ -243,8 +242,23 @@ impl Daemon {
 
     /// Brings attachments in line with the running config and topology. Failures are per
     /// interface and never fatal: that interface simply stays on the kernel path.
+    /// The device of every interface section (`option network` resolved from the network
+    /// config now), kept for what apply() does next and for status.
+    fn resolve_devices(&mut self) {
+        self.devices = self
+            .config
+            .interfaces
+            .iter()
+            .map(|i| {
+                let dev = config::network::interface_device(i, &self.args.config_dir);
+                (i.name.clone(), dev)
+            })
+            .collect();
+    }
+
     fn apply(&mut self) {
         logger::set_level(self.config.globals.log_level);
+        self.resolve_devices();
         let enabled = self.offload_on();
         let wanted = self.wanted_devices();
         self.interface_errors.clear();
@@ -444,10 +458,7 @@ impl Daemon {
             .iter()
             .map(|i| InterfaceStatus {
                 name: i.name.clone(),
-                device: i.device.clone().or_else(|| {
-                    let net = i.network.as_deref()?;
-                    config::network::resolve(&self.args.config_dir, net).ok()
-                }),
+                device: self.devices.get(&i.name).and_then(|d| d.clone().ok()),
                 offload: i.offload,
                 upload_kbit: i.upload_kbit,
                 download_kbit: i.download_kbit,
