@@ -76,33 +76,9 @@ le32() { printf '%d %d %d %d' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255
 
 # ---- topology ------------------------------------------------------------------------------
 say "namespace router $P"
-for ns in "$LAN" "$RTR" "$SRV"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip -n "$LAN" link add c0 type veth peer name lan1 netns "$RTR"
-ip -n "$SRV" link add s0 type veth peer name wan0 netns "$RTR"
-ip -n "$RTR" link add br-lan type bridge
-ip -n "$RTR" link set lan1 master br-lan
-for d in lan1 br-lan wan0; do ip -n "$RTR" link set "$d" up; done
-ip -n "$LAN" link set c0 up
-ip -n "$SRV" link set s0 up
-ip -n "$RTR" addr add 198.18.1.1/24 dev br-lan
-ip -n "$RTR" addr add 198.19.0.1/24 dev wan0
-ip -n "$LAN" addr add 198.18.1.2/24 dev c0
-ip -n "$LAN" route add default via 198.18.1.1
-ip -n "$SRV" addr add 198.19.0.2/24 dev s0
-nsx "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
-	net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.br-lan.rp_filter=0 \
-	net.ipv4.conf.wan0.rp_filter=0
-nsx "$RTR" nft -f - <<'NFT'
-table inet bench_nat {
-	chain post { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
-}
-NFT
-# testing.md's veth rules: the end hosts send full checksums and unsegmented frames; every veth
-# that receives redirected frames runs NAPI (GRO on; lan1 needs it whenever no XDP is attached).
-nsx "$LAN" ethtool -K c0 tx off tso off gso off gro on >/dev/null
-nsx "$SRV" ethtool -K s0 tx off tso off gso off gro on >/dev/null
-nsx "$RTR" ethtool -K lan1 gro on >/dev/null
-nsx "$RTR" ethtool -K wan0 gro on >/dev/null
+# shellcheck source=tests/demo/router.sh
+. "$ROOT/tests/demo/router.sh"
+router_build
 # Static neighbours everywhere: no ARP during a measurement, no neighbour events for the daemon.
 C0_MAC=$(nsx "$LAN" cat /sys/class/net/c0/address)
 BR_MAC=$(nsx "$RTR" cat /sys/class/net/br-lan/address)

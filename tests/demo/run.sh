@@ -2,10 +2,7 @@
 # The demo router: three network namespaces (LAN client, router, WAN server), NAT on the router,
 # bpfqos running on it with tests/demo/config/bpfqos, real TCP and UDP traffic through it, and
 # `bpfqos status` before and after. Everything is torn down on exit, also on failure or Ctrl-C.
-#
-#   LAN client            router                                  WAN server
-#   c0 198.18.1.2 ── lan1 [br-lan 198.18.1.1]  wan0 198.19.0.1 ── s0 198.19.0.2
-#      fd00:1::2                 fd00:1::1           fd00:2::1       fd00:2::2
+# The router itself: tests/demo/router.sh.
 set -euo pipefail
 BIN=${1:-target/release/bpfqos}
 BIN=$(realpath "$BIN")
@@ -31,35 +28,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 say "building the namespace router"
-for ns in "$LAN" "$RTR" "$SRV"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip -n "$LAN" link add c0 type veth peer name lan1 netns "$RTR"
-ip -n "$SRV" link add s0 type veth peer name wan0 netns "$RTR"
-ip -n "$RTR" link add br-lan type bridge
-ip -n "$RTR" link set lan1 master br-lan
-for d in lan1 br-lan wan0; do ip -n "$RTR" link set "$d" up; done
-ip -n "$LAN" link set c0 up
-ip -n "$SRV" link set s0 up
-ip -n "$RTR" addr add 198.18.1.1/24 dev br-lan
-ip -n "$RTR" addr add fd00:1::1/64 dev br-lan nodad
-ip -n "$RTR" addr add 198.19.0.1/24 dev wan0
-ip -n "$RTR" addr add fd00:2::1/64 dev wan0 nodad
-ip -n "$LAN" addr add 198.18.1.2/24 dev c0
-ip -n "$LAN" addr add fd00:1::2/64 dev c0 nodad
-ip -n "$LAN" route add default via 198.18.1.1
-ip -n "$LAN" -6 route add default via fd00:1::1
-ip -n "$SRV" addr add 198.19.0.2/24 dev s0
-ip -n "$SRV" addr add fd00:2::2/64 dev s0 nodad
-ip -n "$SRV" -6 route add default via fd00:2::1
-nsx "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-nsx "$RTR" nft -f - <<'NFT'
-table inet demo_nat {
-	chain post { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
-}
-NFT
-# veth and XDP (docs: ../shared/testing.md): end hosts send full checksums and MTU-sized frames
-# like real NICs, and the receiving ends of redirected frames run NAPI (GRO).
-nsx "$LAN" ethtool -K c0 tx off tso off gso off gro on >/dev/null
-nsx "$SRV" ethtool -K s0 tx off tso off gso off gro on >/dev/null
+# shellcheck source=tests/demo/router.sh
+. "$HERE/router.sh"
+router_build
 
 say "starting bpfqos (config: tests/demo/config/bpfqos)"
 mkdir -p "$WORK/bpffs" "$WORK/etc"
