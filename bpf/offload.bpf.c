@@ -25,12 +25,12 @@
 #include <bpf/bpf_helpers.h>
 
 #include "bpfqos_abi.h"
+#include "flowtable.h"
 #include "parse.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define MAX_IFACES 4096
-#define MAX_FLOWS 32768
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -53,19 +53,56 @@ struct {
 	__type(value, struct bpfqos_iface);
 } ifaces SEC(".maps");
 
+/* The flow tables: entries by index, and their hash index (bpfqos_abi.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_FLOWS);
-	__type(key, struct bpfqos_flow4_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFQOS_MAX_FLOWS);
+	__type(key, __u32);
 	__type(value, struct bpfqos_flow4);
 } flows4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_FLOWS);
-	__type(key, struct bpfqos_flow6_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFQOS_MAX_FLOWS);
+	__type(key, __u32);
 	__type(value, struct bpfqos_flow6);
 } flows6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, BPFQOS_FLOW_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct bpfqos_bucket);
+} buckets4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, BPFQOS_FLOW_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct bpfqos_bucket);
+} buckets6 SEC(".maps");
+
+/*
+ * Never read by the programs. Updating `grace` from user space returns only
+ * after every BPF program that was running has finished (the kernel waits
+ * for an RCU grace period on map-in-map updates, 4.20+): the daemon's way to
+ * know that no packet still uses a flow entry it unlinked.
+ */
+struct grace_inner_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} grace_inner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct grace_inner_map);
+} grace SEC(".maps");
 
 /* Keyed and valued by egress ifindex. */
 struct {
@@ -187,10 +224,84 @@ struct flow_ref {
 	struct bpfqos_nat6 *nat6;
 };
 
-static __always_inline void copy_l2(struct bpfqos_l2 *dst,
-				    const struct bpfqos_l2 *src)
+/*
+ * The IPv4 entry for these header values, or NULL. The key words are never
+ * assembled in memory: hashed and compared from registers (flowtable.h).
+ */
+static __always_inline struct bpfqos_flow4 *
+lookup4(const __u32 *seed, __u32 ifindex, const struct ft_l2w *l2,
+	const struct iphdr *iph, __u32 ports, __u32 protow)
 {
-	__builtin_memcpy(dst, src, sizeof(*dst));
+	__u32 saddr = iph->saddr, daddr = iph->daddr;
+	struct bpfqos_bucket *b;
+	struct bpfqos_flow4 *e;
+	const ft_u32 *kw;
+	__u32 bi, idx;
+	__u64 m;
+	int i;
+
+	m = ft_mix(ft_pair(ifindex, l2->w[0], seed, 0) +
+		   ft_pair(l2->w[1], l2->w[2], seed, 2) +
+		   ft_pair(saddr, daddr, seed, 4) +
+		   ft_pair(ports, protow, seed, 6));
+	bi = ft_bucket(m);
+	b = bpf_map_lookup_elem(&buckets4, &bi);
+	if (!b)
+		return NULL;
+	i = ft_scan(b, ft_tag(m));
+	if (i < 0)
+		return NULL;
+	idx = i;
+	e = bpf_map_lookup_elem(&flows4, &idx);
+	if (!e)
+		return NULL;
+	kw = (const ft_u32 *)&e->key;
+	if ((kw[0] ^ ifindex) | (kw[1] ^ l2->w[0]) | (kw[2] ^ l2->w[1]) |
+	    (kw[3] ^ l2->w[2]) | (kw[4] ^ saddr) | (kw[5] ^ daddr) |
+	    (kw[6] ^ ports) | (kw[7] ^ protow))
+		return NULL;
+	return e;
+}
+
+static __always_inline struct bpfqos_flow6 *
+lookup6(const __u32 *seed, __u32 ifindex, const struct ft_l2w *l2,
+	const struct ipv6hdr *ip6h, __u32 ports, __u32 protow)
+{
+	const __u32 *sa = ip6h->saddr.in6_u.u6_addr32;
+	const __u32 *da = ip6h->daddr.in6_u.u6_addr32;
+	struct bpfqos_bucket *b;
+	struct bpfqos_flow6 *e;
+	const ft_u32 *kw;
+	__u32 bi, idx, d;
+	__u64 m;
+	int i;
+
+	m = ft_mix(ft_pair(ifindex, l2->w[0], seed, 0) +
+		   ft_pair(l2->w[1], l2->w[2], seed, 2) +
+		   ft_pair(sa[0], sa[1], seed, 4) +
+		   ft_pair(sa[2], sa[3], seed, 6) +
+		   ft_pair(da[0], da[1], seed, 8) +
+		   ft_pair(da[2], da[3], seed, 10) +
+		   ft_pair(ports, protow, seed, 12));
+	bi = ft_bucket(m);
+	b = bpf_map_lookup_elem(&buckets6, &bi);
+	if (!b)
+		return NULL;
+	i = ft_scan(b, ft_tag(m));
+	if (i < 0)
+		return NULL;
+	idx = i;
+	e = bpf_map_lookup_elem(&flows6, &idx);
+	if (!e)
+		return NULL;
+	kw = (const ft_u32 *)&e->key;
+	d = (kw[0] ^ ifindex) | (kw[1] ^ l2->w[0]) | (kw[2] ^ l2->w[1]) |
+	    (kw[3] ^ l2->w[2]) | (kw[12] ^ ports) | (kw[13] ^ protow);
+	d |= (kw[4] ^ sa[0]) | (kw[5] ^ sa[1]) | (kw[6] ^ sa[2]) |
+	     (kw[7] ^ sa[3]);
+	d |= (kw[8] ^ da[0]) | (kw[9] ^ da[1]) | (kw[10] ^ da[2]) |
+	     (kw[11] ^ da[3]);
+	return d ? NULL : e;
 }
 
 /* FIN/RST on an offloaded flow: flag it and tell user space (once). */
@@ -230,18 +341,12 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 {
 	struct pkt_hdrs h = {};
 	struct bpfqos_control *ctl;
-	__u32 zero = 0;
+	struct ft_l2w l2w;
+	__u32 zero = 0, ports, protow;
 	__u8 action;
 	__u64 now;
 	__s64 age;
 	void *key;
-	union {
-		struct bpfqos_flow4_key k4;
-		struct bpfqos_flow6_key k6;
-	} k;
-
-	/* Keys are hashed bytewise: every byte, padding included, is zero. */
-	__builtin_memset(&k, 0, sizeof(k));
 
 	stat_inc(BPFQOS_STAT_SEEN);
 	ctl = bpf_map_lookup_elem(&control, &zero);
@@ -255,27 +360,25 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		return -1;
 	}
 
+	ft_l2_words(&p->l2, &l2w);
+	protow = FT_PROTO_WORD(p->l4_proto);
+	/* Port pairs by halves: an L4 header is only 2-aligned after qca tags. */
+	if (h.th)
+		ports = FT_W16(h.th->source, h.th->dest);
+	else if (h.uh)
+		ports = FT_W16(h.uh->source, h.uh->dest);
+	else
+		return -1;
+
 	if (!p->ipv6) {
 		struct bpfqos_flow4 *v;
 
 		if (!h.iph)
 			return -1;
-		k.k4.ifindex = ifindex;
-		copy_l2(&k.k4.l2, &p->l2);
-		k.k4.saddr = h.iph->saddr;
-		k.k4.daddr = h.iph->daddr;
-		k.k4.proto = p->l4_proto;
-		key = &k.k4;
-		if (h.th) {
-			k.k4.sport = h.th->source;
-			k.k4.dport = h.th->dest;
-		} else if (h.uh) {
-			k.k4.sport = h.uh->source;
-			k.k4.dport = h.uh->dest;
-		}
-		v = bpf_map_lookup_elem(&flows4, &k.k4);
+		v = lookup4(ctl->seed, ifindex, &l2w, h.iph, ports, protow);
 		if (!v)
 			goto no_flow;
+		key = &v->key;
 		action = v->action;
 		f->nh = &v->nh;
 		f->cnt = &v->cnt;
@@ -288,27 +391,15 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 
 		if (!h.ip6h)
 			return -1;
-		k.k6.ifindex = ifindex;
-		copy_l2(&k.k6.l2, &p->l2);
-		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
-		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
-		k.k6.proto = p->l4_proto;
-		key = &k.k6;
-		if (h.th) {
-			k.k6.sport = h.th->source;
-			k.k6.dport = h.th->dest;
-		} else if (h.uh) {
-			k.k6.sport = h.uh->source;
-			k.k6.dport = h.uh->dest;
-			/* Zero is invalid for IPv6 UDP: the kernel decides. */
-			if (!h.uh->check) {
-				stat_inc(BPFQOS_STAT_PASS_CSUM);
-				return -1;
-			}
+		/* Zero is invalid for IPv6 UDP: the kernel decides. */
+		if (h.uh && !h.uh->check) {
+			stat_inc(BPFQOS_STAT_PASS_CSUM);
+			return -1;
 		}
-		v = bpf_map_lookup_elem(&flows6, &k.k6);
+		v = lookup6(ctl->seed, ifindex, &l2w, h.ip6h, ports, protow);
 		if (!v)
 			goto no_flow;
+		key = &v->key;
 		action = v->action;
 		f->nh = &v->nh;
 		f->cnt = &v->cnt;

@@ -56,6 +56,10 @@ fn both_byte_orders_open_with_the_same_programs_and_maps() {
         abi::IFACES_MAP,
         abi::FLOWS4_MAP,
         abi::FLOWS6_MAP,
+        abi::BUCKETS4_MAP,
+        abi::BUCKETS6_MAP,
+        abi::GRACE_MAP,
+        abi::GRACE_INNER_MAP,
         abi::TX_PORTS_MAP,
         abi::EVENTS_MAP,
     ] {
@@ -145,7 +149,14 @@ fn btf_layout_matches_the_rust_types() {
                 ("heartbeat_ns", offset_of!(Control, heartbeat_ns)),
                 ("flags", offset_of!(Control, flags)),
                 ("pad", offset_of!(Control, pad)),
+                ("seed", offset_of!(Control, seed)),
             ],
+        );
+        check_struct(
+            &btf,
+            "bpfqos_bucket",
+            size_of::<abi::Bucket>(),
+            &[("slot", offset_of!(abi::Bucket, slot))],
         );
         check_struct(
             &btf,
@@ -249,10 +260,11 @@ fn btf_layout_matches_the_rust_types() {
                 ("last_seen_ns", offset_of!(Counters, last_seen_ns)),
             ],
         );
-        for (name, size, nat_off, action, pad, flags, cnt) in [
+        for (name, size, nh, nat_off, action, pad, flags, cnt) in [
             (
                 "bpfqos_flow4",
                 size_of::<Flow4>(),
+                offset_of!(Flow4, nh),
                 offset_of!(Flow4, nat),
                 offset_of!(Flow4, action),
                 offset_of!(Flow4, pad),
@@ -262,6 +274,7 @@ fn btf_layout_matches_the_rust_types() {
             (
                 "bpfqos_flow6",
                 size_of::<Flow6>(),
+                offset_of!(Flow6, nh),
                 offset_of!(Flow6, nat),
                 offset_of!(Flow6, action),
                 offset_of!(Flow6, pad),
@@ -274,7 +287,8 @@ fn btf_layout_matches_the_rust_types() {
                 name,
                 size,
                 &[
-                    ("nh", 0),
+                    ("key", 0),
+                    ("nh", nh),
                     ("nat", nat_off),
                     ("action", action),
                     ("pad", pad),

@@ -523,7 +523,7 @@ fn drain_events(obj: &Object) -> Vec<bpf_common::abi::Event> {
 
 /// Clears the teardown flag as the daemon does when it keeps a flow (e.g. a re-admitted one).
 fn clear_teardown(obj: &Object, spec: &FlowSpec) {
-    let (map, key, _) = spec.entry();
+    let (map, _, _) = spec.entry();
     let mut v = spec.value(obj);
     // flags sit right after action + pad in both value layouts.
     let off = if spec.orig.is_v6() {
@@ -532,7 +532,7 @@ fn clear_teardown(obj: &Object, spec: &FlowSpec) {
         std::mem::offset_of!(bpf_common::abi::Flow4, flags)
     };
     v[off..off + 4].copy_from_slice(&0u32.to_ne_bytes());
-    bpf_common::bpf_frames::map_update(obj, map, &key, &v);
+    bpf_common::bpf_frames::map_update(obj, map, &spec.index(obj).to_ne_bytes(), &v);
 }
 
 #[test]

@@ -745,18 +745,20 @@ fn full_flow_table_leaves_new_connections_in_the_kernel() {
     let d = lab.daemon();
     // Status answers once the data path is loaded and its maps pinned.
     assert_eq!(d.status()["offload"]["enabled"], true);
-    // Fill flows4 to the brim behind the daemon's back (keys no packet will ever match).
+    // Fill every slot of the IPv4 hash index behind the daemon's back (slots pointing at an
+    // entry no packet matches): the daemon reads the index before it places a flow.
     use libbpf_rs::MapCore;
-    let map = libbpf_rs::MapHandle::from_pinned_path(lab.pin_dir.join("flows4"))
-        .unwrap_or_else(|e| panic!("pinned flows4: {e}"));
-    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
-    let value = vec![0u8; value_size];
-    for i in 0..map.max_entries() {
-        let mut key = vec![0u8; key_size];
-        key[..4].copy_from_slice(&9999u32.to_ne_bytes());
-        key[4..8].copy_from_slice(&i.to_ne_bytes());
-        map.update(&key, &value, libbpf_rs::MapFlags::ANY)
-            .unwrap_or_else(|e| panic!("filling entry {i}: {e}"));
+    let map = libbpf_rs::MapHandle::from_pinned_path(lab.pin_dir.join("buckets4"))
+        .unwrap_or_else(|e| panic!("pinned buckets4: {e}"));
+    let slots = map.value_size() as usize / 4;
+    let mut value = Vec::new();
+    for i in 0..slots as u32 {
+        // tag i + 1 (non-zero, distinct within the bucket), entry index 0xffff.
+        value.extend_from_slice(&(((i + 1) << 16) | 0xffff).to_ne_bytes());
+    }
+    for b in 0..map.max_entries() {
+        map.update(&b.to_ne_bytes(), &value, libbpf_rs::MapFlags::ANY)
+            .unwrap_or_else(|e| panic!("filling bucket {b}: {e}"));
     }
     let (server, _) = lab.server("198.19.0.2", &[]);
     let client = lab.client("198.19.0.2", &["--up", "4194304", "--down", "4194304"]);

@@ -117,14 +117,22 @@ struct bpfqos_nat6 {
 struct bpfqos_counters {
 	__u64 packets;	    /* atomic adds: exact across CPUs */
 	__u64 bytes;	    /* IP packet bytes (like conntrack), atomic adds */
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last forwarded packet */
+	__u64 last_seen_ns; /* coarse CLOCK_MONOTONIC of the last forwarded packet */
 };
 
 /* Flow flags set by the data path. */
 #define BPFQOS_FLOW_F_TEARDOWN                                                 \
 	(1U << 0) /* FIN or RST seen: tear the flow down */
 
+/*
+ * A flow-table entry (`flows4` / `flows6` arrays, indexed by entry number).
+ * The key is part of the entry: a lookup finds a candidate through the hash
+ * index (`buckets4` / `buckets6`, below) and then compares the whole key.
+ * User space writes an entry only while no bucket slot points at it; the
+ * data path writes only `flags` and `cnt`.
+ */
 struct bpfqos_flow4 {
+	struct bpfqos_flow4_key key;
 	struct bpfqos_nexthop nh;
 	struct bpfqos_nat4 nat;
 	__u8 action; /* enum bpfqos_action */
@@ -134,12 +142,51 @@ struct bpfqos_flow4 {
 };
 
 struct bpfqos_flow6 {
+	struct bpfqos_flow6_key key;
 	struct bpfqos_nexthop nh;
 	struct bpfqos_nat6 nat;
 	__u8 action;
 	__u8 pad[3];
 	__u32 flags;
 	struct bpfqos_counters cnt;
+};
+
+/*
+ * The hash index of a flow table: BPFQOS_FLOW_BUCKETS buckets of
+ * BPFQOS_BUCKET_SLOTS 32-bit slots (one 64-byte cache line each), in a
+ * BPF_F_MMAPABLE array so that user space publishes a slot with one atomic
+ * 32-bit store. A slot is 0 (empty) or `tag << 16 | entry index`.
+ *
+ * The hash of a key, computed the same way by BPF (flowtable.h, from header
+ * fields in registers) and by user space (src/dataplane/flowtable.rs, from the
+ * key's bytes):
+ *   w[i]   = the key's i-th 32-bit word, as a native-endian load of its bytes
+ *            (8 words for IPv4, 14 for IPv6);
+ *   h      = sum over pairs of (u64)(u32)(w[2i] + seed[2i])
+ *                             * (u32)(w[2i+1] + seed[2i+1])   (mod 2^64, NH)
+ *   m      = (h ^ h >> 32) * BPFQOS_HASH_MUL                 (mod 2^64)
+ *   bucket = (m >> 32) & (BPFQOS_FLOW_BUCKETS - 1)
+ *   tag    = (m >> 48) | 1                                   (never 0)
+ * with the random seeds of `control` (chosen by the daemon when it creates
+ * the tables, so that nobody can aim flows at one bucket). User space never
+ * puts two slots with the same tag into one bucket, so the data path takes
+ * the first slot whose tag matches and needs one key comparison per packet.
+ *
+ * Publication protocol (user space): write the entry, then store the slot
+ * (release); readers reach the entry through the slot's index, an address
+ * dependency that orders their loads on every architecture. An entry whose
+ * slot was cleared or repointed is only written again after an RCU grace
+ * period (an ARRAY_OF_MAPS update waits for every running BPF program), so
+ * no packet ever sees a half-written entry.
+ */
+#define BPFQOS_FLOW_BUCKETS 4096
+#define BPFQOS_BUCKET_SLOTS 16
+#define BPFQOS_MAX_FLOWS 32768 /* entries per family; indexes fit 16 bits */
+#define BPFQOS_HASH_SEEDS 14   /* one per 32-bit word of the IPv6 key */
+#define BPFQOS_HASH_MUL 0x9E3779B97F4A7C15ULL
+
+struct bpfqos_bucket {
+	__u32 slot[BPFQOS_BUCKET_SLOTS];
 };
 
 /* The daemon's side of the contract: `control` array, one entry. */
@@ -150,6 +197,7 @@ struct bpfqos_control {
 	__u64 heartbeat_ns; /* CLOCK_MONOTONIC (= bpf_ktime_get_ns) */
 	__u32 flags;	    /* BPFQOS_CTL_F_* */
 	__u32 pad;
+	__u32 seed[BPFQOS_HASH_SEEDS]; /* flow-table hash seeds, never change */
 };
 
 /* Ring-buffer events (`events`). */
@@ -192,9 +240,11 @@ _Static_assert(sizeof(struct bpfqos_l2) == 12, "bpfqos_l2 layout");
 _Static_assert(sizeof(struct bpfqos_flow4_key) == 32, "flow4 key layout");
 _Static_assert(sizeof(struct bpfqos_flow6_key) == 56, "flow6 key layout");
 _Static_assert(sizeof(struct bpfqos_nexthop) == 32, "nexthop layout");
-_Static_assert(sizeof(struct bpfqos_flow4) == 80, "flow4 layout");
-_Static_assert(sizeof(struct bpfqos_flow6) == 104, "flow6 layout");
-_Static_assert(sizeof(struct bpfqos_control) == 16, "control layout");
+_Static_assert(sizeof(struct bpfqos_flow4) == 112, "flow4 layout");
+_Static_assert(sizeof(struct bpfqos_flow6) == 160, "flow6 layout");
+_Static_assert(sizeof(struct bpfqos_bucket) == 64, "bucket layout");
+_Static_assert(sizeof(struct bpfqos_control) == 72, "control layout");
+_Static_assert(BPFQOS_MAX_FLOWS <= 65536, "entry indexes are 16 bits");
 _Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");
 
 #endif /* BPFQOS_ABI_H */

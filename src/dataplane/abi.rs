@@ -49,12 +49,31 @@ pub const CONTROL_MAP: &str = "control";
 pub const STATS_MAP: &str = "stats";
 /// `ARRAY` of [`Iface`], indexed by ifindex (< [`MAX_IFACES`]): the DSA tagger per device.
 pub const IFACES_MAP: &str = "ifaces";
-/// `HASH` [`FlowKey4`] → [`Flow4`].
+/// `ARRAY[MAX_FLOWS]` of [`Flow4`] (key included), indexed by entry number.
 pub const FLOWS4_MAP: &str = "flows4";
-/// `HASH` [`FlowKey6`] → [`Flow6`].
+/// `ARRAY[MAX_FLOWS]` of [`Flow6`] (key included), indexed by entry number.
 pub const FLOWS6_MAP: &str = "flows6";
-/// Both flow tables.
+/// Both flow tables' entry arrays.
 pub const FLOW_MAPS: [&str; 2] = [FLOWS4_MAP, FLOWS6_MAP];
+/// `ARRAY[FLOW_BUCKETS]` of [`Bucket`], `BPF_F_MMAPABLE`: the hash index of `flows4`.
+pub const BUCKETS4_MAP: &str = "buckets4";
+/// The hash index of `flows6`.
+pub const BUCKETS6_MAP: &str = "buckets6";
+/// `ARRAY_OF_MAPS[1]`: an update returns after an RCU grace period (no BPF program that was
+/// running still runs), the daemon's barrier before it rewrites an unlinked entry.
+pub const GRACE_MAP: &str = "grace";
+/// The inner map put into [`GRACE_MAP`].
+pub const GRACE_INNER_MAP: &str = "grace_inner";
+/// Buckets per flow table (`BPFQOS_FLOW_BUCKETS`).
+pub const FLOW_BUCKETS: u32 = 4096;
+/// Slots per bucket (`BPFQOS_BUCKET_SLOTS`).
+pub const BUCKET_SLOTS: usize = 16;
+/// Entries per flow table (`BPFQOS_MAX_FLOWS`).
+pub const MAX_FLOWS: u32 = 32768;
+/// Hash seed words in [`Control`] (`BPFQOS_HASH_SEEDS`).
+pub const HASH_SEEDS: usize = 14;
+/// `BPFQOS_HASH_MUL`.
+const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// `DEVMAP_HASH` keyed and valued by the egress ifindex (`u32`): XDP redirect targets.
 pub const TX_PORTS_MAP: &str = "tx_ports";
 /// `RINGBUF` of [`Event`]: FIN/RST seen on an offloaded flow.
@@ -84,6 +103,8 @@ pub type Counters = types::bpfqos_counters;
 pub type Flow4 = types::bpfqos_flow4;
 /// IPv6 flow table value (`struct bpfqos_flow6`).
 pub type Flow6 = types::bpfqos_flow6;
+/// A bucket of a flow table's hash index (`struct bpfqos_bucket`).
+pub type Bucket = types::bpfqos_bucket;
 /// Ring-buffer event (`struct bpfqos_event`).
 pub type Event = types::bpfqos_event;
 /// DSA tagging protocol (`enum bpfqos_dsa_proto`).
@@ -130,6 +151,8 @@ unsafe impl Pod for Flow4 {}
 unsafe impl Pod for Flow6 {}
 // SAFETY: see above.
 unsafe impl Pod for Event {}
+// SAFETY: see above.
+unsafe impl Pod for Bucket {}
 
 /// The bytes of an ABI struct, as a map key or value.
 pub fn bytes_of<T: Pod>(v: &T) -> &[u8] {
@@ -148,24 +171,65 @@ pub fn from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
-/// The `control` map value: heartbeat (CLOCK_MONOTONIC ns) and the offload switch.
-pub fn control_value(heartbeat_ns: u64, enabled: bool) -> Vec<u8> {
+/// The `control` map value: heartbeat (CLOCK_MONOTONIC ns), the offload switch and the flow
+/// tables' hash seeds.
+pub fn control_value(heartbeat_ns: u64, enabled: bool, seed: &[u32; HASH_SEEDS]) -> Vec<u8> {
     let c = Control {
         heartbeat_ns,
         flags: if enabled { CTL_F_OFFLOAD } else { 0 },
         pad: 0,
+        seed: *seed,
     };
     bytes_of(&c).to_vec()
 }
 
-/// Packets and bytes of a `flows4` or `flows6` value (told apart by size).
-pub fn flow_counters(value: &[u8]) -> Option<(u64, u64)> {
-    let cnt = if let Some(f) = from_bytes::<Flow4>(value) {
-        f.cnt
+/// Packets, bytes and flags of a `flows4` or `flows6` entry (told apart by size).
+pub fn flow_counters(value: &[u8]) -> Option<(u64, u64, u32)> {
+    let (cnt, flags) = if let Some(f) = from_bytes::<Flow4>(value) {
+        (f.cnt, f.flags)
     } else {
-        from_bytes::<Flow6>(value)?.cnt
+        let f = from_bytes::<Flow6>(value)?;
+        (f.cnt, f.flags)
     };
-    Some((cnt.packets, cnt.bytes))
+    Some((cnt.packets, cnt.bytes, flags))
+}
+
+/// Where a flow key (its bytes: a [`FlowKey4`] or a [`FlowKey6`]) lives in its table's hash
+/// index: (bucket, tag), exactly as bpfqos_abi.h defines it and flowtable.h computes it.
+pub fn flow_hash(key: &[u8], seed: &[u32; HASH_SEEDS]) -> (u32, u16) {
+    let word = |i: usize| -> u32 {
+        let mut b = [0u8; 4];
+        if let Some(src) = key.get(4 * i..4 * i + 4) {
+            b.copy_from_slice(src);
+        }
+        u32::from_ne_bytes(b)
+    };
+    let mut h: u64 = 0;
+    for i in 0..(key.len() / 8).min(HASH_SEEDS / 2) {
+        let x = word(2 * i).wrapping_add(seed[2 * i]);
+        let y = word(2 * i + 1).wrapping_add(seed[2 * i + 1]);
+        h = h.wrapping_add(u64::from(x) * u64::from(y));
+    }
+    let m = (h ^ (h >> 32)).wrapping_mul(HASH_MUL);
+    (
+        ((m >> 32) as u32) & (FLOW_BUCKETS - 1),
+        ((m >> 48) as u16) | 1,
+    )
+}
+
+/// A hash-index slot pointing at entry `index` with `tag` (never 0: 0 is an empty slot).
+pub fn slot_word(tag: u16, index: u32) -> u32 {
+    (u32::from(tag) << 16) | (index & 0xffff)
+}
+
+/// The tag of a non-empty slot.
+pub fn slot_tag(slot: u32) -> u16 {
+    (slot >> 16) as u16
+}
+
+/// The entry index of a non-empty slot.
+pub fn slot_index(slot: u32) -> u32 {
+    slot & 0xffff
 }
 
 /// An IPv4 address as the BPF side stores it (network order in memory).
@@ -258,9 +322,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<FlowKey4>(), 32);
         assert_eq!(std::mem::size_of::<FlowKey6>(), 56);
         assert_eq!(std::mem::size_of::<NextHop>(), 32);
-        assert_eq!(std::mem::size_of::<Flow4>(), 80);
-        assert_eq!(std::mem::size_of::<Flow6>(), 104);
-        assert_eq!(std::mem::size_of::<Control>(), 16);
+        assert_eq!(std::mem::size_of::<Flow4>(), 112);
+        assert_eq!(std::mem::size_of::<Flow6>(), 160);
+        assert_eq!(std::mem::size_of::<Control>(), 72);
+        assert_eq!(std::mem::size_of::<super::Bucket>(), 64);
         assert_eq!(std::mem::size_of::<Event>(), 96);
     }
 
@@ -274,9 +339,12 @@ mod tests {
 
     #[test]
     fn control_value_layout() {
-        let v = control_value(0x0102_0304_0506_0708, true);
-        assert_eq!(v.len(), 16);
+        let mut seed = [0u32; super::HASH_SEEDS];
+        seed[13] = 0xdead_beef;
+        let v = control_value(0x0102_0304_0506_0708, true, &seed);
+        assert_eq!(v.len(), 72);
         assert_eq!(&v[0..8], &0x0102_0304_0506_0708u64.to_ne_bytes());
         assert_eq!(&v[8..12], &1u32.to_ne_bytes());
+        assert_eq!(&v[68..72], &0xdead_beefu32.to_ne_bytes());
     }
 }

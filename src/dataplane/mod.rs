@@ -7,7 +7,9 @@
 //! the kernel when the daemon is gone, and what lets a restarted daemon take over without a gap.
 
 pub mod abi;
+pub mod flowtable;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
@@ -35,6 +37,7 @@ use crate::status::AttachMode;
 use crate::status::AttachPoint;
 use crate::status::Hook;
 use crate::status::OffloadStatus;
+use flowtable::FlowTables;
 
 use abi::OFFLOAD_OBJ;
 use abi::TC_PROG;
@@ -76,6 +79,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     attached: BTreeMap<String, Attachment>,
     enabled: bool,
+    /// Interior mutability: the daemon hands `&Dataplane` around; one thread, never re-entered.
+    tables: RefCell<FlowTables>,
 }
 
 fn map_is_internal(name: &str) -> bool {
@@ -165,6 +170,7 @@ impl Dataplane {
         };
         let xdp = handle(XDP_PROG)?;
         let tc = handle(TC_PROG)?;
+        let tables = Self::open_tables(&obj, &reused)?;
         Ok(Self {
             obj,
             xdp,
@@ -172,7 +178,45 @@ impl Dataplane {
             pin_dir,
             attached: BTreeMap::new(),
             enabled: false,
+            tables: RefCell::new(tables),
         })
+    }
+
+    /// The flow tables: adopted with their seeds when the tables and `control` all came from
+    /// pins (a restart), else fresh seeds and an empty index.
+    fn open_tables(obj: &Object, reused: &[String]) -> anyhow::Result<FlowTables> {
+        let handle = |name: &str| -> anyhow::Result<MapHandle> {
+            let m = obj
+                .maps()
+                .find(|m| m.name() == name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+            MapHandle::try_from(&m).with_context(|| format!("duplicating map {name}"))
+        };
+        let adopt = [
+            abi::CONTROL_MAP,
+            abi::FLOWS4_MAP,
+            abi::FLOWS6_MAP,
+            abi::BUCKETS4_MAP,
+            abi::BUCKETS6_MAP,
+        ]
+        .iter()
+        .all(|m| reused.iter().any(|r| r == m));
+        let seed = if adopt {
+            handle(abi::CONTROL_MAP)?
+                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|v| abi::from_bytes::<abi::Control>(&v))
+                .map(|c| c.seed)
+        } else {
+            None
+        };
+        let tables = FlowTables::open(&handle, seed, flowtable::random_seed()?)
+            .context("opening the flow tables")?;
+        if seed.is_some() {
+            info!("flow tables adopted: {} live entries", tables.len());
+        }
+        Ok(tables)
     }
 
     fn map(&self, name: &str) -> anyhow::Result<libbpf_rs::Map<'_>> {
@@ -292,15 +336,18 @@ impl Dataplane {
         }
     }
 
-    /// Writes the heartbeat: the data path stops offloading when it goes stale.
+    /// Writes the heartbeat (the data path stops offloading when it goes stale), and frees
+    /// the flow entries unlinked since the last one once no packet can still be using them.
     pub fn heartbeat(&self) -> anyhow::Result<()> {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .context("reading CLOCK_MONOTONIC")?;
         let ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
-        let value = abi::control_value(ns, self.enabled);
+        let mut tables = self.tables.borrow_mut();
+        let value = abi::control_value(ns, self.enabled, tables.seed());
         self.map(abi::CONTROL_MAP)?
             .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
-            .context("writing the heartbeat")
+            .context("writing the heartbeat")?;
+        tables.synchronize()
     }
 
     /// Whether offload is switched on.
@@ -336,51 +383,32 @@ impl Dataplane {
             .with_context(|| format!("setting the DSA tagger of ifindex {ifindex}"))
     }
 
-    /// Writes a flow entry, keeping the counters of the entry it replaces.
-    pub fn install(&self, key: &FlowKey, mut value: FlowValue) -> anyhow::Result<()> {
-        let map = self.map(key.map())?;
-        if let Ok(Some(old)) = map.lookup(key.bytes(), MapFlags::ANY) {
-            value.keep_counters_of(&old);
-        }
-        map.update(key.bytes(), value.bytes(), MapFlags::ANY)
-            .context("writing a flow entry")
+    /// Writes a flow entry (replacing one with the same key keeps its counters). An error
+    /// when there is no room for it: the flow stays on the kernel path.
+    pub fn install(&self, value: &FlowValue) -> anyhow::Result<()> {
+        self.tables
+            .borrow_mut()
+            .install(value.bytes())?
+            .map_err(anyhow::Error::from)
     }
 
-    /// Deletes a flow entry (absent: nothing to do).
+    /// Unlinks a flow entry (absent: nothing to do).
     pub fn remove_flow(&self, key: &FlowKey) {
-        if let Ok(map) = self.map(key.map()) {
-            let _ = map.delete(key.bytes());
-        }
+        self.tables.borrow_mut().remove(key.bytes());
     }
 
     /// Packets, bytes and flags of a flow entry.
     pub fn flow_counters(&self, key: &FlowKey) -> Option<(u64, u64, u32)> {
-        let v = self
-            .map(key.map())
-            .ok()?
-            .lookup(key.bytes(), MapFlags::ANY)
-            .ok()??;
-        match key {
-            FlowKey::V4(_) => {
-                abi::from_bytes::<abi::Flow4>(&v).map(|f| (f.cnt.packets, f.cnt.bytes, f.flags))
-            }
-            FlowKey::V6(_) => {
-                abi::from_bytes::<abi::Flow6>(&v).map(|f| (f.cnt.packets, f.cnt.bytes, f.flags))
-            }
-        }
+        self.tables.borrow().counters(key.bytes())
     }
 
-    /// Deletes every flow entry not in `keep` (entries of an earlier daemon, or orphans).
+    /// Unlinks every flow entry not in `keep` (entries of an earlier daemon, or orphans).
     pub fn retain_flows(&self, keep: &[&FlowKey]) {
         let keep: std::collections::HashSet<&[u8]> = keep.iter().map(|k| k.bytes()).collect();
-        for name in abi::FLOW_MAPS {
-            let Ok(map) = self.map(name) else { continue };
-            let doomed: Vec<Vec<u8>> = map
-                .keys()
-                .filter(|k| !keep.contains(k.as_slice()))
-                .collect();
-            for k in doomed {
-                let _ = map.delete(&k);
+        let mut tables = self.tables.borrow_mut();
+        for k in tables.keys() {
+            if !keep.contains(k.as_slice()) {
+                tables.remove(&k);
             }
         }
     }
@@ -415,11 +443,7 @@ impl Dataplane {
             enabled: self.enabled,
             ..Default::default()
         };
-        for name in abi::FLOW_MAPS {
-            if let Ok(map) = self.map(name) {
-                st.flows += map.keys().count() as u64;
-            }
-        }
+        st.flows = self.tables.borrow().len() as u64;
         st
     }
 

@@ -20,14 +20,6 @@ pub enum FlowKey {
 }
 
 impl FlowKey {
-    /// The map it lives in.
-    pub fn map(&self) -> &'static str {
-        match self {
-            FlowKey::V4(_) => abi::FLOWS4_MAP,
-            FlowKey::V6(_) => abi::FLOWS6_MAP,
-        }
-    }
-
     /// Its bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
@@ -37,7 +29,7 @@ impl FlowKey {
     }
 }
 
-/// A flow-table value of either family.
+/// A flow-table entry of either family (its key included).
 #[derive(Clone, Copy)]
 pub enum FlowValue {
     /// IPv4.
@@ -52,25 +44,6 @@ impl FlowValue {
         match self {
             FlowValue::V4(v) => abi::bytes_of(v),
             FlowValue::V6(v) => abi::bytes_of(v),
-        }
-    }
-
-    /// Carries over counters (and the teardown flag) from the entry being replaced, so a
-    /// re-resolved flow keeps its statistics.
-    pub fn keep_counters_of(&mut self, old: &[u8]) {
-        match self {
-            FlowValue::V4(v) => {
-                if let Some(o) = abi::from_bytes::<abi::Flow4>(old) {
-                    v.cnt = o.cnt;
-                    v.flags = o.flags;
-                }
-            }
-            FlowValue::V6(v) => {
-                if let Some(o) = abi::from_bytes::<abi::Flow6>(old) {
-                    v.cnt = o.cnt;
-                    v.flags = o.flags;
-                }
-            }
         }
     }
 }
@@ -168,6 +141,7 @@ pub fn entry(
                 ..Default::default()
             };
             let value = abi::Flow4 {
+                key,
                 nh,
                 nat: abi::nat4(
                     (s, d, inbound.sport, inbound.dport),
@@ -190,6 +164,7 @@ pub fn entry(
                 ..Default::default()
             };
             let value = abi::Flow6 {
+                key,
                 nh,
                 nat: abi::nat6(
                     (s, d, inbound.sport, inbound.dport),

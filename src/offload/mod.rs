@@ -330,7 +330,7 @@ impl FlowManager {
                         warn!("tx_ports: {e:#}");
                     }
                 }
-                if let Err(e) = dp.install(&k0, v0).and_then(|()| dp.install(&k1, v1)) {
+                if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
                     dp.remove_flow(&k0);
                     dp.remove_flow(&k1);
                     debug!("installing {}: {e:#}", c.orig);

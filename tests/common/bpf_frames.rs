@@ -413,7 +413,7 @@ impl FlowSpec {
         }
     }
 
-    /// Map name, key bytes and value bytes.
+    /// Entry map name, key bytes and entry bytes (the key included).
     pub fn entry(&self) -> (&'static str, Vec<u8>, Vec<u8>) {
         let proto = if self.orig.udp { 17 } else { 6 };
         if self.orig.is_v6() {
@@ -429,6 +429,7 @@ impl FlowSpec {
                 pad: [0; 3],
             };
             let val = abi::Flow6 {
+                key,
                 nh: self.nexthop(),
                 nat: abi::nat6(tuple6(&self.orig), tuple6(&self.new)),
                 action: self.action,
@@ -452,6 +453,7 @@ impl FlowSpec {
                 pad: [0; 3],
             };
             let val = abi::Flow4 {
+                key,
                 nh: self.nexthop(),
                 nat: abi::nat4(tuple4(&self.orig), tuple4(&self.new)),
                 action: self.action,
@@ -468,7 +470,7 @@ impl FlowSpec {
     /// Installs the flow, the ingress device's DSA config and the egress devmap entry.
     pub fn install(&self, obj: &Object) {
         let (map, k, v) = self.entry();
-        map_update(obj, map, &k, &v);
+        table_place(obj, map, &k, &v);
         set_iface_dsa(obj, self.ingress, self.in_encap.dsa_proto());
         map_update(
             obj,
@@ -480,28 +482,27 @@ impl FlowSpec {
 
     pub fn remove(&self, obj: &Object) {
         let (map, k, _) = self.entry();
-        find_map(obj, map).delete(&k).unwrap();
+        assert!(table_remove(obj, map, &k), "flow to remove not installed");
     }
 
-    /// The flow's current value bytes.
-    pub fn value(&self, obj: &Object) -> Vec<u8> {
+    /// The entry's index in its table.
+    pub fn index(&self, obj: &Object) -> u32 {
         let (map, k, _) = self.entry();
+        table_find(obj, map, &k).expect("flow entry").2
+    }
+
+    /// The flow's current entry bytes.
+    pub fn value(&self, obj: &Object) -> Vec<u8> {
+        let (map, _, _) = self.entry();
         find_map(obj, map)
-            .lookup(&k, MapFlags::ANY)
+            .lookup(&self.index(obj).to_ne_bytes(), MapFlags::ANY)
             .unwrap()
             .expect("flow entry")
     }
 
     /// (packets, bytes, flags) from the map.
     pub fn counters(&self, obj: &Object) -> (u64, u64, u32) {
-        let v = self.value(obj);
-        if self.orig.is_v6() {
-            let f: abi::Flow6 = abi::from_bytes(&v).unwrap();
-            (f.cnt.packets, f.cnt.bytes, f.flags)
-        } else {
-            let f: abi::Flow4 = abi::from_bytes(&v).unwrap();
-            (f.cnt.packets, f.cnt.bytes, f.flags)
-        }
+        abi::flow_counters(&self.value(obj)).expect("entry layout")
     }
 
     /// A packet of this flow as it arrives, and as it must leave.
@@ -556,10 +557,111 @@ pub fn now_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// Writes the control word: heartbeat `age_ns` in the past, offload on/off.
+/// The flow-table hash seeds the tests use (non-zero, so the seeded hash is what is tested).
+pub const TEST_SEED: [u32; abi::HASH_SEEDS] = [
+    0x9e37_79b9,
+    0x7f4a_7c15,
+    0xf39c_c060,
+    0x5ced_c834,
+    0x1082_276b,
+    0xf3a2_7251,
+    0xf86c_6a11,
+    0x6d0c_7c2b,
+    0x2545_f491,
+    0x4f6c_dd1d,
+    0x8422_2325,
+    0xcbf2_9ce4,
+    0x0100_0193,
+    0xdead_beef,
+];
+
+/// Writes the control word: heartbeat `age_ns` in the past, offload on/off, [`TEST_SEED`].
 pub fn set_control(obj: &Object, age_ns: u64, enabled: bool) {
-    let v = abi::control_value(now_ns().saturating_sub(age_ns), enabled);
+    let v = abi::control_value(now_ns().saturating_sub(age_ns), enabled, &TEST_SEED);
     map_update(obj, abi::CONTROL_MAP, &0u32.to_ne_bytes(), &v);
+}
+
+/// The bucket map of an entry map.
+fn buckets_of(entries: &str) -> &'static str {
+    if entries == abi::FLOWS6_MAP {
+        abi::BUCKETS6_MAP
+    } else {
+        abi::BUCKETS4_MAP
+    }
+}
+
+fn read_bucket(obj: &Object, buckets: &str, b: u32) -> abi::Bucket {
+    let v = find_map(obj, buckets)
+        .lookup(&b.to_ne_bytes(), MapFlags::ANY)
+        .unwrap()
+        .expect("bucket");
+    abi::from_bytes(&v).expect("bucket layout")
+}
+
+/// (bucket, slot, entry index) of `key` in the table whose entries live in `entries`, the
+/// way the data path finds it ([`TEST_SEED`]).
+pub fn table_find(obj: &Object, entries: &str, key: &[u8]) -> Option<(u32, usize, u32)> {
+    let (b, tag) = abi::flow_hash(key, &TEST_SEED);
+    let bucket = read_bucket(obj, buckets_of(entries), b);
+    let map = find_map(obj, entries);
+    bucket.slot.iter().enumerate().find_map(|(i, &s)| {
+        if s == 0 || abi::slot_tag(s) != tag {
+            return None;
+        }
+        let idx = abi::slot_index(s);
+        let e = map.lookup(&idx.to_ne_bytes(), MapFlags::ANY).ok()??;
+        (e[..key.len()] == *key).then_some((b, i, idx))
+    })
+}
+
+/// Puts `entry` (key first) into a table the simple way a single-threaded test can: the
+/// existing entry of the key is overwritten, else the first all-zero entry is taken and the
+/// first empty slot of the key's bucket pointed at it.
+pub fn table_place(obj: &Object, entries: &str, key: &[u8], entry: &[u8]) {
+    if let Some((_, _, idx)) = table_find(obj, entries, key) {
+        map_update(obj, entries, &idx.to_ne_bytes(), entry);
+        return;
+    }
+    let map = find_map(obj, entries);
+    let idx = (0..abi::MAX_FLOWS)
+        .find(|i| {
+            map.lookup(&i.to_ne_bytes(), MapFlags::ANY)
+                .unwrap()
+                .is_some_and(|e| e.iter().all(|&b| b == 0))
+        })
+        .expect("a free flow entry");
+    map_update(obj, entries, &idx.to_ne_bytes(), entry);
+    let (b, tag) = abi::flow_hash(key, &TEST_SEED);
+    let buckets = buckets_of(entries);
+    let mut bucket = read_bucket(obj, buckets, b);
+    let free = bucket
+        .slot
+        .iter()
+        .position(|&s| s == 0)
+        .expect("a free slot in the bucket");
+    assert!(
+        !bucket
+            .slot
+            .iter()
+            .any(|&s| s != 0 && abi::slot_tag(s) == tag),
+        "tag collision in bucket {b}"
+    );
+    bucket.slot[free] = abi::slot_word(tag, idx);
+    map_update(obj, buckets, &b.to_ne_bytes(), abi::bytes_of(&bucket));
+}
+
+/// Unlinks and zeroes the entry of `key`; false if it was not there.
+pub fn table_remove(obj: &Object, entries: &str, key: &[u8]) -> bool {
+    let Some((b, slot, idx)) = table_find(obj, entries, key) else {
+        return false;
+    };
+    let buckets = buckets_of(entries);
+    let mut bucket = read_bucket(obj, buckets, b);
+    bucket.slot[slot] = 0;
+    map_update(obj, buckets, &b.to_ne_bytes(), abi::bytes_of(&bucket));
+    let size = find_map(obj, entries).value_size() as usize;
+    map_update(obj, entries, &idx.to_ne_bytes(), &vec![0u8; size]);
+    true
 }
 
 /// Moves the calling thread into a fresh network namespace with `n` veth pairs (`bqN` and its

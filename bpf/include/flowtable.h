@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Flow-table lookup, the BPF side of the layout and hash described in
+ * bpfqos_abi.h (user space: src/dataplane/flowtable.rs).
+ *
+ * Why not a BPF hash map: its lookup is a chain of kernel calls (hash, bucket
+ * walk, memcmp) over a key the program first has to assemble on the stack
+ * with narrow stores and the kernel then reads back in wide words (store
+ * forwarding fails). Measured (bench/bpf_offload.rs) it cost more than the
+ * whole rest of the offload. Here the hash is computed from header fields
+ * already in registers, both arrays are looked up by index (inlined by the
+ * verifier: no call at all), and the key is compared word by word against
+ * map memory.
+ */
+#ifndef BPFQOS_FLOWTABLE_H
+#define BPFQOS_FLOWTABLE_H
+
+#include <linux/types.h>
+
+#include "bpfqos_abi.h"
+
+/* Key words are read from map memory written by user space as bytes. */
+typedef __u32 __attribute__((__may_alias__)) ft_u32;
+
+/*
+ * Key words as a native 32-bit load of the key's bytes sees them: first is
+ * the field at the lower address.
+ */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FT_W16(first, second) ((__u32)(first) | ((__u32)(second) << 16))
+#define FT_B16(first, second) ((__u16)((first) | ((second) << 8)))
+#else
+#define FT_W16(first, second) (((__u32)(first) << 16) | (__u32)(second))
+#define FT_B16(first, second) ((__u16)(((first) << 8) | (second)))
+#endif
+/* The word holding the protocol byte followed by three zero pad bytes. */
+#define FT_PROTO_WORD(proto) FT_W16(FT_B16(proto, 0), 0)
+
+/* The three words of struct bpfqos_l2 (12 bytes), from the parser's fields. */
+struct ft_l2w {
+	__u32 w[3];
+};
+
+static __always_inline void ft_l2_words(const struct bpfqos_l2 *l2,
+					struct ft_l2w *out)
+{
+	out->w[0] = FT_W16(l2->vlan_proto[0], l2->vlan_proto[1]);
+	out->w[1] = FT_W16(l2->vlan_tci[0], l2->vlan_tci[1]);
+	out->w[2] = FT_W16(l2->pppoe_sid, FT_B16(l2->pppoe, l2->dsa_port));
+}
+
+/* One NH term: 32-bit additions, one 64-bit product. */
+static __always_inline __u64 ft_pair(__u32 a, __u32 b, const __u32 *seed, int i)
+{
+	__u32 x = a + seed[i];
+	__u32 y = b + seed[i + 1];
+
+	return (__u64)x * y;
+}
+
+static __always_inline __u64 ft_mix(__u64 h)
+{
+	return (h ^ (h >> 32)) * BPFQOS_HASH_MUL;
+}
+
+static __always_inline __u32 ft_bucket(__u64 m)
+{
+	return (__u32)(m >> 32) & (BPFQOS_FLOW_BUCKETS - 1);
+}
+
+static __always_inline __u32 ft_tag(__u64 m)
+{
+	return (__u32)(m >> 48) | 1;
+}
+
+/*
+ * Entry index of the first slot carrying `tag`, or -1. Each slot is read
+ * once (volatile): its tag and index must come from the same store.
+ */
+static __always_inline int ft_scan(const struct bpfqos_bucket *b, __u32 tag)
+{
+#pragma unroll
+	for (int i = 0; i < BPFQOS_BUCKET_SLOTS; i++) {
+		__u32 s = *(volatile const __u32 *)&b->slot[i];
+
+		if ((s >> 16) == tag)
+			return s & 0xffff;
+	}
+	return -1;
+}
+
+#endif /* BPFQOS_FLOWTABLE_H */

@@ -1,0 +1,535 @@
+//! The flow tables as user space keeps them (layout, hash and protocol: `bpfqos_abi.h`).
+//!
+//! Each family has an entry array (`flows4`/`flows6`, written through the bpf() syscall) and
+//! a hash index of 16-slot buckets (`buckets4`/`buckets6`), mmap'ed so that a slot is
+//! published with one atomic 32-bit store while the data path reads it on other CPUs. This
+//! module owns which entries are in use, which slot points at which entry, and the rule that
+//! makes it safe without locks: an entry is written only while no slot points at it, and an
+//! entry that was unlinked is written again only after an RCU grace period (see
+//! [`FlowTables::synchronize`]).
+//!
+//! Self-contained (only `super::abi`), so that the integration tests can include it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::MapHandle;
+
+use super::abi;
+
+/// Why a flow could not be placed: the caller keeps it on the kernel path.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlaceError {
+    /// Every entry of the family is in use.
+    #[error("flow table full ({} entries)", abi::MAX_FLOWS)]
+    Full,
+    /// The key's bucket has no free slot.
+    #[error("hash bucket {0} full ({n} slots)", n = abi::BUCKET_SLOTS)]
+    BucketFull(u32),
+    /// Another flow in the key's bucket has the same tag (the data path takes the first).
+    #[error("tag collision in hash bucket {0}")]
+    TagCollision(u32),
+}
+
+/// The mmap'ed hash index of one family: `FLOW_BUCKETS * BUCKET_SLOTS` atomic slots.
+struct SlotIndex {
+    base: NonNull<AtomicU32>,
+    len: usize,
+}
+
+impl SlotIndex {
+    fn map(buckets: &MapHandle) -> anyhow::Result<Self> {
+        let len = abi::FLOW_BUCKETS as usize * abi::BUCKET_SLOTS;
+        if buckets.value_size() as usize * buckets.max_entries() as usize != len * 4 {
+            bail!("bucket map has an unexpected size");
+        }
+        let bytes = NonZeroUsize::new(len * 4).ok_or_else(|| anyhow!("empty bucket map"))?;
+        // SAFETY: a fresh shared mapping of the whole BPF_F_MMAPABLE array (the kernel checks
+        // the length and the flag); nothing else in this process aliases it as non-atomic
+        // memory. It stays valid until munmap in Drop, independent of the fd's lifetime.
+        let p = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                bytes,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                buckets.as_fd(),
+                0,
+            )
+        }
+        .context("mmap of a flow-table bucket map")?;
+        Ok(Self {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    fn slot(&self, bucket: u32, i: usize) -> &AtomicU32 {
+        let at = (bucket as usize * abi::BUCKET_SLOTS + i).min(self.len - 1);
+        // SAFETY: `at < len`, the mapping holds `len` u32 slots, 4-aligned (page-aligned base),
+        // and is only ever accessed atomically from this process (BPF uses single loads/stores
+        // of aligned 32-bit words, which are atomic on every architecture).
+        unsafe { &*self.base.as_ptr().add(at) }
+    }
+
+    fn load(&self, bucket: u32, i: usize) -> u32 {
+        self.slot(bucket, i).load(Ordering::Acquire)
+    }
+
+    /// Publishes a slot: everything this thread wrote before (the entry, through bpf()) is
+    /// visible to a reader that sees the new value.
+    fn store(&self, bucket: u32, i: usize, v: u32) {
+        self.slot(bucket, i).store(v, Ordering::Release);
+    }
+}
+
+impl Drop for SlotIndex {
+    fn drop(&mut self) {
+        // SAFETY: base/len describe exactly the mapping made in `map`, unmapped only here.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len * 4) };
+    }
+}
+
+/// Where a live flow sits.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    index: u32,
+    bucket: u32,
+    slot: usize,
+}
+
+/// An entry unlinked from the index, not to be rewritten before a grace period.
+struct Unlinked {
+    index: u32,
+    /// For a replaced entry: its key and the counters copied into the replacement, so that
+    /// what it counted meanwhile is carried over once it is final.
+    carry: Option<(Vec<u8>, u64, u64)>,
+    /// Written by this process: zeroed on release, so that dumps show only live flows.
+    dirty: bool,
+}
+
+/// One family's table.
+struct Table {
+    entries: MapHandle,
+    index: SlotIndex,
+    entry_size: usize,
+    key_size: usize,
+    by_key: HashMap<Vec<u8>, Placed>,
+    free: Vec<u32>,
+    unlinked: Vec<Unlinked>,
+    /// Packets and bytes counted by replaced entries after their replacement was written.
+    carried: HashMap<Vec<u8>, (u64, u64)>,
+}
+
+impl Table {
+    fn open(entries: MapHandle, buckets: &MapHandle, key_size: usize) -> anyhow::Result<Self> {
+        let entry_size = entries.value_size() as usize;
+        if entries.max_entries() != abi::MAX_FLOWS {
+            bail!("flow entry map has {} entries", entries.max_entries());
+        }
+        Ok(Self {
+            index: SlotIndex::map(buckets)?,
+            entries,
+            entry_size,
+            key_size,
+            by_key: HashMap::new(),
+            free: Vec::new(),
+            unlinked: Vec::new(),
+            carried: HashMap::new(),
+        })
+    }
+
+    fn read(&self, index: u32) -> Option<Vec<u8>> {
+        self.entries
+            .lookup(&index.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+    }
+
+    fn write(&self, index: u32, entry: &[u8]) -> anyhow::Result<()> {
+        self.entries
+            .update(&index.to_ne_bytes(), entry, MapFlags::ANY)
+            .with_context(|| format!("writing flow entry {index}"))
+    }
+
+    /// Rebuilds the bookkeeping from the maps (a restarted daemon adopting pinned tables):
+    /// every slot that points at an entry whose key hashes to that very bucket and tag is a
+    /// live flow; anything else is cleared. Every other entry is unlinked (a grace period
+    /// must pass before it is reused: the previous daemon may have unlinked it just now).
+    fn adopt(&mut self, seed: &[u32; abi::HASH_SEEDS]) {
+        let mut used = vec![false; abi::MAX_FLOWS as usize];
+        for bucket in 0..abi::FLOW_BUCKETS {
+            let mut tags = Vec::new();
+            for i in 0..abi::BUCKET_SLOTS {
+                let s = self.index.load(bucket, i);
+                if s == 0 {
+                    continue;
+                }
+                let index = abi::slot_index(s);
+                let key = self
+                    .read(index)
+                    .filter(|e| e.len() == self.entry_size)
+                    .map(|e| e[..self.key_size].to_vec());
+                let ok = key.as_ref().is_some_and(|k| {
+                    !used[index as usize]
+                        && !tags.contains(&abi::slot_tag(s))
+                        && abi::flow_hash(k, seed) == (bucket, abi::slot_tag(s))
+                        && !self.by_key.contains_key(k)
+                });
+                match key {
+                    Some(k) if ok => {
+                        used[index as usize] = true;
+                        tags.push(abi::slot_tag(s));
+                        self.by_key.insert(
+                            k,
+                            Placed {
+                                index,
+                                bucket,
+                                slot: i,
+                            },
+                        );
+                    }
+                    _ => self.index.store(bucket, i, 0),
+                }
+            }
+        }
+        self.unlinked = (0..abi::MAX_FLOWS)
+            .rev()
+            .filter(|&i| !used[i as usize])
+            .map(|index| Unlinked {
+                index,
+                carry: None,
+                dirty: false,
+            })
+            .collect();
+    }
+
+    /// Clears the whole index; every entry becomes unlinked.
+    fn reset(&mut self) {
+        for bucket in 0..abi::FLOW_BUCKETS {
+            for i in 0..abi::BUCKET_SLOTS {
+                if self.index.load(bucket, i) != 0 {
+                    self.index.store(bucket, i, 0);
+                }
+            }
+        }
+        self.by_key.clear();
+        self.carried.clear();
+        self.free.clear();
+        self.unlinked = (0..abi::MAX_FLOWS)
+            .rev()
+            .map(|index| Unlinked {
+                index,
+                carry: None,
+                dirty: false,
+            })
+            .collect();
+    }
+
+    /// Counters and flags of a live entry: (packets, bytes, flags).
+    fn counters_at(&self, index: u32) -> Option<(u64, u64, u32)> {
+        abi::flow_counters(&self.read(index)?)
+    }
+
+    fn counters(&self, key: &[u8]) -> Option<(u64, u64, u32)> {
+        let p = self.by_key.get(key)?;
+        let (mut packets, mut bytes, flags) = self.counters_at(p.index)?;
+        if let Some((cp, cb)) = self.carried.get(key) {
+            packets += cp;
+            bytes += cb;
+        }
+        // Replaced entries still counting (no grace period since): what they added so far.
+        for u in &self.unlinked {
+            if let Some((k, bp, bb)) = &u.carry {
+                if k.as_slice() == key {
+                    if let Some((p, b, _)) = self.counters_at(u.index) {
+                        packets += p.saturating_sub(*bp);
+                        bytes += b.saturating_sub(*bb);
+                    }
+                }
+            }
+        }
+        Some((packets, bytes, flags))
+    }
+
+    /// Installs or replaces the entry for `entry`'s key (its first `key_size` bytes). A
+    /// replacement goes to a fresh entry and keeps the counters and flags of the old one.
+    fn install(
+        &mut self,
+        mut entry: Vec<u8>,
+        seed: &[u32; abi::HASH_SEEDS],
+    ) -> anyhow::Result<Result<(), PlaceError>> {
+        if entry.len() != self.entry_size {
+            bail!(
+                "flow entry of {} bytes, expected {}",
+                entry.len(),
+                self.entry_size
+            );
+        }
+        let key = entry[..self.key_size].to_vec();
+        let (bucket, tag) = abi::flow_hash(&key, seed);
+        let old = self.by_key.get(&key).copied();
+        let slot = match old {
+            Some(p) => p.slot,
+            None => {
+                let mut empty = None;
+                for i in 0..abi::BUCKET_SLOTS {
+                    let s = self.index.load(bucket, i);
+                    if s == 0 {
+                        empty = empty.or(Some(i));
+                    } else if abi::slot_tag(s) == tag {
+                        return Ok(Err(PlaceError::TagCollision(bucket)));
+                    }
+                }
+                match empty {
+                    Some(i) => i,
+                    None => return Ok(Err(PlaceError::BucketFull(bucket))),
+                }
+            }
+        };
+        let Some(index) = self.free.pop() else {
+            return Ok(Err(PlaceError::Full));
+        };
+        let mut carry = None;
+        if let Some(p) = old {
+            if let Some(prev) = self.read(p.index) {
+                let (packets, bytes, _) = abi::flow_counters(&prev).unwrap_or_default();
+                // Counters and flags sit at the same place in the old and the new entry.
+                let tail = self.entry_size - COUNTERS_AND_FLAGS;
+                entry[tail..].copy_from_slice(&prev[tail..]);
+                carry = Some((key.clone(), packets, bytes));
+            }
+        }
+        if let Err(e) = self.write(index, &entry) {
+            self.free.push(index);
+            return Err(e);
+        }
+        self.index.store(bucket, slot, abi::slot_word(tag, index));
+        if let Some(p) = old {
+            self.unlinked.push(Unlinked {
+                index: p.index,
+                carry,
+                dirty: true,
+            });
+        }
+        self.by_key.insert(
+            key,
+            Placed {
+                index,
+                bucket,
+                slot,
+            },
+        );
+        Ok(Ok(()))
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        let Some(p) = self.by_key.remove(key) else {
+            return;
+        };
+        self.index.store(p.bucket, p.slot, 0);
+        self.carried.remove(key);
+        for u in &mut self.unlinked {
+            if u.carry
+                .as_ref()
+                .is_some_and(|(k, _, _)| k.as_slice() == key)
+            {
+                u.carry = None;
+            }
+        }
+        self.unlinked.push(Unlinked {
+            index: p.index,
+            carry: None,
+            dirty: true,
+        });
+    }
+
+    /// After a grace period: replaced entries' final counts are carried over, unlinked
+    /// entries are zeroed and free again.
+    fn release_unlinked(&mut self) {
+        let zero = vec![0u8; self.entry_size];
+        for u in std::mem::take(&mut self.unlinked) {
+            if let Some((key, bp, bb)) = &u.carry {
+                if self.by_key.contains_key(key) {
+                    if let Some((p, b, _)) = self.counters_at(u.index) {
+                        let c = self.carried.entry(key.clone()).or_default();
+                        c.0 += p.saturating_sub(*bp);
+                        c.1 += b.saturating_sub(*bb);
+                    }
+                }
+            }
+            if u.dirty {
+                // Best effort: a stale entry is unreachable anyway; this is for dump readers.
+                let _ = self.write(u.index, &zero);
+            }
+            self.free.push(u.index);
+        }
+    }
+}
+
+/// Bytes at the end of both entry layouts that the data path writes: `flags` (4, after 4
+/// bytes of action/pad) and `cnt` (24).
+const COUNTERS_AND_FLAGS: usize = 4 + std::mem::size_of::<abi::Counters>();
+
+/// Both families' tables, their seeds and the grace-period barrier.
+pub struct FlowTables {
+    v4: Table,
+    v6: Table,
+    seed: [u32; abi::HASH_SEEDS],
+    grace: MapHandle,
+    grace_inner: MapHandle,
+}
+
+/// The family of a key, by its length.
+fn is_v6(key: &[u8]) -> bool {
+    key.len() == std::mem::size_of::<abi::FlowKey6>()
+}
+
+impl FlowTables {
+    /// Opens the tables of a loaded object, given its maps by name. With `adopt_seed` (the
+    /// `control` map and the tables were re-adopted from pins, `control` holding these seeds)
+    /// the live flows are recovered from the maps; otherwise the index is cleared and `seed`
+    /// (fresh random words) is used.
+    pub fn open(
+        map: &dyn Fn(&str) -> anyhow::Result<MapHandle>,
+        adopt_seed: Option<[u32; abi::HASH_SEEDS]>,
+        fresh_seed: [u32; abi::HASH_SEEDS],
+    ) -> anyhow::Result<Self> {
+        let v4 = Table::open(
+            map(abi::FLOWS4_MAP)?,
+            &map(abi::BUCKETS4_MAP)?,
+            std::mem::size_of::<abi::FlowKey4>(),
+        )?;
+        let v6 = Table::open(
+            map(abi::FLOWS6_MAP)?,
+            &map(abi::BUCKETS6_MAP)?,
+            std::mem::size_of::<abi::FlowKey6>(),
+        )?;
+        let mut t = Self {
+            v4,
+            v6,
+            seed: adopt_seed.unwrap_or(fresh_seed),
+            grace: map(abi::GRACE_MAP)?,
+            grace_inner: map(abi::GRACE_INNER_MAP)?,
+        };
+        match adopt_seed {
+            Some(seed) => {
+                t.v4.adopt(&seed);
+                t.v6.adopt(&seed);
+            }
+            None => {
+                t.v4.reset();
+                t.v6.reset();
+            }
+        }
+        t.synchronize()?;
+        Ok(t)
+    }
+
+    /// The hash seeds (the `control` map must carry them).
+    pub fn seed(&self) -> &[u32; abi::HASH_SEEDS] {
+        &self.seed
+    }
+
+    fn table(&mut self, key: &[u8]) -> &mut Table {
+        if is_v6(key) {
+            &mut self.v6
+        } else {
+            &mut self.v4
+        }
+    }
+
+    /// Installs (or replaces, keeping its counters) the flow whose entry is `entry` (key
+    /// first). `Ok(Err(_))`: no room, the flow stays in the kernel. When all entries are in
+    /// use but some await a grace period, waits for one.
+    pub fn install(&mut self, entry: &[u8]) -> anyhow::Result<Result<(), PlaceError>> {
+        let seed = self.seed;
+        let v6 = entry.len() == std::mem::size_of::<abi::Flow6>();
+        let t = if v6 { &mut self.v6 } else { &mut self.v4 };
+        if t.free.is_empty() && !t.unlinked.is_empty() {
+            self.synchronize()?;
+        }
+        let t = if v6 { &mut self.v6 } else { &mut self.v4 };
+        t.install(entry.to_vec(), &seed)
+    }
+
+    /// Unlinks a flow (absent: nothing to do). Its entry is reused after a grace period.
+    pub fn remove(&mut self, key: &[u8]) {
+        self.table(key).remove(key);
+    }
+
+    /// Packets, bytes and flags of a live flow (what replaced entries counted included).
+    pub fn counters(&self, key: &[u8]) -> Option<(u64, u64, u32)> {
+        if is_v6(key) {
+            self.v6.counters(key)
+        } else {
+            self.v4.counters(key)
+        }
+    }
+
+    /// Keys of the live flows, both families.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        self.v4
+            .by_key
+            .keys()
+            .chain(self.v6.by_key.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Number of live flows.
+    pub fn len(&self) -> usize {
+        self.v4.by_key.len() + self.v6.by_key.len()
+    }
+
+    /// Whether there are no live flows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether unlinked entries wait for a grace period.
+    pub fn has_unlinked(&self) -> bool {
+        !self.v4.unlinked.is_empty() || !self.v6.unlinked.is_empty()
+    }
+
+    /// Waits until no BPF program that might have read an unlinked entry is still running
+    /// (the kernel's RCU grace period behind a map-in-map update), then frees those entries.
+    pub fn synchronize(&mut self) -> anyhow::Result<()> {
+        if !self.has_unlinked() {
+            return Ok(());
+        }
+        let fd = self.grace_inner.as_fd().as_raw_fd() as u32;
+        self.grace
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .context("waiting for an RCU grace period (map-in-map update)")?;
+        self.v4.release_unlinked();
+        self.v6.release_unlinked();
+        Ok(())
+    }
+}
+
+/// Fresh random hash seeds, from the kernel's generator.
+pub fn random_seed() -> anyhow::Result<[u32; abi::HASH_SEEDS]> {
+    use std::io::Read;
+    let mut b = [0u8; abi::HASH_SEEDS * 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    let mut seed = [0u32; abi::HASH_SEEDS];
+    for (s, c) in seed.iter_mut().zip(b.chunks_exact(4)) {
+        *s = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    Ok(seed)
+}
