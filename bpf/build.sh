@@ -28,7 +28,7 @@ for src in "$here"/*.bpf.c; do
 	name=$(basename "$src" .bpf.c)
 	for target in bpfel bpfeb; do
 		# shellcheck disable=SC2086
-		"$clang" -O2 -g -Wall -Werror -target "$target" -c \
+		"$clang" -O2 -g -mcpu=v3 -Wall -Werror -target "$target" -c \
 			-I"$inc" -I"$here/include" $multiarch ${BPFQOS_BPF_CFLAGS:-} \
 			"$src" -o "$out/$name.$target.o"
 		echo "$out/$name.$target.o"

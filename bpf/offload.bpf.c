@@ -216,13 +216,19 @@ static __always_inline void ipv4_decrease_ttl(struct iphdr *iph)
 
 /* ---- the flow entry, for both families ---------------------------------- */
 
+/*
+ * An entry of either family, through the first 64 bytes both layouts share
+ * (next hop, action, flags, counters): one pointer for the whole fast path.
+ * Only the NAT rewrite and the key differ, reached through flow6() for IPv6.
+ */
 struct flow_ref {
-	struct bpfqos_nexthop *nh;
-	struct bpfqos_counters *cnt;
-	__u32 *flags;
-	struct bpfqos_nat4 *nat4; /* one of nat4 / nat6 */
-	struct bpfqos_nat6 *nat6;
+	struct bpfqos_flow4 *e;
 };
+
+static __always_inline struct bpfqos_flow6 *flow6(struct flow_ref *f)
+{
+	return (struct bpfqos_flow6 *)f->e;
+}
 
 /*
  * The IPv4 entry for these header values, or NULL. The key words are never
@@ -305,15 +311,15 @@ lookup6(const __u32 *seed, __u32 ifindex, const struct ft_l2w *l2,
 }
 
 /* FIN/RST on an offloaded flow: flag it and tell user space (once). */
-static __always_inline void
-request_teardown(struct flow_ref *f, const struct pkt *p, const void *key)
+static __always_inline void request_teardown(struct flow_ref *f,
+					     const struct pkt *p)
 {
 	struct bpfqos_event *ev;
 
-	if (*f->flags & BPFQOS_FLOW_F_TEARDOWN)
+	if (f->e->flags & BPFQOS_FLOW_F_TEARDOWN)
 		return;
 	/* Plain RMW: user space only clears the bit, a lost race re-sets it. */
-	*f->flags |= BPFQOS_FLOW_F_TEARDOWN;
+	f->e->flags |= BPFQOS_FLOW_F_TEARDOWN;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev)
 		return;
@@ -321,10 +327,10 @@ request_teardown(struct flow_ref *f, const struct pkt *p, const void *key)
 	ev->tcp_flags = p->tcp_flags;
 	if (p->ipv6) {
 		ev->type = BPFQOS_EV_TEARDOWN6;
-		__builtin_memcpy(&ev->k6, key, sizeof(ev->k6));
+		__builtin_memcpy(&ev->k6, &flow6(f)->key, sizeof(ev->k6));
 	} else {
 		ev->type = BPFQOS_EV_TEARDOWN4;
-		__builtin_memcpy(&ev->k4, key, sizeof(ev->k4));
+		__builtin_memcpy(&ev->k4, &f->e->key, sizeof(ev->k4));
 	}
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -346,19 +352,16 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 	__u8 action;
 	__u64 now;
 	__s64 age;
-	void *key;
 
-	stat_inc(BPFQOS_STAT_SEEN);
+	/* No "seen" counter: every outcome is counted, user space sums them. */
 	ctl = bpf_map_lookup_elem(&control, &zero);
 	if (!ctl || !(ctl->flags & BPFQOS_CTL_F_OFFLOAD)) {
 		stat_inc(BPFQOS_STAT_PASS_DISABLED);
 		return -1;
 	}
 	if (parse_packet(data, data_end, iface_dsa_proto(ifindex), vlan0_tpid,
-			 vlan0_tci, p, &h)) {
-		stat_inc(BPFQOS_STAT_PASS_PARSE);
-		return -1;
-	}
+			 vlan0_tci, p, &h))
+		goto not_parsed;
 
 	ft_l2_words(&p->l2, &l2w);
 	protow = FT_PROTO_WORD(p->l4_proto);
@@ -368,29 +371,24 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 	else if (h.uh)
 		ports = FT_W16(h.uh->source, h.uh->dest);
 	else
-		return -1;
+		goto not_parsed; /* cannot happen: the parser found TCP or UDP */
 
 	if (!p->ipv6) {
 		struct bpfqos_flow4 *v;
 
 		if (!h.iph)
-			return -1;
+			goto not_parsed;
 		v = lookup4(ctl->seed, ifindex, &l2w, h.iph, ports, protow);
 		if (!v)
 			goto no_flow;
-		key = &v->key;
-		action = v->action;
-		f->nh = &v->nh;
-		f->cnt = &v->cnt;
-		f->flags = &v->flags;
-		f->nat4 = &v->nat;
+		f->e = v;
 		if (h.iph->ttl <= 1)
 			goto ttl;
 	} else {
 		struct bpfqos_flow6 *v;
 
 		if (!h.ip6h)
-			return -1;
+			goto not_parsed;
 		/* Zero is invalid for IPv6 UDP: the kernel decides. */
 		if (h.uh && !h.uh->check) {
 			stat_inc(BPFQOS_STAT_PASS_CSUM);
@@ -399,22 +397,18 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		v = lookup6(ctl->seed, ifindex, &l2w, h.ip6h, ports, protow);
 		if (!v)
 			goto no_flow;
-		key = &v->key;
-		action = v->action;
-		f->nh = &v->nh;
-		f->cnt = &v->cnt;
-		f->flags = &v->flags;
-		f->nat6 = &v->nat;
+		f->e = (struct bpfqos_flow4 *)v;
 		if (h.ip6h->hop_limit <= 1)
 			goto ttl;
 	}
 
+	action = f->e->action;
 	if (action != BPFQOS_ACT_FORWARD &&
 	    !(action == BPFQOS_ACT_FORWARD_TC && hook == HOOK_TC)) {
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return -1;
 	}
-	if (!f->nh->ifindex || !f->nh->mtu) {
+	if (!f->e->nh.ifindex || !f->e->nh.mtu) {
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return -1;
 	}
@@ -433,17 +427,20 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		return -1;
 	}
 	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) {
-		request_teardown(f, p, key);
+		request_teardown(f, p);
 		stat_inc(BPFQOS_STAT_PASS_TCP_END);
 		return -1;
 	}
-	if (p->ip_len > f->nh->mtu) {
+	if (p->ip_len > f->e->nh.mtu) {
 		stat_inc(BPFQOS_STAT_PASS_MTU);
 		return -1;
 	}
-	f->cnt->last_seen_ns = now;
+	f->e->cnt.last_seen_ns = now;
 	return 0;
 
+not_parsed:
+	stat_inc(BPFQOS_STAT_PASS_PARSE);
+	return -1;
 no_flow:
 	stat_inc(BPFQOS_STAT_PASS_NO_FLOW);
 	return -1;
@@ -455,8 +452,8 @@ ttl:
 /* Counters are shared by all CPUs: atomic adds (BPF_ATOMIC_ADD / XADD). */
 static __always_inline void count(struct flow_ref *f, __u16 ip_len)
 {
-	__sync_fetch_and_add(&f->cnt->packets, 1);
-	__sync_fetch_and_add(&f->cnt->bytes, ip_len);
+	__sync_fetch_and_add(&f->e->cnt.packets, 1);
+	__sync_fetch_and_add(&f->e->cnt.bytes, ip_len);
 }
 
 /* ---- L2 rebuild ---------------------------------------------------------- */
@@ -480,6 +477,26 @@ static __always_inline __u32 l2_len(const struct bpfqos_nexthop *nh)
 	else if (nh->dsa_proto == BPFQOS_DSA_MTK && !nh_vlans(nh))
 		len += DSA_MTK_LEN; /* with a VLAN, the tag replaces its TPID */
 	return len;
+}
+
+typedef __u16 __attribute__((__may_alias__)) mac_u16;
+
+/*
+ * Both MACs in 16-bit words (a byte-wise memcpy is 24 instructions): h_dest
+ * and h_source are adjacent and 4-aligned in the entry, and frames start
+ * 2-aligned in XDP and skb buffers alike.
+ */
+static __always_inline void put_macs(__u8 *b, const struct bpfqos_nexthop *nh)
+{
+	const mac_u16 *src = (const mac_u16 *)nh->h_dest;
+	mac_u16 *dst = (mac_u16 *)b;
+
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+	dst[4] = src[4];
+	dst[5] = src[5];
 }
 
 static __always_inline int put16(struct cursor *c, __be16 v)
@@ -531,8 +548,7 @@ static __always_inline int write_l2(struct cursor *c,
 	b = cursor_pull(c, 2 * ETH_ALEN);
 	if (!b)
 		return -1;
-	__builtin_memcpy(b, nh->h_dest, ETH_ALEN);
-	__builtin_memcpy(b + ETH_ALEN, nh->h_source, ETH_ALEN);
+	put_macs(b, nh);
 
 	if (nh->dsa_proto == BPFQOS_DSA_MTK) {
 		/*
@@ -603,15 +619,11 @@ static __always_inline int rewrite_l3(struct cursor *c, const struct pkt *p,
 	__u16 *check;
 	__u16 delta;
 
-	/*
-	 * The verifier cannot tie p->ipv6 to which of nat4/nat6 is set (it is
-	 * re-read from the stack), hence the NULL checks on both paths.
-	 */
 	if (!p->ipv6) {
-		struct bpfqos_nat4 *nat = f->nat4;
+		struct bpfqos_nat4 *nat = &f->e->nat;
 		struct iphdr *iph = cursor_pull(c, sizeof(*iph));
 
-		if (!iph || !nat)
+		if (!iph)
 			return -1;
 		ipv4_decrease_ttl(iph);
 		iph->saddr = nat->saddr;
@@ -623,10 +635,10 @@ static __always_inline int rewrite_l3(struct cursor *c, const struct pkt *p,
 		sport = nat->sport;
 		dport = nat->dport;
 	} else {
-		struct bpfqos_nat6 *nat = f->nat6;
+		struct bpfqos_nat6 *nat = &flow6(f)->nat;
 		struct ipv6hdr *ip6h = cursor_pull(c, sizeof(*ip6h));
 
-		if (!ip6h || !nat)
+		if (!ip6h)
 			return -1;
 		ip6h->hop_limit--;
 		__builtin_memcpy(&ip6h->saddr, nat->saddr, 16);
@@ -685,7 +697,9 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	struct cursor c;
 	__u16 addr_delta, port_delta;
 	__u32 egress, new_l2;
-	int len, excess, act;
+	void *ip_end;
+	long excess;
+	int act;
 
 	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, &p, &f))
 		return XDP_PASS;
@@ -696,7 +710,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	 * the devmap (kernel 5.6+), which replaces a separate lookup of the same
 	 * key. The target it records is only used if we return XDP_REDIRECT.
 	 */
-	egress = f.nh->ifindex;
+	egress = f.e->nh.ifindex;
 	if (egress == ingress) {
 		act = XDP_TX;
 	} else {
@@ -711,13 +725,17 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	 * Ethernet padding after the IP packet is dropped (as ip_rcv() does);
 	 * the PPPoE length we write must match the packet.
 	 */
-	len = data_end - data;
-	excess = len - (int)(p.l3_off + p.ip_len);
-	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -excess)) {
+	ip_end = data + p.l3_off + p.ip_len;
+	/*
+	 * Pointer arithmetic stays 64-bit: with ALU32 clang would otherwise
+	 * narrow it to the int it ends up as, which the verifier refuses.
+	 */
+	excess = data_end - ip_end;
+	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -(int)excess)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
 		return XDP_PASS;
 	}
-	new_l2 = l2_len(f.nh);
+	new_l2 = l2_len(&f.e->nh);
 	if (new_l2 != p.l3_off &&
 	    bpf_xdp_adjust_head(ctx, (int)p.l3_off - (int)new_l2)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
@@ -727,7 +745,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	/* From here the frame is ours; the checks below cannot fail. */
 	c.pos = (void *)(long)ctx->data;
 	c.end = (void *)(long)ctx->data_end;
-	if (write_l2(&c, f.nh, p.ip_len, p.ipv6))
+	if (write_l2(&c, &f.e->nh, p.ip_len, p.ipv6))
 		return XDP_DROP;
 	if (rewrite_l3(&c, &p, &f, HOOK_XDP, &addr_delta, &port_delta))
 		return XDP_DROP;
@@ -766,7 +784,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 		     bpf_htons(skb->vlan_tci), HOOK_TC, &p, &f))
 		return TC_ACT_OK;
 
-	new_l2 = l2_len(f.nh);
+	new_l2 = l2_len(&f.e->nh);
 	grow = (int)new_l2 - (int)p.l3_off;
 	if (grow < 0) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
@@ -786,7 +804,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 
 	c.pos = (void *)(long)skb->data;
 	c.end = (void *)(long)skb->data_end;
-	if (write_l2(&c, f.nh, p.ip_len, p.ipv6))
+	if (write_l2(&c, &f.e->nh, p.ip_len, p.ipv6))
 		return TC_ACT_SHOT;
 	if (rewrite_l3(&c, &p, &f, HOOK_TC, &addr_delta, &port_delta))
 		return TC_ACT_SHOT;
@@ -808,5 +826,5 @@ int bpfqos_tc(struct __sk_buff *skb)
 		bpf_l4_csum_replace(skb, csum_off, 0, port_delta, mm0);
 	count(&f, p.ip_len);
 	stat_inc(BPFQOS_STAT_REDIRECT);
-	return bpf_redirect(f.nh->ifindex, 0);
+	return bpf_redirect(f.e->nh.ifindex, 0);
 }

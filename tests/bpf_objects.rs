@@ -260,7 +260,7 @@ fn btf_layout_matches_the_rust_types() {
                 ("last_seen_ns", offset_of!(Counters, last_seen_ns)),
             ],
         );
-        for (name, size, nh, nat_off, action, pad, flags, cnt) in [
+        for (name, size, nh, nat_off, action, pad, flags, cnt, key) in [
             (
                 "bpfqos_flow4",
                 size_of::<Flow4>(),
@@ -270,6 +270,7 @@ fn btf_layout_matches_the_rust_types() {
                 offset_of!(Flow4, pad),
                 offset_of!(Flow4, flags),
                 offset_of!(Flow4, cnt),
+                offset_of!(Flow4, key),
             ),
             (
                 "bpfqos_flow6",
@@ -280,6 +281,7 @@ fn btf_layout_matches_the_rust_types() {
                 offset_of!(Flow6, pad),
                 offset_of!(Flow6, flags),
                 offset_of!(Flow6, cnt),
+                offset_of!(Flow6, key),
             ),
         ] {
             check_struct(
@@ -287,13 +289,13 @@ fn btf_layout_matches_the_rust_types() {
                 name,
                 size,
                 &[
-                    ("key", 0),
                     ("nh", nh),
-                    ("nat", nat_off),
                     ("action", action),
                     ("pad", pad),
                     ("flags", flags),
                     ("cnt", cnt),
+                    ("nat", nat_off),
+                    ("key", key),
                 ],
             );
         }

@@ -126,29 +126,31 @@ struct bpfqos_counters {
 
 /*
  * A flow-table entry (`flows4` / `flows6` arrays, indexed by entry number).
- * The key is part of the entry: a lookup finds a candidate through the hash
- * index (`buckets4` / `buckets6`, below) and then compares the whole key.
- * User space writes an entry only while no bucket slot points at it; the
- * data path writes only `flags` and `cnt`.
+ * Both families share the first 64 bytes (next hop, action, flags,
+ * counters) at the same offsets, so the data path handles either through one
+ * pointer; the NAT rewrite follows, and the key comes last: a lookup finds a
+ * candidate through the hash index (`buckets4` / `buckets6`, below) and then
+ * compares the whole key. User space writes an entry only while no bucket
+ * slot points at it; the data path writes only `flags` and `cnt`.
  */
 struct bpfqos_flow4 {
-	struct bpfqos_flow4_key key;
 	struct bpfqos_nexthop nh;
-	struct bpfqos_nat4 nat;
 	__u8 action; /* enum bpfqos_action */
 	__u8 pad[3];
 	__u32 flags; /* BPFQOS_FLOW_F_*, set by BPF, cleared by user space */
 	struct bpfqos_counters cnt;
+	struct bpfqos_nat4 nat;
+	struct bpfqos_flow4_key key;
 };
 
 struct bpfqos_flow6 {
-	struct bpfqos_flow6_key key;
 	struct bpfqos_nexthop nh;
-	struct bpfqos_nat6 nat;
 	__u8 action;
 	__u8 pad[3];
 	__u32 flags;
 	struct bpfqos_counters cnt;
+	struct bpfqos_nat6 nat;
+	struct bpfqos_flow6_key key;
 };
 
 /*
@@ -216,7 +218,7 @@ struct bpfqos_event {
 
 /* Per-CPU counters, `stats` array index. */
 enum bpfqos_stat {
-	BPFQOS_STAT_SEEN = 0,	    /* every packet the program ran on */
+	BPFQOS_STAT_SEEN = 0, /* unused: user space sums the outcomes below */
 	BPFQOS_STAT_PASS_DISABLED,  /* offload off or heartbeat stale */
 	BPFQOS_STAT_PASS_PARSE,	    /* not understood / malformed / truncated */
 	BPFQOS_STAT_PASS_NO_FLOW,   /* parsed, no flow entry */
@@ -243,6 +245,9 @@ _Static_assert(sizeof(struct bpfqos_nexthop) == 32, "nexthop layout");
 _Static_assert(sizeof(struct bpfqos_flow4) == 112, "flow4 layout");
 _Static_assert(sizeof(struct bpfqos_flow6) == 160, "flow6 layout");
 _Static_assert(sizeof(struct bpfqos_bucket) == 64, "bucket layout");
+_Static_assert(__builtin_offsetof(struct bpfqos_flow4, nat) == 64 &&
+		       __builtin_offsetof(struct bpfqos_flow6, nat) == 64,
+	       "both entry layouts share their first 64 bytes");
 _Static_assert(sizeof(struct bpfqos_control) == 72, "control layout");
 _Static_assert(BPFQOS_MAX_FLOWS <= 65536, "entry indexes are 16 bits");
 _Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");

@@ -194,6 +194,23 @@ pub fn flow_counters(value: &[u8]) -> Option<(u64, u64, u32)> {
     Some((cnt.packets, cnt.bytes, flags))
 }
 
+/// The key of a `flows4` or `flows6` entry (its last bytes), by the entry's length.
+pub fn entry_key(entry: &[u8]) -> Option<&[u8]> {
+    let key_len = if entry.len() == std::mem::size_of::<Flow4>() {
+        std::mem::size_of::<FlowKey4>()
+    } else if entry.len() == std::mem::size_of::<Flow6>() {
+        std::mem::size_of::<FlowKey6>()
+    } else {
+        return None;
+    };
+    entry.get(entry.len() - key_len..)
+}
+
+/// The bytes of an entry the data path writes (`flags`, `cnt`), the same range in both
+/// layouts.
+pub const ENTRY_BPF_WRITTEN: std::ops::Range<usize> =
+    std::mem::offset_of!(Flow4, flags)..std::mem::offset_of!(Flow4, nat);
+
 /// Where a flow key (its bytes: a [`FlowKey4`] or a [`FlowKey6`]) lives in its table's hash
 /// index: (bucket, tag), exactly as bpfqos_abi.h defines it and flowtable.h computes it.
 pub fn flow_hash(key: &[u8], seed: &[u32; HASH_SEEDS]) -> (u32, u16) {
@@ -326,6 +343,18 @@ mod tests {
         assert_eq!(std::mem::size_of::<Flow6>(), 160);
         assert_eq!(std::mem::size_of::<Control>(), 72);
         assert_eq!(std::mem::size_of::<super::Bucket>(), 64);
+        // The shared prefix of both entry layouts (bpfqos_abi.h).
+        assert_eq!(std::mem::offset_of!(Flow4, nat), 64);
+        assert_eq!(std::mem::offset_of!(Flow6, nat), 64);
+        assert_eq!(
+            std::mem::offset_of!(Flow4, cnt),
+            std::mem::offset_of!(Flow6, cnt)
+        );
+        assert_eq!(
+            std::mem::offset_of!(Flow4, flags),
+            std::mem::offset_of!(Flow6, flags)
+        );
+        assert_eq!(super::ENTRY_BPF_WRITTEN, 36..64);
         assert_eq!(std::mem::size_of::<Event>(), 96);
     }
 

@@ -181,7 +181,7 @@ impl Table {
                 let key = self
                     .read(index)
                     .filter(|e| e.len() == self.entry_size)
-                    .map(|e| e[..self.key_size].to_vec());
+                    .and_then(|e| abi::entry_key(&e).map(<[u8]>::to_vec));
                 let ok = key.as_ref().is_some_and(|k| {
                     !used[index as usize]
                         && !tags.contains(&abi::slot_tag(s))
@@ -264,7 +264,7 @@ impl Table {
         Some((packets, bytes, flags))
     }
 
-    /// Installs or replaces the entry for `entry`'s key (its first `key_size` bytes). A
+    /// Installs or replaces the entry for `entry`'s key (its last `key_size` bytes). A
     /// replacement goes to a fresh entry and keeps the counters and flags of the old one.
     fn install(
         &mut self,
@@ -278,7 +278,7 @@ impl Table {
                 self.entry_size
             );
         }
-        let key = entry[..self.key_size].to_vec();
+        let key = entry[self.entry_size - self.key_size..].to_vec();
         let (bucket, tag) = abi::flow_hash(&key, seed);
         let old = self.by_key.get(&key).copied();
         let slot = match old {
@@ -306,9 +306,8 @@ impl Table {
         if let Some(p) = old {
             if let Some(prev) = self.read(p.index) {
                 let (packets, bytes, _) = abi::flow_counters(&prev).unwrap_or_default();
-                // Counters and flags sit at the same place in the old and the new entry.
-                let tail = self.entry_size - COUNTERS_AND_FLAGS;
-                entry[tail..].copy_from_slice(&prev[tail..]);
+                let keep = abi::ENTRY_BPF_WRITTEN;
+                entry[keep.clone()].copy_from_slice(&prev[keep]);
                 carry = Some((key.clone(), packets, bytes));
             }
         }
@@ -379,10 +378,6 @@ impl Table {
     }
 }
 
-/// Bytes at the end of both entry layouts that the data path writes: `flags` (4, after 4
-/// bytes of action/pad) and `cnt` (24).
-const COUNTERS_AND_FLAGS: usize = 4 + std::mem::size_of::<abi::Counters>();
-
 /// Both families' tables, their seeds and the grace-period barrier.
 pub struct FlowTables {
     v4: Table,
@@ -452,7 +447,7 @@ impl FlowTables {
     }
 
     /// Installs (or replaces, keeping its counters) the flow whose entry is `entry` (key
-    /// first). `Ok(Err(_))`: no room, the flow stays in the kernel. When all entries are in
+    /// last). `Ok(Err(_))`: no room, the flow stays in the kernel. When all entries are in
     /// use but some await a grace period, waits for one.
     pub fn install(&mut self, entry: &[u8]) -> anyhow::Result<Result<(), PlaceError>> {
         let seed = self.seed;

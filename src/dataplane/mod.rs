@@ -48,8 +48,7 @@ const TC_HANDLE: u32 = 0xb9f0;
 const TC_PRIORITY: u32 = 0xb9f;
 
 /// Names of the data path's per-CPU counters in `bpfqos status`.
-const STAT_NAMES: [(abi::Stat, &str); 13] = [
-    (abi::Stat::BPFQOS_STAT_SEEN, "seen"),
+const STAT_NAMES: [(abi::Stat, &str); 12] = [
     (abi::Stat::BPFQOS_STAT_PASS_DISABLED, "pass_disabled"),
     (abi::Stat::BPFQOS_STAT_PASS_PARSE, "pass_not_parsed"),
     (abi::Stat::BPFQOS_STAT_PASS_NO_FLOW, "pass_no_flow"),
@@ -433,6 +432,9 @@ impl Dataplane {
                 .unwrap_or(0);
             out.insert(name, sum);
         }
+        // The data path counts outcomes only: every packet ends in exactly one of them.
+        let seen = out.values().sum();
+        out.insert("seen", seen);
         out
     }
 

@@ -610,11 +610,11 @@ pub fn table_find(obj: &Object, entries: &str, key: &[u8]) -> Option<(u32, usize
         }
         let idx = abi::slot_index(s);
         let e = map.lookup(&idx.to_ne_bytes(), MapFlags::ANY).ok()??;
-        (e[..key.len()] == *key).then_some((b, i, idx))
+        (abi::entry_key(&e) == Some(key)).then_some((b, i, idx))
     })
 }
 
-/// Puts `entry` (key first) into a table the simple way a single-threaded test can: the
+/// Puts `entry` (key last) into a table the simple way a single-threaded test can: the
 /// existing entry of the key is overwritten, else the first all-zero entry is taken and the
 /// first empty slot of the key's bucket pointed at it.
 pub fn table_place(obj: &Object, entries: &str, key: &[u8], entry: &[u8]) {
