@@ -49,6 +49,10 @@ struct SlotIndex {
     len: usize,
 }
 
+// SAFETY: the mapping is shared memory of the whole process, valid until Drop, and every
+// access goes through atomics; moving the owner to another thread changes nothing about that.
+unsafe impl Send for SlotIndex {}
+
 impl SlotIndex {
     fn map(buckets: &MapHandle) -> anyhow::Result<Self> {
         let len = abi::FLOW_BUCKETS as usize * abi::BUCKET_SLOTS;

@@ -11,6 +11,8 @@ use libbpf_rs::ProgramInput;
 pub mod abi;
 #[path = "bpf_frames.rs"]
 pub mod bpf_frames;
+#[path = "../../src/dataplane/flowtable.rs"]
+pub mod flowtable;
 
 /// Little-endian object.
 pub const OBJ_EL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.o"));

@@ -1,0 +1,433 @@
+//! The daemon's flow-table code (src/dataplane/flowtable.rs) against the real data path
+//! (root only): the Rust hash finds what BPF looks up with random seeds; replacement, removal
+//! and reuse follow the publication protocol of bpfqos_abi.h (fresh entry, old one untouched
+//! until a grace period, counters carried); a restarted daemon adopts the tables and clears
+//! slots that do not check out; and packets racing a writer that keeps replacing a flow on the
+//! other CPU only ever see a complete entry.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "common/bpf.rs"]
+mod bpf_common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use bpf_common::abi;
+use bpf_common::bpf_frames::find_map;
+use bpf_common::bpf_frames::map_update;
+use bpf_common::bpf_frames::now_ns;
+use bpf_common::bpf_frames::Encap;
+use bpf_common::bpf_frames::FlowSpec;
+use bpf_common::bpf_frames::Tcp;
+use bpf_common::bpf_frames::Tuple;
+use bpf_common::flowtable::FlowTables;
+use bpf_common::flowtable::PlaceError;
+use bpf_common::run_xdp;
+use bpf_common::XDP_REDIRECT;
+use bpf_common::XDP_TX;
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::MapHandle;
+use libbpf_rs::Object;
+
+const PAYLOAD: &[u8] = b"flow table test payload";
+
+fn handles(obj: &Object) -> impl Fn(&str) -> anyhow::Result<MapHandle> + '_ {
+    |name| MapHandle::try_from(&find_map(obj, name)).map_err(anyhow::Error::from)
+}
+
+fn seed_of(n: u32) -> [u32; abi::HASH_SEEDS] {
+    let mut s = [0u32; abi::HASH_SEEDS];
+    let mut x = 0x9e37_79b9u32 ^ n;
+    for w in &mut s {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *w = x;
+    }
+    s
+}
+
+/// Heartbeat, offload on, and the tables' seeds: what the daemon writes every second.
+fn control(obj: &Object, t: &FlowTables) {
+    map_update(
+        obj,
+        abi::CONTROL_MAP,
+        &0u32.to_ne_bytes(),
+        &abi::control_value(now_ns(), true, t.seed()),
+    );
+}
+
+struct Env {
+    obj: Object,
+    dev: Vec<u32>,
+}
+
+fn setup(test: &str) -> Option<Env> {
+    if !bpf_common::require_root(test) {
+        return None;
+    }
+    let dev = bpf_common::bpf_frames::fresh_netns(2);
+    let obj = bpf_common::load();
+    for d in &dev {
+        map_update(&obj, abi::TX_PORTS_MAP, &d.to_ne_bytes(), &d.to_ne_bytes());
+    }
+    Some(Env { obj, dev })
+}
+
+/// The bucket slot currently holding `key` (read from the map, as BPF sees it).
+fn slot_of(obj: &Object, v6: bool, key: &[u8], seed: &[u32; abi::HASH_SEEDS]) -> Option<u32> {
+    let (b, tag) = abi::flow_hash(key, seed);
+    let m = if v6 {
+        abi::BUCKETS6_MAP
+    } else {
+        abi::BUCKETS4_MAP
+    };
+    let v = find_map(obj, m)
+        .lookup(&b.to_ne_bytes(), MapFlags::ANY)
+        .unwrap()
+        .unwrap();
+    let bucket: abi::Bucket = abi::from_bytes(&v).unwrap();
+    bucket
+        .slot
+        .iter()
+        .copied()
+        .find(|&s| s != 0 && abi::slot_tag(s) == tag)
+}
+
+fn entry_at(obj: &Object, v6: bool, index: u32) -> Vec<u8> {
+    let m = if v6 { abi::FLOWS6_MAP } else { abi::FLOWS4_MAP };
+    find_map(obj, m)
+        .lookup(&index.to_ne_bytes(), MapFlags::ANY)
+        .unwrap()
+        .unwrap()
+}
+
+fn forward(env: &mut Env, spec: &FlowSpec, n: u32) {
+    let (input, expected) = spec.frames(Tcp::Ack, PAYLOAD);
+    for _ in 0..n {
+        let r = run_xdp(&mut env.obj, &input, spec.ingress, 1);
+        assert_eq!(
+            r.ret,
+            XDP_REDIRECT,
+            "not forwarded: {:?}",
+            bpf_common::stats(&env.obj)
+        );
+        assert_eq!(r.data, expected, "forwarded frame");
+    }
+}
+
+#[test]
+fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() {
+    let Some(mut env) = setup("rust_and_bpf_agree_replacement_waits_for_a_grace_period") else {
+        return;
+    };
+    let mut t = FlowTables::open(&handles(&env.obj), None, seed_of(1)).unwrap();
+    control(&env.obj, &t);
+    for orig in [Tuple::v4(false), Tuple::v6(true)] {
+        let v6 = orig.is_v6();
+        let a = FlowSpec::new(
+            env.dev[0],
+            Encap::plain(),
+            orig,
+            env.dev[1],
+            Encap::plain(),
+            orig.snat(),
+        );
+        let b = FlowSpec {
+            out_encap: Encap::vlan(7),
+            ..a.clone()
+        };
+        let (_, key, entry_a) = a.entry();
+        let (_, _, entry_b) = b.entry();
+        t.install(&entry_a).unwrap().unwrap();
+        forward(&mut env, &a, 5);
+        let first = slot_of(&env.obj, v6, &key, t.seed()).expect("slot");
+        assert_eq!(t.counters(&key).map(|c| c.0), Some(5));
+
+        // Replacement: a fresh entry, the slot repointed, the old entry left as it was.
+        t.install(&entry_b).unwrap().unwrap();
+        let second = slot_of(&env.obj, v6, &key, t.seed()).expect("slot");
+        assert_eq!(abi::slot_tag(first), abi::slot_tag(second));
+        assert_ne!(
+            abi::slot_index(first),
+            abi::slot_index(second),
+            "replaced in place"
+        );
+        let old = entry_at(&env.obj, v6, abi::slot_index(first));
+        assert_eq!(
+            abi::entry_key(&old),
+            Some(key.as_slice()),
+            "old entry touched"
+        );
+        forward(&mut env, &b, 3);
+        assert_eq!(
+            t.counters(&key).map(|c| c.0),
+            Some(8),
+            "counters not carried"
+        );
+
+        // A packet still on the old entry (another CPU, before the grace period): counted.
+        let mut straggler = old.clone();
+        let cnt = abi::ENTRY_BPF_WRITTEN.start + 4;
+        let packets = u64::from_ne_bytes(straggler[cnt..cnt + 8].try_into().unwrap());
+        straggler[cnt..cnt + 8].copy_from_slice(&(packets + 2).to_ne_bytes());
+        let m = if v6 { abi::FLOWS6_MAP } else { abi::FLOWS4_MAP };
+        map_update(
+            &env.obj,
+            m,
+            &abi::slot_index(first).to_ne_bytes(),
+            &straggler,
+        );
+        assert_eq!(t.counters(&key).map(|c| c.0), Some(10));
+        assert!(t.has_unlinked());
+        t.synchronize().unwrap();
+        assert!(!t.has_unlinked());
+        assert_eq!(t.counters(&key).map(|c| c.0), Some(10), "straggler lost");
+        // Released: zeroed, and free for the next flow.
+        let released = entry_at(&env.obj, v6, abi::slot_index(first));
+        assert!(
+            released.iter().all(|&x| x == 0),
+            "released entry not zeroed"
+        );
+
+        // Removal: the slot is cleared at once, packets go to the kernel.
+        t.remove(&key);
+        assert!(slot_of(&env.obj, v6, &key, t.seed()).is_none());
+        let (input, _) = b.frames(Tcp::Ack, PAYLOAD);
+        let r = run_xdp(&mut env.obj, &input, b.ingress, 1);
+        assert_eq!(r.data, input, "removed flow still forwarded");
+        assert_eq!(t.counters(&key), None);
+        t.synchronize().unwrap();
+    }
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_restarted_daemon_adopts_the_tables_and_clears_what_does_not_check_out() {
+    let Some(mut env) = setup("a_restarted_daemon_adopts_the_tables") else {
+        return;
+    };
+    let seed = seed_of(2);
+    let mut t = FlowTables::open(&handles(&env.obj), None, seed).unwrap();
+    control(&env.obj, &t);
+    let orig = Tuple::v4(true);
+    let a = FlowSpec::new(
+        env.dev[0],
+        Encap::vlan(5),
+        orig,
+        env.dev[1],
+        Encap::pppoe(9),
+        orig.snat(),
+    );
+    let (_, key, entry) = a.entry();
+    t.install(&entry).unwrap().unwrap();
+    forward(&mut env, &a, 4);
+    let slot = slot_of(&env.obj, false, &key, &seed).unwrap();
+    drop(t);
+
+    // A slot whose entry's key hashes elsewhere (a stale or foreign slot): must be cleared.
+    let other = FlowSpec::new(
+        env.dev[0],
+        Encap::plain(),
+        Tuple::v4(false),
+        env.dev[1],
+        Encap::plain(),
+        Tuple::v4(false),
+    );
+    let (_, okey, _) = other.entry();
+    let (ob, otag) = abi::flow_hash(&okey, &seed);
+    let buckets = find_map(&env.obj, abi::BUCKETS4_MAP);
+    let mut bucket: abi::Bucket = abi::from_bytes(
+        &buckets
+            .lookup(&ob.to_ne_bytes(), MapFlags::ANY)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let free = bucket.slot.iter().position(|&s| s == 0).unwrap();
+    bucket.slot[free] = abi::slot_word(otag, abi::slot_index(slot));
+    buckets
+        .update(&ob.to_ne_bytes(), abi::bytes_of(&bucket), MapFlags::ANY)
+        .unwrap();
+
+    let t = FlowTables::open(&handles(&env.obj), Some(seed), seed_of(99)).unwrap();
+    assert_eq!(t.seed(), &seed);
+    assert_eq!(t.len(), 1, "adopted flows");
+    assert_eq!(t.counters(&key).map(|c| c.0), Some(4));
+    assert_eq!(slot_of(&env.obj, false, &key, &seed), Some(slot));
+    assert_eq!(
+        slot_of(&env.obj, false, &okey, &seed),
+        None,
+        "stale slot kept"
+    );
+    forward(&mut env, &a, 1);
+}
+
+#[test]
+fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
+    let Some(env) = setup("full_buckets_tag_collisions_and_a_full_table_are_refused") else {
+        return;
+    };
+    let seed = seed_of(3);
+    let mut t = FlowTables::open(&handles(&env.obj), None, seed).unwrap();
+    // Keys that differ in the source port only; group them by bucket.
+    let spec = |port: u16| {
+        let mut orig = Tuple::v4(false);
+        orig.sport = port;
+        FlowSpec::new(
+            env.dev[0],
+            Encap::plain(),
+            orig,
+            env.dev[1],
+            Encap::plain(),
+            orig,
+        )
+        .entry()
+    };
+    let mut by_bucket: std::collections::HashMap<u32, Vec<(Vec<u8>, Vec<u8>, u16)>> =
+        Default::default();
+    for port in 1..=60000u16 {
+        let (_, k, e) = spec(port);
+        let (b, tag) = abi::flow_hash(&k, &seed);
+        by_bucket.entry(b).or_default().push((k, e, tag));
+    }
+    // A bucket with enough keys to fill it, taking only distinct tags.
+    let (&b, keys) = by_bucket.iter().max_by_key(|(_, v)| v.len()).unwrap();
+    let mut tags = Vec::new();
+    let mut placed = 0;
+    let mut collision = None;
+    for (k, e, tag) in keys {
+        if tags.contains(tag) {
+            collision.get_or_insert((k.clone(), e.clone()));
+            continue;
+        }
+        if placed == abi::BUCKET_SLOTS {
+            assert_eq!(t.install(e).unwrap(), Err(PlaceError::BucketFull(b)));
+            break;
+        }
+        t.install(e).unwrap().unwrap();
+        tags.push(*tag);
+        placed += 1;
+    }
+    assert_eq!(placed, abi::BUCKET_SLOTS, "bucket {b} never filled");
+    // Same tag as a flow already in the bucket: refused (the data path would find the other).
+    if let Some((k, e)) = collision {
+        if t.counters(&k).is_none() {
+            let r = t.install(&e).unwrap();
+            assert!(
+                r == Err(PlaceError::TagCollision(b)) || r == Err(PlaceError::BucketFull(b)),
+                "{r:?}"
+            );
+        }
+    }
+    // The table itself: MAX_FLOWS entries, then Full.
+    let mut n = t.len();
+    'fill: for v in by_bucket.values() {
+        for (k, e, _) in v {
+            if n == abi::MAX_FLOWS as usize {
+                break 'fill;
+            }
+            if t.counters(k).is_none() && t.install(e).unwrap().is_ok() {
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, t.len());
+    if n == abi::MAX_FLOWS as usize {
+        let (_, _, e) = spec(60001);
+        let r = t.install(&e).unwrap();
+        assert!(matches!(r, Err(_)), "{r:?}");
+    }
+}
+
+#[test]
+fn packets_racing_replacements_only_see_complete_entries() {
+    let Some(mut env) = setup("packets_racing_replacements_only_see_complete_entries") else {
+        return;
+    };
+    let mut t = FlowTables::open(&handles(&env.obj), None, seed_of(4)).unwrap();
+    control(&env.obj, &t);
+    let orig = Tuple::v4(false);
+    // Two versions that differ in every part of the entry the data path reads: egress device,
+    // encapsulation (frame length), MTU, NAT.
+    let a = FlowSpec::new(
+        env.dev[0],
+        Encap::plain(),
+        orig,
+        env.dev[1],
+        Encap::plain(),
+        orig.snat(),
+    );
+    let b = FlowSpec::new(
+        env.dev[0],
+        Encap::plain(),
+        orig,
+        env.dev[0],
+        Encap::qinq(10, 20),
+        orig.dnat(),
+    );
+    let (_, key, entry_a) = a.entry();
+    let (_, _, entry_b) = b.entry();
+    t.install(&entry_a).unwrap().unwrap();
+    let (input, want_a) = a.frames(Tcp::Ack, PAYLOAD);
+    let (_, want_b) = b.frames(Tcp::Ack, PAYLOAD);
+
+    // The writer: replace, replace back, and every few rounds a grace period, which frees (and
+    // zeroes) the old entries for reuse: a reader still on one would see a zeroed or reused
+    // entry and pass or mangle the packet.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let e = if rounds % 2 == 0 { &entry_b } else { &entry_a };
+                t.install(e).unwrap().unwrap();
+                if rounds % 4 == 3 {
+                    t.synchronize().unwrap();
+                }
+                rounds += 1;
+            }
+            (t, rounds)
+        })
+    };
+    let started = Instant::now();
+    let (mut seen_a, mut seen_b) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(2) {
+        // Version a redirects to dev[1], version b sends back out of dev[0] (XDP_TX).
+        let r = run_xdp(&mut env.obj, &input, a.ingress, 1);
+        if r.ret == XDP_REDIRECT && r.data == want_a {
+            seen_a += 1;
+        } else if r.ret == XDP_TX && r.data == want_b {
+            seen_b += 1;
+        } else {
+            panic!(
+                "a racing packet saw a mixed or stale entry: ret {} {:02x?}",
+                r.ret, r.data
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (t, rounds) = writer.join().unwrap();
+    eprintln!("{rounds} replacements, {seen_a} + {seen_b} packets");
+    assert!(rounds > 100 && seen_a > 0 && seen_b > 0, "no race happened");
+    assert_eq!(
+        t.counters(&key).map(|c| c.0),
+        Some(seen_a + seen_b),
+        "packets counted across replacements"
+    );
+    let passes: u64 = bpf_common::stats(&env.obj)
+        .iter()
+        .filter(|(i, _)| {
+            *i != abi::Stat::BPFQOS_STAT_REDIRECT.0 && *i != abi::Stat::BPFQOS_STAT_TX.0
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(passes, 0, "{:?}", bpf_common::stats(&env.obj));
+}
