@@ -1,19 +1,21 @@
 //! ns/packet of the offload XDP program via BPF_PROG_TEST_RUN with repeat, next to references
 //! from bpf/bench.bpf.c on the same frame in the same run, calls interleaved and medians taken:
 //! - baseline: the bare "parse and redirect" (parser + devmap redirect);
-//! - floor: parse + the flow-table lookup (the offload's key and map shape) + redirect, the
-//!   least any flow offload does; the difference floor - baseline is the lookup's cost;
-//! - array floor: the same with the flow table as a direct-mapped array whose slot (a
-//!   multiplicative hash of the key) and key comparison are computed in BPF, so no kernel
-//!   function is called for the lookup: what a flow table of that shape could save (the kernel
-//!   hash table's call chain is what costs here; see docs/bench.md);
+//! - floor: parse + the offload's own flow-table lookup (flowtable.h: same maps, hash and key
+//!   comparison) + redirect to the entry's egress: the least this offload does; offload - floor
+//!   is what the pass rules, L2 rebuild, NAT and counters cost;
+//! - htab: the same with the flow table as a kernel hash map keyed like the offload's entries
+//!   (the data path's design before the array tables; its call chain is what it costs here, see
+//!   docs/bench.md);
 //! - the empty program's time, printed last: BPF_PROG_TEST_RUN's own per-repetition cost,
 //!   included in every column;
 //! - with `BPFQOS_BENCH_BEFORE=<offload.bpfel.o>`, another build of the offload (e.g. the
 //!   previous commit's, built with bpf/build.sh) as a "before" column.
 //!
 //! Root only; prints, never asserts timings. Run: `sudo -E cargo bench --bench bpf_offload`
-//! (`BPFQOS_BENCH_CALLS` sets the calls per case, `BPFQOS_BENCH_VERBOSE` prints wall times).
+//! (`BPFQOS_BENCH_CALLS` sets the calls per case, `BPFQOS_BENCH_VERBOSE` prints wall times,
+//! `BPFQOS_BENCH_MIN` reports the fastest call instead of the median). A "before" object must
+//! share this build's map layout (the rows install flows the way this build's tests do).
 //!
 //! BPF_PROG_TEST_RUN repeats on the same buffer, so a rewritten frame would not match again:
 //! each forwarding case installs the flow and its mirror image (the rewritten frame arriving on
@@ -46,8 +48,6 @@ use libbpf_rs::ProgramInput;
 const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpfel.o"));
 const REPS_PER_CALL: u32 = 200;
 const XDP_REDIRECT: u32 = 4;
-/// TBL_SLOTS in bpf/bench.bpf.c.
-const ARRAY_SLOTS: u32 = 65536;
 /// Each call costs milliseconds of wall time outside the measured loop (the kernel swaps the
 /// XDP dispatcher around every XDP test run), so keep the count modest: medians are stable.
 /// `BPFQOS_BENCH_CALLS` overrides it.
@@ -141,31 +141,6 @@ fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<f64
     subjects.iter_mut().map(|s| s.take_median()).collect()
 }
 
-/// Slot of `key` in bench.bpf.c's direct-mapped tables: the same multiplicative hash over the
-/// key's native-endian 64-bit words as `tbl_hash()`.
-fn array_slot(key: &[u8]) -> u32 {
-    let mut h: u64 = 0;
-    for w in key.chunks(8) {
-        let mut b = [0u8; 8];
-        b[..w.len()].copy_from_slice(w);
-        h = (h ^ u64::from_ne_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    ((h >> 32) as u32) & (ARRAY_SLOTS - 1)
-}
-
-/// Puts {key, egress} into the array floor's table for the key's family.
-fn install_array_floor(obj: &Object, v6: bool, key: &[u8], egress: u32) {
-    let mut v = key.to_vec();
-    v.extend_from_slice(&egress.to_ne_bytes());
-    v.extend_from_slice(&[0u8; 4]);
-    let name = if v6 { "bench_tbl6" } else { "bench_tbl4" };
-    obj.maps()
-        .find(|m| m.name() == name)
-        .unwrap()
-        .update(&array_slot(key).to_ne_bytes(), &v, MapFlags::ANY)
-        .unwrap();
-}
-
 fn frame(e: &Encap, t: &Tuple) -> Vec<u8> {
     wrap(
         MAC_ROUTER_IN,
@@ -206,11 +181,14 @@ fn main() {
     let mut base = Subject::new(bench_obj(), "bench_parse_redirect");
     let mut empty = Subject::new(bench_obj(), "bench_pass");
     let mut floor = Subject::new(bench_obj(), "bench_parse_lookup_redirect");
-    let mut array = Subject::new(bench_obj(), "bench_parse_table_redirect");
+    let mut table = Subject::new(bench_obj(), "bench_parse_table_redirect");
     let base_cfg = |base: &Object, dsa: u32| {
         let m = base.maps().find(|m| m.name() == "bench_cfg").unwrap();
         let mut v = dev[1].to_ne_bytes().to_vec();
         v.extend_from_slice(&dsa.to_ne_bytes());
+        for w in bpf_common::bpf_frames::TEST_SEED {
+            v.extend_from_slice(&w.to_ne_bytes());
+        }
         m.update(&0u32.to_ne_bytes(), &v, MapFlags::ANY).unwrap();
         let tx = base.maps().find(|m| m.name() == "bench_tx").unwrap();
         tx.update(&dev[1].to_ne_bytes(), &dev[1].to_ne_bytes(), MapFlags::ANY)
@@ -257,14 +235,14 @@ fn main() {
         ),
     ];
 
-    // Subjects, in this order: offload, baseline, empty, floor, array floor, [before].
+    // Subjects, in this order: offload, baseline, empty, htab floor, table floor, [before].
     let print_row = |name: &str, m: &[f64], note: &str| {
-        let (o, b, fl, t) = (m[0], m[1], m[3], m[4]);
+        let (o, b, ht, fl) = (m[0], m[1], m[3], m[4]);
         let mut line = format!(
-            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2} {t:>6.0} {:>6.2}",
+            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2} {ht:>6.0} {:>6.2}",
             o / b,
-            o / fl,
-            t / b
+            fl / b,
+            ht / b
         );
         if m.len() > 5 {
             line += &format!(" {:>7.0} {:>6.2}", m[5], m[5] / b);
@@ -278,15 +256,15 @@ fn main() {
         "baseline",
         "ratio",
         "floor",
-        "ratio",
-        "array",
+        "/base",
+        "htab",
         "/base"
     );
     if before.is_some() {
         head += &format!(" {:>7} {:>6}", "before", "ratio");
     }
     println!("{head}");
-    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty, &mut floor, &mut array];
+    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty, &mut floor, &mut table];
     if let Some(b) = before.as_mut() {
         all.push(b);
     }
@@ -348,13 +326,14 @@ fn main() {
             .unwrap()
             .update(&key, &dev[1].to_ne_bytes(), MapFlags::ANY)
             .unwrap();
-        install_array_floor(&all[4].obj, floor_map == "bench_flows6", &key, dev[1]);
+        let (entries, _, entry) = fwd.entry();
+        bpf_common::bpf_frames::table_place(&all[4].obj, entries, &key, &entry);
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2]);
         let expect = u64::from(calls()) * u64::from(REPS_PER_CALL);
         let mut note = String::new();
         // A floor that missed the flow would pass early and look cheap: say so.
-        for (i, what) in [(3, "floor"), (4, "array floor")] {
+        for (i, what) in [(3, "htab floor"), (4, "floor")] {
             if all[i].last_ret != XDP_REDIRECT {
                 note += &format!(
                     "  ({what} did not find the flow: returned {})",

@@ -53,37 +53,6 @@ struct {
 	__type(value, struct bpfqos_iface);
 } ifaces SEC(".maps");
 
-/* The flow tables: entries by index, and their hash index (bpfqos_abi.h). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BPFQOS_MAX_FLOWS);
-	__type(key, __u32);
-	__type(value, struct bpfqos_flow4);
-} flows4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BPFQOS_MAX_FLOWS);
-	__type(key, __u32);
-	__type(value, struct bpfqos_flow6);
-} flows6 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, BPFQOS_FLOW_BUCKETS);
-	__type(key, __u32);
-	__type(value, struct bpfqos_bucket);
-} buckets4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, BPFQOS_FLOW_BUCKETS);
-	__type(key, __u32);
-	__type(value, struct bpfqos_bucket);
-} buckets6 SEC(".maps");
-
 /*
  * Never read by the programs. Updating `grace` from user space returns only
  * after every BPF program that was running has finished (the kernel waits
@@ -230,86 +199,6 @@ static __always_inline struct bpfqos_flow6 *flow6(struct flow_ref *f)
 	return (struct bpfqos_flow6 *)f->e;
 }
 
-/*
- * The IPv4 entry for these header values, or NULL. The key words are never
- * assembled in memory: hashed and compared from registers (flowtable.h).
- */
-static __always_inline struct bpfqos_flow4 *
-lookup4(const __u32 *seed, __u32 ifindex, const struct ft_l2w *l2,
-	const struct iphdr *iph, __u32 ports, __u32 protow)
-{
-	__u32 saddr = iph->saddr, daddr = iph->daddr;
-	struct bpfqos_bucket *b;
-	struct bpfqos_flow4 *e;
-	const ft_u32 *kw;
-	__u32 bi, idx;
-	__u64 m;
-	int i;
-
-	m = ft_mix(ft_pair(ifindex, l2->w[0], seed, 0) +
-		   ft_pair(l2->w[1], l2->w[2], seed, 2) +
-		   ft_pair(saddr, daddr, seed, 4) +
-		   ft_pair(ports, protow, seed, 6));
-	bi = ft_bucket(m);
-	b = bpf_map_lookup_elem(&buckets4, &bi);
-	if (!b)
-		return NULL;
-	i = ft_scan(b, ft_tag(m));
-	if (i < 0)
-		return NULL;
-	idx = i;
-	e = bpf_map_lookup_elem(&flows4, &idx);
-	if (!e)
-		return NULL;
-	kw = (const ft_u32 *)&e->key;
-	if ((kw[0] ^ ifindex) | (kw[1] ^ l2->w[0]) | (kw[2] ^ l2->w[1]) |
-	    (kw[3] ^ l2->w[2]) | (kw[4] ^ saddr) | (kw[5] ^ daddr) |
-	    (kw[6] ^ ports) | (kw[7] ^ protow))
-		return NULL;
-	return e;
-}
-
-static __always_inline struct bpfqos_flow6 *
-lookup6(const __u32 *seed, __u32 ifindex, const struct ft_l2w *l2,
-	const struct ipv6hdr *ip6h, __u32 ports, __u32 protow)
-{
-	const __u32 *sa = ip6h->saddr.in6_u.u6_addr32;
-	const __u32 *da = ip6h->daddr.in6_u.u6_addr32;
-	struct bpfqos_bucket *b;
-	struct bpfqos_flow6 *e;
-	const ft_u32 *kw;
-	__u32 bi, idx, d;
-	__u64 m;
-	int i;
-
-	m = ft_mix(ft_pair(ifindex, l2->w[0], seed, 0) +
-		   ft_pair(l2->w[1], l2->w[2], seed, 2) +
-		   ft_pair(sa[0], sa[1], seed, 4) +
-		   ft_pair(sa[2], sa[3], seed, 6) +
-		   ft_pair(da[0], da[1], seed, 8) +
-		   ft_pair(da[2], da[3], seed, 10) +
-		   ft_pair(ports, protow, seed, 12));
-	bi = ft_bucket(m);
-	b = bpf_map_lookup_elem(&buckets6, &bi);
-	if (!b)
-		return NULL;
-	i = ft_scan(b, ft_tag(m));
-	if (i < 0)
-		return NULL;
-	idx = i;
-	e = bpf_map_lookup_elem(&flows6, &idx);
-	if (!e)
-		return NULL;
-	kw = (const ft_u32 *)&e->key;
-	d = (kw[0] ^ ifindex) | (kw[1] ^ l2->w[0]) | (kw[2] ^ l2->w[1]) |
-	    (kw[3] ^ l2->w[2]) | (kw[12] ^ ports) | (kw[13] ^ protow);
-	d |= (kw[4] ^ sa[0]) | (kw[5] ^ sa[1]) | (kw[6] ^ sa[2]) |
-	     (kw[7] ^ sa[3]);
-	d |= (kw[8] ^ da[0]) | (kw[9] ^ da[1]) | (kw[10] ^ da[2]) |
-	     (kw[11] ^ da[3]);
-	return d ? NULL : e;
-}
-
 /* FIN/RST on an offloaded flow: flag it and tell user space (once). */
 static __always_inline void request_teardown(struct flow_ref *f,
 					     const struct pkt *p)
@@ -378,7 +267,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 
 		if (!h.iph)
 			goto not_parsed;
-		v = lookup4(ctl->seed, ifindex, &l2w, h.iph, ports, protow);
+		v = ft_lookup4(ctl->seed, ifindex, &l2w, h.iph, ports, protow);
 		if (!v)
 			goto no_flow;
 		f->e = v;
@@ -394,7 +283,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 			stat_inc(BPFQOS_STAT_PASS_CSUM);
 			return -1;
 		}
-		v = lookup6(ctl->seed, ifindex, &l2w, h.ip6h, ports, protow);
+		v = ft_lookup6(ctl->seed, ifindex, &l2w, h.ip6h, ports, protow);
 		if (!v)
 			goto no_flow;
 		f->e = (struct bpfqos_flow4 *)v;

@@ -338,7 +338,11 @@ fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
         }
     }
     assert_eq!(n, t.len());
-    assert_eq!(n, abi::MAX_FLOWS as usize, "60000 keys did not fill the table");
+    assert_eq!(
+        n,
+        abi::MAX_FLOWS as usize,
+        "60000 keys did not fill the table"
+    );
     let (_, _, e) = spec(60001);
     let r = t.install(&e).unwrap();
     assert!(r.is_err(), "{r:?}");

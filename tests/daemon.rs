@@ -200,6 +200,12 @@ fn keep_leaves_attached_and_restart_readopts() {
         "{}",
         d2.log_text()
     );
+    // All of the flow tables' maps (and the seeds in `control`) came back, not only some.
+    assert!(
+        d2.log_text().contains("flow tables adopted"),
+        "{}",
+        d2.log_text()
+    );
     assert_eq!(d2.status()["attach"][0]["device"], "lan0");
     d2.signal("TERM");
     assert_eq!(d2.wait_exit(Duration::from_secs(10)), Some(0));

@@ -123,7 +123,10 @@ impl Dataplane {
                         if old.map_type() == map.map_type()
                             && old.key_size() == map.key_size()
                             && old.value_size() == map.value_size()
-                            && old.max_entries() == map.max_entries() =>
+                            && old.max_entries() == map.max_entries()
+                            && old
+                                .info()
+                                .is_ok_and(|i| i.info.map_flags == map.map_flags()) =>
                     {
                         map.reuse_fd(old.as_fd())
                             .with_context(|| format!("reusing pinned map {}", path.display()))?;
