@@ -62,6 +62,13 @@ fn control(obj: &Object, t: &FlowTables) {
     );
 }
 
+/// New tables with seeds `seed_of(n)`, and the control word carrying them.
+fn fresh_tables(env: &Env, n: u32) -> FlowTables {
+    let t = FlowTables::open(&handles(&env.obj), None, seed_of(n)).unwrap();
+    control(&env.obj, &t);
+    t
+}
+
 struct Env {
     obj: Object,
     dev: Vec<u32>,
@@ -126,8 +133,7 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
     let Some(mut env) = setup("rust_and_bpf_agree_replacement_waits_for_a_grace_period") else {
         return;
     };
-    let mut t = FlowTables::open(&handles(&env.obj), None, seed_of(1)).unwrap();
-    control(&env.obj, &t);
+    let mut t = fresh_tables(&env, 1);
     for orig in [Tuple::v4(false), Tuple::v6(true)] {
         let v6 = orig.is_v6();
         let a = FlowSpec::new(
@@ -353,8 +359,7 @@ fn packets_racing_replacements_only_see_complete_entries() {
     let Some(mut env) = setup("packets_racing_replacements_only_see_complete_entries") else {
         return;
     };
-    let mut t = FlowTables::open(&handles(&env.obj), None, seed_of(4)).unwrap();
-    control(&env.obj, &t);
+    let mut t = fresh_tables(&env, 4);
     let orig = Tuple::v4(false);
     // Two versions that differ in every part of the entry the data path reads: egress device,
     // encapsulation (frame length), MTU, NAT.

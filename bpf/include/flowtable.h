@@ -125,7 +125,13 @@ struct {
 	__type(value, struct bpfqos_bucket);
 } buckets6 SEC(".maps");
 
-/* ---- lookups ------------------------------------------------------------ */
+/*
+ * ---- lookups ------------------------------------------------------------
+ *
+ * One function per family on purpose, not one taking the maps as arguments:
+ * clang merges such calls and passes the map as a variable, and the verifier
+ * only inlines array lookups on a constant map.
+ */
 
 /*
  * The IPv4 entry for these header values, or NULL. The key words are never
