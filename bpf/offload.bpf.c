@@ -423,6 +423,15 @@ static __always_inline int write_l2(struct cursor *c,
 	int vlan_done = 0;
 	__u8 *b;
 
+	/* The common case, plain Ethernet out: 14 bytes, no branches below. */
+	if (!nh->dsa_proto && !l2->vlan_proto[0] && !l2->pppoe) {
+		b = cursor_pull(c, ETH_HLEN);
+		if (!b)
+			return -1;
+		put_macs(b, nh);
+		((mac_u16 *)b)[6] = bpf_htons(ipv6 ? ETH_P_IPV6 : ETH_P_IP);
+		return 0;
+	}
 	if (nh->dsa_proto == BPFQOS_DSA_GSWIP) {
 		/* tag_gswip.c xmit: 4 bytes in front of the destination MAC. */
 		b = cursor_pull(c, DSA_GSWIP_TX_LEN);
