@@ -361,8 +361,8 @@ fn packets_racing_replacements_only_see_complete_entries() {
     };
     let mut t = fresh_tables(&env, 4);
     let orig = Tuple::v4(false);
-    // Two versions that differ in every part of the entry the data path reads: egress device,
-    // encapsulation (frame length), MTU, NAT.
+    // Two versions that differ in egress device (and so in verdict), encapsulation (frame
+    // length) and NAT: a packet that mixed them would show.
     let a = FlowSpec::new(
         env.dev[0],
         Encap::plain(),

@@ -53,8 +53,6 @@ pub const IFACES_MAP: &str = "ifaces";
 pub const FLOWS4_MAP: &str = "flows4";
 /// `ARRAY[MAX_FLOWS]` of [`Flow6`] (key included), indexed by entry number.
 pub const FLOWS6_MAP: &str = "flows6";
-/// Both flow tables' entry arrays.
-pub const FLOW_MAPS: [&str; 2] = [FLOWS4_MAP, FLOWS6_MAP];
 /// `ARRAY[FLOW_BUCKETS]` of [`Bucket`], `BPF_F_MMAPABLE`: the hash index of `flows4`.
 pub const BUCKETS4_MAP: &str = "buckets4";
 /// The hash index of `flows6`.

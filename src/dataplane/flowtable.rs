@@ -129,7 +129,6 @@ struct Table {
     entries: MapHandle,
     index: SlotIndex,
     entry_size: usize,
-    key_size: usize,
     by_key: HashMap<Vec<u8>, Placed>,
     free: Vec<u32>,
     unlinked: Vec<Unlinked>,
@@ -138,7 +137,7 @@ struct Table {
 }
 
 impl Table {
-    fn open(entries: MapHandle, buckets: &MapHandle, key_size: usize) -> anyhow::Result<Self> {
+    fn open(entries: MapHandle, buckets: &MapHandle) -> anyhow::Result<Self> {
         let entry_size = entries.value_size() as usize;
         if entries.max_entries() != abi::MAX_FLOWS {
             bail!("flow entry map has {} entries", entries.max_entries());
@@ -147,7 +146,6 @@ impl Table {
             index: SlotIndex::map(buckets)?,
             entries,
             entry_size,
-            key_size,
             by_key: HashMap::new(),
             free: Vec::new(),
             unlinked: Vec::new(),
@@ -209,9 +207,14 @@ impl Table {
                 }
             }
         }
+        self.unlink_all_but(&used);
+    }
+
+    /// Every entry not `used` becomes unlinked (free after the next grace period).
+    fn unlink_all_but(&mut self, used: &[bool]) {
         self.unlinked = (0..abi::MAX_FLOWS)
             .rev()
-            .filter(|&i| !used[i as usize])
+            .filter(|&i| !used.get(i as usize).copied().unwrap_or(false))
             .map(|index| Unlinked {
                 index,
                 carry: None,
@@ -232,14 +235,7 @@ impl Table {
         self.by_key.clear();
         self.carried.clear();
         self.free.clear();
-        self.unlinked = (0..abi::MAX_FLOWS)
-            .rev()
-            .map(|index| Unlinked {
-                index,
-                carry: None,
-                dirty: false,
-            })
-            .collect();
+        self.unlink_all_but(&[]);
     }
 
     /// Counters and flags of a live entry: (packets, bytes, flags).
@@ -268,21 +264,21 @@ impl Table {
         Some((packets, bytes, flags))
     }
 
-    /// Installs or replaces the entry for `entry`'s key (its last `key_size` bytes). A
+    /// Installs or replaces the entry for `entry`'s key ([`abi::entry_key`]). A
     /// replacement goes to a fresh entry and keeps the counters and flags of the old one.
     fn install(
         &mut self,
         mut entry: Vec<u8>,
         seed: &[u32; abi::HASH_SEEDS],
     ) -> anyhow::Result<Result<(), PlaceError>> {
-        if entry.len() != self.entry_size {
-            bail!(
+        let key = match abi::entry_key(&entry) {
+            Some(k) if entry.len() == self.entry_size => k.to_vec(),
+            _ => bail!(
                 "flow entry of {} bytes, expected {}",
                 entry.len(),
                 self.entry_size
-            );
-        }
-        let key = entry[self.entry_size - self.key_size..].to_vec();
+            ),
+        };
         let (bucket, tag) = abi::flow_hash(&key, seed);
         let old = self.by_key.get(&key).copied();
         let slot = match old {
@@ -406,16 +402,8 @@ impl FlowTables {
         adopt_seed: Option<[u32; abi::HASH_SEEDS]>,
         fresh_seed: [u32; abi::HASH_SEEDS],
     ) -> anyhow::Result<Self> {
-        let v4 = Table::open(
-            map(abi::FLOWS4_MAP)?,
-            &map(abi::BUCKETS4_MAP)?,
-            std::mem::size_of::<abi::FlowKey4>(),
-        )?;
-        let v6 = Table::open(
-            map(abi::FLOWS6_MAP)?,
-            &map(abi::BUCKETS6_MAP)?,
-            std::mem::size_of::<abi::FlowKey6>(),
-        )?;
+        let v4 = Table::open(map(abi::FLOWS4_MAP)?, &map(abi::BUCKETS4_MAP)?)?;
+        let v6 = Table::open(map(abi::FLOWS6_MAP)?, &map(abi::BUCKETS6_MAP)?)?;
         let mut t = Self {
             v4,
             v6,

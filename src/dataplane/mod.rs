@@ -82,6 +82,13 @@ pub struct Dataplane {
     tables: RefCell<FlowTables>,
 }
 
+/// A map of the loaded object, by name.
+fn find_map<'a>(obj: &'a Object, name: &str) -> anyhow::Result<libbpf_rs::Map<'a>> {
+    obj.maps()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
 fn map_is_internal(name: &str) -> bool {
     // .rodata, .bss, .data, .kconfig: libbpf-internal, re-created on every load.
     name.contains('.')
@@ -188,11 +195,8 @@ impl Dataplane {
     /// pins (a restart), else fresh seeds and an empty index.
     fn open_tables(obj: &Object, reused: &[String]) -> anyhow::Result<FlowTables> {
         let handle = |name: &str| -> anyhow::Result<MapHandle> {
-            let m = obj
-                .maps()
-                .find(|m| m.name() == name)
-                .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-            MapHandle::try_from(&m).with_context(|| format!("duplicating map {name}"))
+            MapHandle::try_from(&find_map(obj, name)?)
+                .with_context(|| format!("duplicating map {name}"))
         };
         let adopt = [
             abi::CONTROL_MAP,
@@ -222,10 +226,7 @@ impl Dataplane {
     }
 
     fn map(&self, name: &str) -> anyhow::Result<libbpf_rs::Map<'_>> {
-        self.obj
-            .maps()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        find_map(&self.obj, name)
     }
 
     /// Devices the data path is attached to.
