@@ -214,6 +214,92 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
 }
 
 #[test]
+fn reclaim_frees_an_entry_only_after_a_grace_period_asked_for_after_its_unlink() {
+    let Some(mut env) = setup("reclaim_frees_an_entry_only_after_a_grace_period") else {
+        return;
+    };
+    let mut t = fresh_tables(&env, 5);
+    let orig = Tuple::v4(false);
+    let a = FlowSpec::new(
+        env.dev[0],
+        Encap::plain(),
+        orig,
+        env.dev[1],
+        Encap::plain(),
+        orig.snat(),
+    );
+    let b = FlowSpec {
+        out_encap: Encap::pppoe(3),
+        ..a.clone()
+    };
+    let (_, key, entry_a) = a.entry();
+    let (_, _, entry_b) = b.entry();
+    t.install(&entry_a).unwrap().unwrap();
+    forward(&mut env, &a, 2);
+    let old_index = abi::slot_index(slot_of(&env.obj, false, &key, t.seed()).unwrap());
+    t.install(&entry_b).unwrap().unwrap();
+    // A packet that was still on the old entry when it was unlinked.
+    let mut old = entry_at(&env.obj, false, old_index);
+    let cnt = abi::ENTRY_BPF_WRITTEN.start + 4;
+    old[cnt..cnt + 8].copy_from_slice(&3u64.to_ne_bytes());
+    map_update(&env.obj, abi::FLOWS4_MAP, &old_index.to_ne_bytes(), &old);
+
+    // The first call only asks: nothing unlinked since the last grace period is freed.
+    let started = Instant::now();
+    t.reclaim().unwrap();
+    eprintln!("reclaim() returned after {:?}", started.elapsed());
+    assert!(t.has_unlinked(), "freed without a grace period");
+    assert_eq!(
+        entry_at(&env.obj, false, old_index),
+        old,
+        "unlinked entry rewritten before a grace period"
+    );
+    // Later calls free it once the worker's grace period is over (bounded wait).
+    let mut calls = 1;
+    while t.has_unlinked() && calls < 1000 {
+        std::thread::sleep(Duration::from_millis(5));
+        t.reclaim().unwrap();
+        calls += 1;
+    }
+    eprintln!("freed after {calls} calls, {:?}", started.elapsed());
+    assert!(!t.has_unlinked(), "never freed");
+    assert!(
+        entry_at(&env.obj, false, old_index).iter().all(|&x| x == 0),
+        "released entry not zeroed"
+    );
+    assert_eq!(
+        t.counters(&key).map(|c| c.0),
+        Some(3),
+        "the straggler's packet was not carried over"
+    );
+    // The freed entry is reused, and the new flow forwards from it.
+    t.remove(&key);
+    let c = FlowSpec::new(
+        env.dev[0],
+        Encap::vlan(9),
+        Tuple::v6(false),
+        env.dev[1],
+        Encap::plain(),
+        Tuple::v6(false),
+    );
+    let (_, _, entry_c) = c.entry();
+    t.install(&entry_c).unwrap().unwrap();
+    forward(&mut env, &c, 1);
+    let d = FlowSpec {
+        in_encap: Encap::vlan(10),
+        ..a.clone()
+    };
+    let (_, key_d, entry_d) = d.entry();
+    t.install(&entry_d).unwrap().unwrap();
+    assert_eq!(
+        abi::slot_index(slot_of(&env.obj, false, &key_d, t.seed()).unwrap()),
+        old_index,
+        "the freed entry was not reused"
+    );
+    forward(&mut env, &d, 2);
+}
+
+#[test]
 fn a_restarted_daemon_adopts_the_tables_and_clears_what_does_not_check_out() {
     let Some(mut env) = setup("a_restarted_daemon_adopts_the_tables") else {
         return;
@@ -397,7 +483,11 @@ fn packets_racing_replacements_only_see_complete_entries() {
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let e = if rounds % 2 == 0 { &entry_b } else { &entry_a };
                 t.install(e).unwrap().unwrap();
-                if rounds % 4 == 3 {
+                // Both ways of freeing: the event loop's (a worker thread waits out the
+                // grace period, a later call frees) and the blocking one.
+                if rounds % 8 == 3 {
+                    t.reclaim().unwrap();
+                } else if rounds % 8 == 7 {
                     t.synchronize().unwrap();
                 }
                 rounds += 1;

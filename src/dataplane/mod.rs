@@ -339,8 +339,10 @@ impl Dataplane {
         }
     }
 
-    /// Writes the heartbeat (the data path stops offloading when it goes stale), and frees
-    /// the flow entries unlinked since the last one once no packet can still be using them.
+    /// Writes the heartbeat (the data path stops offloading when it goes stale), frees the
+    /// flow entries unlinked before the last one (a grace period has passed since: no packet
+    /// still uses them), and asks for a grace period for those unlinked since, without
+    /// waiting for it ([`flowtable::FlowTables::reclaim`]).
     pub fn heartbeat(&self) -> anyhow::Result<()> {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .context("reading CLOCK_MONOTONIC")?;
@@ -350,7 +352,7 @@ impl Dataplane {
         self.map(abi::CONTROL_MAP)?
             .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
             .context("writing the heartbeat")?;
-        tables.synchronize()
+        tables.reclaim()
     }
 
     /// Whether offload is switched on.
