@@ -7,6 +7,8 @@
 //! - htab: the same with the flow table as a kernel hash map keyed like the offload's entries
 //!   (the data path's design before the array tables; its call chain is what it costs here, see
 //!   docs/bench.md);
+//! - parse: the parser alone (the baseline without its redirect), which splits the baseline
+//!   into its parse and its redirect;
 //! - the empty program's time, printed last: BPF_PROG_TEST_RUN's own per-repetition cost,
 //!   included in every column;
 //! - with `BPFQOS_BENCH_BEFORE=<offload.bpfel.o>`, another build of the offload (e.g. the
@@ -47,6 +49,7 @@ use libbpf_rs::ProgramInput;
 
 const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpfel.o"));
 const REPS_PER_CALL: u32 = 200;
+const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
 /// Each call costs milliseconds of wall time outside the measured loop (the kernel swaps the
 /// XDP dispatcher around every XDP test run), so keep the count modest: medians are stable.
@@ -119,9 +122,12 @@ impl Subject {
 /// processes on the machine hits all of them alike; returns the medians in the same order.
 fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<f64> {
     let started = std::time::Instant::now();
-    for call in 0..calls() {
-        // The daemon's job: keep the heartbeat fresh (calls are slow in wall time).
-        if call % 20 == 0 {
+    let mut beat: Option<std::time::Instant> = None;
+    for _ in 0..calls() {
+        // The daemon's job: keep the heartbeat fresh (once a second, as the daemon does;
+        // calls are slow in wall time, and slower still on a busy machine).
+        if beat.is_none_or(|b| b.elapsed() >= std::time::Duration::from_secs(1)) {
+            beat = Some(std::time::Instant::now());
             for s in subjects.iter() {
                 if s.obj
                     .maps()
@@ -182,6 +188,7 @@ fn main() {
     let mut empty = Subject::new(bench_obj(), "bench_pass");
     let mut floor = Subject::new(bench_obj(), "bench_parse_lookup_redirect");
     let mut table = Subject::new(bench_obj(), "bench_parse_table_redirect");
+    let mut parse = Subject::new(bench_obj(), "bench_parse_only");
     let base_cfg = |base: &Object, dsa: u32| {
         let m = base.maps().find(|m| m.name() == "bench_cfg").unwrap();
         let mut v = dev[1].to_ne_bytes().to_vec();
@@ -235,36 +242,44 @@ fn main() {
         ),
     ];
 
-    // Subjects, in this order: offload, baseline, empty, htab floor, table floor, [before].
+    // Subjects, in this order: offload, baseline, empty, htab floor, table floor, parse,
+    // [before].
     let print_row = |name: &str, m: &[f64], note: &str| {
-        let (o, b, ht, fl) = (m[0], m[1], m[3], m[4]);
+        let (o, b, ht, fl, pa) = (m[0], m[1], m[3], m[4], m[5]);
         let mut line = format!(
-            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2} {ht:>6.0} {:>6.2}",
+            "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2} {ht:>6.0} {:>6.2} {pa:>6.0}",
             o / b,
             fl / b,
             ht / b
         );
-        if m.len() > 5 {
-            line += &format!(" {:>7.0} {:>6.2}", m[5], m[5] / b);
+        if m.len() > 6 {
+            line += &format!(" {:>7.0} {:>6.2}", m[6], m[6] / b);
         }
         println!("{line}{note}");
     };
     let mut head = format!(
-        "{:<42} {:>7} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "case (median ns/packet)",
+        "{:<42} {:>7} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        if std::env::var_os("BPFQOS_BENCH_MIN").is_some() {
+            "case (min ns/packet)"
+        } else {
+            "case (median ns/packet)"
+        },
         "offload",
         "baseline",
         "ratio",
         "floor",
         "/base",
         "htab",
-        "/base"
+        "/base",
+        "parse"
     );
     if before.is_some() {
         head += &format!(" {:>7} {:>6}", "before", "ratio");
     }
     println!("{head}");
-    let mut all: Vec<&mut Subject> = vec![&mut off, &mut base, &mut empty, &mut floor, &mut table];
+    let mut all: Vec<&mut Subject> = vec![
+        &mut off, &mut base, &mut empty, &mut floor, &mut table, &mut parse,
+    ];
     if let Some(b) = before.as_mut() {
         all.push(b);
     }
@@ -272,9 +287,9 @@ fn main() {
     let mut harness_ns = Vec::new();
     {
         let f = frame(&Encap::plain(), &Tuple::v4(false));
-        base_cfg(&all[1].obj, 0);
-        base_cfg(&all[3].obj, 0);
-        base_cfg(&all[4].obj, 0);
+        for i in [1, 3, 4, 5] {
+            base_cfg(&all[i].obj, 0);
+        }
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2]);
         print_row("no-match pass", &m, "");
@@ -298,7 +313,7 @@ fn main() {
             ein.clone()
         };
         let back = FlowSpec::new(dev[0], back_in, new, dev[1], back_out, t);
-        let offloads: Vec<usize> = if all.len() > 5 { vec![0, 5] } else { vec![0] };
+        let offloads: Vec<usize> = if all.len() > 6 { vec![0, 6] } else { vec![0] };
         for &i in &offloads {
             fwd.install(&all[i].obj);
             back.install(&all[i].obj);
@@ -309,9 +324,9 @@ fn main() {
         let f = frame(&ein, &t);
         let done_of = |o: &Object| fwd.counters(o).0 + back.counters(o).0;
         let before_runs: Vec<u64> = offloads.iter().map(|&i| done_of(&all[i].obj)).collect();
-        base_cfg(&all[1].obj, u32::from(ein.dsa_proto()));
-        base_cfg(&all[3].obj, u32::from(ein.dsa_proto()));
-        base_cfg(&all[4].obj, u32::from(ein.dsa_proto()));
+        for i in [1, 3, 4, 5] {
+            base_cfg(&all[i].obj, u32::from(ein.dsa_proto()));
+        }
         // The floor looks the forward leg up with the offload's own key bytes.
         let (map, key, _) = fwd.entry();
         let floor_map = if map == bpf_common::abi::FLOWS6_MAP {
@@ -340,6 +355,10 @@ fn main() {
                     all[i].last_ret
                 );
             }
+        }
+        // XDP_DROP from the parse reference means that it parsed the whole frame.
+        if all[5].last_ret != XDP_DROP {
+            note += &format!("  (parse stopped early: returned {})", all[5].last_ret);
         }
         for (n, &i) in offloads.iter().enumerate() {
             let done = done_of(&all[i].obj) - before_runs[n];

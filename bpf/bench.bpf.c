@@ -9,6 +9,8 @@
  *  - bench_parse_lookup_redirect, the same with a kernel hash map keyed like
  *    the offload's entries (the design the offload had before: kept to show
  *    what the hash map's call chain costs);
+ *  - bench_parse_only: the shared parser and nothing else (the baseline without
+ *    its redirect: splits the baseline's cost);
  *  - bench_pass: nothing, i.e. BPF_PROG_TEST_RUN's own cost per repetition.
  */
 #include <linux/bpf.h>
@@ -96,6 +98,25 @@ int bench_parse_redirect(struct xdp_md *ctx)
 	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
 		return XDP_PASS;
 	return bpf_redirect_map(&bench_tx, cfg->ifindex, 0);
+}
+
+SEC("xdp")
+int bench_parse_only(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt_hdrs h = {};
+	struct pkt p = {};
+	struct bench_cfg *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&bench_cfg, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	/* The verdict depends on the whole parse, so none of it is optimised away. */
+	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
+		return XDP_PASS;
+	return p.l4_off ? XDP_DROP : XDP_PASS;
 }
 
 SEC("xdp")
