@@ -128,6 +128,28 @@ fn forward(env: &mut Env, spec: &FlowSpec, n: u32) {
     }
 }
 
+type Versions = (FlowSpec, FlowSpec, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// A SNAT flow from dev[0] to dev[1], plain both ways, and a second version of it that only
+/// differs in the egress encapsulation: both, the key, and their entries.
+fn two_versions(env: &Env, orig: Tuple, out_b: Encap) -> Versions {
+    let a = FlowSpec::new(
+        env.dev[0],
+        Encap::plain(),
+        orig,
+        env.dev[1],
+        Encap::plain(),
+        orig.snat(),
+    );
+    let b = FlowSpec {
+        out_encap: out_b,
+        ..a.clone()
+    };
+    let (_, key, entry_a) = a.entry();
+    let (_, _, entry_b) = b.entry();
+    (a, b, key, entry_a, entry_b)
+}
+
 #[test]
 fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() {
     let Some(mut env) = setup("rust_and_bpf_agree_replacement_waits_for_a_grace_period") else {
@@ -136,20 +158,7 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
     let mut t = fresh_tables(&env, 1);
     for orig in [Tuple::v4(false), Tuple::v6(true)] {
         let v6 = orig.is_v6();
-        let a = FlowSpec::new(
-            env.dev[0],
-            Encap::plain(),
-            orig,
-            env.dev[1],
-            Encap::plain(),
-            orig.snat(),
-        );
-        let b = FlowSpec {
-            out_encap: Encap::vlan(7),
-            ..a.clone()
-        };
-        let (_, key, entry_a) = a.entry();
-        let (_, _, entry_b) = b.entry();
+        let (a, b, key, entry_a, entry_b) = two_versions(&env, orig, Encap::vlan(7));
         t.install(&entry_a).unwrap().unwrap();
         forward(&mut env, &a, 5);
         let first = slot_of(&env.obj, v6, &key, t.seed()).expect("slot");
@@ -219,21 +228,7 @@ fn reclaim_frees_an_entry_only_after_a_grace_period_asked_for_after_its_unlink()
         return;
     };
     let mut t = fresh_tables(&env, 5);
-    let orig = Tuple::v4(false);
-    let a = FlowSpec::new(
-        env.dev[0],
-        Encap::plain(),
-        orig,
-        env.dev[1],
-        Encap::plain(),
-        orig.snat(),
-    );
-    let b = FlowSpec {
-        out_encap: Encap::pppoe(3),
-        ..a.clone()
-    };
-    let (_, key, entry_a) = a.entry();
-    let (_, _, entry_b) = b.entry();
+    let (a, _, key, entry_a, entry_b) = two_versions(&env, Tuple::v4(false), Encap::pppoe(3));
     t.install(&entry_a).unwrap().unwrap();
     forward(&mut env, &a, 2);
     let old_index = abi::slot_index(slot_of(&env.obj, false, &key, t.seed()).unwrap());
