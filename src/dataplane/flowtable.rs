@@ -254,6 +254,18 @@ impl Table {
         abi::flow_counters(&self.read(index)?)
     }
 
+    /// For a replaced entry: its key, and the packets and bytes it counted after its
+    /// replacement was written (stragglers on other CPUs).
+    fn counted_since_replaced<'u>(&self, u: &'u Unlinked) -> Option<(&'u [u8], u64, u64)> {
+        let (key, before_p, before_b) = u.carry.as_ref()?;
+        let (p, b, _) = self.counters_at(u.index)?;
+        Some((
+            key.as_slice(),
+            p.saturating_sub(*before_p),
+            b.saturating_sub(*before_b),
+        ))
+    }
+
     fn counters(&self, key: &[u8]) -> Option<(u64, u64, u32)> {
         let p = self.by_key.get(key)?;
         let (mut packets, mut bytes, flags) = self.counters_at(p.index)?;
@@ -263,12 +275,10 @@ impl Table {
         }
         // Replaced entries still counting (no grace period since): what they added so far.
         for u in &self.unlinked {
-            if let Some((k, bp, bb)) = &u.carry {
-                if k.as_slice() == key {
-                    if let Some((p, b, _)) = self.counters_at(u.index) {
-                        packets += p.saturating_sub(*bp);
-                        bytes += b.saturating_sub(*bb);
-                    }
+            if let Some((k, dp, db)) = self.counted_since_replaced(u) {
+                if k == key {
+                    packets += dp;
+                    bytes += db;
                 }
             }
         }
@@ -383,13 +393,11 @@ impl Table {
                 });
         self.unlinked = waiting;
         for u in ready {
-            if let Some((key, bp, bb)) = &u.carry {
+            if let Some((key, dp, db)) = self.counted_since_replaced(&u) {
                 if self.by_key.contains_key(key) {
-                    if let Some((p, b, _)) = self.counters_at(u.index) {
-                        let c = self.carried.entry(key.clone()).or_default();
-                        c.0 += p.saturating_sub(*bp);
-                        c.1 += b.saturating_sub(*bb);
-                    }
+                    let c = self.carried.entry(key.to_vec()).or_default();
+                    c.0 += dp;
+                    c.1 += db;
                 }
             }
             if u.dirty {
@@ -466,6 +474,11 @@ impl GraceWorker {
 
     fn completed(&self) -> u64 {
         self.completed.load(Ordering::Acquire)
+    }
+
+    /// Whether a wait failed since the last call.
+    fn take_failure(&self) -> bool {
+        self.failed.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -634,7 +647,7 @@ impl FlowTables {
                 u.ticket.get_or_insert(ticket);
             }
         }
-        if self.worker.failed.swap(false, Ordering::Relaxed) {
+        if self.worker.take_failure() {
             // The worker could not wait (it never should): wait here, which reports why.
             return self.synchronize();
         }

@@ -208,7 +208,7 @@ impl Dataplane {
         .iter()
         .all(|m| reused.iter().any(|r| r == m));
         let seed = if adopt {
-            handle(abi::CONTROL_MAP)?
+            find_map(obj, abi::CONTROL_MAP)?
                 .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
                 .ok()
                 .flatten()
