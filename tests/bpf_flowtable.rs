@@ -17,9 +17,11 @@ use std::time::Duration;
 use std::time::Instant;
 
 use bpf_common::abi;
+use bpf_common::bpf_frames::buckets_of;
 use bpf_common::bpf_frames::find_map;
 use bpf_common::bpf_frames::map_update;
 use bpf_common::bpf_frames::now_ns;
+use bpf_common::bpf_frames::read_bucket;
 use bpf_common::bpf_frames::Encap;
 use bpf_common::bpf_frames::FlowSpec;
 use bpf_common::bpf_frames::Tcp;
@@ -27,6 +29,7 @@ use bpf_common::bpf_frames::Tuple;
 use bpf_common::flowtable::FlowTables;
 use bpf_common::flowtable::PlaceError;
 use bpf_common::run_xdp;
+use bpf_common::Env;
 use bpf_common::XDP_REDIRECT;
 use bpf_common::XDP_TX;
 use libbpf_rs::MapCore;
@@ -69,37 +72,25 @@ fn fresh_tables(env: &Env, n: u32) -> FlowTables {
     t
 }
 
-struct Env {
-    obj: Object,
-    dev: Vec<u32>,
-}
-
+/// Two veth devices, both redirect targets.
 fn setup(test: &str) -> Option<Env> {
-    if !bpf_common::require_root(test) {
-        return None;
+    let env = bpf_common::setup(test, 2)?;
+    for d in &env.dev {
+        map_update(
+            &env.obj,
+            abi::TX_PORTS_MAP,
+            &d.to_ne_bytes(),
+            &d.to_ne_bytes(),
+        );
     }
-    let dev = bpf_common::bpf_frames::fresh_netns(2);
-    let obj = bpf_common::load();
-    for d in &dev {
-        map_update(&obj, abi::TX_PORTS_MAP, &d.to_ne_bytes(), &d.to_ne_bytes());
-    }
-    Some(Env { obj, dev })
+    Some(env)
 }
 
 /// The bucket slot currently holding `key` (read from the map, as BPF sees it).
 fn slot_of(obj: &Object, v6: bool, key: &[u8], seed: &[u32; abi::HASH_SEEDS]) -> Option<u32> {
     let (b, tag) = abi::flow_hash(key, seed);
-    let m = if v6 {
-        abi::BUCKETS6_MAP
-    } else {
-        abi::BUCKETS4_MAP
-    };
-    let v = find_map(obj, m)
-        .lookup(&b.to_ne_bytes(), MapFlags::ANY)
-        .unwrap()
-        .unwrap();
-    let bucket: abi::Bucket = abi::from_bytes(&v).unwrap();
-    bucket
+    let entries = if v6 { abi::FLOWS6_MAP } else { abi::FLOWS4_MAP };
+    read_bucket(obj, buckets_of(entries), b)
         .slot
         .iter()
         .copied()

@@ -230,12 +230,12 @@ fn model_rewrite(f: &[u8], p: &Parsed, s: &FlowSpec) -> (Vec<u8>, usize) {
 
 #[test]
 fn fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched() {
-    if !bpf_common::require_root("fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched")
-    {
+    let Some(bpf_common::Env { mut obj, dev }) = bpf_common::setup(
+        "fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched",
+        3,
+    ) else {
         return;
-    }
-    let dev = bpf_common::bpf_frames::fresh_netns(3);
-    let mut obj = bpf_common::load();
+    };
     set_control(&obj, 0, true);
     // d0: no DSA, d1: mtk conduit, d2: gswip conduit.
     let dsa_of = |i: u32| {

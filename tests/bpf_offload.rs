@@ -21,6 +21,7 @@ use bpf_common::bpf_frames::MAC_CLIENT;
 use bpf_common::bpf_frames::MAC_ROUTER_IN;
 use bpf_common::run_tc;
 use bpf_common::run_xdp;
+use bpf_common::Env;
 use bpf_common::TC_ACT_OK;
 use bpf_common::TC_ACT_REDIRECT;
 use bpf_common::XDP_PASS;
@@ -44,20 +45,11 @@ fn hexdiff(a: &[u8], b: &[u8]) -> String {
     s
 }
 
-struct Env {
-    obj: Object,
-    /// ifindexes of two veth devices in the test's private netns.
-    dev: Vec<u32>,
-}
-
+/// Two veth devices, offload on with a fresh heartbeat.
 fn setup(test: &str) -> Option<Env> {
-    if !bpf_common::require_root(test) {
-        return None;
-    }
-    let dev = bpf_common::bpf_frames::fresh_netns(2);
-    let obj = bpf_common::load();
-    bpf_common::bpf_frames::set_control(&obj, 0, true);
-    Some(Env { obj, dev })
+    let env = bpf_common::setup(test, 2)?;
+    bpf_common::bpf_frames::set_control(&env.obj, 0, true);
+    Some(env)
 }
 
 /// Runs `input` through XDP and asserts a pass with the frame unchanged.

@@ -45,6 +45,23 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// What a data-path test runs against: the loaded native object and veth devices in the
+/// test's own network namespace ([`bpf_frames::fresh_netns`]).
+pub struct Env {
+    pub obj: Object,
+    /// ifindexes of the veth devices.
+    pub dev: Vec<u32>,
+}
+
+/// The test's [`Env`] with `devices` veths, or None when the test is skipped (not root).
+pub fn setup(test: &str, devices: usize) -> Option<Env> {
+    if !require_root(test) {
+        return None;
+    }
+    let dev = bpf_frames::fresh_netns(devices);
+    Some(Env { obj: load(), dev })
+}
+
 /// Opens and loads the native object.
 pub fn load() -> Object {
     ObjectBuilder::default()

@@ -582,7 +582,7 @@ pub fn set_control(obj: &Object, age_ns: u64, enabled: bool) {
 }
 
 /// The bucket map of an entry map.
-fn buckets_of(entries: &str) -> &'static str {
+pub fn buckets_of(entries: &str) -> &'static str {
     if entries == abi::FLOWS6_MAP {
         abi::BUCKETS6_MAP
     } else {
@@ -590,7 +590,8 @@ fn buckets_of(entries: &str) -> &'static str {
     }
 }
 
-fn read_bucket(obj: &Object, buckets: &str, b: u32) -> abi::Bucket {
+/// Bucket `b` of a bucket map, as the data path reads it.
+pub fn read_bucket(obj: &Object, buckets: &str, b: u32) -> abi::Bucket {
     let v = find_map(obj, buckets)
         .lookup(&b.to_ne_bytes(), MapFlags::ANY)
         .unwrap()
