@@ -193,13 +193,7 @@ int bench_parse_table_redirect(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (parse_packet(data, data_end, cfg->dsa_proto, 0, 0, &p, &h))
 		return XDP_PASS;
-	ft_l2_words(&p.l2, &l2w);
-	protow = FT_PROTO_WORD(p.l4_proto);
-	if (h.th)
-		ports = FT_W16(h.th->source, h.th->dest);
-	else if (h.uh)
-		ports = FT_W16(h.uh->source, h.uh->dest);
-	else
+	if (ft_key_words(&p, &h, &l2w, &ports, &protow))
 		return XDP_PASS;
 	if (h.iph) {
 		struct bpfqos_flow4 *e =

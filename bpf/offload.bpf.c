@@ -252,14 +252,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 			 vlan0_tci, p, &h))
 		goto not_parsed;
 
-	ft_l2_words(&p->l2, &l2w);
-	protow = FT_PROTO_WORD(p->l4_proto);
-	/* Port pairs by halves: an L4 header is only 2-aligned after qca tags. */
-	if (h.th)
-		ports = FT_W16(h.th->source, h.th->dest);
-	else if (h.uh)
-		ports = FT_W16(h.uh->source, h.uh->dest);
-	else
+	if (ft_key_words(p, &h, &l2w, &ports, &protow))
 		goto not_parsed; /* cannot happen: the parser found TCP or UDP */
 
 	if (!p->ipv6) {

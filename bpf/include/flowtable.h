@@ -23,6 +23,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "bpfqos_abi.h"
+#include "parse.h"
 
 /* Key words are read from map memory written by user space as bytes. */
 typedef __u32 __attribute__((__may_alias__)) ft_u32;
@@ -52,6 +53,27 @@ static __always_inline void ft_l2_words(const struct bpfqos_l2 *l2,
 	out->w[0] = FT_W16(l2->vlan_proto[0], l2->vlan_proto[1]);
 	out->w[1] = FT_W16(l2->vlan_tci[0], l2->vlan_tci[1]);
 	out->w[2] = FT_W16(l2->pppoe_sid, FT_B16(l2->pppoe, l2->dsa_port));
+}
+
+/*
+ * The key words of a parsed packet besides its addresses: L2 words, port pair
+ * and protocol word. Port pairs by halves: an L4 header is only 2-aligned
+ * after qca tags. -1 without a TCP/UDP header (the parser never returns that).
+ */
+static __always_inline int ft_key_words(const struct pkt *p,
+					const struct pkt_hdrs *h,
+					struct ft_l2w *l2w, __u32 *ports,
+					__u32 *protow)
+{
+	ft_l2_words(&p->l2, l2w);
+	*protow = FT_PROTO_WORD(p->l4_proto);
+	if (h->th)
+		*ports = FT_W16(h->th->source, h->th->dest);
+	else if (h->uh)
+		*ports = FT_W16(h->uh->source, h->uh->dest);
+	else
+		return -1;
+	return 0;
 }
 
 /* One NH term: 32-bit additions, one 64-bit product. */
