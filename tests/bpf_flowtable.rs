@@ -121,17 +121,22 @@ fn forward(env: &mut Env, spec: &FlowSpec, n: u32) {
 
 type Versions = (FlowSpec, FlowSpec, Vec<u8>, Vec<u8>, Vec<u8>);
 
-/// A SNAT flow from dev[0] to dev[1], plain both ways, and a second version of it that only
-/// differs in the egress encapsulation: both, the key, and their entries.
-fn two_versions(env: &Env, orig: Tuple, out_b: Encap) -> Versions {
-    let a = FlowSpec::new(
+/// A SNAT flow from dev[0] to dev[1], plain both ways.
+fn snat_flow(env: &Env, orig: Tuple) -> FlowSpec {
+    FlowSpec::new(
         env.dev[0],
         Encap::plain(),
         orig,
         env.dev[1],
         Encap::plain(),
         orig.snat(),
-    );
+    )
+}
+
+/// A [`snat_flow`] and a second version of it that only differs in the egress encapsulation:
+/// both, the key, and their entries.
+fn two_versions(env: &Env, orig: Tuple, out_b: Encap) -> Versions {
+    let a = snat_flow(env, orig);
     let b = FlowSpec {
         out_encap: out_b,
         ..a.clone()
@@ -435,14 +440,7 @@ fn packets_racing_replacements_only_see_complete_entries() {
     let orig = Tuple::v4(false);
     // Two versions that differ in egress device (and so in verdict), encapsulation (frame
     // length) and NAT: a packet that mixed them would show.
-    let a = FlowSpec::new(
-        env.dev[0],
-        Encap::plain(),
-        orig,
-        env.dev[1],
-        Encap::plain(),
-        orig.snat(),
-    );
+    let a = snat_flow(&env, orig);
     let b = FlowSpec::new(
         env.dev[0],
         Encap::plain(),
