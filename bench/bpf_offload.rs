@@ -15,14 +15,23 @@
 //!   previous commit's, built with bpf/build.sh) as a "before" column.
 //!
 //! Root only; prints, never asserts timings. Run: `sudo -E cargo bench --bench bpf_offload`
-//! (`BPFQOS_BENCH_CALLS` sets the calls per case, `BPFQOS_BENCH_VERBOSE` prints wall times,
-//! `BPFQOS_BENCH_MIN` reports the fastest call instead of the median). A "before" object must
-//! share this build's map layout (the rows install flows the way this build's tests do).
+//! (`BPFQOS_BENCH_CALLS` sets the call pairs per case, `BPFQOS_BENCH_VERBOSE` prints wall
+//! times). A "before" object must share this build's map layout (the rows install flows the way
+//! this build's tests do).
+//!
+//! What a figure is: the cost of one more packet. Every call of BPF_PROG_TEST_RUN starts cold
+//! (the kernel swaps the XDP dispatcher around each call and waits for RCU, so caches and branch
+//! predictors have moved on), and that start costs microseconds, more for a program that touches
+//! more code and data. A call's mean per repetition carries that fixed cost divided by the
+//! repeat count. So each subject is called in pairs, REPS_LO (50) and REPS_HI (250) repetitions back to back,
+//! and the figure is the median over pairs of (time(HI) - time(LO)) / (HI - LO): the per-packet
+//! cost of a hot data path, which is what a loaded router pays. The fixed cost per call and the
+//! plain mean of a HI call are printed too (second table).
 //!
 //! BPF_PROG_TEST_RUN repeats on the same buffer, so a rewritten frame would not match again:
 //! each forwarding case installs the flow and its mirror image (the rewritten frame arriving on
-//! the same device is rewritten back), with TTL 255 and at most 200 repetitions per call, so
-//! every repetition does the full work. Forwarding rows are therefore the mean of both
+//! the same device is rewritten back), with TTL 255 and at most REPS_HI = 250 repetitions per
+//! call, so every repetition does the full work. Forwarding rows are therefore the mean of both
 //! directions of the pair (e.g. VLAN->PPPoE push and PPPoE->VLAN pop).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
@@ -48,13 +57,25 @@ use libbpf_rs::ObjectBuilder;
 use libbpf_rs::ProgramInput;
 
 const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpfel.o"));
-const REPS_PER_CALL: u32 = 200;
+/// Repetitions of the two calls of a pair. HI stays below 254: every repetition of a forwarding
+/// row decrements the TTL of the frame (255), which must stay above 1. `BPFQOS_BENCH_REPS_LO`
+/// (1..REPS_HI) overrides LO: the per-packet figures must not depend on it (docs/bench.md).
+const REPS_LO: u32 = 50;
+const REPS_HI: u32 = 250;
+
+fn reps_lo() -> u32 {
+    std::env::var("BPFQOS_BENCH_REPS_LO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0 && n < REPS_HI)
+        .unwrap_or(REPS_LO)
+}
 const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
-/// Each call costs milliseconds of wall time outside the measured loop (the kernel swaps the
-/// XDP dispatcher around every XDP test run), so keep the count modest: medians are stable.
-/// `BPFQOS_BENCH_CALLS` overrides it.
-const CALLS: u32 = 120;
+/// Call pairs per case. Each call costs milliseconds of wall time outside the measured loop (the
+/// kernel swaps the XDP dispatcher around every XDP test run), so keep the count modest: medians
+/// are stable. `BPFQOS_BENCH_CALLS` overrides it.
+const CALLS: u32 = 80;
 
 fn calls() -> u32 {
     std::env::var("BPFQOS_BENCH_CALLS")
@@ -63,13 +84,30 @@ fn calls() -> u32 {
         .unwrap_or(CALLS)
 }
 
-/// One program under measurement: an object, its program name and whether it reads `control`.
+/// One program under measurement: an object, its program name and its calls' timings.
 struct Subject {
     obj: Object,
     prog: &'static str,
-    samples: Vec<f64>,
+    /// Total ns of each pair's REPS_LO call and REPS_HI call.
+    pairs: Vec<(f64, f64)>,
     /// The program's return value in the last call (XDP_REDIRECT: the floors found the flow).
     last_ret: u32,
+}
+
+/// What one subject measured on one case.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    /// ns per packet, hot: median over pairs of the HI - LO difference per extra repetition.
+    per_packet: f64,
+    /// ns per call that does not depend on the repeat count (cold start), median over pairs.
+    fixed: f64,
+    /// The plain mean per repetition of a REPS_HI call (what a single call reports), median.
+    mean_hi: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 impl Subject {
@@ -77,14 +115,14 @@ impl Subject {
         Self {
             obj,
             prog,
-            samples: Vec::new(),
+            pairs: Vec::new(),
             last_ret: 0,
         }
     }
 
-    /// One BPF_PROG_TEST_RUN of REPS_PER_CALL repetitions; records its mean ns per run (the
-    /// kernel reports the duration divided by the repeat count).
-    fn call(&mut self, frame: &[u8], ingress: u32) {
+    /// One BPF_PROG_TEST_RUN of `reps` repetitions; returns its total ns (the kernel reports
+    /// the duration divided by the repeat count, rounded down: < 1 ns per repetition).
+    fn call(&mut self, frame: &[u8], ingress: u32, reps: u32) -> f64 {
         let p = self
             .obj
             .progs_mut()
@@ -98,32 +136,58 @@ impl Subject {
             data_in: Some(frame),
             data_out: Some(&mut out),
             context_in: Some(&mut ctx[..]),
-            repeat: REPS_PER_CALL,
+            repeat: reps,
             ..Default::default()
         };
         let o = p.test_run(input).expect("test run");
-        self.samples.push(o.duration.as_nanos() as f64);
         self.last_ret = o.return_value;
+        o.duration.as_nanos() as f64 * f64::from(reps)
     }
 
-    /// Median ns per run of the calls since the last take (robust to preemption by other load);
-    /// with `BPFQOS_BENCH_MIN` set, the fastest call instead (the least disturbed one).
-    fn take_median(&mut self) -> f64 {
-        let mut s = std::mem::take(&mut self.samples);
-        s.sort_by(f64::total_cmp);
-        if std::env::var_os("BPFQOS_BENCH_MIN").is_some() {
-            return s[0];
+    /// One pair, in the given order (alternated by the caller so neither size always runs
+    /// first).
+    fn call_pair(&mut self, frame: &[u8], ingress: u32, lo_first: bool) {
+        let (lo, hi) = if lo_first {
+            let lo = self.call(frame, ingress, reps_lo());
+            (lo, self.call(frame, ingress, REPS_HI))
+        } else {
+            let hi = self.call(frame, ingress, REPS_HI);
+            (self.call(frame, ingress, reps_lo()), hi)
+        };
+        self.pairs.push((lo, hi));
+    }
+
+    /// The figures of the pairs since the last take. Medians: robust to preemption by other
+    /// load; pairs: the two calls of one pair ran milliseconds apart, under the same load.
+    fn take(&mut self) -> Figures {
+        let pairs = std::mem::take(&mut self.pairs);
+        let extra = f64::from(REPS_HI - reps_lo());
+        let slope = |&(lo, hi): &(f64, f64)| (hi - lo) / extra;
+        let per_packet = median(pairs.iter().map(slope).collect());
+        Figures {
+            per_packet,
+            fixed: median(
+                pairs
+                    .iter()
+                    .map(|&(lo, _)| lo - f64::from(reps_lo()) * per_packet)
+                    .collect(),
+            ),
+            mean_hi: median(
+                pairs
+                    .iter()
+                    .map(|&(_, hi)| hi / f64::from(REPS_HI))
+                    .collect(),
+            ),
         }
-        s[s.len() / 2]
     }
 }
 
-/// Measures every subject on `frame`, interleaved call by call so that load from other
-/// processes on the machine hits all of them alike; returns the medians in the same order.
-fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<f64> {
+/// Measures every subject on `frame`, interleaved pair by pair so that load from other
+/// processes on the machine hits all of them alike; returns the figures in the same order.
+fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<Figures> {
     let started = std::time::Instant::now();
     let mut beat: Option<std::time::Instant> = None;
-    for _ in 0..calls() {
+    for n in 0..calls() {
         // The daemon's job: keep the heartbeat fresh (once a second, as the daemon does;
         // calls are slow in wall time, and slower still on a busy machine).
         if beat.is_none_or(|b| b.elapsed() >= std::time::Duration::from_secs(1)) {
@@ -138,13 +202,13 @@ fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<f64
             }
         }
         for s in subjects.iter_mut() {
-            s.call(frame, ingress);
+            s.call_pair(frame, ingress, n % 2 == 0);
         }
     }
     if std::env::var_os("BPFQOS_BENCH_VERBOSE").is_some() {
         eprintln!("{} interleaved calls in {:?}", calls(), started.elapsed());
     }
-    subjects.iter_mut().map(|s| s.take_median()).collect()
+    subjects.iter_mut().map(|s| s.take()).collect()
 }
 
 fn frame(e: &Encap, t: &Tuple) -> Vec<u8> {
@@ -243,27 +307,34 @@ fn main() {
     ];
 
     // Subjects, in this order: offload, baseline, empty, htab floor, table floor, parse,
-    // [before].
-    let print_row = |name: &str, m: &[f64], note: &str| {
-        let (o, b, ht, fl, pa) = (m[0], m[1], m[3], m[4], m[5]);
+    // [before]. Rows print as they are measured; the second table (cold start) at the end.
+    let mut cold_rows = Vec::new();
+    let mut print_row = |name: &str, m: &[Figures], note: &str| {
+        let p: Vec<f64> = m.iter().map(|f| f.per_packet).collect();
+        let (o, b, ht, fl, pa) = (p[0], p[1], p[3], p[4], p[5]);
         let mut line = format!(
             "{name:<42} {o:>7.0} {b:>8.0} {:>6.2} {fl:>6.0} {:>6.2} {ht:>6.0} {:>6.2} {pa:>6.0}",
             o / b,
             fl / b,
             ht / b
         );
-        if m.len() > 6 {
-            line += &format!(" {:>7.0} {:>6.2}", m[6], m[6] / b);
+        if p.len() > 6 {
+            line += &format!(" {:>7.0} {:>6.2}", p[6], p[6] / b);
         }
         println!("{line}{note}");
+        cold_rows.push(format!(
+            "{name:<42} {:>7.0} {:>8.0} {:>6.2} {:>8.1} {:>8.1} {:>8.1}",
+            m[0].mean_hi,
+            m[1].mean_hi,
+            m[0].mean_hi / m[1].mean_hi,
+            m[0].fixed / 1000.0,
+            m[1].fixed / 1000.0,
+            m[2].fixed / 1000.0
+        ));
     };
     let mut head = format!(
         "{:<42} {:>7} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
-        if std::env::var_os("BPFQOS_BENCH_MIN").is_some() {
-            "case (min ns/packet)"
-        } else {
-            "case (median ns/packet)"
-        },
+        "case (ns per packet, hot; median of pairs)",
         "offload",
         "baseline",
         "ratio",
@@ -291,7 +362,7 @@ fn main() {
             base_cfg(&all[i].obj, 0);
         }
         let m = measure(&mut all, &f, dev[0]);
-        harness_ns.push(m[2]);
+        harness_ns.push(m[2].per_packet);
         print_row("no-match pass", &m, "");
     }
     for (name, ein, eout, t, nat) in rows {
@@ -344,8 +415,8 @@ fn main() {
         let (entries, _, entry) = fwd.entry();
         bpf_common::bpf_frames::table_place(&all[4].obj, entries, &key, &entry);
         let m = measure(&mut all, &f, dev[0]);
-        harness_ns.push(m[2]);
-        let expect = u64::from(calls()) * u64::from(REPS_PER_CALL);
+        harness_ns.push(m[2].per_packet);
+        let expect = u64::from(calls()) * u64::from(reps_lo() + REPS_HI);
         let mut note = String::new();
         // A floor that missed the flow would pass early and look cheap: say so.
         for (i, what) in [(3, "htab floor"), (4, "floor")] {
@@ -376,10 +447,27 @@ fn main() {
             back.remove(&all[i].obj);
         }
     }
-    harness_ns.sort_by(f64::total_cmp);
     println!(
         "BPF_PROG_TEST_RUN's own cost per repetition (an XDP program that only returns \
          XDP_PASS): {:.1} ns; it is included in every column above",
-        harness_ns[harness_ns.len() / 2]
+        median(harness_ns)
+    );
+    println!();
+    println!(
+        "{:<42} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8}",
+        format!("case (mean ns per packet of a {REPS_HI}-rep call)"),
+        "offload",
+        "baseline",
+        "ratio",
+        "fixed us",
+        "baseline",
+        "empty"
+    );
+    for r in cold_rows {
+        println!("{r}");
+    }
+    println!(
+        "fixed us: what a call costs besides its repetitions (cold caches and predictors at \
+         its start); the mean above is per_packet + fixed / {REPS_HI}"
     );
 }
