@@ -290,7 +290,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return -1;
 	}
-	if (!f->e->nh.ifindex || !f->e->nh.mtu) {
+	if (!f->e->nh.ifindex || !f->e->nh.mtu || !f->e->nh.l2_len) {
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return -1;
 	}
@@ -340,27 +340,6 @@ static __always_inline void count(struct flow_ref *f, __u16 ip_len)
 
 /* ---- L2 rebuild ---------------------------------------------------------- */
 
-static __always_inline __u8 nh_vlans(const struct bpfqos_nexthop *nh)
-{
-	return (nh->l2.vlan_proto[0] != 0) + (nh->l2.vlan_proto[1] != 0);
-}
-
-/* Length of the L2 header the next hop wants in front of the IP header. */
-static __always_inline __u32 l2_len(const struct bpfqos_nexthop *nh)
-{
-	__u32 len = ETH_HLEN + VLAN_HLEN * nh_vlans(nh);
-
-	if (nh->l2.pppoe)
-		len += PPPOE_SES_HLEN;
-	if (nh->dsa_proto == BPFQOS_DSA_GSWIP)
-		len += DSA_GSWIP_TX_LEN;
-	else if (nh->dsa_proto == BPFQOS_DSA_QCA)
-		len += DSA_QCA_LEN;
-	else if (nh->dsa_proto == BPFQOS_DSA_MTK && !nh_vlans(nh))
-		len += DSA_MTK_LEN; /* with a VLAN, the tag replaces its TPID */
-	return len;
-}
-
 typedef __u16 __attribute__((__may_alias__)) mac_u16;
 
 /*
@@ -405,7 +384,10 @@ static __always_inline int put_vlan(struct cursor *c, __be16 tpid, __be16 tci)
 /*
  * Writes the next hop's L2 header at the start of the frame, in the exact
  * transmit formats of the kernel's DSA taggers; returns 0 and leaves the
- * cursor at the IP header.
+ * cursor at the IP header. It is nh->l2_len bytes long: user space computes
+ * that length (abi::l2_header_len), so the data path does not branch over
+ * the encapsulation twice; the tests check both against an independent
+ * frame builder for every egress encapsulation.
  */
 static __always_inline int write_l2(struct cursor *c,
 				    const struct bpfqos_nexthop *nh,
@@ -626,7 +608,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 		stat_inc(BPFQOS_STAT_PASS_L2);
 		return XDP_PASS;
 	}
-	new_l2 = l2_len(&f.e->nh);
+	new_l2 = f.e->nh.l2_len;
 	if (new_l2 != p.l3_off &&
 	    bpf_xdp_adjust_head(ctx, (int)p.l3_off - (int)new_l2)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
@@ -675,7 +657,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 		     bpf_htons(skb->vlan_tci), HOOK_TC, &p, &f))
 		return TC_ACT_OK;
 
-	new_l2 = l2_len(&f.e->nh);
+	new_l2 = f.e->nh.l2_len;
 	grow = (int)new_l2 - (int)p.l3_off;
 	if (grow < 0) {
 		stat_inc(BPFQOS_STAT_PASS_L2);

@@ -221,7 +221,7 @@ fn btf_layout_matches_the_rust_types() {
                 ("l2", offset_of!(NextHop, l2)),
                 ("mtu", offset_of!(NextHop, mtu)),
                 ("dsa_proto", offset_of!(NextHop, dsa_proto)),
-                ("pad", offset_of!(NextHop, pad)),
+                ("l2_len", offset_of!(NextHop, l2_len)),
             ],
         );
         check_struct(

@@ -85,7 +85,13 @@ struct bpfqos_nexthop {
 	struct bpfqos_l2 l2; /* encapsulation to push */
 	__u16 mtu; /* max IP packet length (the L3 device's MTU, e.g. 1492) */
 	__u8 dsa_proto; /* egress conduit's tagger, enum bpfqos_dsa_proto */
-	__u8 pad;
+	/*
+	 * Bytes of L2 header the data path writes in front of the IP header
+	 * for this next hop (Ethernet, DSA TX tag, VLANs, PPPoE), computed by
+	 * user space like the checksum deltas. 0: entry not ready (an entry
+	 * written by a daemon that predates the field).
+	 */
+	__u8 l2_len;
 };
 
 /*

@@ -262,6 +262,26 @@ pub fn ip6(a: Ipv6Addr) -> [u32; 4] {
     w
 }
 
+/// The L2 header the data path writes in front of the IP header for `nh` (`write_l2()` in
+/// offload.bpf.c, in the kernel taggers' transmit formats), in bytes: what `nh.l2_len` must
+/// hold. Ethernet (14), 4 per VLAN tag, 8 for the PPPoE session header and PPP protocol (the
+/// outer EtherType is Ethernet's), and the DSA TX tag: gswip 4 in front of the MACs, qca 2 after
+/// them, mtk 4 after them unless a VLAN follows (the tag then replaces that VLAN's TPID).
+pub fn l2_header_len(nh: &NextHop) -> u8 {
+    const ETH_HLEN: u8 = 14;
+    const VLAN_HLEN: u8 = 4;
+    const PPPOE_SES_HLEN: u8 = 8;
+    let vlans = nh.l2.vlan_proto.iter().filter(|&&p| p != 0).count() as u8;
+    let dsa = match types::bpfqos_dsa_proto(u32::from(nh.dsa_proto)) {
+        DsaProto::BPFQOS_DSA_GSWIP => 4,
+        DsaProto::BPFQOS_DSA_QCA => 2,
+        DsaProto::BPFQOS_DSA_MTK if vlans == 0 => 4,
+        _ => 0,
+    };
+    let pppoe = if nh.l2.pppoe != 0 { PPPOE_SES_HLEN } else { 0 };
+    ETH_HLEN + VLAN_HLEN * vlans + pppoe + dsa
+}
+
 /// A 16-bit wire value (port, TPID, TCI, session id) as the BPF side stores it.
 pub fn be16(v: u16) -> u16 {
     v.to_be()

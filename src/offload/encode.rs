@@ -115,7 +115,7 @@ pub fn entry(
 ) -> Option<(FlowKey, FlowValue)> {
     let in_l2 = l2(&ingress.encap)?;
     let out_l2 = l2(&egress.encap)?;
-    let nh = abi::NextHop {
+    let mut nh = abi::NextHop {
         ifindex: egress.egress_ifindex,
         h_dest: egress.dst_mac,
         h_source: egress.src_mac,
@@ -127,6 +127,7 @@ pub fn entry(
         },
         ..Default::default()
     };
+    nh.l2_len = abi::l2_header_len(&nh);
     let action = u8::try_from(abi::Action::BPFQOS_ACT_FORWARD.0).ok()?;
     match (inbound.src, inbound.dst, outbound.src, outbound.dst) {
         (IpAddr::V4(s), IpAddr::V4(d), IpAddr::V4(ns), IpAddr::V4(nd)) => {
@@ -205,6 +206,35 @@ mod tests {
             gateway: None,
             neighbour: None,
             devices: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn entries_carry_the_length_of_the_l2_header_they_push() {
+        let t = |src: [u8; 4], dst: [u8; 4]| Tuple {
+            src: IpAddr::from(src),
+            dst: IpAddr::from(dst),
+            proto: 6,
+            sport: 40000,
+            dport: 443,
+        };
+        let (a, b) = (
+            t([198, 18, 1, 2], [198, 19, 0, 2]),
+            t([198, 19, 0, 2], [198, 18, 1, 2]),
+        );
+        // Ethernet 14, + 4 per tag, + 8 for PPPoE (session header and PPP protocol).
+        for (vlans, pppoe, len) in [
+            (0, false, 14),
+            (1, false, 18),
+            (2, false, 22),
+            (1, true, 26),
+        ] {
+            let Some((_, FlowValue::V4(v))) =
+                entry(&a, &b, &hop(1500, 0, false), &hop(1500, vlans, pppoe), 1500)
+            else {
+                panic!("no IPv4 entry for {vlans} VLANs, PPPoE {pppoe}");
+            };
+            assert_eq!(v.nh.l2_len, len, "{vlans} VLANs, PPPoE {pppoe}");
         }
     }
 

@@ -371,6 +371,9 @@ pub struct FlowSpec {
     pub new: Tuple,
     pub mtu: u16,
     pub action: u8,
+    /// The entry's `nh.l2_len`: None writes [`FlowSpec::out_l2_len`]; Some(n) writes n (an
+    /// entry as a daemon predating the field left it: 0).
+    pub l2_len: Option<u8>,
 }
 
 fn tuple4(t: &Tuple) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
@@ -398,6 +401,7 @@ impl FlowSpec {
             new,
             mtu: 1500,
             action: 1,
+            l2_len: None,
         }
     }
 
@@ -409,8 +413,16 @@ impl FlowSpec {
             l2: self.out_encap.l2(false),
             mtu: self.mtu,
             dsa_proto: self.out_encap.dsa_proto(),
-            pad: 0,
+            l2_len: self.l2_len.unwrap_or_else(|| self.out_l2_len()),
         }
+    }
+
+    /// Length of the egress L2 header, from this file's own frame builder (not the product's
+    /// abi::l2_header_len, which the tests check against it).
+    pub fn out_l2_len(&self) -> u8 {
+        let ip = [if self.new.is_v6() { 0x60 } else { 0x45 }];
+        let hdr = wrap(MAC_SERVER, MAC_ROUTER_OUT, &self.out_encap, Dir::Tx, &ip).len() - 1;
+        u8::try_from(hdr).expect("L2 header length")
     }
 
     /// Entry map name, key bytes and entry bytes (the key included).
