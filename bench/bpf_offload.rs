@@ -459,15 +459,15 @@ fn main() {
         "offload",
         "baseline",
         "ratio",
-        "fixed us",
-        "baseline",
-        "empty"
+        "off us",
+        "base us",
+        "empty us"
     );
     for r in cold_rows {
         println!("{r}");
     }
     println!(
-        "fixed us: what a call costs besides its repetitions (cold caches and predictors at \
-         its start); the mean above is per_packet + fixed / {REPS_HI}"
+        "us columns: what one call costs besides its repetitions (offload, baseline, empty \
+         program): cold caches and predictors at its start; mean = per packet + that / {REPS_HI}"
     );
 }
