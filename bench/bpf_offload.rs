@@ -23,10 +23,11 @@
 //! (the kernel swaps the XDP dispatcher around each call and waits for RCU, so caches and branch
 //! predictors have moved on), and that start costs microseconds, more for a program that touches
 //! more code and data. A call's mean per repetition carries that fixed cost divided by the
-//! repeat count. So each subject is called in pairs, REPS_LO (50) and REPS_HI (250) repetitions back to back,
-//! and the figure is the median over pairs of (time(HI) - time(LO)) / (HI - LO): the per-packet
-//! cost of a hot data path, which is what a loaded router pays. The fixed cost per call and the
-//! plain mean of a HI call are printed too (second table).
+//! repeat count. So each subject is called in pairs, REPS_LO (50) and REPS_HI (250)
+//! repetitions back to back, and the figure is the median over pairs of
+//! (time(HI) - time(LO)) / (HI - LO): the per-packet cost of a hot data path, which is what a
+//! loaded router pays. The fixed cost per call and the plain mean of a HI call are printed too
+//! (second table).
 //!
 //! BPF_PROG_TEST_RUN repeats on the same buffer, so a rewritten frame would not match again:
 //! each forwarding case installs the flow and its mirror image (the rewritten frame arriving on
