@@ -64,13 +64,19 @@ const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpfel.o
 const REPS_LO: u32 = 50;
 const REPS_HI: u32 = 250;
 
-fn reps_lo() -> u32 {
-    std::env::var("BPFQOS_BENCH_REPS_LO")
+/// A positive count from the environment variable `name` below `limit`, else `default`.
+fn env_count(name: &str, limit: u32, default: u32) -> u32 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0 && n < REPS_HI)
-        .unwrap_or(REPS_LO)
+        .filter(|&n| n > 0 && n < limit)
+        .unwrap_or(default)
 }
+
+fn reps_lo() -> u32 {
+    env_count("BPFQOS_BENCH_REPS_LO", REPS_HI, REPS_LO)
+}
+
 const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
 /// Call pairs per case. Each call costs milliseconds of wall time outside the measured loop (the
@@ -79,10 +85,7 @@ const XDP_REDIRECT: u32 = 4;
 const CALLS: u32 = 80;
 
 fn calls() -> u32 {
-    std::env::var("BPFQOS_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CALLS)
+    env_count("BPFQOS_BENCH_CALLS", u32::MAX, CALLS)
 }
 
 /// One program under measurement: an object, its program name and its calls' timings.
