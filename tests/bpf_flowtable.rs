@@ -121,22 +121,22 @@ fn forward(env: &mut Env, spec: &FlowSpec, n: u32) {
 
 type Versions = (FlowSpec, FlowSpec, Vec<u8>, Vec<u8>, Vec<u8>);
 
-/// A SNAT flow from dev[0] to dev[1], plain both ways.
-fn snat_flow(env: &Env, orig: Tuple) -> FlowSpec {
+/// A flow from dev[0] to dev[1], plain both ways, `orig` leaving as `new`.
+fn plain_flow(env: &Env, orig: Tuple, new: Tuple) -> FlowSpec {
     FlowSpec::new(
         env.dev[0],
         Encap::plain(),
         orig,
         env.dev[1],
         Encap::plain(),
-        orig.snat(),
+        new,
     )
 }
 
-/// A [`snat_flow`] and a second version of it that only differs in the egress encapsulation:
+/// A SNAT [`plain_flow`] and a second version of it that only differs in the egress encapsulation:
 /// both, the key, and their entries.
 fn two_versions(env: &Env, orig: Tuple, out_b: Encap) -> Versions {
-    let a = snat_flow(env, orig);
+    let a = plain_flow(env, orig, orig.snat());
     let b = FlowSpec {
         out_encap: out_b,
         ..a.clone()
@@ -362,15 +362,7 @@ fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
     let spec = |port: u16| {
         let mut orig = Tuple::v4(false);
         orig.sport = port;
-        FlowSpec::new(
-            env.dev[0],
-            Encap::plain(),
-            orig,
-            env.dev[1],
-            Encap::plain(),
-            orig,
-        )
-        .entry()
+        plain_flow(&env, orig, orig).entry()
     };
     type Keyed = Vec<(Vec<u8>, Vec<u8>, u16)>;
     let mut by_bucket: std::collections::HashMap<u32, Keyed> = Default::default();
@@ -440,7 +432,7 @@ fn packets_racing_replacements_only_see_complete_entries() {
     let orig = Tuple::v4(false);
     // Two versions that differ in egress device (and so in verdict), encapsulation (frame
     // length) and NAT: a packet that mixed them would show.
-    let a = snat_flow(&env, orig);
+    let a = plain_flow(&env, orig, orig.snat());
     let b = FlowSpec::new(
         env.dev[0],
         Encap::plain(),
