@@ -19,16 +19,20 @@ build:
 release:
 	$(CARGO) build --release --locked
 
-# BPF objects for both byte orders (bpfel: x86/arm, bpfeb: big-endian MIPS routers), built the
-# way build.rs builds them, for inspection (llvm-objdump, bpftool, the VM verifier scenario).
+# BPF objects for both byte orders (bpfel: x86/arm, bpfeb: big-endian MIPS routers), as build.rs
+# built them (the one clang command line), copied out of cargo's OUT_DIR for inspection
+# (llvm-objdump, bpftool, the VM verifier scenario).
 bpf:
-	bash bpf/build.sh $(BPF_OUT)
+	@out=$$($(CARGO) build --locked --message-format=json 2>/dev/null | python3 -c 'import json,sys; \
+	  print([m["out_dir"] for m in map(json.loads, sys.stdin) if m.get("reason") == "build-script-executed" \
+	    and "/build/bpfqos-" in m.get("out_dir", "")][-1])') && \
+	  mkdir -p $(BPF_OUT) && cp "$$out"/*.o "$$out"/bench/*.o $(BPF_OUT)/
 	ls -l $(BPF_OUT)
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
-	clang-format --dry-run --Werror bpf/*.c bpf/include/*.h
+	clang-format --dry-run --Werror bpf/*.c bpf/include/*.h bench/bpf/*.c
 
 # Everything: lint, unit + integration tests (root-only tests run for real as root), then the
 # full-kernel VM scenarios (VLAN, PPPoE, CAKE, flowtable on Debian's 6.12).

@@ -1,14 +1,17 @@
-//! Builds the BPF data path: every `bpf/*.bpf.c` is compiled with clang for both byte orders
-//! (`<name>.bpfel.o`, `<name>.bpfeb.o` in OUT_DIR; big-endian is for MIPS routers), and a
-//! libbpf-rs skeleton (`<name>.skel.rs`) is generated from the object matching the target's byte
-//! order. UAPI headers only: no vmlinux.h, no CO-RE (OpenWrt kernels ship without BTF).
+//! Builds every BPF object, with the project's one clang command line ([`compile`]):
+//! - the data path, `bpf/*.bpf.c`: both byte orders (`<name>.bpfel.o`, `<name>.bpfeb.o` in
+//!   OUT_DIR; big-endian is for MIPS routers) and a libbpf-rs skeleton (`<name>.skel.rs`) from the
+//!   object matching the target's byte order; the product embeds these;
+//! - the benches' own programs, `bench/bpf/*.bpf.c`: little-endian only, into `OUT_DIR/bench/`,
+//!   no skeleton; nothing of the product refers to them.
+//!
+//! UAPI headers only: no vmlinux.h, no CO-RE (OpenWrt kernels ship without BTF). `make bpf`
+//! copies the objects out of OUT_DIR into `target/bpf/` for inspection.
 //!
 //! Environment:
 //! - `BPFQOS_CLANG`: the clang to use (default `clang`).
 //! - `BPFQOS_BPF_CFLAGS`: extra flags, whitespace-separated (e.g. `-I<staging>/usr/include` for
 //!   the OpenWrt cross build, whose host has no multiarch asm/ headers for the target).
-//!
-//! Without cargo, the same objects come from `bpf/build.sh OUTDIR` (used by `make bpf`).
 
 use std::env;
 use std::fs;
@@ -24,7 +27,9 @@ fn main() -> Result<(), BoxError> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let bpf_dir = manifest.join("bpf");
+    let bench_dir = manifest.join("bench").join("bpf");
     println!("cargo:rerun-if-changed={}", bpf_dir.display());
+    println!("cargo:rerun-if-changed={}", bench_dir.display());
     println!("cargo:rerun-if-env-changed=BPFQOS_CLANG");
     println!("cargo:rerun-if-env-changed=BPFQOS_BPF_CFLAGS");
 
@@ -47,35 +52,46 @@ fn main() -> Result<(), BoxError> {
         _ => "bpfel",
     };
 
-    let mut sources: Vec<PathBuf> = fs::read_dir(&bpf_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
-        .collect();
-    sources.sort();
-    for src in &sources {
-        let file = src
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or("bad BPF source name")?;
-        let name = file.trim_end_matches(".bpf.c");
+    let bpf_inc = bpf_dir.join("include");
+    let includes = [inc.as_path(), bpf_inc.as_path()];
+    for src in sources(&bpf_dir)? {
+        let name = object_name(&src)?;
         for target in ["bpfel", "bpfeb"] {
             let obj = out.join(format!("{name}.{target}.o"));
-            compile(
-                &clang,
-                target,
-                src,
-                &obj,
-                &[&inc, &bpf_dir.join("include")],
-                &extra,
-            )?;
+            compile(&clang, target, &src, &obj, &includes, &extra)?;
         }
         let skel = out.join(format!("{name}.skel.rs"));
         SkeletonBuilder::new()
             .obj(out.join(format!("{name}.{native}.o")))
             .generate(&skel)
-            .map_err(|e| format!("generating the skeleton for {file}: {e:#}"))?;
+            .map_err(|e| format!("generating the skeleton for {}: {e:#}", src.display()))?;
+    }
+    let bench_out = out.join("bench");
+    fs::create_dir_all(&bench_out)?;
+    for src in sources(&bench_dir)? {
+        let obj = bench_out.join(format!("{}.bpfel.o", object_name(&src)?));
+        compile(&clang, "bpfel", &src, &obj, &includes, &extra)?;
     }
     Ok(())
+}
+
+/// The `*.bpf.c` files of `dir`, sorted.
+fn sources(dir: &Path) -> Result<Vec<PathBuf>, BoxError> {
+    let mut sources: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
+    sources.sort();
+    Ok(sources)
+}
+
+/// `offload` for `.../offload.bpf.c`.
+fn object_name(src: &Path) -> Result<String, BoxError> {
+    let file = src
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("bad BPF source name")?;
+    Ok(file.trim_end_matches(".bpf.c").to_string())
 }
 
 fn compile(

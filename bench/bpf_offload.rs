@@ -1,5 +1,5 @@
 //! ns/packet of the offload XDP program via BPF_PROG_TEST_RUN with repeat, next to references
-//! from bpf/bench.bpf.c on the same frame in the same run, calls interleaved and medians taken:
+//! from bench/bpf/bench.bpf.c on the same frame in the same run, calls interleaved and medians taken:
 //! - baseline: the bare "parse and redirect" (parser + devmap redirect);
 //! - floor: parse + the offload's own flow-table lookup (flowtable.h: same maps, hash and key
 //!   comparison) + redirect to the entry's egress: the least this offload does; offload - floor
@@ -12,7 +12,7 @@
 //! - the empty program's time, printed last: BPF_PROG_TEST_RUN's own per-repetition cost,
 //!   included in every column;
 //! - with `BPFQOS_BENCH_BEFORE=<offload.bpfel.o>`, another build of the offload (e.g. the
-//!   previous commit's, built with bpf/build.sh) as a "before" column.
+//!   previous commit's, copied out of target/ by `make bpf`) as a "before" column.
 //!
 //! Root only; prints, never asserts timings. Run: `sudo -E cargo bench --bench bpf_offload`
 //! (`BPFQOS_BENCH_CALLS` sets the call pairs per case, `BPFQOS_BENCH_VERBOSE` prints wall
@@ -37,27 +37,27 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
-#[path = "../tests/common/bpf.rs"]
-mod bpf_common;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use bpf_common::bpf_frames::fresh_netns;
-use bpf_common::bpf_frames::ip_packet;
-use bpf_common::bpf_frames::set_control;
-use bpf_common::bpf_frames::wrap;
-use bpf_common::bpf_frames::Dir;
-use bpf_common::bpf_frames::Encap;
-use bpf_common::bpf_frames::FlowSpec;
-use bpf_common::bpf_frames::Tcp;
-use bpf_common::bpf_frames::Tuple;
-use bpf_common::bpf_frames::MAC_CLIENT;
-use bpf_common::bpf_frames::MAC_ROUTER_IN;
+use common::frames::fresh_netns;
+use common::frames::ip_packet;
+use common::frames::set_control;
+use common::frames::wrap;
+use common::frames::Dir;
+use common::frames::Encap;
+use common::frames::FlowSpec;
+use common::frames::Tcp;
+use common::frames::Tuple;
+use common::frames::MAC_CLIENT;
+use common::frames::MAC_ROUTER_IN;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::Object;
 use libbpf_rs::ObjectBuilder;
 use libbpf_rs::ProgramInput;
 
-const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpfel.o"));
+const OBJ_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench/bench.bpfel.o"));
 /// Repetitions of the two calls of a pair. HI stays below 254: every repetition of a forwarding
 /// row decrements the TTL of the frame (255), which must stay above 1. `BPFQOS_BENCH_REPS_LO`
 /// (1..REPS_HI) overrides LO: the per-packet figures must not depend on it (docs/bench.md).
@@ -208,7 +208,7 @@ fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<Fig
             for s in subjects.iter() {
                 if s.obj
                     .maps()
-                    .any(|m| m.name() == bpf_common::abi::CONTROL_MAP)
+                    .any(|m| m.name() == bpfqos::dataplane::abi::CONTROL_MAP)
                 {
                     set_control(&s.obj, 0, true);
                 }
@@ -252,8 +252,8 @@ fn main() {
         return;
     }
     let dev = fresh_netns(2);
-    let mut off = Subject::new(bpf_common::load(), bpf_common::abi::XDP_PROG);
-    let mut before = before_object().map(|o| Subject::new(o, bpf_common::abi::XDP_PROG));
+    let mut off = Subject::new(common::bpf::load(), bpfqos::dataplane::abi::XDP_PROG);
+    let mut before = before_object().map(|o| Subject::new(o, bpfqos::dataplane::abi::XDP_PROG));
     let bench_obj = || {
         ObjectBuilder::default()
             .open_memory(OBJ_BENCH)
@@ -270,7 +270,7 @@ fn main() {
         let m = base.maps().find(|m| m.name() == "bench_cfg").unwrap();
         let mut v = dev[1].to_ne_bytes().to_vec();
         v.extend_from_slice(&dsa.to_ne_bytes());
-        for w in bpf_common::bpf_frames::TEST_SEED {
+        for w in common::frames::TEST_SEED {
             v.extend_from_slice(&w.to_ne_bytes());
         }
         m.update(&0u32.to_ne_bytes(), &v, MapFlags::ANY).unwrap();
@@ -384,14 +384,14 @@ fn main() {
         let fwd = FlowSpec::new(dev[0], ein.clone(), t, dev[1], eout.clone(), new);
         // The mirror matches the rewritten frame as it would arrive (egress encap in RX form).
         let back_in = match eout.dsa {
-            bpf_common::bpf_frames::Dsa::Mtk(p) => Encap {
-                dsa: bpf_common::bpf_frames::Dsa::Mtk((1 << p) & 7),
+            common::frames::Dsa::Mtk(p) => Encap {
+                dsa: common::frames::Dsa::Mtk((1 << p) & 7),
                 ..eout.clone()
             },
             _ => eout.clone(),
         };
         // mtk: the mirror re-tags for the port the forward leg expects (TX BIT(1) = RX 2).
-        let back_out = if matches!(eout.dsa, bpf_common::bpf_frames::Dsa::Mtk(_)) {
+        let back_out = if matches!(eout.dsa, common::frames::Dsa::Mtk(_)) {
             eout.clone()
         } else {
             ein.clone()
@@ -403,17 +403,17 @@ fn main() {
             back.install(&all[i].obj);
             // Both legs arrive on dev[0]: its DSA config must serve both; only same-tagger
             // pairs can loop, so DSA pairs use the ingress tagger for the parse of either leg.
-            bpf_common::bpf_frames::set_iface_dsa(&all[i].obj, dev[0], ein.dsa_proto());
+            common::frames::set_iface_dsa(&all[i].obj, dev[0], ein.dsa_proto());
         }
         let f = frame(&ein, &t);
-        let done_of = |o: &Object| fwd.counters(o).0 + back.counters(o).0;
+        let done_of = |o: &Object| fwd.counters(o).packets + back.counters(o).packets;
         let before_runs: Vec<u64> = offloads.iter().map(|&i| done_of(&all[i].obj)).collect();
         for i in [1, 3, 4, 5] {
             base_cfg(&all[i].obj, u32::from(ein.dsa_proto()));
         }
         // The floor looks the forward leg up with the offload's own key bytes.
         let (map, key, _) = fwd.entry();
-        let floor_map = if map == bpf_common::abi::FLOWS6_MAP {
+        let floor_map = if map == bpfqos::dataplane::abi::FLOWS6_MAP {
             "bench_flows6"
         } else {
             "bench_flows4"
@@ -426,7 +426,7 @@ fn main() {
             .update(&key, &dev[1].to_ne_bytes(), MapFlags::ANY)
             .unwrap();
         let (entries, _, entry) = fwd.entry();
-        bpf_common::bpf_frames::table_place(&all[4].obj, entries, &key, &entry);
+        common::frames::table_place(&all[4].obj, entries, &key, &entry);
         let m = measure(&mut all, &f, dev[0]);
         harness_ns.push(m[2].per_packet);
         let expect = u64::from(calls()) * u64::from(reps_lo() + REPS_HI);
@@ -450,7 +450,7 @@ fn main() {
                 note += &format!(
                     "  ({} forwarded only {done}/{expect}; stats {:?})",
                     if i == 0 { "offload" } else { "before" },
-                    bpf_common::stats(&all[i].obj)
+                    common::bpf::stats(&all[i].obj)
                 );
             }
         }

@@ -36,7 +36,7 @@ VARIANTS=(kernel xdp tc bare)
 die() { echo "forwarding bench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, BPF)"
 [ -x "$BIN" ] || die "$BIN missing: run 'make release' first"
-for t in ip tc nft ethtool bpftool clang tcpdump; do
+for t in ip tc nft ethtool bpftool tcpdump; do
 	command -v "$t" >/dev/null || die "$t not found (.ci/install-deps.sh installs it)"
 done
 
@@ -92,16 +92,13 @@ C0_IDX=$(nsx "$LAN" cat /sys/class/net/c0/ifindex)
 WAN_IDX=$(nsx "$RTR" cat /sys/class/net/wan0/ifindex)
 
 # ---- the bench's BPF programs --------------------------------------------------------------
-say "compiling and loading bench/bpf/forwarding.bpf.c"
+say "loading bench/bpf/forwarding.bpf.c (built by build.rs)"
 mkdir -p "$WORK/bpffs"
 mount -t bpf bpf "$WORK/bpffs"
-INC=
-for d in "$ROOT"/target/*/build/bpfqos-*/out/include; do [ -d "$d" ] && INC=$d; done
-[ -n "$INC" ] || INC=/usr/include # libbpf's <bpf/bpf_helpers.h>: cargo's copy, else libbpf-dev
-clang -O2 -g -target bpf -I"$INC" -idirafter "/usr/include/$(uname -m)-linux-gnu" \
-	-c "$HERE/bpf/forwarding.bpf.c" -o "$WORK/forwarding.bpf.o"
+FWD_OBJ=$(ls -t "$ROOT"/target/*/build/bpfqos-*/out/bench/forwarding.bpfel.o 2>/dev/null | head -n1)
+[ -n "$FWD_OBJ" ] || die "no forwarding.bpfel.o under target/: run cargo build first"
 mkdir -p "$BB/maps"
-bpftool prog loadall "$WORK/forwarding.bpf.o" "$BB/progs" pinmaps "$BB/maps"
+bpftool prog loadall "$FWD_OBJ" "$BB/progs" pinmaps "$BB/maps"
 # shellcheck disable=SC2046 # le32 prints four separate byte arguments
 bpftool map update pinned "$BB/maps/gen_target" key 0 0 0 0 value $(le32 "$C0_IDX")
 # A devmap resolves the ifindex in the caller's namespace.

@@ -30,8 +30,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define MAX_IFACES 4096
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -48,7 +46,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_IFACES);
+	__uint(max_entries, BPFQOS_MAX_IFACES);
 	__type(key, __u32);
 	__type(value, struct bpfqos_iface);
 } ifaces SEC(".maps");
@@ -76,7 +74,7 @@ struct {
 /* Keyed and valued by egress ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, 256);
+	__uint(max_entries, BPFQOS_MAX_TX_PORTS);
 	__type(key, __u32);
 	__type(value, __u32);
 } tx_ports SEC(".maps");
@@ -102,17 +100,8 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
-/*
- * Never used by the programs: it puts the event layout and the enums into the
- * object's BTF, from which libbpf-cargo generates the Rust types.
- */
-struct bpfqos_btf_anchor {
-	struct bpfqos_event event;
-	enum bpfqos_dsa_proto dsa_proto;
-	enum bpfqos_action action;
-	enum bpfqos_event_type event_type;
-	enum bpfqos_stat stat;
-} bpfqos_btf_anchor = {};
+/* Puts the ABI enums into this object's BTF (see bpfqos_abi.h). */
+struct bpfqos_btf_anchor bpfqos_btf_anchor = {};
 
 enum hook { HOOK_XDP, HOOK_TC };
 

@@ -1,12 +1,24 @@
 //! The status document: what `bpfqos status`, `ubus call bpfqos status` and LuCI show.
 //!
-//! The daemon builds it; clients render it. The JSON shape is a public interface (the rpcd plugin
-//! and the LuCI page read it), so fields are only ever added.
+//! The daemon assembles it from sections that the modules owning the numbers build
+//! ([`OffloadStatus`] and [`FlowStatus`] from the flow manager, [`AttachPoint`] and
+//! [`DatapathStats`] from the data plane, [`InterfaceStatus`] from the interfaces); clients
+//! render it. The JSON shape is a public interface (the rpcd plugin and the LuCI page read it),
+//! so fields are only ever added, and a section an older daemon did not send reads as empty.
 
 use std::fmt::Write;
 
 use serde::Deserialize;
 use serde::Serialize;
+
+pub use crate::dataplane::attach::AttachMode;
+pub use crate::dataplane::attach::AttachPoint;
+pub use crate::dataplane::attach::Hook;
+pub use crate::dataplane::stats::DatapathStats;
+pub use crate::interfaces::InterfaceStatus;
+pub use crate::offload::report::FlowStatus;
+pub use crate::offload::report::ManagerStats;
+pub use crate::offload::report::OffloadStatus;
 
 /// The whole status document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -25,10 +37,10 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     /// Offloaded connections with their counters.
     #[serde(default)]
-    pub flows: serde_json::Value,
-    /// The data path's own counters (packets seen, passed by reason, redirected).
+    pub flows: Vec<FlowStatus>,
+    /// The data path's own counters (packets passed by reason, redirected, seen).
     #[serde(default)]
-    pub datapath: std::collections::BTreeMap<String, u64>,
+    pub datapath: DatapathStats,
 }
 
 /// Configuration state.
@@ -43,102 +55,6 @@ pub struct ConfigStatus {
     pub last_reload_error: Option<String>,
     /// Number of successful reloads since start.
     pub reloads: u64,
-}
-
-/// Flow offload summary.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OffloadStatus {
-    /// Offload is configured on and the data path is loaded.
-    pub enabled: bool,
-    /// Flow entries currently installed (one per direction).
-    pub flows: u64,
-    /// Connections offloaded (each is two flow entries).
-    #[serde(default)]
-    pub connections: u64,
-    /// The flow manager's decisions: admitted, removed, rejected by reason.
-    #[serde(default)]
-    pub manager: serde_json::Value,
-    /// Packets forwarded by the data path.
-    pub packets: u64,
-    /// Bytes forwarded by the data path.
-    pub bytes: u64,
-}
-
-/// Hook a program is attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    /// eXpress Data Path.
-    Xdp,
-    /// Traffic control (clsact ingress).
-    Tc,
-}
-
-/// How the program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// XDP in the driver.
-    Native,
-    /// XDP in the generic (skb) path.
-    Generic,
-    /// TC clsact ingress.
-    Tc,
-}
-
-/// One attach point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttachPoint {
-    /// Device name.
-    pub device: String,
-    /// Device index.
-    pub ifindex: u32,
-    /// Hook.
-    pub hook: Hook,
-    /// Mode.
-    pub mode: AttachMode,
-    /// Why a better mode was not used, when it was not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
-    /// Offloaded packets received on this device.
-    #[serde(default)]
-    pub rx_packets: u64,
-    /// Offloaded bytes received on this device.
-    #[serde(default)]
-    pub rx_bytes: u64,
-    /// Offloaded packets sent out of this device.
-    #[serde(default)]
-    pub tx_packets: u64,
-    /// Offloaded bytes sent out of this device.
-    #[serde(default)]
-    pub tx_bytes: u64,
-}
-
-/// A configured interface.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct InterfaceStatus {
-    /// UCI section name.
-    pub name: String,
-    /// Device, when resolved.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// Whether offload is enabled on it.
-    pub offload: bool,
-    /// Configured upload shaping rate (kbit/s, 0 = none).
-    pub upload_kbit: u64,
-    /// Configured download shaping rate (kbit/s, 0 = none).
-    pub download_kbit: u64,
-    /// Problem preventing it from being used, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-fn mode_name(m: AttachMode) -> &'static str {
-    match m {
-        AttachMode::Native => "native",
-        AttachMode::Generic => "generic",
-        AttachMode::Tc => "tc",
-    }
 }
 
 fn kbit(k: u64) -> String {
@@ -175,7 +91,7 @@ impl Status {
                 a.device,
                 a.ifindex,
                 if a.hook == Hook::Xdp { "xdp" } else { "tc" },
-                mode_name(a.mode)
+                a.mode.name()
             );
             let _ = write!(
                 s,
@@ -187,20 +103,21 @@ impl Status {
             }
             s.push('\n');
         }
-        if let Some(flows) = self.flows.as_array().filter(|f| !f.is_empty()) {
-            let _ = writeln!(s, "\noffloaded connections ({}):", flows.len());
-            for f in flows.iter().take(20) {
+        if !self.flows.is_empty() {
+            let _ = writeln!(s, "\noffloaded connections ({}):", self.flows.len());
+            for f in self.flows.iter().take(20) {
                 let _ = writeln!(
                     s,
                     "  {}  pkts {}/{}  bytes {}",
-                    f["orig"].as_str().unwrap_or("?"),
-                    f["packets_orig"],
-                    f["packets_reply"],
-                    f["bytes"]
+                    f.orig, f.packets_orig, f.packets_reply, f.bytes
                 );
             }
-            if flows.len() > 20 {
-                let _ = writeln!(s, "  ... {} more (bpfqos status --json)", flows.len() - 20);
+            if self.flows.len() > 20 {
+                let _ = writeln!(
+                    s,
+                    "  ... {} more (bpfqos status --json)",
+                    self.flows.len() - 20
+                );
             }
         }
         let _ = writeln!(s, "\ninterfaces:");
@@ -252,6 +169,8 @@ mod tests {
                 hook: Hook::Xdp,
                 mode: AttachMode::Native,
                 fallback_reason: None,
+                tc_ingress: false,
+                tc_egress: false,
                 rx_packets: 0,
                 rx_bytes: 0,
                 tx_packets: 0,

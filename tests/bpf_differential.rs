@@ -37,9 +37,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-#[path = "common/bpf.rs"]
-mod bpf_common;
-mod harness;
+mod common;
 
 use std::io::BufRead;
 use std::io::BufReader;
@@ -49,18 +47,18 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::process::Stdio;
 
-use bpf_common::bpf_frames::inet_csum;
-use bpf_common::bpf_frames::set_control;
-use bpf_common::bpf_frames::verify_checksums;
-use bpf_common::bpf_frames::Encap;
-use bpf_common::bpf_frames::FlowSpec;
-use bpf_common::bpf_frames::Tuple;
-use bpf_common::bpf_frames::MAC_CLIENT;
-use bpf_common::bpf_frames::MAC_ROUTER_IN;
-use bpf_common::bpf_frames::MAC_ROUTER_OUT;
-use bpf_common::bpf_frames::MAC_SERVER;
+use common::frames::inet_csum;
+use common::frames::set_control;
+use common::frames::verify_checksums;
+use common::frames::Encap;
+use common::frames::FlowSpec;
+use common::frames::Tuple;
+use common::frames::MAC_CLIENT;
+use common::frames::MAC_ROUTER_IN;
+use common::frames::MAC_ROUTER_OUT;
+use common::frames::MAC_SERVER;
+use common::netns::Netns;
 use etherparse::PacketBuilder;
-use harness::Netns;
 use libbpf_rs::Object;
 use libbpf_rs::TcHookBuilder;
 use libbpf_rs::TC_INGRESS;
@@ -400,7 +398,7 @@ fn offloaded_run(
     ports: &[u16],
     path: &str,
 ) -> Vec<Vec<u8>> {
-    let count = |obj: &Object| -> u64 { specs.iter().map(|s| s.counters(obj).0).sum() };
+    let count = |obj: &Object| -> u64 { specs.iter().map(|s| s.counters(obj).packets).sum() };
     let nat: Vec<&Tuple> = specs
         .iter()
         .map(|s| &s.orig)
@@ -416,7 +414,7 @@ fn offloaded_run(
         frames.len() as u64,
         "{path} forwarded {forwarded} of {} frames; stats {:?}",
         frames.len(),
-        bpf_common::stats(obj)
+        common::bpf::stats(obj)
     );
     let ct_after: Vec<u64> = nat.iter().map(|t| lab.conntrack_packets(t)).collect();
     assert_eq!(
@@ -458,7 +456,7 @@ fn enter(ns: &Netns) {
 
 #[test]
 fn xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte() {
-    if !harness::require_root("xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte") {
+    if !common::require_root("xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte") {
         return;
     }
     let lab = Lab::new();
@@ -498,7 +496,7 @@ fn xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte() {
     enter(&lab.rtr);
     let lan1 = nix::net::if_::if_nametoindex("lan1").unwrap();
     let wan0 = nix::net::if_::if_nametoindex("wan0").unwrap();
-    let obj = bpf_common::load();
+    let obj = common::bpf::load();
     let specs: Vec<FlowSpec> = flows
         .iter()
         .map(|t| {
@@ -521,7 +519,7 @@ fn xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte() {
     }
     let link = obj
         .progs_mut()
-        .find(|p| p.name() == bpf_common::abi::XDP_PROG)
+        .find(|p| p.name() == bpfqos::dataplane::abi::XDP_PROG)
         .unwrap()
         .attach_xdp(lan1 as i32)
         .expect("attach XDP to lan1");
@@ -532,7 +530,7 @@ fn xdp_and_tc_paths_match_kernel_forwarding_byte_for_byte() {
     // Run 3: the TC twin (the shaped path), same flows, from lan1's clsact ingress.
     let tc_fd = obj
         .progs()
-        .find(|p| p.name() == bpf_common::abi::TC_PROG)
+        .find(|p| p.name() == bpfqos::dataplane::abi::TC_PROG)
         .unwrap()
         .as_fd()
         .try_clone_to_owned()

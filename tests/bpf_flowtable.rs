@@ -7,8 +7,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-#[path = "common/bpf.rs"]
-mod bpf_common;
+mod common;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -16,22 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use bpf_common::abi;
-use bpf_common::bpf_frames::buckets_of;
-use bpf_common::bpf_frames::find_map;
-use bpf_common::bpf_frames::map_update;
-use bpf_common::bpf_frames::now_ns;
-use bpf_common::bpf_frames::read_bucket;
-use bpf_common::bpf_frames::Encap;
-use bpf_common::bpf_frames::FlowSpec;
-use bpf_common::bpf_frames::Tcp;
-use bpf_common::bpf_frames::Tuple;
-use bpf_common::flowtable::FlowTables;
-use bpf_common::flowtable::PlaceError;
-use bpf_common::run_xdp;
-use bpf_common::Env;
-use bpf_common::XDP_REDIRECT;
-use bpf_common::XDP_TX;
+use bpfqos::dataplane::abi;
+use bpfqos::dataplane::flowtable::FlowTables;
+use bpfqos::dataplane::flowtable::PlaceError;
+use common::bpf::run_xdp;
+use common::bpf::Env;
+use common::bpf::XDP_REDIRECT;
+use common::bpf::XDP_TX;
+use common::frames::buckets_of;
+use common::frames::find_map;
+use common::frames::map_update;
+use common::frames::now_ns;
+use common::frames::read_bucket;
+use common::frames::Encap;
+use common::frames::FlowSpec;
+use common::frames::Tcp;
+use common::frames::Tuple;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
@@ -74,7 +73,7 @@ fn fresh_tables(env: &Env, n: u32) -> FlowTables {
 
 /// Two veth devices, both redirect targets.
 fn setup(test: &str) -> Option<Env> {
-    let env = bpf_common::setup(test, 2)?;
+    let env = common::bpf::setup(test, 2)?;
     for d in &env.dev {
         map_update(
             &env.obj,
@@ -113,7 +112,7 @@ fn forward(env: &mut Env, spec: &FlowSpec, n: u32) {
             r.ret,
             XDP_REDIRECT,
             "not forwarded: {:?}",
-            bpf_common::stats(&env.obj)
+            common::bpf::stats(&env.obj)
         );
         assert_eq!(r.data, expected, "forwarded frame");
     }
@@ -158,7 +157,7 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
         t.install(&entry_a).unwrap().unwrap();
         forward(&mut env, &a, 5);
         let first = slot_of(&env.obj, v6, &key, t.seed()).expect("slot");
-        assert_eq!(t.counters(&key).map(|c| c.0), Some(5));
+        assert_eq!(t.counters(&key).map(|c| c.packets), Some(5));
 
         // Replacement: a fresh entry, the slot repointed, the old entry left as it was.
         t.install(&entry_b).unwrap().unwrap();
@@ -177,7 +176,7 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
         );
         forward(&mut env, &b, 3);
         assert_eq!(
-            t.counters(&key).map(|c| c.0),
+            t.counters(&key).map(|c| c.packets),
             Some(8),
             "counters not carried"
         );
@@ -194,11 +193,15 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
             &abi::slot_index(first).to_ne_bytes(),
             &straggler,
         );
-        assert_eq!(t.counters(&key).map(|c| c.0), Some(10));
+        assert_eq!(t.counters(&key).map(|c| c.packets), Some(10));
         assert!(t.has_unlinked());
         t.synchronize().unwrap();
         assert!(!t.has_unlinked());
-        assert_eq!(t.counters(&key).map(|c| c.0), Some(10), "straggler lost");
+        assert_eq!(
+            t.counters(&key).map(|c| c.packets),
+            Some(10),
+            "straggler lost"
+        );
         // Released: zeroed, and free for the next flow.
         let released = entry_at(&env.obj, v6, abi::slot_index(first));
         assert!(
@@ -259,7 +262,7 @@ fn reclaim_frees_an_entry_only_after_a_grace_period_asked_for_after_its_unlink()
         "released entry not zeroed"
     );
     assert_eq!(
-        t.counters(&key).map(|c| c.0),
+        t.counters(&key).map(|c| c.packets),
         Some(3),
         "the straggler's packet was not carried over"
     );
@@ -341,7 +344,7 @@ fn a_restarted_daemon_adopts_the_tables_and_clears_what_does_not_check_out() {
     let t = FlowTables::open(&handles(&env.obj), Some(seed), seed_of(99)).unwrap();
     assert_eq!(t.seed(), &seed);
     assert_eq!(t.len(), 1, "adopted flows");
-    assert_eq!(t.counters(&key).map(|c| c.0), Some(4));
+    assert_eq!(t.counters(&key).map(|c| c.packets), Some(4));
     assert_eq!(slot_of(&env.obj, false, &key, &seed), Some(slot));
     assert_eq!(
         slot_of(&env.obj, false, &okey, &seed),
@@ -492,16 +495,16 @@ fn packets_racing_replacements_only_see_complete_entries() {
     eprintln!("{rounds} replacements, {seen_a} + {seen_b} packets");
     assert!(rounds > 100 && seen_a > 0 && seen_b > 0, "no race happened");
     assert_eq!(
-        t.counters(&key).map(|c| c.0),
+        t.counters(&key).map(|c| c.packets),
         Some(seen_a + seen_b),
         "packets counted across replacements"
     );
-    let passes: u64 = bpf_common::stats(&env.obj)
+    let passes: u64 = common::bpf::stats(&env.obj)
         .iter()
         .filter(|(i, _)| {
             *i != abi::Stat::BPFQOS_STAT_REDIRECT.0 && *i != abi::Stat::BPFQOS_STAT_TX.0
         })
         .map(|(_, n)| n)
         .sum();
-    assert_eq!(passes, 0, "{:?}", bpf_common::stats(&env.obj));
+    assert_eq!(passes, 0, "{:?}", common::bpf::stats(&env.obj));
 }

@@ -8,29 +8,28 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-#[path = "common/bpf.rs"]
-mod bpf_common;
+mod common;
 
 use std::net::IpAddr;
 
-use bpf_common::bpf_frames::inet_csum;
-use bpf_common::bpf_frames::ip_packet;
-use bpf_common::bpf_frames::set_control;
-use bpf_common::bpf_frames::verify_checksums;
-use bpf_common::bpf_frames::wrap;
-use bpf_common::bpf_frames::Dir;
-use bpf_common::bpf_frames::Encap;
-use bpf_common::bpf_frames::FlowSpec;
-use bpf_common::bpf_frames::Tcp;
-use bpf_common::bpf_frames::Tuple;
-use bpf_common::bpf_frames::MAC_CLIENT;
-use bpf_common::bpf_frames::MAC_ROUTER_IN;
-use bpf_common::bpf_frames::MAC_ROUTER_OUT;
-use bpf_common::bpf_frames::MAC_SERVER;
-use bpf_common::run_xdp;
-use bpf_common::XDP_PASS;
-use bpf_common::XDP_REDIRECT;
-use bpf_common::XDP_TX;
+use common::bpf::run_xdp;
+use common::bpf::XDP_PASS;
+use common::bpf::XDP_REDIRECT;
+use common::bpf::XDP_TX;
+use common::frames::inet_csum;
+use common::frames::ip_packet;
+use common::frames::set_control;
+use common::frames::verify_checksums;
+use common::frames::wrap;
+use common::frames::Dir;
+use common::frames::Encap;
+use common::frames::FlowSpec;
+use common::frames::Tcp;
+use common::frames::Tuple;
+use common::frames::MAC_CLIENT;
+use common::frames::MAC_ROUTER_IN;
+use common::frames::MAC_ROUTER_OUT;
+use common::frames::MAC_SERVER;
 
 const FRAMES: usize = 12_000;
 const SEED: u64 = 0xb9f0_5eed;
@@ -230,7 +229,7 @@ fn model_rewrite(f: &[u8], p: &Parsed, s: &FlowSpec) -> (Vec<u8>, usize) {
 
 #[test]
 fn fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched() {
-    let Some(bpf_common::Env { mut obj, dev }) = bpf_common::setup(
+    let Some(common::bpf::Env { mut obj, dev }) = common::bpf::setup(
         "fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched",
         3,
     ) else {
@@ -309,9 +308,9 @@ fn fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched() {
         s.install(&obj);
     }
     for (i, d) in dev.iter().enumerate() {
-        bpf_common::bpf_frames::set_iface_dsa(&obj, *d, [0, 1, 3][i]);
+        common::frames::set_iface_dsa(&obj, *d, [0, 1, 3][i]);
     }
-    let before: Vec<u64> = specs.iter().map(|s| s.counters(&obj).0).collect();
+    let before: Vec<u64> = specs.iter().map(|s| s.counters(&obj).packets).collect();
 
     let mut rng = fastrand::Rng::with_seed(SEED);
     let (mut fwd, mut passed, mut mutated_fwd) = (0u64, 0u64, 0u64);
@@ -427,7 +426,7 @@ fn fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched() {
             ),
         }
     }
-    let after: Vec<u64> = specs.iter().map(|s| s.counters(&obj).0).collect();
+    let after: Vec<u64> = specs.iter().map(|s| s.counters(&obj).packets).collect();
     let counted: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
     assert_eq!(counted, fwd, "flow packet counters vs forwarded frames");
     eprintln!("fuzz: {FRAMES} frames, {fwd} forwarded ({mutated_fwd} of them mutated), {passed} passed unchanged");

@@ -4,8 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-#[path = "common/bpf.rs"]
-mod bpf_common;
+mod common;
 
 use std::collections::BTreeSet;
 use std::mem::offset_of;
@@ -17,9 +16,9 @@ use libbpf_rs::btf::Btf;
 use libbpf_rs::btf::HasSize;
 use libbpf_rs::ObjectBuilder;
 
-use bpf_common::abi;
-use bpf_common::OBJ_EB;
-use bpf_common::OBJ_EL;
+use bpfqos::dataplane::abi;
+use common::bpf::OBJ_EB;
+use common::bpf::OBJ_EL;
 
 fn names(obj: &[u8]) -> (BTreeSet<String>, BTreeSet<String>) {
     let open = ObjectBuilder::default()
@@ -72,20 +71,20 @@ fn both_byte_orders_open_with_the_same_programs_and_maps() {
 
 #[test]
 fn native_object_loads_and_passes_an_unknown_frame_unchanged() {
-    if !bpf_common::require_root("native_object_loads_and_passes_an_unknown_frame_unchanged") {
+    if !common::require_root("native_object_loads_and_passes_an_unknown_frame_unchanged") {
         return;
     }
-    let mut obj = bpf_common::load();
+    let mut obj = common::bpf::load();
     // An ARP request: not ours, must come back untouched.
     let mut frame = vec![0xffu8; 6];
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
     frame.extend_from_slice(&[0u8; 28]);
     frame.resize(60, 0);
-    let r = bpf_common::run_xdp(&mut obj, &frame, 0, 1);
-    assert_eq!(r.ret, bpf_common::XDP_PASS);
+    let r = common::bpf::run_xdp(&mut obj, &frame, 0, 1);
+    assert_eq!(r.ret, common::bpf::XDP_PASS);
     assert_eq!(r.data, frame);
-    let r = bpf_common::run_tc(&mut obj, &frame, 0, 1);
-    assert_eq!(r.ret, bpf_common::TC_ACT_OK);
+    let r = common::bpf::run_tc(&mut obj, &frame, 0, 1);
+    assert_eq!(r.ret, common::bpf::TC_ACT_OK);
     assert_eq!(r.data, frame);
 }
 

@@ -7,26 +7,25 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-#[path = "common/bpf.rs"]
-mod bpf_common;
+mod common;
 
-use bpf_common::bpf_frames::verify_checksums;
-use bpf_common::bpf_frames::wrap;
-use bpf_common::bpf_frames::Dir;
-use bpf_common::bpf_frames::Encap;
-use bpf_common::bpf_frames::FlowSpec;
-use bpf_common::bpf_frames::Tcp;
-use bpf_common::bpf_frames::Tuple;
-use bpf_common::bpf_frames::MAC_CLIENT;
-use bpf_common::bpf_frames::MAC_ROUTER_IN;
-use bpf_common::run_tc;
-use bpf_common::run_xdp;
-use bpf_common::Env;
-use bpf_common::TC_ACT_OK;
-use bpf_common::TC_ACT_REDIRECT;
-use bpf_common::XDP_PASS;
-use bpf_common::XDP_REDIRECT;
-use bpf_common::XDP_TX;
+use common::bpf::run_tc;
+use common::bpf::run_xdp;
+use common::bpf::Env;
+use common::bpf::TC_ACT_OK;
+use common::bpf::TC_ACT_REDIRECT;
+use common::bpf::XDP_PASS;
+use common::bpf::XDP_REDIRECT;
+use common::bpf::XDP_TX;
+use common::frames::verify_checksums;
+use common::frames::wrap;
+use common::frames::Dir;
+use common::frames::Encap;
+use common::frames::FlowSpec;
+use common::frames::Tcp;
+use common::frames::Tuple;
+use common::frames::MAC_CLIENT;
+use common::frames::MAC_ROUTER_IN;
 use libbpf_rs::MapCore;
 use libbpf_rs::Object;
 
@@ -47,8 +46,8 @@ fn hexdiff(a: &[u8], b: &[u8]) -> String {
 
 /// Two veth devices, offload on with a fresh heartbeat.
 fn setup(test: &str) -> Option<Env> {
-    let env = bpf_common::setup(test, 2)?;
-    bpf_common::bpf_frames::set_control(&env.obj, 0, true);
+    let env = common::bpf::setup(test, 2)?;
+    common::frames::set_control(&env.obj, 0, true);
     Some(env)
 }
 
@@ -105,14 +104,14 @@ fn encap_matrix_forwards_byte_exact() {
                 r.ret,
                 XDP_REDIRECT,
                 "{what}: return code, stats {:?} input {}",
-                bpf_common::stats(&env.obj),
+                common::bpf::stats(&env.obj),
                 input.iter().map(|b| format!("{b:02x}")).collect::<String>()
             );
             assert_eq!(r.data, expected, "{what}:{}", hexdiff(&r.data, &expected));
             let after = spec.counters(&env.obj);
             let ip_len = ip_len_of(&input);
-            assert_eq!(after.0, before.0 + 1, "{what}: packet counter");
-            assert_eq!(after.1, before.1 + ip_len, "{what}: byte counter");
+            assert_eq!(after.packets, before.packets + 1, "{what}: packet counter");
+            assert_eq!(after.bytes, before.bytes + ip_len, "{what}: byte counter");
             spec.remove(&env.obj);
             n += 1;
         }
@@ -170,7 +169,7 @@ fn l2_header_len_matches_the_frame_builder_for_every_egress_encapsulation() {
                     let spec = FlowSpec::new(1, Encap::plain(), t, 2, eout.clone(), t);
                     let nh = spec.nexthop();
                     assert_eq!(
-                        bpf_common::abi::l2_header_len(&nh),
+                        bpfqos::dataplane::abi::l2_header_len(&nh),
                         spec.out_l2_len(),
                         "egress {eout:?}, {t:?}"
                     );
@@ -313,9 +312,8 @@ fn edge_cases_pass_unchanged() {
     let mut cases: Vec<(String, FlowSpec, Vec<u8>)> = Vec::new();
     let base4 = mk(Encap::vlan(7), Tuple::v4(false));
     let base6 = mk(Encap::pppoe(9), Tuple::v6(false));
-    let ip4 =
-        |ttl: u8| bpf_common::bpf_frames::ip_packet(&Tuple::v4(false), ttl, Tcp::Ack, PAYLOAD);
-    let ip6 = |hl: u8| bpf_common::bpf_frames::ip_packet(&Tuple::v6(false), hl, Tcp::Ack, PAYLOAD);
+    let ip4 = |ttl: u8| common::frames::ip_packet(&Tuple::v4(false), ttl, Tcp::Ack, PAYLOAD);
+    let ip6 = |hl: u8| common::frames::ip_packet(&Tuple::v6(false), hl, Tcp::Ack, PAYLOAD);
     let rx = |e: &Encap, ip: &[u8]| wrap(MAC_ROUTER_IN, MAC_CLIENT, e, Dir::Rx, ip);
 
     cases.push(("ttl 1".into(), base4.clone(), rx(&base4.in_encap, &ip4(1))));
@@ -338,7 +336,7 @@ fn edge_cases_pass_unchanged() {
         o[3] = tot[1];
         o[10] = 0;
         o[11] = 0;
-        let c = bpf_common::bpf_frames::inet_csum(&o[..24]).to_be_bytes();
+        let c = common::frames::inet_csum(&o[..24]).to_be_bytes();
         o[10] = c[0];
         o[11] = c[1];
         cases.push((
@@ -356,7 +354,7 @@ fn edge_cases_pass_unchanged() {
         ip[6..8].copy_from_slice(&frag.to_be_bytes());
         ip[10] = 0;
         ip[11] = 0;
-        let c = bpf_common::bpf_frames::inet_csum(&ip[..20]).to_be_bytes();
+        let c = common::frames::inet_csum(&ip[..20]).to_be_bytes();
         ip[10] = c[0];
         ip[11] = c[1];
         cases.push((name.into(), base4.clone(), rx(&base4.in_encap, &ip)));
@@ -448,7 +446,7 @@ fn edge_cases_pass_unchanged() {
         let s = mk(Encap::mtk(3), Tuple::v4(true));
         let f = rx(
             &Encap::mtk(4),
-            &bpf_common::bpf_frames::ip_packet(&Tuple::v4(true), 64, Tcp::Ack, PAYLOAD),
+            &common::frames::ip_packet(&Tuple::v4(true), 64, Tcp::Ack, PAYLOAD),
         );
         cases.push(("other dsa port".into(), s, f));
         let f = rx(&Encap::plain(), &ip4(64));
@@ -489,7 +487,7 @@ fn edge_cases_pass_unchanged() {
         ip[9] = 1; // ICMP
         ip[10] = 0;
         ip[11] = 0;
-        let c = bpf_common::bpf_frames::inet_csum(&ip[..20]).to_be_bytes();
+        let c = common::frames::inet_csum(&ip[..20]).to_be_bytes();
         ip[10] = c[0];
         ip[11] = c[1];
         cases.push(("icmp".into(), s.clone(), rx(&Encap::plain(), &ip)));
@@ -527,21 +525,18 @@ fn fin_and_rst_mark_the_flow_for_teardown() {
         spec.install(&env.obj);
         let (input, _) = spec.frames(flags, b"");
         assert_xdp_pass(&mut env, "fin/rst", din, &input);
-        let (packets, _, fl) = spec.counters(&env.obj);
-        assert_eq!(packets, 0);
-        assert_eq!(
-            fl & bpf_common::abi::FLOW_F_TEARDOWN,
-            bpf_common::abi::FLOW_F_TEARDOWN
-        );
+        let counted = spec.counters(&env.obj);
+        assert_eq!(counted.packets, 0);
+        assert!(counted.teardown(), "teardown flag set");
         spec.remove(&env.obj);
     }
 }
 
 /// Drains the `events` ring buffer: every record, in order.
-fn drain_events(obj: &Object) -> Vec<bpf_common::abi::Event> {
+fn drain_events(obj: &Object) -> Vec<bpfqos::dataplane::abi::Event> {
     let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let sink = got.clone();
-    let map = bpf_common::bpf_frames::find_map(obj, bpf_common::abi::EVENTS_MAP);
+    let map = common::frames::find_map(obj, bpfqos::dataplane::abi::EVENTS_MAP);
     let mut b = libbpf_rs::RingBufferBuilder::new();
     b.add(&map, move |data: &[u8]| {
         sink.borrow_mut().push(data.to_vec());
@@ -552,8 +547,11 @@ fn drain_events(obj: &Object) -> Vec<bpf_common::abi::Event> {
     let raw = got.borrow().clone();
     raw.iter()
         .map(|d| {
-            assert_eq!(d.len(), std::mem::size_of::<bpf_common::abi::Event>());
-            bpf_common::abi::from_bytes(d).unwrap()
+            assert_eq!(
+                d.len(),
+                std::mem::size_of::<bpfqos::dataplane::abi::Event>()
+            );
+            bpfqos::dataplane::abi::from_bytes(d).unwrap()
         })
         .collect()
 }
@@ -564,12 +562,12 @@ fn clear_teardown(obj: &Object, spec: &FlowSpec) {
     let mut v = spec.value(obj);
     // flags sit right after action + pad in both value layouts.
     let off = if spec.orig.is_v6() {
-        std::mem::offset_of!(bpf_common::abi::Flow6, flags)
+        std::mem::offset_of!(bpfqos::dataplane::abi::Flow6, flags)
     } else {
-        std::mem::offset_of!(bpf_common::abi::Flow4, flags)
+        std::mem::offset_of!(bpfqos::dataplane::abi::Flow4, flags)
     };
     v[off..off + 4].copy_from_slice(&0u32.to_ne_bytes());
-    bpf_common::bpf_frames::map_update(obj, map, &spec.index(obj).to_ne_bytes(), &v);
+    common::frames::map_update(obj, map, &spec.index(obj).to_ne_bytes(), &v);
 }
 
 #[test]
@@ -587,18 +585,18 @@ fn teardown_events_once_per_flow_in_the_ring_buffer() {
         let spec = FlowSpec::new(din, Encap::plain(), orig, dout, Encap::plain(), orig.snat());
         spec.install(&env.obj);
         let (_, key, _) = spec.entry();
-        let check = |ev: &bpf_common::abi::Event, bit: u8, what: &str| {
+        let check = |ev: &bpfqos::dataplane::abi::Event, bit: u8, what: &str| {
             let (ty, k, other) = if v6 {
                 (
                     2,
-                    bpf_common::abi::bytes_of(&ev.k6),
-                    bpf_common::abi::bytes_of(&ev.k4),
+                    bpfqos::dataplane::abi::bytes_of(&ev.k6),
+                    bpfqos::dataplane::abi::bytes_of(&ev.k4),
                 )
             } else {
                 (
                     1,
-                    bpf_common::abi::bytes_of(&ev.k4),
-                    bpf_common::abi::bytes_of(&ev.k6),
+                    bpfqos::dataplane::abi::bytes_of(&ev.k4),
+                    bpfqos::dataplane::abi::bytes_of(&ev.k6),
                 )
             };
             assert_eq!(ev.r#type, ty, "{what}: event type");
@@ -678,16 +676,16 @@ fn stale_heartbeat_disabled_offload_and_missing_txport_pass() {
     spec.install(&env.obj);
     let (input, expected) = spec.frames(Tcp::Ack, PAYLOAD);
 
-    bpf_common::bpf_frames::set_control(&env.obj, 3_500_000_000, true);
+    common::frames::set_control(&env.obj, 3_500_000_000, true);
     assert_xdp_pass(&mut env, "stale heartbeat (3.5 s)", din, &input);
-    bpf_common::bpf_frames::set_control(&env.obj, 0, false);
+    common::frames::set_control(&env.obj, 0, false);
     assert_xdp_pass(&mut env, "offload disabled", din, &input);
-    bpf_common::bpf_frames::set_control(&env.obj, 2_000_000_000, true);
+    common::frames::set_control(&env.obj, 2_000_000_000, true);
     let r = run_xdp(&mut env.obj, &input, din, 1);
     assert_eq!(r.ret, XDP_REDIRECT, "heartbeat 2 s old is still fresh");
     assert_eq!(r.data, expected);
 
-    bpf_common::bpf_frames::find_map(&env.obj, bpf_common::abi::TX_PORTS_MAP)
+    common::frames::find_map(&env.obj, bpfqos::dataplane::abi::TX_PORTS_MAP)
         .delete(&dout.to_ne_bytes())
         .unwrap();
     assert_xdp_pass(&mut env, "egress not in tx_ports", din, &input);

@@ -12,9 +12,7 @@
 //! messages, `BPFQOS_BLESS=1 cargo test --test config_errors` rewrites `.expected`, `.json` and
 //! `.warnings` files; review the diff before committing it.
 
-#[path = "../src/config/mod.rs"]
-#[allow(dead_code)]
-mod config;
+use bpfqos::config;
 
 use std::path::Path;
 use std::path::PathBuf;

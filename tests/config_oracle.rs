@@ -14,9 +14,7 @@
 //! applies no saved changes ("deltas") from /tmp/.uci, which `uci -c DIR` always reads and
 //! other tests on the machine may leave behind. The parser is the same either way.
 
-#[path = "../src/config/mod.rs"]
-#[allow(dead_code)]
-mod config;
+use bpfqos::config;
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -2,14 +2,14 @@
 //! the configured devices, answer status, reload (good and bad config), exit cleanly on SIGTERM
 //! leaving nothing attached or pinned. `ip` is the independent oracle for what is attached.
 
-mod harness;
+mod common;
 
 use std::time::Duration;
 
-use harness::Bpffs;
-use harness::Daemon;
-use harness::Netns;
-use harness::TempDir;
+use common::daemon::Daemon;
+use common::netns::Bpffs;
+use common::netns::Netns;
+use common::TempDir;
 
 fn config(devices: &[&str]) -> String {
     let mut s = String::from(
@@ -71,7 +71,7 @@ fn world(tag: &str, veths: bool, bpfqos_config: &str) -> World {
 
 #[test]
 fn daemon_lifecycle_attach_status_reload_exit() {
-    if !harness::require_root("daemon_lifecycle_attach_status_reload_exit") {
+    if !common::require_root("daemon_lifecycle_attach_status_reload_exit") {
         return;
     }
     let World {
@@ -130,7 +130,7 @@ fn daemon_lifecycle_attach_status_reload_exit() {
     // A good config via SIGHUP: wan0 is attached too.
     work.write("bpfqos", &config(&["lan0", "wan0"]));
     d.signal("HUP");
-    let ok = harness::wait_for(Duration::from_secs(5), || {
+    let ok = common::wait_for(Duration::from_secs(5), || {
         d.status()["attach"].as_array().map(Vec::len) == Some(2)
     });
     assert!(ok, "SIGHUP reload did not attach wan0: {}", d.status());
@@ -164,7 +164,7 @@ fn daemon_lifecycle_attach_status_reload_exit() {
 
 #[test]
 fn keep_leaves_attached_and_restart_readopts() {
-    if !harness::require_root("keep_leaves_attached_and_restart_readopts") {
+    if !common::require_root("keep_leaves_attached_and_restart_readopts") {
         return;
     }
     let World {
@@ -214,7 +214,7 @@ fn keep_leaves_attached_and_restart_readopts() {
 
 #[test]
 fn missing_device_is_reported_not_fatal() {
-    if !harness::require_root("missing_device_is_reported_not_fatal") {
+    if !common::require_root("missing_device_is_reported_not_fatal") {
         return;
     }
     let World {
@@ -243,7 +243,7 @@ fn missing_device_is_reported_not_fatal() {
         "link", "add", "nosuch0", "type", "veth", "peer", "name", "nosuch0p",
     ]);
     ns.ip(&["link", "set", "nosuch0", "up"]);
-    let ok = harness::wait_for(Duration::from_secs(5), || {
+    let ok = common::wait_for(Duration::from_secs(5), || {
         d.status()["attach"].as_array().map(Vec::len) == Some(1)
     });
     assert!(ok, "late device not attached: {}", d.status());
@@ -254,7 +254,7 @@ fn missing_device_is_reported_not_fatal() {
 /// resolved is reported. (No 8021q/ppp on the host: VLAN and PPPoE names are unit-tested.)
 #[test]
 fn logical_networks_resolve_through_etc_config_network() {
-    if !harness::require_root("logical_networks_resolve_through_etc_config_network") {
+    if !common::require_root("logical_networks_resolve_through_etc_config_network") {
         return;
     }
     let World {
@@ -283,7 +283,7 @@ fn logical_networks_resolve_through_etc_config_network() {
     );
 
     // check-config says what each network is, and warns about the one it cannot resolve.
-    let out = std::process::Command::new(harness::bpfqos_bin())
+    let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .args(["check-config", "--config-dir"])
         .arg(&config_dir)
         .output()
@@ -344,15 +344,15 @@ fn logical_networks_resolve_through_etc_config_network() {
 
 #[test]
 fn clients_without_daemon_fail_clearly() {
-    let sock = std::env::temp_dir().join(harness::unique("bpfqos-nosock-"));
-    let out = std::process::Command::new(harness::bpfqos_bin())
+    let sock = std::env::temp_dir().join(common::unique("bpfqos-nosock-"));
+    let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .args(["status", "--socket"])
         .arg(&sock)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
-    let out = std::process::Command::new(harness::bpfqos_bin())
+    let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .args(["status", "--json", "--socket"])
         .arg(&sock)
         .output()
@@ -364,7 +364,7 @@ fn clients_without_daemon_fail_clearly() {
 
 #[test]
 fn rpcd_contract() {
-    let out = std::process::Command::new(harness::bpfqos_bin())
+    let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .args(["rpcd", "list"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -373,7 +373,7 @@ fn rpcd_contract() {
     for m in ["status", "reload", "check_config"] {
         assert!(v[m].is_object(), "{m} missing from {v}");
     }
-    let out = std::process::Command::new(harness::bpfqos_bin())
+    let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .args([
             "rpcd",
             "call",
@@ -391,7 +391,7 @@ fn rpcd_contract() {
 
 #[test]
 fn version_matches_cargo() {
-    let out = std::process::Command::new(harness::bpfqos_bin())
+    let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .arg("--version")
         .output()
         .unwrap_or_else(|e| panic!("{e}"));

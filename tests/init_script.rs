@@ -8,19 +8,19 @@
 //! tests/tools/build-uci.sh. So the config file is parsed by real UCI; only the shell glue is
 //! ours. Without that uci binary the tests skip, or fail under `CI=true`.
 
-mod packaging_support;
+mod common;
 
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use packaging_support::describe;
-use packaging_support::missing;
-use packaging_support::posix_shells;
-use packaging_support::read;
-use packaging_support::repo;
-use packaging_support::TempDir;
+use common::describe;
+use common::missing;
+use common::packaging::posix_shells;
+use common::read;
+use common::repo;
+use common::TempDir;
 
 const INIT_SCRIPT: &str = "files/etc/init.d/bpfqos";
 const HARNESS: &str = "tests/data/packaging/procd-harness.sh";
@@ -94,7 +94,7 @@ fn run(test: &str, config: &str, action: &str) -> Option<Vec<Call>> {
         std::fs::write(confdir.join("bpfqos"), config).unwrap_or_else(|e| panic!("{e}"));
         let log = dir.path().join("procd.log");
         std::fs::write(&log, "").unwrap_or_else(|e| panic!("{e}"));
-        let out = packaging_support::shell_command(
+        let out = common::packaging::shell_command(
             argv,
             &[
                 &repo().join(HARNESS),

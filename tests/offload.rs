@@ -3,17 +3,17 @@
 //! (xfer.py), the peer address the server saw (NAT), the TTL it received, `conntrack`, and the
 //! daemon's own counters. Root only.
 
-mod harness;
+mod common;
 
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::Bpffs;
-use harness::Daemon;
-use harness::Netns;
-use harness::TempDir;
+use common::daemon::Daemon;
+use common::netns::Bpffs;
+use common::netns::Netns;
+use common::TempDir;
 
 fn xfer() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vm/tools/xfer.py")
@@ -101,7 +101,7 @@ NFT",
 
     /// Starts xfer.py's server in the WAN namespace.
     fn server(&self, bind: &str, extra: &[&str]) -> (Child, PathBuf) {
-        let peers = self.work.path.join(harness::unique("peers-"));
+        let peers = self.work.path.join(common::unique("peers-"));
         let child = self
             .srv
             .command("/usr/bin/python3")
@@ -173,7 +173,7 @@ fn capture(ns: &Netns, secs: u32, count: u32, flags: &str, dev: &str, filter: &s
 
 /// Waits (bounded) until the daemon reports at least `n` offloaded connections.
 fn wait_offloaded(d: &Daemon, n: u64, within: Duration) {
-    let ok = harness::wait_for(within, || {
+    let ok = common::wait_for(within, || {
         d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= n
     });
     assert!(
@@ -200,7 +200,7 @@ fn client_packets(lab: &Lab) -> u64 {
 
 #[test]
 fn tcp_ipv4_nat_is_offloaded_and_intact() {
-    if !harness::require_root("tcp_ipv4_nat_is_offloaded_and_intact") {
+    if !common::require_root("tcp_ipv4_nat_is_offloaded_and_intact") {
         return;
     }
     let lab = Lab::new("bqo");
@@ -211,7 +211,7 @@ fn tcp_ipv4_nat_is_offloaded_and_intact() {
     let client = lab.client("198.19.0.2", &["--up", "25165824", "--down", "25165824"]);
     // While the transfer runs, the daemon shows the connection as offloaded.
     let mut seen = serde_json::Value::Null;
-    harness::wait_for(Duration::from_secs(20), || {
+    common::wait_for(Duration::from_secs(20), || {
         let st = d.status();
         if st["offload"]["connections"].as_u64().unwrap_or(0) >= 1 {
             seen = st;
@@ -274,7 +274,7 @@ fn conntrack_id(lab: &Lab, args: &str) -> Option<String> {
 
 #[test]
 fn ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented() {
-    if !harness::require_root("ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented") {
+    if !common::require_root("ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented") {
         return;
     }
     let lab = Lab::new("bq6");
@@ -292,7 +292,7 @@ fn ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented() {
     std::thread::sleep(Duration::from_millis(500));
     let client = lab.client("fd00:2::2", &["--up", "16777216", "--down", "16777216"]);
     let mut offloaded_during = false;
-    harness::wait_for(Duration::from_secs(20), || {
+    common::wait_for(Duration::from_secs(20), || {
         offloaded_during |= d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1;
         offloaded_during
     });
@@ -332,7 +332,7 @@ fn ipv6_tcp_routed_is_offloaded_with_hop_limit_decremented() {
 
 #[test]
 fn udp_is_offloaded_once_assured_and_conntrack_kept_alive() {
-    if !harness::require_root("udp_is_offloaded_once_assured_and_conntrack_kept_alive") {
+    if !common::require_root("udp_is_offloaded_once_assured_and_conntrack_kept_alive") {
         return;
     }
     let lab = Lab::new("bqu");
@@ -357,7 +357,7 @@ fn udp_is_offloaded_once_assured_and_conntrack_kept_alive() {
         ],
     );
     // UDP becomes ASSURED after ~2 s of two-way traffic, then it is offloaded.
-    let offloaded = harness::wait_for(Duration::from_secs(8), || {
+    let offloaded = common::wait_for(Duration::from_secs(8), || {
         d.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 1
     });
     assert!(
@@ -397,7 +397,7 @@ fn udp_is_offloaded_once_assured_and_conntrack_kept_alive() {
 
 #[test]
 fn kill_9_under_load_loses_nothing_and_restart_resumes() {
-    if !harness::require_root("kill_9_under_load_loses_nothing_and_restart_resumes") {
+    if !common::require_root("kill_9_under_load_loses_nothing_and_restart_resumes") {
         return;
     }
     let lab = Lab::new("bqk");
@@ -455,7 +455,7 @@ fn kill_9_under_load_loses_nothing_and_restart_resumes() {
     std::thread::sleep(Duration::from_secs(4));
     let d2 = lab.daemon();
     // The new daemon adopts the pinned maps and re-admits the live connection from conntrack.
-    let resumed = harness::wait_for(Duration::from_secs(5), || {
+    let resumed = common::wait_for(Duration::from_secs(5), || {
         d2.status()["offload"]["connections"].as_u64().unwrap_or(0) >= 3
     });
     assert!(
@@ -519,7 +519,7 @@ fn ifindex(ns: &Netns, dev: &str) -> u64 {
 
 #[test]
 fn route_change_moves_the_offloaded_flow() {
-    if !harness::require_root("route_change_moves_the_offloaded_flow") {
+    if !common::require_root("route_change_moves_the_offloaded_flow") {
         return;
     }
     let lab = Lab::new("bqr");
@@ -569,7 +569,7 @@ fn route_change_moves_the_offloaded_flow() {
         "dev",
         "wan1",
     ]);
-    let moved = harness::wait_for(Duration::from_secs(2), || {
+    let moved = common::wait_for(Duration::from_secs(2), || {
         d.status()["flows"][0]["egress_ifindex"] == wan1
     });
     assert!(
@@ -606,7 +606,7 @@ fn route_change_moves_the_offloaded_flow() {
 
 #[test]
 fn neighbour_mac_change_is_followed() {
-    if !harness::require_root("neighbour_mac_change_is_followed") {
+    if !common::require_root("neighbour_mac_change_is_followed") {
         return;
     }
     let lab = Lab::new("bqn");
@@ -630,7 +630,7 @@ fn neighbour_mac_change_is_followed() {
     ]);
     // The flow entry towards the server now carries the new MAC (read from the pinned map by
     // bpftool, independently of the daemon).
-    let followed = harness::wait_for(Duration::from_secs(2), || {
+    let followed = common::wait_for(Duration::from_secs(2), || {
         let dump = lab.rtr.sh(&format!(
             "bpftool -j map dump pinned {}/flows4",
             lab.pin_dir.display()
@@ -647,7 +647,7 @@ fn neighbour_mac_change_is_followed() {
 
 #[test]
 fn firewall_reload_drops_flows_and_readmits_only_what_still_flows() {
-    if !harness::require_root("firewall_reload_drops_flows_and_readmits_only_what_still_flows") {
+    if !common::require_root("firewall_reload_drops_flows_and_readmits_only_what_still_flows") {
         return;
     }
     let lab = Lab::new("bqf");
@@ -656,13 +656,13 @@ fn firewall_reload_drops_flows_and_readmits_only_what_still_flows() {
         lab.udp_pingpong("198.19.0.2", 300, &["--size", "300", "--io-timeout", "0.5"]);
     let connections = || d.status()["offload"]["connections"].as_u64().unwrap_or(0);
     assert!(
-        harness::wait_for(Duration::from_secs(8), || connections() >= 1),
+        common::wait_for(Duration::from_secs(8), || connections() >= 1),
         "never offloaded"
     );
     // A ruleset change that does not touch this traffic: dropped, then offloaded again.
     lab.rtr.sh("nft add table inet bq_probe");
     assert!(
-        harness::wait_for(Duration::from_secs(1), || d.status()["offload"]["manager"]
+        common::wait_for(Duration::from_secs(1), || d.status()["offload"]["manager"]
             ["flushes"]
             .as_u64()
             .unwrap_or(0)
@@ -671,7 +671,7 @@ fn firewall_reload_drops_flows_and_readmits_only_what_still_flows() {
         d.log_text()
     );
     assert!(
-        harness::wait_for(Duration::from_secs(6), || connections() >= 1),
+        common::wait_for(Duration::from_secs(6), || connections() >= 1),
         "not re-admitted after a harmless reload: {}",
         d.log_text()
     );
@@ -702,7 +702,7 @@ fn firewall_reload_drops_flows_and_readmits_only_what_still_flows() {
 
 #[test]
 fn connections_to_the_router_itself_stay_in_the_kernel() {
-    if !harness::require_root("connections_to_the_router_itself_stay_in_the_kernel") {
+    if !common::require_root("connections_to_the_router_itself_stay_in_the_kernel") {
         return;
     }
     let lab = Lab::new("bql");
@@ -738,7 +738,7 @@ fn connections_to_the_router_itself_stay_in_the_kernel() {
 
 #[test]
 fn full_flow_table_leaves_new_connections_in_the_kernel() {
-    if !harness::require_root("full_flow_table_leaves_new_connections_in_the_kernel") {
+    if !common::require_root("full_flow_table_leaves_new_connections_in_the_kernel") {
         return;
     }
     let lab = Lab::new("bqm");

@@ -4,22 +4,22 @@
 //! No OpenWrt tree is needed: the Makefile is read as text. External linters (shellcheck, node,
 //! dash, busybox) are skipped with a message when missing, and fail the test under `CI=true`.
 
-mod packaging_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use packaging_support::acl_bpfqos_methods;
-use packaging_support::json;
-use packaging_support::makefile_var;
-use packaging_support::missing;
-use packaging_support::read;
-use packaging_support::repo;
-use packaging_support::required_var;
-use packaging_support::which;
-use packaging_support::PACKAGE_MAKEFILE;
+use common::json;
+use common::missing;
+use common::packaging::acl_bpfqos_methods;
+use common::packaging::makefile_var;
+use common::packaging::required_var;
+use common::packaging::PACKAGE_MAKEFILE;
+use common::read;
+use common::repo;
+use common::which;
 
 const LUCI_APP: &str = "openwrt/luci-app-bpfqos";
 const INIT_SCRIPT: &str = "files/etc/init.d/bpfqos";
@@ -437,16 +437,16 @@ fn router_scripts_are_executable_in_git() {
 #[test]
 fn router_scripts_parse_under_posix_shells() {
     let test = "router_scripts_parse_under_posix_shells";
-    for (name, argv) in packaging_support::posix_shells(test) {
+    for (name, argv) in common::packaging::posix_shells(test) {
         for script in [INIT_SCRIPT, RPCD_PLUGIN, PROCD_HARNESS] {
             let out =
-                packaging_support::shell_command(&argv, &[Path::new("-n"), &repo().join(script)])
+                common::packaging::shell_command(&argv, &[Path::new("-n"), &repo().join(script)])
                     .output()
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(
                 out.status.success(),
                 "{name} -n {script}: {}",
-                packaging_support::describe(&out)
+                common::describe(&out)
             );
         }
     }
@@ -466,21 +466,13 @@ fn router_scripts_pass_shellcheck() {
         .args([INIT_SCRIPT, RPCD_PLUGIN].map(|s| repo().join(s)))
         .output()
         .unwrap_or_else(|e| panic!("shellcheck: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        packaging_support::describe(&out)
-    );
+    assert!(out.status.success(), "{}", common::describe(&out));
     let out = Command::new(&shellcheck)
         .arg("--shell=dash")
         .arg(repo().join(PROCD_HARNESS))
         .output()
         .unwrap_or_else(|e| panic!("shellcheck: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        packaging_support::describe(&out)
-    );
+    assert!(out.status.success(), "{}", common::describe(&out));
     // checkbashisms (Debian devscripts) is a second opinion, run where installed.
     if let Some(cb) = which("checkbashisms") {
         let out = Command::new(cb)
@@ -488,11 +480,7 @@ fn router_scripts_pass_shellcheck() {
             .args([INIT_SCRIPT, RPCD_PLUGIN].map(|s| repo().join(s)))
             .output()
             .unwrap_or_else(|e| panic!("checkbashisms: {e}"));
-        assert!(
-            out.status.success(),
-            "{}",
-            packaging_support::describe(&out)
-        );
+        assert!(out.status.success(), "{}", common::describe(&out));
     }
 }
 
@@ -630,10 +618,6 @@ fn luci_views_are_valid_javascript() {
             .arg(views.join(name))
             .output()
             .unwrap_or_else(|e| panic!("node: {e}"));
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            packaging_support::describe(&out)
-        );
+        assert!(out.status.success(), "{name}: {}", common::describe(&out));
     }
 }

@@ -7,7 +7,7 @@
 //! wrapper that appends `--socket <nonexistent> --config-dir <test dir>`, so no daemon running on
 //! this machine can answer and the config under test is the one checked.
 
-mod packaging_support;
+mod common;
 
 use std::io::Write;
 use std::path::Path;
@@ -15,15 +15,15 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::process::Stdio;
 
-use packaging_support::acl_bpfqos_methods;
-use packaging_support::describe;
-use packaging_support::json;
-use packaging_support::posix_shells;
-use packaging_support::read;
-use packaging_support::repo;
-use packaging_support::required_var;
-use packaging_support::TempDir;
-use packaging_support::PACKAGE_MAKEFILE;
+use common::describe;
+use common::json;
+use common::packaging::acl_bpfqos_methods;
+use common::packaging::posix_shells;
+use common::packaging::required_var;
+use common::packaging::PACKAGE_MAKEFILE;
+use common::read;
+use common::repo;
+use common::TempDir;
 use serde_json::Value;
 
 const PLUGIN: &str = "files/usr/libexec/rpcd/bpfqos";
@@ -62,7 +62,7 @@ impl Setup {
         let plugin = repo().join(PLUGIN);
         let mut argv: Vec<&Path> = vec![&plugin];
         argv.extend(args.iter().map(Path::new));
-        let mut child = packaging_support::shell_command(shell, &argv)
+        let mut child = common::packaging::shell_command(shell, &argv)
             .env("BPFQOS_BIN", &self.wrapper)
             .current_dir(self.dir.path())
             .stdin(Stdio::piped())

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(unused_imports)]
-#[path = "../src/topology/mod.rs"]
-mod topology;
+use bpfqos::topology;
 
 use std::path::PathBuf;
 

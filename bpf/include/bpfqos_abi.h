@@ -127,8 +127,10 @@ struct bpfqos_counters {
 };
 
 /* Flow flags set by the data path. */
-#define BPFQOS_FLOW_F_TEARDOWN                                                 \
-	(1U << 0) /* FIN or RST seen: tear the flow down */
+enum bpfqos_flow_flags {
+	BPFQOS_FLOW_F_TEARDOWN = 1
+				 << 0, /* FIN or RST seen: tear the flow down */
+};
 
 /*
  * A flow-table entry (`flows4` / `flows6` arrays, indexed by entry number).
@@ -187,19 +189,39 @@ struct bpfqos_flow6 {
  * period (an ARRAY_OF_MAPS update waits for every running BPF program), so
  * no packet ever sees a half-written entry.
  */
-#define BPFQOS_FLOW_BUCKETS 4096
-#define BPFQOS_BUCKET_SLOTS 16
-#define BPFQOS_MAX_FLOWS 32768 /* entries per family; indexes fit 16 bits */
-#define BPFQOS_HASH_SEEDS 14   /* one per 32-bit word of the IPv6 key */
-#define BPFQOS_HASH_MUL 0x9E3779B97F4A7C15ULL
+enum bpfqos_sizes {
+	BPFQOS_FLOW_BUCKETS = 4096,
+	BPFQOS_BUCKET_SLOTS = 16,
+	BPFQOS_MAX_FLOWS = 32768, /* entries per family; indexes fit 16 bits */
+	BPFQOS_HASH_SEEDS = 14,	  /* one per 32-bit word of the IPv6 key */
+	BPFQOS_MAX_IFACES =
+		4096, /* `ifaces` entries: the largest ifindex + 1 */
+	BPFQOS_MAX_TX_PORTS = 256, /* `tx_ports` entries */
+};
+
+/* The hash's odd 64-bit multiplier, in two halves (enums are 32-bit). */
+enum bpfqos_hash_mul {
+	BPFQOS_HASH_MUL_HI = 0x9E3779B9,
+	BPFQOS_HASH_MUL_LO = 0x7F4A7C15,
+};
+#define BPFQOS_HASH_MUL                                                        \
+	(((__u64)BPFQOS_HASH_MUL_HI << 32) | (__u64)BPFQOS_HASH_MUL_LO)
 
 struct bpfqos_bucket {
 	__u32 slot[BPFQOS_BUCKET_SLOTS];
 };
 
 /* The daemon's side of the contract: `control` array, one entry. */
-#define BPFQOS_CTL_F_OFFLOAD (1U << 0) /* offload enabled */
-#define BPFQOS_HEARTBEAT_MAX_AGE_NS (3ULL * 1000 * 1000 * 1000)
+enum bpfqos_ctl_flags {
+	BPFQOS_CTL_F_OFFLOAD = 1 << 0, /* offload enabled */
+};
+
+/* A heartbeat older than this means the daemon is gone: pass everything. */
+enum bpfqos_heartbeat {
+	BPFQOS_HEARTBEAT_MAX_AGE_MS = 3000,
+};
+#define BPFQOS_HEARTBEAT_MAX_AGE_NS                                            \
+	((__u64)BPFQOS_HEARTBEAT_MAX_AGE_MS * 1000000)
 
 struct bpfqos_control {
 	__u64 heartbeat_ns; /* CLOCK_MONOTONIC (= bpf_ktime_get_ns) */
@@ -238,6 +260,25 @@ enum bpfqos_stat {
 	BPFQOS_STAT_REDIRECT,	    /* forwarded to another device */
 	BPFQOS_STAT_TX, /* XDP_TX: out of the device it came in on */
 	BPFQOS_STAT_MAX,
+};
+
+/*
+ * Never used by the programs: a global of this type puts every enum above
+ * into the BTF of each object that includes this header, from which
+ * libbpf-cargo generates the Rust constants (src/dataplane/abi.rs). Rust reads
+ * no #define: whatever user space needs is here, in an enum.
+ */
+struct bpfqos_btf_anchor {
+	struct bpfqos_event event;
+	enum bpfqos_dsa_proto dsa_proto;
+	enum bpfqos_action action;
+	enum bpfqos_event_type event_type;
+	enum bpfqos_stat stat;
+	enum bpfqos_sizes sizes;
+	enum bpfqos_hash_mul hash_mul;
+	enum bpfqos_flow_flags flow_flags;
+	enum bpfqos_ctl_flags ctl_flags;
+	enum bpfqos_heartbeat heartbeat;
 };
 
 /*

@@ -35,13 +35,13 @@ use std::path::Path;
 
 pub use diagnostic::ConfigErrors;
 pub use diagnostic::Diagnostic;
+pub use diagnostic::SectionRef;
+pub use model::Circuit;
 pub use model::Config;
-// The rest of the module's public API: not every type is named outside it (yet).
-#[allow(unused_imports)]
-pub use {
-    diagnostic::SectionRef, model::Circuit, model::Globals, model::Interface, model::Qdisc,
-    prefix::IpPrefix,
-};
+pub use model::Globals;
+pub use model::Interface;
+pub use model::Qdisc;
+pub use prefix::IpPrefix;
 
 /// The name of our config file (UCI package) inside the config directory.
 pub const PACKAGE: &str = "bpfqos";

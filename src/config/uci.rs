@@ -18,7 +18,6 @@
 //! with the next line so that all errors of a file are reported at once, and it names lines by
 //! where a statement starts.
 
-#[cfg(test)]
 use std::fmt::Write as _;
 
 /// One parsed UCI file (a "package").
@@ -133,7 +132,6 @@ impl Package {
     }
 
     /// `uci export PACKAGE`, byte for byte.
-    #[cfg(test)]
     pub fn export(&self, package: &str) -> String {
         let mut out = format!("package {}\n", escape(package));
         for s in &self.sections {
@@ -161,7 +159,6 @@ impl Package {
 
     /// `uci show PACKAGE` (`extended`: `@type[n]` for anonymous sections, as by default) or
     /// `uci -X show PACKAGE` (generated `cfgNNHHHH` names), byte for byte.
-    #[cfg(test)]
     pub fn show(&self, package: &str, extended: bool) -> String {
         let refs = self.show_refs();
         let mut out = String::new();
@@ -296,13 +293,11 @@ fn djbhash(s: &[u8]) -> u32 {
 }
 
 /// `uci_escape`: single quotes become `'\''`.
-#[cfg(test)]
 fn escape(s: &str) -> String {
     s.replace('\'', "'\\''")
 }
 
 /// `uci_print_value`.
-#[cfg(test)]
 fn quote(s: &str) -> String {
     format!("'{}'", escape(s))
 }

@@ -1,13 +1,13 @@
-//! The daemon: owns the running configuration, the network model, the data path and the flow
-//! table, and serialises every change through one event loop (signals, control requests,
-//! conntrack events, rtnetlink events, and a one-second tick for heartbeat and refreshes).
+//! The daemon: one event loop over signals, control requests, conntrack events, rtnetlink
+//! events, the data path's teardown events and a one-second tick (heartbeat, refreshes). It
+//! owns the running configuration and every module's state, and hands each event to the module
+//! it concerns; the decisions are theirs (interfaces, data plane, flow manager).
 //!
 //! Everything mutable lives in [`Daemon`] and is touched only from the loop, so no locks: control
 //! connections are served on their own tasks and forward requests through a channel.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use log::error;
 use log::info;
 use log::warn;
 use tokio::signal::unix::signal;
+use tokio::signal::unix::Signal;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
@@ -28,14 +29,19 @@ use crate::conntrack;
 use crate::control::server::ControlSocket;
 use crate::control::Reply;
 use crate::control::Request;
+use crate::dataplane::entry::FlowKey;
+use crate::dataplane::events::TeardownEvents;
 use crate::dataplane::Dataplane;
+use crate::interfaces::Interfaces;
 use crate::logger;
-use crate::offload::encode;
+use crate::offload::ports::ConntrackOps;
+use crate::offload::ports::FlowTable;
+use crate::offload::ports::KernelResolver;
+use crate::offload::ports::Resolver;
 use crate::offload::Ctx;
 use crate::offload::FlowManager;
 use crate::offload::Timeouts;
 use crate::status::ConfigStatus;
-use crate::status::InterfaceStatus;
 use crate::status::Status;
 use crate::topology;
 use crate::topology::Topology;
@@ -57,25 +63,29 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     local.block_on(&rt, event_loop(args, loaded))
 }
 
+/// The signals the daemon reacts to.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+}
+
 async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut signals = Signals::install()?;
     let socket = ControlSocket::bind(&args.socket)?;
     let socket_path = args.socket.clone();
-
     let rtnl = topology::subscribe().context("rtnetlink")?;
-    let topo = Topology::dump(&rtnl.handle)
-        .await
-        .context("reading the network configuration")?;
     let mut topo_events = rtnl.events;
-    let dataplane = match Dataplane::load(&args.pin_dir) {
-        Ok(dp) => Some(dp),
-        Err(e) => {
-            error!("BPF data path unavailable, everything stays in the kernel path: {e:#}");
-            None
-        }
-    };
     // Without conntrack events there is no admission; the daemon still runs (status, attach).
     let (mut ct_events, ct_client) = match (
         conntrack::EventSocket::subscribe(),
@@ -87,25 +97,24 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
             (None, None)
         }
     };
-    let mut daemon = Daemon {
-        args,
-        started: Instant::now(),
-        config: loaded.config,
-        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
-        last_reload_error: None,
-        reloads: 0,
-        interface_errors: BTreeMap::new(),
-        devices: BTreeMap::new(),
-        net: Net {
-            ct: ct_client,
-            topo,
-            handle: rtnl.handle,
-            dp: dataplane,
-            attached: HashSet::new(),
-        },
-        flows: FlowManager::default(),
-        timeouts: Timeouts::read(),
+    let topo = Topology::dump(&rtnl.handle)
+        .await
+        .context("reading the network configuration")?;
+    let dp = match Dataplane::load(&args.pin_dir) {
+        Ok(dp) => Some(dp),
+        Err(e) => {
+            error!("BPF data path unavailable, everything stays in the kernel path: {e:#}");
+            None
+        }
     };
+    let mut teardown = dp.as_ref().and_then(|dp| match dp.teardown_events() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!("no FIN/RST events from the data path, teardown waits for refreshes: {e:#}");
+            None
+        }
+    });
+    let mut daemon = Daemon::new(args, loaded, Net::new(ct_client, topo, rtnl.handle, dp));
     daemon.apply();
     daemon.resync().await;
 
@@ -120,12 +129,12 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
     );
     loop {
         tokio::select! {
-            _ = hup.recv() => {
+            _ = signals.hup.recv() => {
                 info!("SIGHUP: reloading configuration");
                 let _ = daemon.reload().await;
             }
-            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = signals.term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = signals.int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = tick.tick() => daemon.tick().await,
             Some((req, reply)) = rx.recv() => {
                 // The client may have gone away; its loss.
@@ -140,6 +149,13 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                 Err(e) => {
                     error!("conntrack event socket failed, admission stops: {e:#}");
                     ct_events = None;
+                }
+            },
+            ev = recv_teardown(&mut teardown) => match ev {
+                Ok(keys) => daemon.on_teardown(&keys),
+                Err(e) => {
+                    warn!("data-path events failed, teardown waits for refreshes: {e:#}");
+                    teardown = None;
                 }
             },
             Some(ev) = topo_events.next() => daemon.on_netlink(ev).await,
@@ -158,6 +174,14 @@ async fn recv_ct(ev: &mut Option<conntrack::EventSocket>) -> anyhow::Result<conn
     }
 }
 
+/// Next teardown requests, or never without the ring buffer.
+async fn recv_teardown(ev: &mut Option<TeardownEvents>) -> anyhow::Result<Vec<FlowKey>> {
+    match ev {
+        Some(ev) => ev.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The network side the flow manager works against, kept apart from the manager so both can be
 /// borrowed at once.
 struct Net {
@@ -165,19 +189,45 @@ struct Net {
     topo: Topology,
     handle: rtnetlink::Handle,
     dp: Option<Dataplane>,
-    /// Ifindexes of the lowest devices the data path is attached to.
+    /// Ifindexes of the lowest devices the offload is attached to.
     attached: HashSet<u32>,
 }
 
 impl Net {
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
+    fn new(
+        ct: Option<conntrack::Client>,
+        topo: Topology,
+        handle: rtnetlink::Handle,
+        dp: Option<Dataplane>,
+    ) -> Self {
+        Self {
+            ct,
+            topo,
+            handle,
+            dp,
+            attached: HashSet::new(),
+        }
+    }
+
+    fn resolver(&self) -> KernelResolver<'_> {
+        KernelResolver {
             topo: &self.topo,
             handle: &self.handle,
-            dp: self.dp.as_ref(),
-            attached: &self.attached,
-            ct: self.ct.as_ref(),
         }
+    }
+
+    fn ctx<'a>(&'a self, resolver: &'a dyn Resolver) -> Ctx<'a> {
+        Ctx {
+            resolver,
+            dp: self.flow_table(),
+            attached: &self.attached,
+            ct: self.ct.as_ref().map(|c| c as &dyn ConntrackOps),
+            now: Instant::now(),
+        }
+    }
+
+    fn flow_table(&self) -> Option<&dyn FlowTable> {
+        self.dp.as_ref().map(|d| d as &dyn FlowTable)
     }
 }
 
@@ -189,124 +239,72 @@ struct Daemon {
     warnings: Vec<String>,
     last_reload_error: Option<String>,
     reloads: u64,
+    /// The configured interfaces resolved to devices (at the last apply).
+    interfaces: Interfaces,
     /// Per configured interface: why it is not (fully) in use.
     interface_errors: BTreeMap<String, String>,
-    /// Per interface section: its device, or why there is none (resolve_devices()).
-    devices: BTreeMap<String, Result<String, String>>,
     net: Net,
     flows: FlowManager,
     timeouts: Timeouts,
 }
 
 impl Daemon {
-    fn config_file(&self) -> PathBuf {
-        self.args.config_dir.join("bpfqos")
+    fn new(args: DaemonArgs, loaded: config::Loaded, net: Net) -> Self {
+        Self {
+            args,
+            started: Instant::now(),
+            config: loaded.config,
+            warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
+            last_reload_error: None,
+            reloads: 0,
+            interfaces: Interfaces::default(),
+            interface_errors: BTreeMap::new(),
+            net,
+            flows: FlowManager::default(),
+            timeouts: Timeouts::read(),
+        }
     }
 
     fn offload_on(&self) -> bool {
         self.config.globals.enabled && self.config.globals.offload
     }
 
-    /// Lowest devices (name, ifindex) of each offload-enabled interface, or why there are none.
-    fn wanted_devices(&self) -> BTreeMap<String, Result<Vec<(String, u32)>, String>> {
-        let mut out = BTreeMap::new();
-        if !self.offload_on() {
-            return out;
-        }
-        for i in self.config.interfaces.iter().filter(|i| i.offload) {
-            let r = match self.devices.get(&i.name) {
-                None => continue, // resolve_devices() covers every interface
-                Some(Err(e)) => Err(e.clone()),
-                Some(Ok(dev)) => match self.net.topo.link_by_name(dev) {
-                    None => Err(format!("{dev}: no such device")),
-                    Some(link) => {
-                        let points: Vec<(String, u32)> = self
-                            .net
-                            .topo
-                            .attach_points(link.ifindex)
-                            .into_iter()
-                            .filter_map(|ix| self.net.topo.link(ix).map(|l| (l.name.clone(), ix)))
-                            .collect();
-                        if points.is_empty() {
-                            Err(format!("{dev}: no device below it can carry the data path"))
-                        } else {
-                            Ok(points)
-                        }
-                    }
-                },
-            };
-            out.insert(i.name.clone(), r);
-        }
-        out
-    }
-
-    /// Brings attachments in line with the running config and topology. Failures are per
-    /// interface and never fatal: that interface simply stays on the kernel path.
-    /// The device of every interface section (`option network` resolved from the network
-    /// config now), kept for what apply() does next and for status.
-    fn resolve_devices(&mut self) {
-        self.devices = self
-            .config
-            .interfaces
-            .iter()
-            .map(|i| {
-                let dev = config::network::interface_device(i, &self.args.config_dir);
-                (i.name.clone(), dev)
-            })
-            .collect();
-    }
-
+    /// Brings the interfaces and attachments in line with the running config and topology.
+    /// Failures are per interface and never fatal: that interface simply stays on the kernel
+    /// path.
     fn apply(&mut self) {
         logger::set_level(self.config.globals.log_level);
-        self.resolve_devices();
-        let enabled = self.offload_on();
-        let wanted = self.wanted_devices();
+        self.interfaces = Interfaces::resolve(&self.config, &self.args.config_dir, &self.net.topo);
         self.interface_errors.clear();
+        let enabled = self.offload_on();
         let Some(dp) = self.net.dp.as_mut() else {
             return;
         };
         dp.set_enabled(enabled);
-        let want: HashSet<&str> = wanted
-            .values()
-            .filter_map(|r| r.as_ref().ok())
-            .flatten()
-            .map(|(n, _)| n.as_str())
-            .collect();
-        for dev in dp.attached_devices() {
-            if !want.contains(dev.as_str()) {
-                dp.detach(&dev);
+        let (wanted, errors) = if enabled {
+            self.interfaces.offload_devices()
+        } else {
+            Default::default()
+        };
+        self.interface_errors.extend(errors);
+        let failed = dp.sync_offload(&wanted);
+        for (dev, msg) in &failed {
+            for owner in self.interfaces.owners_of(dev).filter(|i| i.offload) {
+                self.interface_errors
+                    .insert(owner.name.clone(), msg.clone());
             }
         }
-        self.net.attached.clear();
-        for (name, r) in &wanted {
-            let points = match r {
-                Ok(p) => p,
-                Err(e) => {
-                    self.interface_errors.insert(name.clone(), e.clone());
-                    continue;
-                }
-            };
-            for (dev, ifindex) in points {
-                let tagger = self
-                    .net
-                    .topo
-                    .link(*ifindex)
-                    .and_then(|l| l.dsa_tagger.as_ref())
-                    .and_then(encode::dsa_proto);
-                if let Err(e) = dp.set_dsa_tagger(*ifindex, tagger) {
-                    warn!("{dev}: {e:#}");
-                }
-                match dp.attach(dev) {
-                    Ok(()) => {
-                        self.net.attached.insert(*ifindex);
-                    }
-                    Err(e) => {
-                        let msg = format!("{dev}: {e:#}");
-                        warn!("{msg}; traffic there stays on the kernel path");
-                        self.interface_errors.insert(name.clone(), msg);
-                    }
-                }
-            }
+        let before = std::mem::take(&mut self.net.attached);
+        self.net.attached = wanted
+            .iter()
+            .filter(|w| !failed.iter().any(|(d, _)| *d == w.name))
+            .map(|w| w.ifindex)
+            .collect();
+        if before != self.net.attached {
+            debug!(
+                "attach points changed: {before:?} -> {:?}",
+                self.net.attached
+            );
         }
     }
 
@@ -317,7 +315,8 @@ impl Daemon {
         };
         match ct.dump() {
             Ok(conns) => {
-                let ctx = self.net.ctx();
+                let resolver = self.net.resolver();
+                let ctx = self.net.ctx(&resolver);
                 self.flows.resync(conns, &ctx).await;
                 info!(
                     "conntrack synchronised: {} flows offloaded",
@@ -329,10 +328,15 @@ impl Daemon {
     }
 
     async fn on_conntrack(&mut self, msgs: Vec<conntrack::Message>) {
+        let resolver = self.net.resolver();
         for m in msgs {
-            let ctx = self.net.ctx();
+            let ctx = self.net.ctx(&resolver);
             self.flows.on_conntrack(m, &ctx).await;
         }
+    }
+
+    fn on_teardown(&mut self, keys: &[FlowKey]) {
+        self.flows.on_teardown(keys, self.net.flow_table());
     }
 
     async fn on_netlink(&mut self, ev: topology::NetlinkEvent) {
@@ -347,59 +351,51 @@ impl Daemon {
         }
         if matches!(change, TopologyEvent::Link(_) | TopologyEvent::Resync) {
             // Devices come and go (hotplug, PPPoE reconnect): follow them.
-            let before = self.net.attached.clone();
             self.apply();
-            if before != self.net.attached {
-                debug!(
-                    "attach points changed: {:?} -> {:?}",
-                    before, self.net.attached
-                );
-            }
         }
-        let ctx = self.net.ctx();
+        let resolver = self.net.resolver();
+        let ctx = self.net.ctx(&resolver);
         self.flows.on_topology(&change, &ctx).await;
     }
 
     /// Reloads the config file; a config with errors is rejected whole and the running one kept.
     async fn reload(&mut self) -> Result<(), String> {
-        match config::load(&self.args.config_dir) {
-            Ok(loaded) => {
-                for w in &loaded.warnings {
-                    warn!("{w}");
-                }
-                self.warnings = loaded.warnings.iter().map(|w| w.to_string()).collect();
-                self.config = loaded.config;
-                self.last_reload_error = None;
-                self.reloads += 1;
-                self.timeouts = Timeouts::read();
-                self.apply();
-                if self.offload_on() {
-                    self.resync().await;
-                } else {
-                    self.flows.flush(self.net.dp.as_ref());
-                }
-                info!("configuration reloaded");
-                Ok(())
-            }
+        let loaded = match config::load(&self.args.config_dir) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 let msg = e.to_string();
                 error!("reload rejected, keeping the running configuration:\n{msg}");
                 self.last_reload_error = Some(msg.clone());
-                Err(msg)
+                return Err(msg);
             }
+        };
+        for w in &loaded.warnings {
+            warn!("{w}");
         }
+        self.warnings = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        self.config = loaded.config;
+        self.last_reload_error = None;
+        self.reloads += 1;
+        self.timeouts = Timeouts::read();
+        self.apply();
+        if self.offload_on() {
+            self.resync().await;
+        } else {
+            self.flows.flush(self.net.flow_table());
+        }
+        info!("configuration reloaded");
+        Ok(())
     }
 
     async fn tick(&mut self) {
-        if let Some(dp) = self.net.dp.as_mut() {
+        if let Some(dp) = self.net.dp.as_ref() {
             if let Err(e) = dp.heartbeat() {
                 warn!("heartbeat: {e:#}");
             }
         }
-        if let Some(ct) = self.net.ct.as_ref() {
-            self.flows.tick(ct, self.net.dp.as_ref(), &self.timeouts);
-        }
-        let ctx = self.net.ctx();
+        let resolver = self.net.resolver();
+        let ctx = self.net.ctx(&resolver);
+        self.flows.tick(&ctx, &self.timeouts);
         self.flows.readmit_due(&ctx).await;
     }
 
@@ -419,53 +415,44 @@ impl Daemon {
         }
     }
 
+    /// The status document, from the sections each module builds.
     fn status(&self) -> Status {
-        let mut st = Status {
+        let dp = self.net.dp.as_ref();
+        let table = self.net.flow_table();
+        let counted = self.flows.counters(table);
+        let mut attach = dp.map(Dataplane::attach_points).unwrap_or_default();
+        for a in &mut attach {
+            if let Some(c) = counted.devices.get(&a.ifindex) {
+                a.rx_packets = c.rx_packets;
+                a.rx_bytes = c.rx_bytes;
+                a.tx_packets = c.tx_packets;
+                a.tx_bytes = c.tx_bytes;
+            }
+        }
+        Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             config: ConfigStatus {
-                file: self.config_file().display().to_string(),
+                file: self
+                    .args
+                    .config_dir
+                    .join(config::PACKAGE)
+                    .display()
+                    .to_string(),
                 warnings: self.warnings.clone(),
                 last_reload_error: self.last_reload_error.clone(),
                 reloads: self.reloads,
             },
-            ..Default::default()
-        };
-        let counted = self.flows.counters(self.net.dp.as_ref());
-        if let Some(dp) = &self.net.dp {
-            st.offload = dp.offload_status();
-            st.attach = dp.attach_points();
-            for a in &mut st.attach {
-                if let Some(c) = counted.devices.get(&a.ifindex) {
-                    [a.rx_packets, a.rx_bytes, a.tx_packets, a.tx_bytes] = *c;
-                }
-            }
-            st.datapath = dp
-                .stats()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+            offload: self.flows.status(
+                dp.is_some_and(Dataplane::enabled),
+                dp.map_or(0, Dataplane::flow_entries),
+                &counted,
+            ),
+            attach,
+            interfaces: self.interfaces.status(&self.config, &self.interface_errors),
+            flows: self.flows.flow_status(table),
+            datapath: dp.map(Dataplane::stats).unwrap_or_default(),
         }
-        st.offload.packets = counted.packets;
-        st.offload.bytes = counted.bytes;
-        st.offload.connections = self.flows.len() as u64;
-        st.offload.manager = serde_json::to_value(self.flows.stats()).unwrap_or_default();
-        st.flows =
-            serde_json::to_value(self.flows.flow_status(self.net.dp.as_ref())).unwrap_or_default();
-        st.interfaces = self
-            .config
-            .interfaces
-            .iter()
-            .map(|i| InterfaceStatus {
-                name: i.name.clone(),
-                device: self.devices.get(&i.name).and_then(|d| d.clone().ok()),
-                offload: i.offload,
-                upload_kbit: i.upload_kbit,
-                download_kbit: i.download_kbit,
-                error: self.interface_errors.get(&i.name).cloned(),
-            })
-            .collect();
-        st
     }
 
     fn shutdown(&mut self) {

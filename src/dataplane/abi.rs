@@ -7,9 +7,8 @@
 //! (addresses, ports, VLAN TPID/TCI, PPPoE session id, checksum deltas) are stored in network
 //! order, everything else in host order.
 //!
-//! This file is self-contained (no `crate::` paths) so the integration tests can include it.
-
-#![allow(dead_code)]
+//! Constants come from the header's enums too (`bpfqos_sizes`, `bpfqos_ctl_flags`, ...): the
+//! header has no `#define` that Rust needs, so nothing here is a hand-kept copy.
 
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -63,21 +62,25 @@ pub const GRACE_MAP: &str = "grace";
 /// The inner map put into [`GRACE_MAP`].
 pub const GRACE_INNER_MAP: &str = "grace_inner";
 /// Buckets per flow table (`BPFQOS_FLOW_BUCKETS`).
-pub const FLOW_BUCKETS: u32 = 4096;
+pub const FLOW_BUCKETS: u32 = types::bpfqos_sizes::BPFQOS_FLOW_BUCKETS.0;
 /// Slots per bucket (`BPFQOS_BUCKET_SLOTS`).
-pub const BUCKET_SLOTS: usize = 16;
+pub const BUCKET_SLOTS: usize = types::bpfqos_sizes::BPFQOS_BUCKET_SLOTS.0 as usize;
 /// Entries per flow table (`BPFQOS_MAX_FLOWS`).
-pub const MAX_FLOWS: u32 = 32768;
+pub const MAX_FLOWS: u32 = types::bpfqos_sizes::BPFQOS_MAX_FLOWS.0;
 /// Hash seed words in [`Control`] (`BPFQOS_HASH_SEEDS`).
-pub const HASH_SEEDS: usize = 14;
-/// `BPFQOS_HASH_MUL`.
-const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+pub const HASH_SEEDS: usize = types::bpfqos_sizes::BPFQOS_HASH_SEEDS.0 as usize;
+/// `BPFQOS_HASH_MUL`, from its two halves.
+const HASH_MUL: u64 = ((types::bpfqos_hash_mul::BPFQOS_HASH_MUL_HI.0 as u64) << 32)
+    | types::bpfqos_hash_mul::BPFQOS_HASH_MUL_LO.0 as u64;
 /// `DEVMAP_HASH` keyed and valued by the egress ifindex (`u32`): XDP redirect targets.
 pub const TX_PORTS_MAP: &str = "tx_ports";
+/// Entries of [`TX_PORTS_MAP`] (`BPFQOS_MAX_TX_PORTS`).
+pub const MAX_TX_PORTS: u32 = types::bpfqos_sizes::BPFQOS_MAX_TX_PORTS.0;
 /// `RINGBUF` of [`Event`]: FIN/RST seen on an offloaded flow.
 pub const EVENTS_MAP: &str = "events";
-/// Size of the `ifaces` array: devices with a larger ifindex are parsed without DSA tag.
-pub const MAX_IFACES: u32 = 4096;
+/// Size of the `ifaces` array (`BPFQOS_MAX_IFACES`): devices with a larger ifindex are parsed
+/// without DSA tag.
+pub const MAX_IFACES: u32 = types::bpfqos_sizes::BPFQOS_MAX_IFACES.0;
 
 /// Shared control word (`struct bpfqos_control`).
 pub type Control = types::bpfqos_control;
@@ -115,11 +118,12 @@ pub type EventType = types::bpfqos_event_type;
 pub type Stat = types::bpfqos_stat;
 
 /// `control.flags` bit: offload enabled.
-pub const CTL_F_OFFLOAD: u32 = 1;
+pub const CTL_F_OFFLOAD: u32 = types::bpfqos_ctl_flags::BPFQOS_CTL_F_OFFLOAD.0;
 /// Heartbeat age after which the data path passes everything to the kernel.
-pub const HEARTBEAT_MAX_AGE_NS: u64 = 3_000_000_000;
+pub const HEARTBEAT_MAX_AGE_NS: u64 =
+    types::bpfqos_heartbeat::BPFQOS_HEARTBEAT_MAX_AGE_MS.0 as u64 * 1_000_000;
 /// `flow.flags` bit set by the data path on FIN/RST: user space should tear the flow down.
-pub const FLOW_F_TEARDOWN: u32 = 1;
+pub const FLOW_F_TEARDOWN: u32 = types::bpfqos_flow_flags::BPFQOS_FLOW_F_TEARDOWN.0;
 
 /// EtherType of an 802.1Q tag.
 pub const ETH_P_8021Q: u16 = 0x8100;
@@ -181,15 +185,37 @@ pub fn control_value(heartbeat_ns: u64, enabled: bool, seed: &[u32; HASH_SEEDS])
     bytes_of(&c).to_vec()
 }
 
-/// Packets, bytes and flags of a `flows4` or `flows6` entry (told apart by size).
-pub fn flow_counters(value: &[u8]) -> Option<(u64, u64, u32)> {
+/// What a flow entry counted, as the data path wrote it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// IP bytes forwarded.
+    pub bytes: u64,
+    /// `BPFQOS_FLOW_F_*` flags the data path set.
+    pub flags: u32,
+}
+
+impl FlowCounters {
+    /// The data path saw a FIN or RST: the flow should go back to the kernel.
+    pub fn teardown(&self) -> bool {
+        self.flags & FLOW_F_TEARDOWN != 0
+    }
+}
+
+/// The counters of a `flows4` or `flows6` entry (told apart by size).
+pub fn flow_counters(value: &[u8]) -> Option<FlowCounters> {
     let (cnt, flags) = if let Some(f) = from_bytes::<Flow4>(value) {
         (f.cnt, f.flags)
     } else {
         let f = from_bytes::<Flow6>(value)?;
         (f.cnt, f.flags)
     };
-    Some((cnt.packets, cnt.bytes, flags))
+    Some(FlowCounters {
+        packets: cnt.packets,
+        bytes: cnt.bytes,
+        flags,
+    })
 }
 
 /// The key of a `flows4` or `flows6` entry (its last bytes), by the entry's length.
@@ -337,8 +363,6 @@ pub fn nat6(orig: (Ipv6Addr, Ipv6Addr, u16, u16), new: (Ipv6Addr, Ipv6Addr, u16,
 }
 
 #[cfg(test)]
-// The file is also compiled into the harness-less bench, where #[test] fns are dropped.
-#[allow(unused_imports)]
 mod tests {
     use super::control_value;
     use super::csum_delta;

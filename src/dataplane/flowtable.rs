@@ -10,10 +10,6 @@
 //! 2-core VM), so the heartbeat only asks for one ([`FlowTables::reclaim`]): a worker thread
 //! waits it out, and a later heartbeat frees what it covered. The event loop blocks on one
 //! only when every entry is taken and some await a grace period.
-//!
-//! Self-contained (only `super::abi`), so that the integration tests can include it.
-
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -35,6 +31,7 @@ use libbpf_rs::MapFlags;
 use libbpf_rs::MapHandle;
 
 use super::abi;
+use super::abi::FlowCounters;
 
 /// Why a flow could not be placed: the caller keeps it on the kernel path.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -249,8 +246,8 @@ impl Table {
         self.unlink_all_but(&[]);
     }
 
-    /// Counters and flags of a live entry: (packets, bytes, flags).
-    fn counters_at(&self, index: u32) -> Option<(u64, u64, u32)> {
+    /// Counters and flags of a live entry.
+    fn counters_at(&self, index: u32) -> Option<FlowCounters> {
         abi::flow_counters(&self.read(index)?)
     }
 
@@ -258,31 +255,31 @@ impl Table {
     /// replacement was written (stragglers on other CPUs).
     fn counted_since_replaced<'u>(&self, u: &'u Unlinked) -> Option<(&'u [u8], u64, u64)> {
         let (key, before_p, before_b) = u.carry.as_ref()?;
-        let (p, b, _) = self.counters_at(u.index)?;
+        let c = self.counters_at(u.index)?;
         Some((
             key.as_slice(),
-            p.saturating_sub(*before_p),
-            b.saturating_sub(*before_b),
+            c.packets.saturating_sub(*before_p),
+            c.bytes.saturating_sub(*before_b),
         ))
     }
 
-    fn counters(&self, key: &[u8]) -> Option<(u64, u64, u32)> {
+    fn counters(&self, key: &[u8]) -> Option<FlowCounters> {
         let p = self.by_key.get(key)?;
-        let (mut packets, mut bytes, flags) = self.counters_at(p.index)?;
+        let mut c = self.counters_at(p.index)?;
         if let Some((cp, cb)) = self.carried.get(key) {
-            packets += cp;
-            bytes += cb;
+            c.packets += cp;
+            c.bytes += cb;
         }
         // Replaced entries still counting (no grace period since): what they added so far.
         for u in &self.unlinked {
             if let Some((k, dp, db)) = self.counted_since_replaced(u) {
                 if k == key {
-                    packets += dp;
-                    bytes += db;
+                    c.packets += dp;
+                    c.bytes += db;
                 }
             }
         }
-        Some((packets, bytes, flags))
+        Some(c)
     }
 
     /// Installs or replaces the entry for `entry`'s key ([`abi::entry_key`]). A
@@ -326,10 +323,10 @@ impl Table {
         let mut carry = None;
         if let Some(p) = old {
             if let Some(prev) = self.read(p.index) {
-                let (packets, bytes, _) = abi::flow_counters(&prev).unwrap_or_default();
+                let was = abi::flow_counters(&prev).unwrap_or_default();
                 let keep = abi::ENTRY_BPF_WRITTEN;
                 entry[keep.clone()].copy_from_slice(&prev[keep]);
-                carry = Some((key.clone(), packets, bytes));
+                carry = Some((key.clone(), was.packets, was.bytes));
             }
         }
         if let Err(e) = self.write(index, &entry) {
@@ -577,7 +574,7 @@ impl FlowTables {
     }
 
     /// Packets, bytes and flags of a live flow (what replaced entries counted included).
-    pub fn counters(&self, key: &[u8]) -> Option<(u64, u64, u32)> {
+    pub fn counters(&self, key: &[u8]) -> Option<FlowCounters> {
         if is_v6(key) {
             self.v6.counters(key)
         } else {

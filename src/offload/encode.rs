@@ -3,60 +3,43 @@
 
 use std::net::IpAddr;
 
+use super::ports::Resolver;
+use crate::conntrack::Conn;
 use crate::conntrack::Tuple;
 use crate::dataplane::abi;
+use crate::dataplane::entry::dsa_proto;
+use crate::dataplane::entry::FlowKey;
+use crate::dataplane::entry::FlowValue;
 use crate::topology;
-use crate::topology::DsaTagger;
 use crate::topology::NextHop;
 use crate::topology::VlanProto;
 
-/// A flow-table key of either family.
-#[derive(Clone, Copy)]
-pub enum FlowKey {
-    /// IPv4.
-    V4(abi::FlowKey4),
-    /// IPv6.
-    V6(abi::FlowKey6),
-}
-
-impl FlowKey {
-    /// Its bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            FlowKey::V4(k) => abi::bytes_of(k),
-            FlowKey::V6(k) => abi::bytes_of(k),
-        }
-    }
-}
-
-/// A flow-table entry of either family (its key included).
-#[derive(Clone, Copy)]
-pub enum FlowValue {
-    /// IPv4.
-    V4(abi::Flow4),
-    /// IPv6.
-    V6(abi::Flow6),
-}
-
-impl FlowValue {
-    /// Its bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            FlowValue::V4(v) => abi::bytes_of(v),
-            FlowValue::V6(v) => abi::bytes_of(v),
-        }
-    }
-}
-
-/// The data path's view of a DSA tagger; `None` for taggers it cannot build.
-pub fn dsa_proto(t: &DsaTagger) -> Option<u8> {
-    let p = match t {
-        DsaTagger::Mtk => abi::DsaProto::BPFQOS_DSA_MTK,
-        DsaTagger::Qca => abi::DsaProto::BPFQOS_DSA_QCA,
-        DsaTagger::Gswip => abi::DsaProto::BPFQOS_DSA_GSWIP,
-        DsaTagger::Other(_) => return None,
-    };
-    u8::try_from(p.0).ok()
+/// Both entries of connection `c` whose next hops are `hops` ([towards the originator,
+/// towards the responder]): the original direction arrives from the originator's side as
+/// `orig` and leaves towards the responder as the reverse of `reply` (that is the NAT); the
+/// reply direction the other way round. `None` if either cannot be expressed.
+pub fn connection(
+    c: &Conn,
+    hops: &[NextHop; 2],
+    devices: &dyn Resolver,
+) -> Option<[(FlowKey, FlowValue); 2]> {
+    let [to_orig, to_reply] = hops;
+    let mtu = |h: &NextHop| wire_mtu(h, devices.device_mtu(h.egress_ifindex).unwrap_or(h.mtu));
+    let fwd = entry(
+        &c.orig,
+        &c.reply.reversed(),
+        to_orig,
+        to_reply,
+        mtu(to_reply),
+    )?;
+    let rev = entry(
+        &c.reply,
+        &c.orig.reversed(),
+        to_reply,
+        to_orig,
+        mtu(to_orig),
+    )?;
+    Some([fwd, rev])
 }
 
 /// L2 encapsulation in the ABI's layout. `None` when the data path cannot express it (a DSA

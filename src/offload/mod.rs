@@ -3,18 +3,22 @@
 //! - Admission: a connection that conntrack reports ESTABLISHED (TCP) or ASSURED (UDP), routed
 //!   between two offload-enabled attach points, is resolved in both directions (route, neighbour,
 //!   bridge port, VLAN/PPPoE/DSA down to the lowest device) and installed as two entries.
-//! - Removal: conntrack DESTROY, a state change out of the offloadable states, FIN/RST marks
-//!   from the data path, or the conntrack entry vanishing (found when refreshing).
+//! - Removal: conntrack DESTROY, a state change out of the offloadable states, a FIN/RST event
+//!   from the data path (or its flag, found when refreshing), or the conntrack entry vanishing.
 //! - Invalidation: route changes re-resolve every flow, neighbour/FDB/link changes the flows that
 //!   use them; a firewall reload drops everything so the new rules see the traffic.
 //! - Liveness: while offloaded packets flow, conntrack never sees them, so their entries' timeouts
 //!   are refreshed from here.
 //!
 //! Whatever cannot be resolved exactly stays in the kernel path, which is always correct.
+//!
+//! [`FlowManager`] is a state machine fed by events, with the world behind the traits of
+//! [`ports`] and the time passed in ([`Ctx::now`]): the unit tests below drive it with fakes.
 
 pub mod encode;
+pub mod ports;
+pub mod report;
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -24,19 +28,21 @@ use std::time::Instant;
 use log::debug;
 use log::info;
 use log::warn;
-use rtnetlink::Handle;
-use serde::Serialize;
 
 use crate::conntrack;
 use crate::conntrack::Conn;
 use crate::conntrack::Tuple;
-use crate::dataplane::Dataplane;
+use crate::dataplane::entry::FlowKey;
 use crate::topology::NextHop;
-use crate::topology::RouteQuery;
-use crate::topology::Topology;
 use crate::topology::TopologyEvent;
 use crate::topology::Unresolved;
-use encode::FlowKey;
+use ports::ConntrackOps;
+use ports::FlowTable;
+use ports::Resolver;
+use report::Counters;
+use report::FlowStatus;
+use report::ManagerStats;
+use report::OffloadStatus;
 
 /// Longest interval between refreshes of live flows' conntrack timeouts; shorter when the
 /// configured timeouts are short (a third of the shortest, at least a second).
@@ -93,6 +99,17 @@ impl Offloaded {
     fn uses_mac(&self, mac: &[u8; 6]) -> bool {
         self.hops.iter().any(|h| &h.dst_mac == mac)
     }
+
+    fn affected_by(&self, ev: &TopologyEvent) -> bool {
+        match ev {
+            TopologyEvent::Route | TopologyEvent::Resync | TopologyEvent::Addr { .. } => true,
+            TopologyEvent::Link(i) => self.uses_device(*i),
+            TopologyEvent::Neigh { ifindex, ip, .. } => self.uses_neighbour(*ifindex, *ip),
+            TopologyEvent::Fdb { mac, bridge, .. } => {
+                self.uses_mac(mac) || self.uses_device(*bridge)
+            }
+        }
+    }
 }
 
 /// Why a connection was not offloaded (counted for `bpfqos status`).
@@ -125,72 +142,26 @@ impl Reject {
     }
 }
 
-/// Counters of the manager's decisions.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ManagerStats {
-    /// Connections installed (both directions) since start.
-    pub admitted: u64,
-    /// Connections removed since start.
-    pub removed: u64,
-    /// Admission refusals by reason.
-    pub rejected: BTreeMap<String, u64>,
-    /// Re-resolutions after topology changes.
-    pub reresolved: u64,
-    /// Times everything was dropped (firewall reload, conntrack resync).
-    pub flushes: u64,
-    /// Duration of the last admission, microseconds (event to both entries written).
-    pub last_admit_us: u64,
-}
-
-/// One offloaded connection in `bpfqos status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct FlowStatus {
-    /// `tcp`/`udp`.
-    pub proto: &'static str,
-    /// Original direction, as the client sent it.
-    pub orig: String,
-    /// Reply direction, as the server sent it.
-    pub reply: String,
-    /// Packets forwarded by the data path, original direction.
-    pub packets_orig: u64,
-    /// Packets forwarded by the data path, reply direction.
-    pub packets_reply: u64,
-    /// Bytes forwarded by the data path, both directions.
-    pub bytes: u64,
-    /// Lowest ingress device of the original direction.
-    pub ingress_ifindex: u32,
-    /// Lowest egress device of the original direction.
-    pub egress_ifindex: u32,
-}
-
-/// Offloaded packets and bytes, in total and per lowest device.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    /// Packets forwarded by the data path.
-    pub packets: u64,
-    /// Bytes (IP packet bytes) forwarded by the data path.
-    pub bytes: u64,
-    /// Per ifindex: (received packets, received bytes, sent packets, sent bytes).
-    pub devices: BTreeMap<u32, [u64; 4]>,
-}
-
-impl Counters {
-    fn add(&mut self, (ingress, egress): (u32, u32), packets: u64, bytes: u64) {
-        self.packets += packets;
-        self.bytes += bytes;
-        let i = self.devices.entry(ingress).or_default();
-        i[0] += packets;
-        i[1] += bytes;
-        let e = self.devices.entry(egress).or_default();
-        e[2] += packets;
-        e[3] += bytes;
-    }
+/// What admission and invalidation work against, for one event.
+pub struct Ctx<'a> {
+    /// Next-hop resolution.
+    pub resolver: &'a dyn Resolver,
+    /// The data path, when loaded.
+    pub dp: Option<&'a dyn FlowTable>,
+    /// Lowest devices the data path is attached to (offload-enabled interfaces).
+    pub attached: &'a HashSet<u32>,
+    /// Conntrack requests, when conntrack is available.
+    pub ct: Option<&'a dyn ConntrackOps>,
+    /// The time of the event.
+    pub now: Instant,
 }
 
 /// The flow table manager.
 #[derive(Default)]
 pub struct FlowManager {
     flows: HashMap<ConnKey, Offloaded>,
+    /// Which connection each installed flow key belongs to (teardown events name keys).
+    by_flow_key: HashMap<FlowKey, ConnKey>,
     stats: ManagerStats,
     /// What removed connections had counted.
     retired: Counters,
@@ -213,6 +184,11 @@ impl FlowManager {
         self.flows.len()
     }
 
+    /// Whether no connection is offloaded.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
     /// Decision counters.
     pub fn stats(&self) -> &ManagerStats {
         &self.stats
@@ -225,6 +201,21 @@ impl FlowManager {
             .entry(r.label().to_string())
             .or_default() += 1;
         r
+    }
+
+    fn insert(&mut self, key: ConnKey, f: Offloaded) {
+        for k in &f.keys {
+            self.by_flow_key.insert(*k, key);
+        }
+        self.flows.insert(key, f);
+    }
+
+    fn take(&mut self, key: &ConnKey) -> Option<Offloaded> {
+        let f = self.flows.remove(key)?;
+        for k in &f.keys {
+            self.by_flow_key.remove(k);
+        }
+        Some(f)
     }
 
     /// Handles a conntrack message: admit, update or remove.
@@ -255,23 +246,40 @@ impl FlowManager {
                 self.remove(&key_of(&c), ctx.dp);
                 self.forget_waiting(&key_of(&c));
             }
-            conntrack::Message::RulesetChanged => {
-                info!(
-                    "firewall ruleset changed: all flows back to the kernel; re-admitting in {} s \
-                     those the new rules still forward",
-                    READMIT_AFTER.as_secs()
-                );
-                self.flush(ctx.dp);
-                // What conntrack had counted per connection at the flush: a connection whose
-                // count grows afterwards is being forwarded by the kernel under the new rules.
-                let counts = ctx
-                    .ct
-                    .and_then(|ct| ct.dump().ok())
-                    .map(|conns| conns.iter().map(|c| (key_of(c), c.packets)).collect())
-                    .unwrap_or_default();
-                self.readmit = Some((Instant::now(), counts));
-            }
+            conntrack::Message::RulesetChanged => self.on_ruleset_changed(ctx),
             _ => {}
+        }
+    }
+
+    fn on_ruleset_changed(&mut self, ctx: &Ctx<'_>) {
+        info!(
+            "firewall ruleset changed: all flows back to the kernel; re-admitting in {} s \
+             those the new rules still forward",
+            READMIT_AFTER.as_secs()
+        );
+        self.flush(ctx.dp);
+        // What conntrack had counted per connection at the flush: a connection whose count
+        // grows afterwards is being forwarded by the kernel under the new rules.
+        let counts = ctx
+            .ct
+            .and_then(|ct| ct.dump().ok())
+            .map(|conns| conns.iter().map(|c| (key_of(c), c.packets)).collect())
+            .unwrap_or_default();
+        self.readmit = Some((ctx.now, counts));
+    }
+
+    /// The data path saw a FIN or RST on these flows: their connections go back to the kernel,
+    /// which sees the rest of the teardown.
+    pub fn on_teardown(&mut self, keys: &[FlowKey], dp: Option<&dyn FlowTable>) {
+        for k in keys {
+            if let Some(conn) = self.by_flow_key.get(k).copied() {
+                debug!(
+                    "{}: FIN/RST seen by the data path, back to the kernel",
+                    conn.0
+                );
+                self.remove(&conn, dp);
+                self.stats.teardown_events += 1;
+            }
         }
     }
 
@@ -280,88 +288,72 @@ impl FlowManager {
         let Some(dp) = ctx.dp.filter(|dp| dp.enabled()) else {
             return Err(self.reject(Reject::Disabled));
         };
-        match resolve_pair(&c, ctx).await {
-            Ok(hops) => {
-                let [to_orig, to_reply] = &hops;
-                for h in &hops {
-                    if !ctx.attached.contains(&h.egress_ifindex) {
-                        return Err(self
-                            .reject(Reject::NotAttached(format!("ifindex {}", h.egress_ifindex))));
-                    }
-                }
-                // Original direction: arrives from the originator's side as `orig`, leaves
-                // towards the responder as the reverse of `reply` (that is the NAT).
-                let mtu = |h: &NextHop| {
-                    let dev = ctx.topo.link(h.egress_ifindex).map_or(h.mtu, |l| l.mtu);
-                    encode::wire_mtu(h, dev)
-                };
-                let fwd = encode::entry(
-                    &c.orig,
-                    &c.reply.reversed(),
-                    to_orig,
-                    to_reply,
-                    mtu(to_reply),
-                );
-                let rev = encode::entry(
-                    &c.reply,
-                    &c.orig.reversed(),
-                    to_reply,
-                    to_orig,
-                    mtu(to_orig),
-                );
-                let (Some((k0, v0)), Some((k1, v1))) = (fwd, rev) else {
-                    return Err(self.reject(Reject::Inexpressible));
-                };
-                // Like the kernel's flowtable: conntrack must not judge the packets that take the
-                // kernel path again later by a window it stopped tracking.
-                if c.orig.proto == conntrack::codec::IPPROTO_TCP {
-                    let ok = ctx
-                        .ct
-                        .map(|ct| ct.set_liberal(&[key_of(&c)]))
-                        .is_some_and(|r| r.is_ok_and(|alive| alive.first() == Some(&true)));
-                    if !ok {
-                        return Err(self.reject(Reject::Unresolved(
-                            "could not make conntrack's TCP tracking liberal".into(),
-                        )));
-                    }
-                }
-                for h in &hops {
-                    if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
-                        warn!("tx_ports: {e:#}");
-                    }
-                }
-                if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
-                    dp.remove_flow(&k0);
-                    dp.remove_flow(&k1);
-                    debug!("installing {}: {e:#}", c.orig);
-                    return Err(self.reject(Reject::MapFull));
-                }
-                self.stats.admitted += 1;
-                self.flows.insert(
-                    key_of(&c),
-                    Offloaded {
-                        conn: c,
-                        keys: [k0, k1],
-                        hops,
-                        packets_at_refresh: 0,
-                    },
-                );
-                Ok(())
-            }
-            Err(Unresolved::Local) => Err(self.reject(Reject::Local)),
+        let hops = match resolve_pair(&c, ctx).await {
+            Ok(hops) => hops,
+            Err(Unresolved::Local) => return Err(self.reject(Reject::Local)),
             Err(Unresolved::Neighbour { ifindex, ip }) => {
-                let waiting = self.waiting_for_neighbour.entry((ifindex, ip)).or_default();
-                // Bounded: a neighbour that never answers must not grow memory without end.
-                if waiting.len() < MAX_WAITING_PER_NEIGHBOUR
-                    && !waiting.iter().any(|w| key_of(w) == key_of(&c))
-                {
-                    waiting.push(c);
-                }
-                Err(self.reject(Reject::Unresolved(format!(
+                self.wait_for_neighbour(ifindex, ip, c);
+                return Err(self.reject(Reject::Unresolved(format!(
                     "neighbour {ip} on ifindex {ifindex} not resolved"
-                ))))
+                ))));
             }
-            Err(e) => Err(self.reject(Reject::Unresolved(e.to_string()))),
+            Err(e) => return Err(self.reject(Reject::Unresolved(e.to_string()))),
+        };
+        if let Some(h) = hops
+            .iter()
+            .find(|h| !ctx.attached.contains(&h.egress_ifindex))
+        {
+            let what = format!("ifindex {}", h.egress_ifindex);
+            return Err(self.reject(Reject::NotAttached(what)));
+        }
+        let Some([(k0, v0), (k1, v1)]) = encode::connection(&c, &hops, ctx.resolver) else {
+            return Err(self.reject(Reject::Inexpressible));
+        };
+        // Like the kernel's flowtable: conntrack must not judge the packets that take the
+        // kernel path again later by a window it stopped tracking. This is also where a
+        // connection destroyed while it was being resolved is found out: no entry, no flow.
+        if c.orig.proto == conntrack::codec::IPPROTO_TCP {
+            let alive = ctx
+                .ct
+                .map(|ct| ct.set_liberal(&[key_of(&c)]))
+                .is_some_and(|r| r.is_ok_and(|alive| alive.first() == Some(&true)));
+            if !alive {
+                return Err(self.reject(Reject::Unresolved(
+                    "could not make conntrack's TCP tracking liberal".into(),
+                )));
+            }
+        }
+        for h in &hops {
+            if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
+                warn!("tx_ports: {e:#}");
+            }
+        }
+        if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
+            dp.remove(&k0);
+            dp.remove(&k1);
+            debug!("installing {}: {e:#}", c.orig);
+            return Err(self.reject(Reject::MapFull));
+        }
+        self.stats.admitted += 1;
+        self.insert(
+            key_of(&c),
+            Offloaded {
+                conn: c,
+                keys: [k0, k1],
+                hops,
+                packets_at_refresh: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn wait_for_neighbour(&mut self, ifindex: u32, ip: IpAddr, c: Conn) {
+        let waiting = self.waiting_for_neighbour.entry((ifindex, ip)).or_default();
+        // Bounded: a neighbour that never answers must not grow memory without end.
+        if waiting.len() < MAX_WAITING_PER_NEIGHBOUR
+            && !waiting.iter().any(|w| key_of(w) == key_of(&c))
+        {
+            waiting.push(c);
         }
     }
 
@@ -375,33 +367,33 @@ impl FlowManager {
         });
     }
 
-    fn remove(&mut self, key: &ConnKey, dp: Option<&Dataplane>) {
-        if let Some(f) = self.flows.remove(key) {
+    fn remove(&mut self, key: &ConnKey, dp: Option<&dyn FlowTable>) {
+        if let Some(f) = self.take(key) {
             self.retire(&f, dp);
             self.stats.removed += 1;
         }
     }
 
     /// Takes a connection's entries out of the data path, keeping what they counted.
-    fn retire(&mut self, f: &Offloaded, dp: Option<&Dataplane>) {
+    fn retire(&mut self, f: &Offloaded, dp: Option<&dyn FlowTable>) {
         let Some(dp) = dp else { return };
         for (dir, k) in f.keys.iter().enumerate() {
-            if let Some((p, b, _)) = dp.flow_counters(k) {
-                self.retired.add(f.dir_devices(dir), p, b);
+            if let Some(c) = dp.counters(k) {
+                self.retired.add(f.dir_devices(dir), c.packets, c.bytes);
             }
-            dp.remove_flow(k);
+            dp.remove(k);
         }
     }
 
     /// Packets and bytes forwarded by the data path since start, in total and per lowest
     /// device (live entries plus retired ones).
-    pub fn counters(&self, dp: Option<&Dataplane>) -> Counters {
+    pub fn counters(&self, dp: Option<&dyn FlowTable>) -> Counters {
         let mut c = self.retired.clone();
         if let Some(dp) = dp {
             for f in self.flows.values() {
                 for (dir, k) in f.keys.iter().enumerate() {
-                    if let Some((p, b, _)) = dp.flow_counters(k) {
-                        c.add(f.dir_devices(dir), p, b);
+                    if let Some(n) = dp.counters(k) {
+                        c.add(f.dir_devices(dir), n.packets, n.bytes);
                     }
                 }
             }
@@ -410,7 +402,7 @@ impl FlowManager {
     }
 
     /// Drops every offloaded flow (they continue on the kernel path).
-    pub fn flush(&mut self, dp: Option<&Dataplane>) {
+    pub fn flush(&mut self, dp: Option<&dyn FlowTable>) {
         let keys: Vec<ConnKey> = self.flows.keys().copied().collect();
         for k in &keys {
             self.remove(k, dp);
@@ -427,27 +419,12 @@ impl FlowManager {
             mac: Some(_),
         } = ev
         {
-            if let Some(waiting) = self.waiting_for_neighbour.remove(&(*ifindex, *ip)) {
-                debug!(
-                    "neighbour {ip} resolved: retrying {} connections",
-                    waiting.len()
-                );
-                for c in waiting {
-                    if !self.flows.contains_key(&key_of(&c)) {
-                        let _ = self.admit(c, ctx).await;
-                    }
-                }
-            }
+            self.retry_waiting(*ifindex, *ip, ctx).await;
         }
         let affected: Vec<ConnKey> = self
             .flows
             .iter()
-            .filter(|(_, f)| match ev {
-                TopologyEvent::Route | TopologyEvent::Resync | TopologyEvent::Addr { .. } => true,
-                TopologyEvent::Link(i) => f.uses_device(*i),
-                TopologyEvent::Neigh { ifindex, ip, .. } => f.uses_neighbour(*ifindex, *ip),
-                TopologyEvent::Fdb { mac, bridge, .. } => f.uses_mac(mac) || f.uses_device(*bridge),
-            })
+            .filter(|(_, f)| f.affected_by(ev))
             .map(|(k, _)| *k)
             .collect();
         if affected.is_empty() {
@@ -455,93 +432,86 @@ impl FlowManager {
         }
         debug!("{ev:?}: re-resolving {} flows", affected.len());
         for key in affected {
-            let Some(old) = self.flows.remove(&key) else {
-                continue;
-            };
-            self.stats.reresolved += 1;
-            let conn = old.conn.clone();
-            match resolve_pair(&conn, ctx).await {
-                Ok(hops) if hops == old.hops => {
-                    self.flows.insert(key, old);
-                }
-                Ok(_) | Err(_) => {
-                    // Take the old entries out first so nothing stale forwards, then try again.
-                    self.retire(&old, ctx.dp);
-                    self.stats.removed += 1;
-                    if let Err(r) = self.admit(conn, ctx).await {
-                        debug!("{}: after {ev:?}: stays in the kernel: {r:?}", key.0);
-                    }
+            self.reresolve(key, ev, ctx).await;
+        }
+    }
+
+    /// A neighbour resolved: admit again the connections that waited for it (no conntrack event
+    /// would bring them back).
+    async fn retry_waiting(&mut self, ifindex: u32, ip: IpAddr, ctx: &Ctx<'_>) {
+        let Some(waiting) = self.waiting_for_neighbour.remove(&(ifindex, ip)) else {
+            return;
+        };
+        debug!(
+            "neighbour {ip} resolved: retrying {} connections",
+            waiting.len()
+        );
+        for c in waiting {
+            if !self.flows.contains_key(&key_of(&c)) {
+                let _ = self.admit(c, ctx).await;
+            }
+        }
+    }
+
+    async fn reresolve(&mut self, key: ConnKey, ev: &TopologyEvent, ctx: &Ctx<'_>) {
+        let Some(old) = self.take(&key) else {
+            return;
+        };
+        self.stats.reresolved += 1;
+        let conn = old.conn.clone();
+        match resolve_pair(&conn, ctx).await {
+            Ok(hops) if hops == old.hops => self.insert(key, old),
+            Ok(_) | Err(_) => {
+                // Take the old entries out first so nothing stale forwards, then try again.
+                self.retire(&old, ctx.dp);
+                self.stats.removed += 1;
+                if let Err(r) = self.admit(conn, ctx).await {
+                    debug!("{}: after {ev:?}: stays in the kernel: {r:?}", key.0);
                 }
             }
         }
     }
 
-    /// Periodic work: remove flows the data path marked for teardown, refresh conntrack timeouts
-    /// of flows with traffic, and check that idle ones still exist.
-    pub fn tick(&mut self, ct: &conntrack::Client, dp: Option<&Dataplane>, timeouts: &Timeouts) {
-        let Some(dp) = dp else { return };
+    /// Periodic work, every [`Timeouts::refresh_every`]: refresh the conntrack timeouts of flows
+    /// with traffic, check that idle ones still exist, and remove flows whose teardown flag is
+    /// set (a FIN/RST whose event was lost). Between refreshes it reads nothing.
+    pub fn tick(&mut self, ctx: &Ctx<'_>, timeouts: &Timeouts) {
+        let (Some(dp), Some(ct)) = (ctx.dp, ctx.ct) else {
+            return;
+        };
         let due = self
             .last_refresh
-            .is_none_or(|t| t.elapsed() >= timeouts.refresh_every());
+            .is_none_or(|t| ctx.now.saturating_duration_since(t) >= timeouts.refresh_every());
+        if !due {
+            return;
+        }
+        self.last_refresh = Some(ctx.now);
         let mut teardown = Vec::new();
         let mut active = Vec::new();
         let mut idle = Vec::new();
         for (key, f) in self.flows.iter_mut() {
             let (mut packets, mut marked) = (0, false);
             for k in &f.keys {
-                if let Some((p, _, flags)) = dp.flow_counters(k) {
-                    packets += p;
-                    marked |= flags & crate::dataplane::abi::FLOW_F_TEARDOWN != 0;
+                if let Some(c) = dp.counters(k) {
+                    packets += c.packets;
+                    marked |= c.teardown();
                 }
             }
             if marked {
                 teardown.push(*key);
-            } else if due && packets != f.packets_at_refresh {
+            } else if packets != f.packets_at_refresh {
                 f.packets_at_refresh = packets;
                 active.push(*key);
-            } else if due {
+            } else {
                 idle.push(*key);
             }
         }
         for key in &teardown {
-            debug!(
-                "{}: FIN/RST seen by the data path, back to the kernel",
-                key.0
-            );
+            debug!("{}: FIN/RST flag found, back to the kernel", key.0);
             self.remove(key, Some(dp));
         }
-        if !due {
-            return;
-        }
-        self.last_refresh = Some(Instant::now());
-        let check = |keys: Vec<ConnKey>, timeout: &dyn Fn(u8) -> Option<u32>| -> Vec<ConnKey> {
-            // Refresh active flows with their protocol's established timeout; query idle ones
-            // (timeout None) only for existence.
-            let mut gone = Vec::new();
-            for proto in [conntrack::codec::IPPROTO_TCP, conntrack::codec::IPPROTO_UDP] {
-                let batch: Vec<ConnKey> = keys
-                    .iter()
-                    .filter(|k| k.0.proto == proto)
-                    .copied()
-                    .collect();
-                if batch.is_empty() {
-                    continue;
-                }
-                let result = match timeout(proto) {
-                    Some(t) => ct.refresh(&batch, t),
-                    None => ct.exists(&batch),
-                };
-                match result {
-                    Ok(alive) => {
-                        gone.extend(batch.iter().zip(alive).filter(|(_, a)| !a).map(|(k, _)| *k))
-                    }
-                    Err(e) => warn!("conntrack refresh: {e:#}"),
-                }
-            }
-            gone
-        };
-        let mut gone = check(active, &|p| Some(timeouts.established(p)));
-        gone.extend(check(idle, &|_| None));
+        let mut gone = check_conntrack(ct, &active, Some(timeouts));
+        gone.extend(check_conntrack(ct, &idle, None));
         for key in &gone {
             debug!("{}: conntrack entry gone", key.0);
             self.remove(key, Some(dp));
@@ -557,7 +527,7 @@ impl FlowManager {
         let Some((since, before)) = self.readmit.take() else {
             return;
         };
-        if since.elapsed() < READMIT_AFTER {
+        if ctx.now.saturating_duration_since(since) < READMIT_AFTER {
             self.readmit = Some((since, before));
             return;
         }
@@ -606,33 +576,33 @@ impl FlowManager {
         }
         if let Some(dp) = ctx.dp {
             let owned: Vec<&FlowKey> = self.flows.values().flat_map(|f| f.keys.iter()).collect();
-            dp.retain_flows(&owned);
+            dp.retain(&owned);
         }
     }
 
-    /// Per-flow status.
-    pub fn flow_status(&self, dp: Option<&Dataplane>) -> Vec<FlowStatus> {
+    /// Per-flow status, sorted by original tuple.
+    pub fn flow_status(&self, dp: Option<&dyn FlowTable>) -> Vec<FlowStatus> {
         let mut out: Vec<FlowStatus> = self
             .flows
             .values()
             .map(|f| {
                 let c = |i: usize| {
-                    dp.and_then(|dp| dp.flow_counters(&f.keys[i]))
+                    dp.and_then(|dp| dp.counters(&f.keys[i]))
                         .unwrap_or_default()
                 };
-                let (p0, b0, _) = c(0);
-                let (p1, b1, _) = c(1);
+                let (c0, c1) = (c(0), c(1));
                 FlowStatus {
                     proto: if f.conn.orig.proto == conntrack::codec::IPPROTO_TCP {
                         "tcp"
                     } else {
                         "udp"
-                    },
+                    }
+                    .to_string(),
                     orig: f.conn.orig.to_string(),
                     reply: f.conn.reply.to_string(),
-                    packets_orig: p0,
-                    packets_reply: p1,
-                    bytes: b0 + b1,
+                    packets_orig: c0.packets,
+                    packets_reply: c1.packets,
+                    bytes: c0.bytes + c1.bytes,
                     ingress_ifindex: f.hops[0].egress_ifindex,
                     egress_ifindex: f.hops[1].egress_ifindex,
                 }
@@ -641,29 +611,24 @@ impl FlowManager {
         out.sort_by(|a, b| a.orig.cmp(&b.orig));
         out
     }
+
+    /// The `offload` section of the status document.
+    pub fn status(&self, enabled: bool, entries: usize, counted: &Counters) -> OffloadStatus {
+        OffloadStatus {
+            enabled,
+            flows: entries as u64,
+            connections: self.flows.len() as u64,
+            manager: self.stats.clone(),
+            packets: counted.packets,
+            bytes: counted.bytes,
+        }
+    }
 }
 
-/// What admission and invalidation need from the daemon.
-pub struct Ctx<'a> {
-    /// The network model.
-    pub topo: &'a Topology,
-    /// rtnetlink requests (route and neighbour lookups).
-    pub handle: &'a Handle,
-    /// The data path, when loaded.
-    pub dp: Option<&'a Dataplane>,
-    /// Lowest devices the data path is attached to (offload-enabled interfaces).
-    pub attached: &'a HashSet<u32>,
-    /// Conntrack requests (TCP window tracking made liberal at admission).
-    pub ct: Option<&'a conntrack::Client>,
-}
-
-/// Resolves the next hop towards each end of `c`: [towards the originator, towards the
-/// responder]. Each lookup is a forwarded-packet route query (policy routing with the real
-/// input device and mark), so what is installed is what the kernel itself would do.
+/// Both next hops of `c`, bounded in time: the event loop must never hang on netlink, and a
+/// lookup that does not answer in time leaves the connection in the kernel.
 async fn resolve_pair(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolved> {
-    // The event loop must never hang on netlink: a lookup that does not answer in time leaves
-    // the connection in the kernel.
-    tokio::time::timeout(RESOLVE_TIMEOUT, resolve_pair_inner(c, ctx))
+    tokio::time::timeout(RESOLVE_TIMEOUT, ctx.resolver.resolve_pair(c))
         .await
         .unwrap_or_else(|_| {
             Err(Unresolved::Netlink(
@@ -672,36 +637,34 @@ async fn resolve_pair(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolve
         })
 }
 
-async fn resolve_pair_inner(c: &Conn, ctx: &Ctx<'_>) -> Result<[NextHop; 2], Unresolved> {
-    let mark = (c.mark != 0).then_some(c.mark);
-    let plain = |dst| RouteQuery {
-        dst,
-        src: None,
-        iif: None,
-        mark,
-    };
-    // First find the L3 device each end is behind (the router's own route), which is the input
-    // device of the packets coming from that end...
-    let orig_side = ctx.topo.resolve(ctx.handle, plain(c.orig.src)).await?;
-    // ...then resolve each direction as a forwarded packet from that device.
-    let q = |dst, src, iif| RouteQuery {
-        dst,
-        src: Some(src),
-        iif: Some(iif),
-        mark,
-    };
-    // Routing sees a packet after destination NAT (prerouting) and before source NAT
-    // (postrouting): the original direction as (orig.src -> reply.src), the reply direction as
-    // (reply.src -> orig.src).
-    let to_reply = ctx
-        .topo
-        .resolve(ctx.handle, q(c.reply.src, c.orig.src, orig_side.l3_ifindex))
-        .await?;
-    let to_orig = ctx
-        .topo
-        .resolve(ctx.handle, q(c.orig.src, c.reply.src, to_reply.l3_ifindex))
-        .await?;
-    Ok([to_orig, to_reply])
+/// Asks conntrack about `keys`, per protocol: with `timeouts`, sets each entry's timeout to
+/// its protocol's established timeout; without, only checks that it exists. Returns the keys
+/// whose entries are gone (a failed request removes nothing).
+fn check_conntrack(
+    ct: &dyn ConntrackOps,
+    keys: &[ConnKey],
+    timeouts: Option<&Timeouts>,
+) -> Vec<ConnKey> {
+    let mut gone = Vec::new();
+    for proto in [conntrack::codec::IPPROTO_TCP, conntrack::codec::IPPROTO_UDP] {
+        let batch: Vec<ConnKey> = keys
+            .iter()
+            .filter(|k| k.0.proto == proto)
+            .copied()
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let result = match timeouts {
+            Some(t) => ct.refresh(&batch, t.established(proto)),
+            None => ct.exists(&batch),
+        };
+        match result {
+            Ok(alive) => gone.extend(batch.iter().zip(alive).filter(|(_, a)| !a).map(|(k, _)| *k)),
+            Err(e) => warn!("conntrack refresh: {e:#}"),
+        }
+    }
+    gone
 }
 
 /// Conntrack's established timeouts, read from procfs, so a refreshed flow lives exactly as long
@@ -743,3 +706,6 @@ impl Timeouts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

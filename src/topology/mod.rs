@@ -17,10 +17,6 @@
 //! Everything it cannot express exactly is refused with a reason ([`Unsupported`],
 //! [`Unresolved`]): such a flow stays in the kernel, which is slower but never wrong.
 
-// The offload manager consumes this API; until it is wired, some items have no caller in the
-// binary, and the tests include this module on its own.
-#![allow(dead_code)]
-
 pub mod hostfs;
 pub mod netlink;
 pub mod pppoe;
@@ -196,12 +192,6 @@ pub struct LowerPath {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Unsupported(pub String);
-
-impl Unsupported {
-    fn new(reason: impl Into<String>) -> Self {
-        Unsupported(reason.into())
-    }
-}
 
 /// A bridge's global VLAN settings (IFLA_BR_*).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,18 +1,13 @@
-//! Shared helpers for the BPF data-path tests: the built objects, the ABI view (the daemon's own
-//! `src/dataplane/abi.rs`, compiled into the test), root checks and BPF_PROG_TEST_RUN.
+//! The BPF data path under test: the built objects, the ABI view (the daemon's own
+//! `bpfqos::dataplane::abi`), a fresh namespace with veths, BPF_PROG_TEST_RUN.
 
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
-
+use bpfqos::dataplane::abi;
 use libbpf_rs::Object;
 use libbpf_rs::ObjectBuilder;
 use libbpf_rs::ProgramInput;
 
-#[path = "../../src/dataplane/abi.rs"]
-pub mod abi;
-#[path = "bpf_frames.rs"]
-pub mod bpf_frames;
-#[path = "../../src/dataplane/flowtable.rs"]
-pub mod flowtable;
+use super::frames;
+use super::require_root;
 
 /// Little-endian object.
 pub const OBJ_EL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.o"));
@@ -32,21 +27,8 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
-/// True when running as root. Otherwise: under `CI=true` the test fails (root-only tests must
-/// run in CI), elsewhere it prints why it is skipped and the caller returns.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (BPF load / BPF_PROG_TEST_RUN), and CI=true forbids skipping");
-    }
-    eprintln!("{test}: skipped, needs root (run `sudo -E cargo test`)");
-    false
-}
-
 /// What a data-path test runs against: the loaded native object and veth devices in the
-/// test's own network namespace ([`bpf_frames::fresh_netns`]).
+/// test's own network namespace ([`frames::fresh_netns`]).
 pub struct Env {
     pub obj: Object,
     /// ifindexes of the veth devices.
@@ -58,7 +40,7 @@ pub fn setup(test: &str, devices: usize) -> Option<Env> {
     if !require_root(test) {
         return None;
     }
-    let dev = bpf_frames::fresh_netns(devices);
+    let dev = frames::fresh_netns(devices);
     Some(Env { obj: load(), dev })
 }
 

@@ -4,20 +4,15 @@
 //! `etherparse` builder, L2 encapsulations are encoded here from the kernel taggers' formats
 //! (net/dsa/tag_{mtk,qca,gswip}.c), and `inet_csum` is a plain RFC 1071 sum.
 
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
-
 use std::net::IpAddr;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
 
+use bpfqos::dataplane::abi;
 use etherparse::PacketBuilder;
 use libbpf_rs::MapCore;
-#[allow(unused_imports)]
-pub use libbpf_rs::MapCore as _;
 use libbpf_rs::MapFlags;
 use libbpf_rs::Object;
-
-use super::abi;
 
 pub const MAC_CLIENT: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 pub const MAC_ROUTER_IN: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
@@ -513,7 +508,7 @@ impl FlowSpec {
     }
 
     /// (packets, bytes, flags) from the map.
-    pub fn counters(&self, obj: &Object) -> (u64, u64, u32) {
+    pub fn counters(&self, obj: &Object) -> abi::FlowCounters {
         abi::flow_counters(&self.value(obj)).expect("entry layout")
     }
 

@@ -1,0 +1,28 @@
+//! bpfqos: XDP/TC flow offload, shaping, passive latency monitoring and autorate for routers.
+//!
+//! The library behind the `bpfqos` binary (`src/main.rs` only parses the command line and calls
+//! [`commands::run`]). Tests and benches use it as `bpfqos::...`.
+//!
+//! Modules by concern, lower layers first (no module imports one above it):
+//! - [`config`]: UCI text to a typed, validated [`config::Config`];
+//! - [`topology`]: the rtnetlink model of the router's network and the walk down to the lowest
+//!   devices; [`conntrack`]: ctnetlink;
+//! - [`dataplane`]: the BPF objects, their maps, where they are attached, their counters;
+//! - [`interfaces`]: configured interfaces to devices and attach points, with reasons;
+//! - [`offload`]: the flow-table manager (admission, invalidation, teardown);
+//! - [`status`]: the status document; [`control`]: its socket; [`rpcd`]: the ubus plugin;
+//! - [`daemon`]: the event loop that owns all of the above; [`commands`], [`cli`], [`logger`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod conntrack;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod interfaces;
+pub mod logger;
+pub mod offload;
+pub mod rpcd;
+pub mod status;
+pub mod topology;

@@ -1,0 +1,635 @@
+//! The flow manager's decisions, driven with fakes of the data path, conntrack and the
+//! resolver: no root, no kernel, milliseconds. The races are replayed in the order the event
+//! loop would see them (one event at a time; what happens "during" a resolution happens inside
+//! the fake resolver, before its answer comes back).
+
+use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+
+use super::ports::ConntrackOps;
+use super::ports::FlowTable;
+use super::ports::Resolver;
+use super::ConnKey;
+use super::Ctx;
+use super::FlowManager;
+use super::Timeouts;
+use super::READMIT_AFTER;
+use crate::conntrack::codec::status;
+use crate::conntrack::codec::IPPROTO_TCP;
+use crate::conntrack::codec::IPPROTO_UDP;
+use crate::conntrack::codec::TCP_CONNTRACK_ESTABLISHED;
+use crate::conntrack::Conn;
+use crate::conntrack::Message;
+use crate::conntrack::Tuple;
+use crate::dataplane::abi::FlowCounters;
+use crate::dataplane::abi::FLOW_F_TEARDOWN;
+use crate::dataplane::entry::FlowKey;
+use crate::dataplane::entry::FlowValue;
+use crate::topology::L2Encap;
+use crate::topology::NextHop;
+use crate::topology::TopologyEvent;
+use crate::topology::Unresolved;
+
+const LAN: u32 = 2;
+const WAN: u32 = 3;
+const MAC_HOST: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_GW: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const MAC_GW_NEW: [u8; 6] = [2, 0, 0, 0, 1, 2];
+
+/// The data path's flow table, in memory.
+#[derive(Default)]
+struct FakeTable {
+    enabled: Cell<bool>,
+    entries: RefCell<HashMap<FlowKey, (FlowValue, FlowCounters)>>,
+    tx_ports: RefCell<HashSet<u32>>,
+    /// Installs fail once this many entries are in.
+    capacity: Cell<usize>,
+    installs: Cell<usize>,
+}
+
+impl FakeTable {
+    fn new() -> Self {
+        let t = Self::default();
+        t.enabled.set(true);
+        t.capacity.set(usize::MAX);
+        t
+    }
+
+    fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+
+    fn count(&self, key: &FlowKey, packets: u64, flags: u32) {
+        if let Some((_, c)) = self.entries.borrow_mut().get_mut(key) {
+            c.packets += packets;
+            c.bytes += packets * 100;
+            c.flags |= flags;
+        }
+    }
+
+    fn dst_macs(&self) -> Vec<[u8; 6]> {
+        let mut macs: Vec<[u8; 6]> = self
+            .entries
+            .borrow()
+            .values()
+            .map(|(v, _)| v.next_hop().h_dest)
+            .collect();
+        macs.sort();
+        macs
+    }
+}
+
+impl FlowTable for FakeTable {
+    fn enabled(&self) -> bool {
+        self.enabled.get()
+    }
+
+    fn install(&self, value: &FlowValue) -> anyhow::Result<()> {
+        let mut e = self.entries.borrow_mut();
+        if !e.contains_key(&value.key()) && e.len() >= self.capacity.get() {
+            anyhow::bail!("flow table full");
+        }
+        self.installs.set(self.installs.get() + 1);
+        let kept = e.get(&value.key()).map(|(_, c)| *c).unwrap_or_default();
+        e.insert(value.key(), (*value, kept));
+        Ok(())
+    }
+
+    fn remove(&self, key: &FlowKey) {
+        self.entries.borrow_mut().remove(key);
+    }
+
+    fn counters(&self, key: &FlowKey) -> Option<FlowCounters> {
+        self.entries.borrow().get(key).map(|(_, c)| *c)
+    }
+
+    fn add_tx_port(&self, ifindex: u32) -> anyhow::Result<()> {
+        self.tx_ports.borrow_mut().insert(ifindex);
+        Ok(())
+    }
+
+    fn retain(&self, keep: &[&FlowKey]) {
+        self.entries.borrow_mut().retain(|k, _| keep.contains(&k));
+    }
+}
+
+/// Conntrack: the live entries and what was asked of it.
+#[derive(Default)]
+struct FakeConntrack {
+    live: RefCell<HashMap<ConnKey, Conn>>,
+    liberal: RefCell<Vec<ConnKey>>,
+    refreshed: RefCell<Vec<(ConnKey, u32)>>,
+    checked: RefCell<Vec<ConnKey>>,
+}
+
+impl FakeConntrack {
+    fn add(&self, c: &Conn) {
+        self.live.borrow_mut().insert((c.orig, c.zone), c.clone());
+    }
+
+    fn destroy(&self, c: &Conn) {
+        self.live.borrow_mut().remove(&(c.orig, c.zone));
+    }
+
+    fn count(&self, c: &Conn, packets: [u64; 2]) {
+        if let Some(e) = self.live.borrow_mut().get_mut(&(c.orig, c.zone)) {
+            e.packets = Some(packets);
+        }
+    }
+
+    fn alive(&self, entries: &[ConnKey]) -> Vec<bool> {
+        let live = self.live.borrow();
+        entries.iter().map(|k| live.contains_key(k)).collect()
+    }
+}
+
+impl ConntrackOps for FakeConntrack {
+    fn dump(&self) -> anyhow::Result<Vec<Conn>> {
+        Ok(self.live.borrow().values().cloned().collect())
+    }
+
+    fn set_liberal(&self, entries: &[ConnKey]) -> anyhow::Result<Vec<bool>> {
+        self.liberal.borrow_mut().extend_from_slice(entries);
+        Ok(self.alive(entries))
+    }
+
+    fn refresh(&self, entries: &[ConnKey], timeout_s: u32) -> anyhow::Result<Vec<bool>> {
+        self.refreshed
+            .borrow_mut()
+            .extend(entries.iter().map(|k| (*k, timeout_s)));
+        Ok(self.alive(entries))
+    }
+
+    fn exists(&self, entries: &[ConnKey]) -> anyhow::Result<Vec<bool>> {
+        self.checked.borrow_mut().extend_from_slice(entries);
+        Ok(self.alive(entries))
+    }
+}
+
+type Answer = Result<[NextHop; 2], Unresolved>;
+
+/// Next hops per connection, and what happens in the world while one is being resolved.
+#[derive(Default)]
+struct FakeResolver {
+    answers: RefCell<HashMap<Tuple, Answer>>,
+    during: RefCell<Option<Box<dyn Fn()>>>,
+    calls: Cell<usize>,
+}
+
+impl FakeResolver {
+    fn set(&self, c: &Conn, answer: Answer) {
+        self.answers.borrow_mut().insert(c.orig, answer);
+    }
+}
+
+impl Resolver for FakeResolver {
+    fn resolve_pair<'a>(&'a self, c: &'a Conn) -> LocalBoxFuture<'a, Answer> {
+        async move {
+            self.calls.set(self.calls.get() + 1);
+            if let Some(f) = self.during.borrow_mut().take() {
+                f();
+            }
+            self.answers
+                .borrow()
+                .get(&c.orig)
+                .cloned()
+                .unwrap_or_else(|| Err(Unresolved::NoRoute("no answer configured".into())))
+        }
+        .boxed_local()
+    }
+
+    fn device_mtu(&self, _ifindex: u32) -> Option<u32> {
+        Some(1500)
+    }
+}
+
+/// Everything one test drives.
+struct World {
+    table: FakeTable,
+    ct: Rc<FakeConntrack>,
+    resolver: FakeResolver,
+    attached: HashSet<u32>,
+    now: Cell<Instant>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            table: FakeTable::new(),
+            ct: Rc::default(),
+            resolver: FakeResolver::default(),
+            attached: [LAN, WAN].into_iter().collect(),
+            now: Cell::new(Instant::now()),
+        }
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            resolver: &self.resolver,
+            dp: Some(&self.table),
+            attached: &self.attached,
+            ct: Some(&*self.ct),
+            now: self.now.get(),
+        }
+    }
+
+    fn advance(&self, d: Duration) {
+        self.now.set(self.now.get() + d);
+    }
+
+    /// A live, routable connection: conntrack has it, the resolver knows its next hops.
+    fn connection(&self, n: u8, proto: u8) -> Conn {
+        let c = conn(n, proto);
+        self.ct.add(&c);
+        self.resolver.set(&c, Ok(hops(MAC_GW)));
+        c
+    }
+}
+
+fn tuple(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Tuple {
+    Tuple {
+        src: IpAddr::V4(Ipv4Addr::from(src)),
+        dst: IpAddr::V4(Ipv4Addr::from(dst)),
+        proto,
+        sport,
+        dport,
+    }
+}
+
+/// Connection `n` from a LAN host to a server, SNATed to the router's WAN address.
+fn conn(n: u8, proto: u8) -> Conn {
+    let sport = 40000 + u16::from(n);
+    Conn {
+        id: u32::from(n),
+        orig: tuple([198, 18, 1, 2], [198, 19, 0, 2], proto, sport, 443),
+        reply: tuple([198, 19, 0, 2], [198, 19, 0, 1], proto, 443, sport),
+        status: status::CONFIRMED | status::ASSURED,
+        tcp_state: (proto == IPPROTO_TCP).then_some(TCP_CONNTRACK_ESTABLISHED),
+        mark: 0,
+        zone: 0,
+        timeout: Some(100),
+        helper: None,
+        packets: Some([10, 10]),
+    }
+}
+
+fn hop(l3: u32, egress: u32, dst_mac: [u8; 6], neighbour: [u8; 4]) -> NextHop {
+    NextHop {
+        l3_ifindex: l3,
+        egress_ifindex: egress,
+        src_mac: [2, 0, 0, 0, 0, 0xfe],
+        dst_mac,
+        encap: L2Encap::default(),
+        mtu: 1500,
+        gateway: None,
+        neighbour: Some((l3, IpAddr::V4(Ipv4Addr::from(neighbour)))),
+        devices: vec![l3, egress],
+    }
+}
+
+/// [towards the LAN host, towards the WAN gateway with `gw_mac`].
+fn hops(gw_mac: [u8; 6]) -> [NextHop; 2] {
+    [
+        hop(LAN, LAN, MAC_HOST, [198, 18, 1, 2]),
+        hop(WAN, WAN, gw_mac, [198, 19, 0, 254]),
+    ]
+}
+
+fn keys_of(m: &FlowManager) -> Vec<FlowKey> {
+    let mut k: Vec<FlowKey> = m.by_flow_key.keys().copied().collect();
+    k.sort_by(|a, b| a.bytes().cmp(b.bytes()));
+    k
+}
+
+#[tokio::test]
+async fn an_established_connection_is_installed_both_ways() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_TCP);
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(w.table.len(), 2, "both directions");
+    assert_eq!(m.stats().admitted, 1);
+    assert_eq!(*w.ct.liberal.borrow(), vec![(c.orig, 0)]);
+    assert_eq!(*w.table.tx_ports.borrow(), [LAN, WAN].into_iter().collect());
+    assert_eq!(w.table.dst_macs(), vec![MAC_HOST, MAC_GW]);
+    // The same connection again (an update): nothing new.
+    m.on_conntrack(Message::Update(c), &w.ctx()).await;
+    assert_eq!(w.table.installs.get(), 2);
+}
+
+#[tokio::test]
+async fn only_offloadable_states_are_admitted_and_leaving_them_removes() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let mut c = w.connection(1, IPPROTO_TCP);
+    let established = c.clone();
+    c.tcp_state = Some(TCP_CONNTRACK_ESTABLISHED + 1);
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    assert!(m.is_empty(), "FIN_WAIT is not offloaded");
+    m.on_conntrack(Message::Update(established), &w.ctx()).await;
+    assert_eq!(m.len(), 1);
+    m.on_conntrack(Message::Update(c), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0);
+    assert_eq!(m.stats().removed, 1);
+    let mut udp = w.connection(2, IPPROTO_UDP);
+    udp.status &= !status::ASSURED;
+    m.on_conntrack(Message::New(udp), &w.ctx()).await;
+    assert!(m.is_empty(), "unassured UDP is not offloaded");
+}
+
+#[tokio::test]
+async fn destroy_removes_both_entries_and_keeps_what_they_counted() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_UDP);
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    for k in keys_of(&m) {
+        w.table.count(&k, 5, 0);
+    }
+    m.on_conntrack(Message::Destroy(c), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0);
+    let counted = m.counters(Some(&w.table));
+    assert_eq!(counted.packets, 10);
+    assert_eq!(counted.devices[&LAN].rx_packets, 5);
+    assert_eq!(counted.devices[&LAN].tx_packets, 5);
+}
+
+#[tokio::test]
+async fn a_tcp_connection_destroyed_while_it_is_resolved_is_not_installed() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_TCP);
+    // The DESTROY happens in the kernel while the route lookup is in flight: by the time the
+    // manager asks conntrack to make the entry liberal, it is gone.
+    let (gone, ct) = (c.clone(), Rc::clone(&w.ct));
+    *w.resolver.during.borrow_mut() = Some(Box::new(move || ct.destroy(&gone)));
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0, "nothing written for a dead connection");
+    assert_eq!(m.stats().rejected.get("unresolved"), Some(&1));
+    // Its DESTROY event, read next, finds nothing to do.
+    m.on_conntrack(Message::Destroy(c), &w.ctx()).await;
+    assert_eq!(m.stats().removed, 0);
+}
+
+#[tokio::test]
+async fn a_udp_destroy_queued_behind_the_admission_removes_it() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_UDP);
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    w.ct.destroy(&c);
+    m.on_conntrack(Message::Destroy(c), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0);
+}
+
+#[tokio::test]
+async fn a_neighbour_change_during_admission_is_followed_by_a_rewrite() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_TCP);
+    // The resolution sees the old MAC; the gateway's MAC changes right after (the NEWNEIGH
+    // event is queued behind the admission).
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    assert_eq!(w.table.dst_macs(), vec![MAC_HOST, MAC_GW]);
+    w.resolver.set(&c, Ok(hops(MAC_GW_NEW)));
+    let ev = TopologyEvent::Neigh {
+        ifindex: WAN,
+        ip: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 254)),
+        mac: Some(MAC_GW_NEW),
+    };
+    m.on_topology(&ev, &w.ctx()).await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(w.table.dst_macs(), vec![MAC_HOST, MAC_GW_NEW]);
+    assert_eq!(m.stats().reresolved, 1);
+    // A neighbour nobody uses re-resolves nothing.
+    let other = TopologyEvent::Neigh {
+        ifindex: WAN,
+        ip: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 99)),
+        mac: Some(MAC_GW),
+    };
+    m.on_topology(&other, &w.ctx()).await;
+    assert_eq!(m.stats().reresolved, 1);
+}
+
+#[tokio::test]
+async fn a_connection_waiting_for_its_neighbour_is_admitted_when_it_resolves() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_TCP);
+    let gw = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 254));
+    w.resolver.set(
+        &c,
+        Err(Unresolved::Neighbour {
+            ifindex: WAN,
+            ip: gw,
+        }),
+    );
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    assert!(m.is_empty());
+    w.resolver.set(&c, Ok(hops(MAC_GW)));
+    let resolved = TopologyEvent::Neigh {
+        ifindex: WAN,
+        ip: gw,
+        mac: Some(MAC_GW),
+    };
+    m.on_topology(&resolved, &w.ctx()).await;
+    assert_eq!(m.len(), 1, "retried without a conntrack event");
+    // Once admitted, it no longer waits: a second resolution event retries nothing.
+    let calls = w.resolver.calls.get();
+    m.on_topology(&resolved, &w.ctx()).await;
+    assert_eq!(
+        w.resolver.calls.get(),
+        calls + 1,
+        "one re-resolution, no retry"
+    );
+}
+
+#[tokio::test]
+async fn a_firewall_reload_flushes_and_readmits_what_the_new_rules_forward() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let (a, b) = (w.connection(1, IPPROTO_TCP), w.connection(2, IPPROTO_UDP));
+    m.on_conntrack(Message::New(a.clone()), &w.ctx()).await;
+    m.on_conntrack(Message::New(b.clone()), &w.ctx()).await;
+    assert_eq!(m.len(), 2);
+    m.on_conntrack(Message::RulesetChanged, &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0);
+    assert_eq!(m.stats().flushes, 1);
+    // Under the new rules the kernel forwards `a` (conntrack counts both ways) and drops `b`
+    // (only its original direction is counted: prerouting, before the filter).
+    w.ct.count(&a, [20, 20]);
+    w.ct.count(&b, [20, 10]);
+    w.advance(READMIT_AFTER / 2);
+    m.readmit_due(&w.ctx()).await;
+    assert!(m.is_empty(), "too early");
+    w.advance(READMIT_AFTER);
+    m.readmit_due(&w.ctx()).await;
+    assert_eq!(m.len(), 1);
+    assert!(m.flows.contains_key(&(a.orig, 0)));
+    // Done once: later ticks do not re-admit `b`.
+    w.ct.count(&b, [30, 30]);
+    m.readmit_due(&w.ctx()).await;
+    assert_eq!(m.len(), 1);
+}
+
+#[tokio::test]
+async fn a_teardown_event_sends_its_connection_back_to_the_kernel() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let (a, b) = (w.connection(1, IPPROTO_TCP), w.connection(2, IPPROTO_TCP));
+    m.on_conntrack(Message::New(a.clone()), &w.ctx()).await;
+    m.on_conntrack(Message::New(b), &w.ctx()).await;
+    let reply_key_of_a = m.flows[&(a.orig, 0)].keys[1];
+    let unknown = FlowKey::from_bytes(&[0u8; 32]).unwrap_or(reply_key_of_a);
+    m.on_teardown(&[reply_key_of_a, unknown, reply_key_of_a], Some(&w.table));
+    assert_eq!(m.len(), 1);
+    assert!(!m.flows.contains_key(&(a.orig, 0)));
+    assert_eq!(m.stats().teardown_events, 1);
+    assert_eq!(w.table.len(), 2);
+}
+
+#[tokio::test]
+async fn refreshes_run_when_due_and_catch_lost_teardowns_and_gone_entries() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let timeouts = Timeouts { tcp: 300, udp: 60 };
+    let active = w.connection(1, IPPROTO_TCP);
+    let idle = w.connection(2, IPPROTO_UDP);
+    let flagged = w.connection(3, IPPROTO_TCP);
+    let vanished = w.connection(4, IPPROTO_UDP);
+    for c in [&active, &idle, &flagged, &vanished] {
+        m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    }
+    // The first tick establishes the baseline (every flow has "new" packets: 0 -> counted).
+    m.tick(&w.ctx(), &timeouts);
+    w.ct.refreshed.borrow_mut().clear();
+    w.ct.checked.borrow_mut().clear();
+    // Before the next refresh is due, a tick reads nothing.
+    w.table.count(&m.flows[&(active.orig, 0)].keys[0], 3, 0);
+    w.table
+        .count(&m.flows[&(flagged.orig, 0)].keys[1], 1, FLOW_F_TEARDOWN);
+    w.ct.destroy(&vanished);
+    w.advance(Duration::from_secs(1));
+    m.tick(&w.ctx(), &timeouts);
+    assert_eq!(m.len(), 4);
+    assert!(w.ct.refreshed.borrow().is_empty() && w.ct.checked.borrow().is_empty());
+    w.advance(timeouts.refresh_every());
+    m.tick(&w.ctx(), &timeouts);
+    assert_eq!(*w.ct.refreshed.borrow(), vec![((active.orig, 0), 300)]);
+    let mut checked = w.ct.checked.borrow().clone();
+    checked.sort();
+    let mut want = vec![(idle.orig, 0), (vanished.orig, 0)];
+    want.sort();
+    assert_eq!(checked, want, "idle flows are only checked");
+    let mut left: Vec<Tuple> = m.flows.keys().map(|k| k.0).collect();
+    left.sort();
+    let mut want = vec![active.orig, idle.orig];
+    want.sort();
+    assert_eq!(left, want, "flagged and vanished connections removed");
+    assert_eq!(w.table.len(), 4);
+}
+
+#[tokio::test]
+async fn a_full_table_leaves_nothing_behind() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    w.table.capacity.set(1);
+    let c = w.connection(1, IPPROTO_TCP);
+    m.on_conntrack(Message::New(c), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0, "the first direction was taken out again");
+    assert_eq!(m.stats().rejected.get("map_full"), Some(&1));
+}
+
+#[tokio::test]
+async fn refusals_are_counted_by_reason() {
+    let mut w = World::new();
+    let mut m = FlowManager::default();
+    let local = w.connection(1, IPPROTO_TCP);
+    w.resolver.set(&local, Err(Unresolved::Local));
+    m.on_conntrack(Message::New(local), &w.ctx()).await;
+    w.attached.remove(&WAN);
+    let unattached = w.connection(2, IPPROTO_TCP);
+    m.on_conntrack(Message::New(unattached), &w.ctx()).await;
+    w.table.enabled.set(false);
+    let off = w.connection(3, IPPROTO_TCP);
+    m.on_conntrack(Message::New(off), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(w.table.len(), 0);
+    let r = &m.stats().rejected;
+    assert_eq!(
+        (r.get("local"), r.get("not_attached"), r.get("disabled")),
+        (Some(&1), Some(&1), Some(&1))
+    );
+    assert!(w.ct.liberal.borrow().is_empty(), "conntrack untouched");
+}
+
+#[tokio::test]
+async fn a_route_change_rewrites_changed_flows_and_drops_unroutable_ones() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let same = w.connection(1, IPPROTO_TCP);
+    let moved = w.connection(2, IPPROTO_TCP);
+    let lost = w.connection(3, IPPROTO_TCP);
+    for c in [&same, &moved, &lost] {
+        m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    }
+    let installs = w.table.installs.get();
+    w.resolver.set(&moved, Ok(hops(MAC_GW_NEW)));
+    w.resolver
+        .set(&lost, Err(Unresolved::NoRoute("route deleted".into())));
+    m.on_topology(&TopologyEvent::Route, &w.ctx()).await;
+    assert_eq!(m.stats().reresolved, 3);
+    assert_eq!(m.len(), 2);
+    assert!(!m.flows.contains_key(&(lost.orig, 0)));
+    assert_eq!(
+        w.table.installs.get(),
+        installs + 2,
+        "only the moved flow is rewritten"
+    );
+    assert_eq!(m.flows[&(moved.orig, 0)].hops[1].dst_mac, MAC_GW_NEW);
+    assert_eq!(w.table.len(), 4);
+}
+
+#[tokio::test]
+async fn resync_matches_conntrack_and_drops_orphan_entries() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let kept = w.connection(1, IPPROTO_TCP);
+    let stale = w.connection(2, IPPROTO_TCP);
+    m.on_conntrack(Message::New(kept.clone()), &w.ctx()).await;
+    m.on_conntrack(Message::New(stale.clone()), &w.ctx()).await;
+    // Events were lost: `stale` ended, `fresh` began, and an earlier daemon left an entry.
+    w.ct.destroy(&stale);
+    let fresh = w.connection(3, IPPROTO_UDP);
+    let orphan = super::encode::connection(&conn(9, IPPROTO_UDP), &hops(MAC_GW), &w.resolver)
+        .map(|[(_, v), _]| v);
+    if let Some(v) = orphan {
+        let _ = w.table.install(&v);
+    }
+    assert_eq!(w.table.len(), 5);
+    let conns = w.ct.dump().unwrap_or_default();
+    m.resync(conns, &w.ctx()).await;
+    let mut left: Vec<Tuple> = m.flows.keys().map(|k| k.0).collect();
+    left.sort();
+    let mut want = vec![kept.orig, fresh.orig];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(w.table.len(), 4, "the orphan entry is gone");
+}
