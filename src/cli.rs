@@ -152,92 +152,108 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         command: command.clone(),
         rest: it.collect::<Vec<_>>().into_iter(),
     };
-    let socket_default = || PathBuf::from(DEFAULT_SOCKET);
-    let config_default = || PathBuf::from(DEFAULT_CONFIG_DIR);
     match command.as_str() {
         "--version" | "-V" | "version" => Ok(Command::Version),
         "--help" | "-h" | "help" => Ok(Command::Help),
-        "daemon" => {
-            let mut d = DaemonArgs {
-                config_dir: config_default(),
-                socket: socket_default(),
-                pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
-                keep: false,
-            };
-            while let Some((opt, inline)) = args.next_option() {
-                match opt.as_str() {
-                    "--config-dir" => d.config_dir = args.value(&opt, inline)?,
-                    "--socket" => d.socket = args.value(&opt, inline)?,
-                    "--pin-dir" => d.pin_dir = args.value(&opt, inline)?,
-                    "--keep" => d.keep = true,
-                    _ => return Err(args.unknown(opt)),
-                }
-            }
-            Ok(Command::Daemon(d))
-        }
-        "status" => {
-            let (mut json, mut socket) = (false, socket_default());
-            while let Some((opt, inline)) = args.next_option() {
-                match opt.as_str() {
-                    "--json" | "-j" => json = true,
-                    "--socket" => socket = args.value(&opt, inline)?,
-                    _ => return Err(args.unknown(opt)),
-                }
-            }
-            Ok(Command::Status { json, socket })
-        }
-        "reload" => {
-            let mut socket = socket_default();
-            while let Some((opt, inline)) = args.next_option() {
-                match opt.as_str() {
-                    "--socket" => socket = args.value(&opt, inline)?,
-                    _ => return Err(args.unknown(opt)),
-                }
-            }
-            Ok(Command::Reload { socket })
-        }
-        "check-config" => {
-            let mut config_dir = config_default();
-            while let Some((opt, inline)) = args.next_option() {
-                match opt.as_str() {
-                    "--config-dir" => config_dir = args.value(&opt, inline)?,
-                    _ => return Err(args.unknown(opt)),
-                }
-            }
-            Ok(Command::CheckConfig { config_dir })
-        }
-        "rpcd" => {
-            let sub = args.rest.next();
-            let (mut socket, mut config_dir) = (socket_default(), config_default());
-            let method = match sub.as_deref() {
-                Some("list") => None,
-                Some("call") => Some(args.rest.next().ok_or_else(|| {
-                    UsageError::Positional("rpcd call: missing method".to_string())
-                })?),
-                _ => {
-                    return Err(UsageError::Positional(
-                        "rpcd: expected 'list' or 'call <method>'".to_string(),
-                    ))
-                }
-            };
-            while let Some((opt, inline)) = args.next_option() {
-                match opt.as_str() {
-                    "--socket" => socket = args.value(&opt, inline)?,
-                    "--config-dir" => config_dir = args.value(&opt, inline)?,
-                    _ => return Err(args.unknown(opt)),
-                }
-            }
-            Ok(match method {
-                None => Command::RpcdList,
-                Some(method) => Command::RpcdCall {
-                    method,
-                    socket,
-                    config_dir,
-                },
-            })
-        }
+        "daemon" => parse_daemon(&mut args),
+        "status" => parse_status(&mut args),
+        "reload" => parse_reload(&mut args),
+        "check-config" => parse_check_config(&mut args),
+        "rpcd" => parse_rpcd(&mut args),
         other => Err(UsageError::UnknownCommand(other.to_string())),
     }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+fn default_config_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_CONFIG_DIR)
+}
+
+fn parse_daemon(args: &mut Args) -> Result<Command, UsageError> {
+    let mut d = DaemonArgs {
+        config_dir: default_config_dir(),
+        socket: default_socket(),
+        pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+        keep: false,
+    };
+    while let Some((opt, inline)) = args.next_option() {
+        match opt.as_str() {
+            "--config-dir" => d.config_dir = args.value(&opt, inline)?,
+            "--socket" => d.socket = args.value(&opt, inline)?,
+            "--pin-dir" => d.pin_dir = args.value(&opt, inline)?,
+            "--keep" => d.keep = true,
+            _ => return Err(args.unknown(opt)),
+        }
+    }
+    Ok(Command::Daemon(d))
+}
+
+fn parse_status(args: &mut Args) -> Result<Command, UsageError> {
+    let (mut json, mut socket) = (false, default_socket());
+    while let Some((opt, inline)) = args.next_option() {
+        match opt.as_str() {
+            "--json" | "-j" => json = true,
+            "--socket" => socket = args.value(&opt, inline)?,
+            _ => return Err(args.unknown(opt)),
+        }
+    }
+    Ok(Command::Status { json, socket })
+}
+
+fn parse_reload(args: &mut Args) -> Result<Command, UsageError> {
+    let mut socket = default_socket();
+    while let Some((opt, inline)) = args.next_option() {
+        match opt.as_str() {
+            "--socket" => socket = args.value(&opt, inline)?,
+            _ => return Err(args.unknown(opt)),
+        }
+    }
+    Ok(Command::Reload { socket })
+}
+
+fn parse_check_config(args: &mut Args) -> Result<Command, UsageError> {
+    let mut config_dir = default_config_dir();
+    while let Some((opt, inline)) = args.next_option() {
+        match opt.as_str() {
+            "--config-dir" => config_dir = args.value(&opt, inline)?,
+            _ => return Err(args.unknown(opt)),
+        }
+    }
+    Ok(Command::CheckConfig { config_dir })
+}
+
+/// `rpcd list` or `rpcd call <method>`, as rpcd runs exec plugins.
+fn parse_rpcd(args: &mut Args) -> Result<Command, UsageError> {
+    let method = match args.rest.next().as_deref() {
+        Some("list") => None,
+        Some("call") => Some(args.rest.next().ok_or_else(|| {
+            UsageError::Positional("rpcd call: missing method".to_string())
+        })?),
+        _ => {
+            return Err(UsageError::Positional(
+                "rpcd: expected 'list' or 'call <method>'".to_string(),
+            ))
+        }
+    };
+    let (mut socket, mut config_dir) = (default_socket(), default_config_dir());
+    while let Some((opt, inline)) = args.next_option() {
+        match opt.as_str() {
+            "--socket" => socket = args.value(&opt, inline)?,
+            "--config-dir" => config_dir = args.value(&opt, inline)?,
+            _ => return Err(args.unknown(opt)),
+        }
+    }
+    Ok(match method {
+        None => Command::RpcdList,
+        Some(method) => Command::RpcdCall {
+            method,
+            socket,
+            config_dir,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod interfaces;
 pub mod logger;
+pub mod nl;
 pub mod offload;
 pub mod rpcd;
 pub mod status;

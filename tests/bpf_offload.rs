@@ -3,7 +3,7 @@
 //! Every ingress encapsulation x every egress encapsulation (plain, VLAN, QinQ, PPPoE,
 //! VLAN+PPPoE, DSA mtk/qca/gswip), rotating IPv4/IPv6, TCP/UDP and no NAT/SNAT/DNAT; then the
 //! edge cases. Expected frames are built independently (etherparse + the kernel taggers' formats
-//! in tests/common/bpf_frames.rs), so checksums are checked against a from-scratch computation.
+//! in tests/common/frames.rs), so checksums are checked against a from-scratch computation.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 

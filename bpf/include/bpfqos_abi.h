@@ -3,7 +3,7 @@
  * The one definition of every structure shared between the BPF data path and
  * the Rust control plane. libbpf-cargo turns the BTF of these types into the
  * Rust `types` module of the skeleton (re-exported by src/dataplane/abi.rs), so
- * there is no second, hand-kept copy; tests/bpf_abi.rs checks sizes and field
+ * there is no second, hand-kept copy; tests/bpf_objects.rs checks sizes and field
  * offsets in the object's BTF against the Rust view.
  *
  * Rules for this file:
@@ -282,7 +282,7 @@ struct bpfqos_btf_anchor {
 };
 
 /*
- * Layout guards: the Rust side asserts the same numbers (tests/bpf_abi.rs),
+ * Layout guards: the Rust side asserts the same numbers (dataplane::abi tests),
  * and both are checked against the BTF of the built object.
  */
 _Static_assert(sizeof(struct bpfqos_l2) == 12, "bpfqos_l2 layout");

@@ -9,7 +9,17 @@ use std::net::IpAddr;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
 
-use thiserror::Error;
+use crate::nl::attrs;
+use crate::nl::be16;
+use crate::nl::be32;
+use crate::nl::Builder;
+pub use crate::nl::DecodeError;
+use crate::nl::NLMSG_DONE;
+use crate::nl::NLMSG_ERROR;
+use crate::nl::NLM_F_ACK;
+use crate::nl::NLM_F_CREATE;
+use crate::nl::NLM_F_DUMP;
+use crate::nl::NLM_F_REQUEST;
 
 /// nfnetlink subsystem id of ctnetlink.
 pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -32,17 +42,6 @@ pub const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 /// nf_tables ruleset changes.
 pub const NFNLGRP_NFTABLES: u32 = 7;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_ROOT: u16 = 0x100;
-const NLM_F_MATCH: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -209,56 +208,6 @@ pub enum Message {
     Other,
 }
 
-/// A malformed message.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("malformed ctnetlink message: {0}")]
-pub struct DecodeError(pub &'static str);
-
-fn u16_ne(b: &[u8], at: usize) -> Result<u16, DecodeError> {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_ne_bytes)
-        .ok_or(DecodeError("truncated u16"))
-}
-
-fn u32_ne(b: &[u8], at: usize) -> Result<u32, DecodeError> {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_ne_bytes)
-        .ok_or(DecodeError("truncated u32"))
-}
-
-fn be16(v: &[u8]) -> Result<u16, DecodeError> {
-    v.try_into()
-        .map(u16::from_be_bytes)
-        .map_err(|_| DecodeError("attribute is not 2 bytes"))
-}
-
-fn be32(v: &[u8]) -> Result<u32, DecodeError> {
-    v.try_into()
-        .map(u32::from_be_bytes)
-        .map_err(|_| DecodeError("attribute is not 4 bytes"))
-}
-
-/// Iterates netlink attributes: (type without flags, payload).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            b = &[];
-            return Some(Err(DecodeError("attribute length out of bounds")));
-        }
-        let payload = &b[4..len];
-        let adv = (len + 3) & !3;
-        b = b.get(adv..).unwrap_or(&[]);
-        Some(Ok((ty, payload)))
-    })
-}
-
 fn parse_tuple(b: &[u8]) -> Result<Tuple, DecodeError> {
     let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0, 0);
     for a in attrs(b) {
@@ -392,45 +341,33 @@ fn parse_conn(b: &[u8]) -> Result<Conn, DecodeError> {
 
 /// Splits a datagram into netlink messages and decodes each. A malformed message yields an
 /// error item; the rest of the datagram is still decoded when its framing allows.
-pub fn parse_datagram(mut buf: &[u8]) -> Vec<Result<Message, DecodeError>> {
-    let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let Ok(len) = u32_ne(buf, 0) else { break };
-        let len = len as usize;
-        if len < 16 || len > buf.len() {
-            out.push(Err(DecodeError("netlink message length out of bounds")));
-            break;
-        }
-        out.push(parse_message(&buf[..len]));
-        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
-    }
-    out
+pub fn parse_datagram(buf: &[u8]) -> Vec<Result<Message, DecodeError>> {
+    crate::nl::messages(buf)
+        .map(|m| m.and_then(|m| parse_message(&m)))
+        .collect()
 }
 
-/// Decodes one netlink message (header included).
-pub fn parse_message(m: &[u8]) -> Result<Message, DecodeError> {
-    let ty = u16_ne(m, 4)?;
-    let flags = u16_ne(m, 6)?;
-    let seq = u32_ne(m, 8)?;
-    match ty {
+/// Decodes one netlink message.
+pub fn parse_message(m: &crate::nl::Msg<'_>) -> Result<Message, DecodeError> {
+    match m.ty {
         NLMSG_DONE => return Ok(Message::Done),
         NLMSG_ERROR => {
-            let errno = u32_ne(m, 16)? as i32;
-            return Ok(Message::Ack { seq, errno });
+            let errno = crate::nl::u32_ne(m.body, 0)? as i32;
+            return Ok(Message::Ack { seq: m.seq, errno });
         }
         _ => {}
     }
-    let subsys = ty >> 8;
-    let msg = ty & 0xff;
-    // 16 bytes nlmsghdr + 4 bytes nfgenmsg.
-    let body = m.get(20..).ok_or(DecodeError("no nfgenmsg"))?;
+    let subsys = m.ty >> 8;
+    let msg = m.ty & 0xff;
+    // 4 bytes nfgenmsg.
+    let body = m.body.get(4..).ok_or(DecodeError("no nfgenmsg"))?;
     match (subsys, msg) {
         (NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN) => Ok(Message::RulesetChanged),
         (NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW) => {
             let c = parse_conn(body)?;
             // Events for new entries carry NLM_F_CREATE; dump results carry neither it nor
             // anything else distinctive and are treated as "new" too.
-            if flags & NLM_F_CREATE != 0 || seq != 0 {
+            if m.flags & NLM_F_CREATE != 0 || m.seq != 0 {
                 Ok(Message::New(c))
             } else {
                 Ok(Message::Update(c))
@@ -441,47 +378,12 @@ pub fn parse_message(m: &[u8]) -> Result<Message, DecodeError> {
     }
 }
 
-/// Builds netlink attributes into a buffer.
-struct Builder {
-    buf: Vec<u8>,
+/// ctnetlink's additions to the message builder.
+trait TupleAttr {
+    fn tuple(&mut self, ty: u16, t: &Tuple);
 }
 
-impl Builder {
-    fn new(ty: u16, flags: u16, seq: u32, family: u8) -> Self {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-        buf.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
-        Self { buf }
-    }
-
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
-        let len = 4 + payload.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
-    }
-
-    /// Starts a nested attribute; returns its offset for `end_nest`.
-    fn nest(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-
-    fn end_nest(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
+impl TupleAttr for Builder {
     fn tuple(&mut self, ty: u16, t: &Tuple) {
         let outer = self.nest(ty);
         let ip = self.nest(CTA_TUPLE_IP);
@@ -504,11 +406,6 @@ impl Builder {
         self.end_nest(outer);
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
-    }
 }
 
 fn to_v6(a: IpAddr) -> Ipv6Addr {
@@ -516,6 +413,11 @@ fn to_v6(a: IpAddr) -> Ipv6Addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     }
+}
+
+/// struct nfgenmsg: family, version 0, res_id 0.
+fn nfgenmsg(family: u8) -> [u8; 4] {
+    [family, 0, 0, 0]
 }
 
 fn family_of(t: &Tuple) -> u8 {
@@ -539,9 +441,9 @@ pub mod libc_af {
 pub fn dump_request(seq: u32, family: u8) -> Vec<u8> {
     Builder::new(
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-        NLM_F_REQUEST | NLM_F_ROOT | NLM_F_MATCH,
+        NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-        family,
+        &nfgenmsg(family),
     )
     .finish()
 }
@@ -552,7 +454,7 @@ fn entry_request(msg: u16, seq: u32, orig: &Tuple, zone: u16) -> Builder {
         (NFNL_SUBSYS_CTNETLINK << 8) | msg,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
-        family_of(orig),
+        &nfgenmsg(family_of(orig)),
     );
     b.tuple(CTA_TUPLE_ORIG, orig);
     if zone != 0 {
@@ -608,7 +510,7 @@ mod tests {
 
     /// Builds a conntrack event the way the kernel lays it out, with this module's builder.
     fn event(ty: u16, flags: u16, c: &Conn) -> Vec<u8> {
-        let mut b = Builder::new((NFNL_SUBSYS_CTNETLINK << 8) | ty, flags, 0, 2);
+        let mut b = Builder::new((NFNL_SUBSYS_CTNETLINK << 8) | ty, flags, 0, &nfgenmsg(2));
         b.tuple(CTA_TUPLE_ORIG, &c.orig);
         b.tuple(CTA_TUPLE_REPLY, &c.reply);
         b.attr(CTA_STATUS, &c.status.to_be_bytes());
@@ -707,8 +609,8 @@ mod tests {
     fn refresh_request_layout() {
         let c = conn();
         let r = refresh_request(9, &c.orig, 0, 120);
-        assert_eq!(u32_ne(&r, 0), Ok(r.len() as u32));
-        assert_eq!(u16_ne(&r, 4), Ok(NFNL_SUBSYS_CTNETLINK << 8));
+        assert_eq!(crate::nl::u32_ne(&r, 0), Ok(r.len() as u32));
+        assert_eq!(crate::nl::u16_ne(&r, 4), Ok(NFNL_SUBSYS_CTNETLINK << 8));
         // The tuple we encode parses back to the same tuple.
         let body = &r[20..];
         let mut seen_timeout = None;

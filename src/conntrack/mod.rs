@@ -7,22 +7,20 @@
 
 pub mod codec;
 
-use std::cell::Cell;
-use std::cell::RefCell;
 use std::io::ErrorKind;
-use std::time::Duration;
 
 use anyhow::bail;
 use anyhow::Context;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 use netlink_sys::Socket;
-use netlink_sys::SocketAddr;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 pub use codec::Conn;
 pub use codec::Message;
 pub use codec::Tuple;
+
+use crate::nl::RequestSocket;
 
 /// Receive buffer asked for on the event socket: bursts of thousands of new connections must not
 /// overflow it in normal operation (overflow is survivable: see [`Recv::Overflow`]).
@@ -113,60 +111,37 @@ impl EventSocket {
 /// Request/response socket for dumps, lookups and refreshes. Blocking with a short timeout: the
 /// kernel answers these from memory, so they complete in microseconds to milliseconds.
 pub struct Client {
-    sock: Socket,
-    seq: Cell<u32>,
-    buf: RefCell<Vec<u8>>,
+    sock: RequestSocket,
 }
 
 impl Client {
     /// Opens the socket.
     pub fn new() -> anyhow::Result<Self> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).context("opening a ctnetlink socket")?;
-        sock.bind_auto().context("binding the ctnetlink socket")?;
-        set_timeout(&sock, Duration::from_secs(2))?;
         Ok(Self {
-            sock,
-            seq: Cell::new(1),
-            buf: RefCell::new(Vec::with_capacity(256 << 10)),
+            sock: RequestSocket::open(NETLINK_NETFILTER, "ctnetlink")?,
         })
-    }
-
-    fn next_seq(&self) -> u32 {
-        let s = self.seq.get().wrapping_add(1).max(1);
-        self.seq.set(s);
-        s
-    }
-
-    fn send(&self, msg: &[u8]) -> anyhow::Result<()> {
-        let kernel = SocketAddr::new(0, 0);
-        self.sock
-            .send_to(msg, &kernel, 0)
-            .context("sending a ctnetlink request")?;
-        Ok(())
     }
 
     /// Every conntrack entry (both families).
     pub fn dump(&self) -> anyhow::Result<Vec<Conn>> {
-        let seq = self.next_seq();
-        self.send(&codec::dump_request(seq, codec::libc_af::UNSPEC))?;
+        let seq = self.sock.next_seq();
+        self.sock
+            .send(&codec::dump_request(seq, codec::libc_af::UNSPEC))?;
         let mut out = Vec::new();
         // Bounded: a table of a million entries is ~4000 datagrams.
-        let mut buf = self.buf.borrow_mut();
-        for _ in 0..1_000_000 {
-            recv_some(&self.sock, &mut buf).context("reading the conntrack dump")?;
-            for m in codec::parse_datagram(&buf) {
-                match m {
-                    Ok(Message::New(c)) | Ok(Message::Update(c)) => out.push(c),
-                    Ok(Message::Done) => return Ok(out),
-                    Ok(Message::Ack { errno, .. }) if errno != 0 => {
-                        bail!("conntrack dump failed: errno {}", -errno)
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::debug!("conntrack dump: {e}"),
+        self.sock.recv_until(1_000_000, |m| {
+            match codec::parse_message(m) {
+                Ok(Message::New(c)) | Ok(Message::Update(c)) => out.push(c),
+                Ok(Message::Done) => return Ok(false),
+                Ok(Message::Ack { errno, .. }) if errno != 0 => {
+                    bail!("conntrack dump failed: errno {}", -errno)
                 }
+                Ok(_) => {}
+                Err(e) => log::debug!("conntrack dump: {e}"),
             }
-        }
-        bail!("conntrack dump did not terminate")
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Sets the timeout of each entry (by original tuple and zone) in one batch; returns, in
@@ -182,55 +157,29 @@ impl Client {
         self.batch(entries, codec::get_request)
     }
 
-    /// Sends one acked request per entry, 64 per datagram, and maps the acks back to entries:
-    /// `false` where the kernel answered ENOENT.
     /// Makes TCP window tracking liberal for these entries (see [`codec::liberal_request`]).
     pub fn set_liberal(&self, entries: &[(Tuple, u16)]) -> anyhow::Result<Vec<bool>> {
         self.batch(entries, codec::liberal_request)
     }
 
+    /// Sends one acked request per entry, 64 per datagram, and maps the acks back to entries:
+    /// `false` where the kernel answered ENOENT.
     fn batch(
         &self,
         entries: &[(Tuple, u16)],
         build: impl Fn(u32, &Tuple, u16) -> Vec<u8>,
     ) -> anyhow::Result<Vec<bool>> {
-        let mut alive = vec![true; entries.len()];
-        for (chunk_no, chunk) in entries.chunks(64).enumerate() {
-            let first = self.seq.get().wrapping_add(1);
-            let mut datagram = Vec::with_capacity(chunk.len() * 96);
-            for (t, zone) in chunk {
-                let seq = self.next_seq();
-                datagram.extend_from_slice(&build(seq, t, *zone));
-            }
-            self.send(&datagram)?;
-            let mut pending = chunk.len();
-            let mut buf = self.buf.borrow_mut();
-            while pending > 0 {
-                recv_some(&self.sock, &mut buf).context("reading conntrack acks")?;
-                for m in codec::parse_datagram(&buf) {
-                    if let Ok(Message::Ack { seq, errno }) = m {
-                        let idx = seq.wrapping_sub(first) as usize;
-                        if idx < chunk.len() {
-                            pending -= 1;
-                            if errno == -nix::libc::ENOENT {
-                                alive[chunk_no * 64 + idx] = false;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(alive)
+        let msgs: Vec<(u32, Vec<u8>)> = entries
+            .iter()
+            .map(|(t, zone)| {
+                let seq = self.sock.next_seq();
+                (seq, build(seq, t, *zone))
+            })
+            .collect();
+        let acks = self.sock.transact(&msgs, 64)?;
+        Ok(acks
+            .iter()
+            .map(|a| a.errno != -nix::libc::ENOENT)
+            .collect())
     }
-}
-
-fn set_timeout(sock: &Socket, d: Duration) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _);
-    // SAFETY: the fd is owned by `sock`, open for the duration of this borrow; setsockopt only
-    // reads the TimeVal we pass.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
-    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-        .context("setting the ctnetlink receive timeout")?;
-    Ok(())
 }

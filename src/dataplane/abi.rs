@@ -131,7 +131,7 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 
 /// Types whose bytes are exactly what the BPF side sees: `#[repr(C)]`, `Copy`, every padding
-/// byte an explicit field (the header guarantees it; tests/bpf_abi.rs checks it).
+/// byte an explicit field (the header guarantees it; tests/bpf_objects.rs checks it against the BTF).
 ///
 /// # Safety
 /// Implement only for the generated ABI structs (no implicit padding, no pointers, every bit

@@ -512,7 +512,7 @@ impl Topology {
     }
 
     /// Walks `ifindex` down to its lowest device for frames to `dst_mac` (needed to cross a
-    /// bridge; the PPPoE peer replaces it below a PPPoE device).
+    /// bridge; the PPPoE peer replaces it below a PPPoE device). One [`Walk::step`] per device.
     pub fn egress_path(
         &self,
         ifindex: u32,
@@ -522,158 +522,17 @@ impl Topology {
             .links
             .get(&ifindex)
             .ok_or_else(|| Unsupported(format!("ifindex {ifindex} unknown")))?;
-        // Tags in the order devices push them (top first = innermost).
-        let mut tags: Vec<(VlanProto, u16)> = Vec::new();
-        let mut pppoe: Option<PppoeSession> = None;
-        let mut dsa: Option<DsaPort> = None;
-        let mut dst_mac = dst_mac;
-        let mut mtu = top.mtu;
-        let mut devices = vec![top.ifindex];
-        let mut header_dev: Option<&Link> = None;
+        let mut walk = Walk::new(self, top, dst_mac);
         let mut cur = top;
-        // Set while the next device is a DSA conduit: DSA sizes the conduit for its tag.
-        let mut skip_mtu = false;
-
         for _ in 0..MAX_DEPTH {
-            if !cur.usable() {
-                return Err(Unsupported(format!("{} is down", cur.name)));
-            }
-            if !skip_mtu {
-                let overhead = if pppoe.is_some() && !matches!(cur.kind, LinkKind::Ppp) {
-                    PPPOE_OVERHEAD
-                } else {
-                    0
-                };
-                mtu = mtu.min(cur.mtu.saturating_sub(overhead));
-            }
-            skip_mtu = false;
-            let next = match &cur.kind {
-                LinkKind::Ethernet | LinkKind::Veth => {
-                    let src_mac = header_dev.unwrap_or(top).mac;
-                    if tags.len() > 2 {
-                        return Err(Unsupported(format!(
-                            "{}: {} VLAN tags (at most 2 are offloaded)",
-                            top.name,
-                            tags.len()
-                        )));
-                    }
-                    tags.reverse();
-                    let dst_mac = pppoe.as_ref().map(|p| p.peer_mac);
-                    return Ok(LowerPath {
-                        lowest_ifindex: cur.ifindex,
-                        encap: L2Encap {
-                            vlans: tags,
-                            pppoe,
-                            dsa,
-                        },
-                        mtu,
-                        devices,
-                        src_mac,
-                        dst_mac,
-                    });
-                }
-                LinkKind::Vlan { id, proto } => {
-                    tags.push((*proto, *id));
-                    self.lower_of(cur)?
-                }
-                LinkKind::DsaUser { conduit, port } => {
-                    if dsa.is_some() {
-                        return Err(Unsupported(format!(
-                            "{}: cascaded DSA switches are not offloaded",
-                            cur.name
-                        )));
-                    }
-                    let conduit_link = self.links.get(conduit).ok_or_else(|| {
-                        Unsupported(format!("{}: DSA conduit {conduit} unknown", cur.name))
-                    })?;
-                    let tagger = conduit_link.dsa_tagger.clone().ok_or_else(|| {
-                        Unsupported(format!(
-                            "{}: tagger of DSA conduit {} unknown",
-                            cur.name, conduit_link.name
-                        ))
-                    })?;
-                    dsa = Some(DsaPort {
-                        tagger,
-                        port: *port,
-                    });
-                    skip_mtu = true;
-                    conduit_link
-                }
-                LinkKind::Ppp => {
-                    if cur.ifindex != top.ifindex || pppoe.is_some() {
-                        return Err(Unsupported(format!(
-                            "{}: PPP below another device is not offloaded",
-                            cur.name
-                        )));
-                    }
-                    let session = pppoe::session_for(&self.fs, &cur.name, |n| {
-                        self.link_by_name(n).is_some()
-                    })?;
-                    let eth = self.link_by_name(&session.device).ok_or_else(|| {
-                        Unsupported(format!(
-                            "{}: PPPoE device {} unknown",
-                            cur.name, session.device
-                        ))
-                    })?;
-                    let local_mac = eth.mac.ok_or_else(|| {
-                        Unsupported(format!("{}: {} has no MAC", cur.name, eth.name))
-                    })?;
-                    pppoe = Some(PppoeSession {
-                        sid: session.sid,
-                        peer_mac: session.peer_mac,
-                        local_mac,
-                    });
-                    dst_mac = Some(session.peer_mac);
-                    header_dev = Some(eth);
-                    eth
-                }
-                LinkKind::Bridge => {
-                    let mac = dst_mac.ok_or_else(|| {
-                        Unsupported(format!(
-                            "{}: a bridge's egress port depends on the destination MAC",
-                            cur.name
-                        ))
-                    })?;
-                    let filtering = cur.bridge.as_ref().filter(|c| c.vlan_filtering);
-                    let vid = match filtering {
-                        Some(conf) => {
-                            // The tag the device above pushed is the frame's VLAN inside a
-                            // filtering bridge; untagged frames of the bridge device get its PVID.
-                            match tags.last() {
-                                Some(&(proto, id)) if proto == conf.vlan_protocol => {
-                                    tags.pop();
-                                    Some(id)
-                                }
-                                Some(_) => {
-                                    return Err(Unsupported(format!(
-                                        "{}: tag protocol differs from the bridge's",
-                                        cur.name
-                                    )))
-                                }
-                                None => Some(self.bridge_pvid(cur)),
-                            }
-                        }
-                        None => None,
-                    };
-                    let (port, tag) = self.bridge_egress(cur, mac, vid)?;
-                    if let (Some(conf), Some(vid)) = (filtering, tag) {
-                        tags.push((conf.vlan_protocol, vid));
-                    }
-                    self.links
-                        .get(&port)
-                        .ok_or_else(|| Unsupported(format!("bridge port {port} unknown")))?
-                }
-                LinkKind::Other(kind) => {
-                    return Err(Unsupported(format!(
-                        "{}: {kind} devices are not offloaded",
-                        cur.name
-                    )))
-                }
+            let next = match walk.step(cur)? {
+                Step::Done(path) => return Ok(path),
+                Step::Down(next) => next,
             };
-            if devices.contains(&next.ifindex) {
+            if walk.devices.contains(&next.ifindex) {
                 return Err(Unsupported(format!("{}: device loop", top.name)));
             }
-            devices.push(next.ifindex);
+            walk.devices.push(next.ifindex);
             cur = next;
         }
         Err(Unsupported(format!(
@@ -801,6 +660,202 @@ impl Topology {
                 None => LinkKind::Other("dsa (no port index)".into()),
             };
         }
+    }
+}
+
+/// What one step of [`Topology::egress_path`] found.
+enum Step<'t> {
+    /// Go on with this (lower) device.
+    Down(&'t Link),
+    /// The lowest device is reached.
+    Done(LowerPath),
+}
+
+/// The state of one walk down a device stack, from the L3 device (`top`) to the lowest one.
+struct Walk<'t> {
+    topo: &'t Topology,
+    top: &'t Link,
+    /// VLAN tags in the order devices push them (top first = innermost).
+    tags: Vec<(VlanProto, u16)>,
+    pppoe: Option<PppoeSession>,
+    dsa: Option<DsaPort>,
+    /// The frame's destination MAC (the neighbour's, or the PPPoE peer's below a PPP device).
+    dst_mac: Option<Mac>,
+    mtu: u32,
+    devices: Vec<u32>,
+    /// The device that writes the Ethernet header, when it is not `top` (PPPoE's Ethernet).
+    header_dev: Option<&'t Link>,
+    /// Set while the next device is a DSA conduit: DSA sizes the conduit for its tag.
+    skip_mtu: bool,
+}
+
+impl<'t> Walk<'t> {
+    fn new(topo: &'t Topology, top: &'t Link, dst_mac: Option<Mac>) -> Self {
+        Walk {
+            topo,
+            top,
+            tags: Vec::new(),
+            pppoe: None,
+            dsa: None,
+            dst_mac,
+            mtu: top.mtu,
+            devices: vec![top.ifindex],
+            header_dev: None,
+            skip_mtu: false,
+        }
+    }
+
+    /// Accounts `cur` (state, MTU) and decides where the walk goes next.
+    fn step(&mut self, cur: &'t Link) -> Result<Step<'t>, Unsupported> {
+        if !cur.usable() {
+            return Err(Unsupported(format!("{} is down", cur.name)));
+        }
+        if !std::mem::take(&mut self.skip_mtu) {
+            // Below a PPP device every frame carries the PPPoE header and PPP protocol.
+            let overhead = if self.pppoe.is_some() && !matches!(cur.kind, LinkKind::Ppp) {
+                PPPOE_OVERHEAD
+            } else {
+                0
+            };
+            self.mtu = self.mtu.min(cur.mtu.saturating_sub(overhead));
+        }
+        let next = match &cur.kind {
+            LinkKind::Ethernet | LinkKind::Veth => return self.finish(cur).map(Step::Done),
+            LinkKind::Vlan { id, proto } => {
+                self.tags.push((*proto, *id));
+                self.topo.lower_of(cur)?
+            }
+            LinkKind::DsaUser { conduit, port } => self.dsa_user(cur, *conduit, *port)?,
+            LinkKind::Ppp => self.ppp(cur)?,
+            LinkKind::Bridge => self.bridge(cur)?,
+            LinkKind::Other(kind) => {
+                return Err(Unsupported(format!(
+                    "{}: {kind} devices are not offloaded",
+                    cur.name
+                )))
+            }
+        };
+        Ok(Step::Down(next))
+    }
+
+    /// The lowest device `cur` ends the walk.
+    fn finish(&mut self, cur: &Link) -> Result<LowerPath, Unsupported> {
+        if self.tags.len() > 2 {
+            return Err(Unsupported(format!(
+                "{}: {} VLAN tags (at most 2 are offloaded)",
+                self.top.name,
+                self.tags.len()
+            )));
+        }
+        let mut vlans = std::mem::take(&mut self.tags);
+        vlans.reverse();
+        let pppoe = self.pppoe.take();
+        let dst_mac = pppoe.as_ref().map(|p| p.peer_mac);
+        Ok(LowerPath {
+            lowest_ifindex: cur.ifindex,
+            encap: L2Encap {
+                vlans,
+                pppoe,
+                dsa: self.dsa.take(),
+            },
+            mtu: self.mtu,
+            devices: std::mem::take(&mut self.devices),
+            src_mac: self.header_dev.unwrap_or(self.top).mac,
+            dst_mac,
+        })
+    }
+
+    /// A DSA user port: its frames leave by the conduit with a tag for `port`.
+    fn dsa_user(&mut self, cur: &Link, conduit: u32, port: u16) -> Result<&'t Link, Unsupported> {
+        if self.dsa.is_some() {
+            return Err(Unsupported(format!(
+                "{}: cascaded DSA switches are not offloaded",
+                cur.name
+            )));
+        }
+        let conduit_link = self
+            .topo
+            .links
+            .get(&conduit)
+            .ok_or_else(|| Unsupported(format!("{}: DSA conduit {conduit} unknown", cur.name)))?;
+        let tagger = conduit_link.dsa_tagger.clone().ok_or_else(|| {
+            Unsupported(format!(
+                "{}: tagger of DSA conduit {} unknown",
+                cur.name, conduit_link.name
+            ))
+        })?;
+        self.dsa = Some(DsaPort { tagger, port });
+        self.skip_mtu = true;
+        Ok(conduit_link)
+    }
+
+    /// A PPP device at the top: its PPPoE session's Ethernet device, with the session header
+    /// to push and the access concentrator as the destination.
+    fn ppp(&mut self, cur: &Link) -> Result<&'t Link, Unsupported> {
+        if cur.ifindex != self.top.ifindex || self.pppoe.is_some() {
+            return Err(Unsupported(format!(
+                "{}: PPP below another device is not offloaded",
+                cur.name
+            )));
+        }
+        let session = pppoe::session_for(&self.topo.fs, &cur.name, |n| {
+            self.topo.link_by_name(n).is_some()
+        })?;
+        let eth = self.topo.link_by_name(&session.device).ok_or_else(|| {
+            Unsupported(format!(
+                "{}: PPPoE device {} unknown",
+                cur.name, session.device
+            ))
+        })?;
+        let local_mac = eth
+            .mac
+            .ok_or_else(|| Unsupported(format!("{}: {} has no MAC", cur.name, eth.name)))?;
+        self.pppoe = Some(PppoeSession {
+            sid: session.sid,
+            peer_mac: session.peer_mac,
+            local_mac,
+        });
+        self.dst_mac = Some(session.peer_mac);
+        self.header_dev = Some(eth);
+        Ok(eth)
+    }
+
+    /// A bridge: the port its FDB has for the destination MAC, with the port's VLAN egress
+    /// policy under VLAN filtering.
+    fn bridge(&mut self, cur: &Link) -> Result<&'t Link, Unsupported> {
+        let mac = self.dst_mac.ok_or_else(|| {
+            Unsupported(format!(
+                "{}: a bridge's egress port depends on the destination MAC",
+                cur.name
+            ))
+        })?;
+        let filtering = cur.bridge.as_ref().filter(|c| c.vlan_filtering);
+        let vid = match filtering {
+            // The tag the device above pushed is the frame's VLAN inside a filtering bridge;
+            // untagged frames of the bridge device get its PVID.
+            Some(conf) => match self.tags.last() {
+                Some(&(proto, id)) if proto == conf.vlan_protocol => {
+                    self.tags.pop();
+                    Some(id)
+                }
+                Some(_) => {
+                    return Err(Unsupported(format!(
+                        "{}: tag protocol differs from the bridge's",
+                        cur.name
+                    )))
+                }
+                None => Some(self.topo.bridge_pvid(cur)),
+            },
+            None => None,
+        };
+        let (port, tag) = self.topo.bridge_egress(cur, mac, vid)?;
+        if let (Some(conf), Some(vid)) = (filtering, tag) {
+            self.tags.push((conf.vlan_protocol, vid));
+        }
+        self.topo
+            .links
+            .get(&port)
+            .ok_or_else(|| Unsupported(format!("bridge port {port} unknown")))
     }
 }
 

@@ -229,106 +229,142 @@ fn vlan_proto(p: VlanProtocol) -> VlanProto {
     }
 }
 
-/// A [`Link`] from an RTM_NEWLINK (AF_UNSPEC) message. DSA roles are derived later, with sysfs.
-fn link_from(msg: &LinkMessage) -> Link {
-    let h = &msg.header;
-    let mut name = String::new();
-    let mut kind_attr: Option<InfoKind> = None;
-    let mut vlan: Option<(u16, VlanProto)> = None;
-    let mut bridge = BridgeConf::default();
-    let mut dsa_conduit = None;
-    let mut lower = None;
-    let mut lower_other_ns = false;
-    let mut master = None;
-    let mut mtu = 0;
-    let mut mac = None;
-    let mut oper_up = true;
-    let mut phys_port_name = None;
-    for a in &msg.attributes {
+/// The attributes of an RTM_NEWLINK that the model keeps, gathered one attribute at a time.
+struct LinkAttrs {
+    name: String,
+    kind: Option<InfoKind>,
+    vlan: Option<(u16, VlanProto)>,
+    bridge: BridgeConf,
+    dsa_conduit: Option<u32>,
+    lower: Option<u32>,
+    lower_other_ns: bool,
+    master: Option<u32>,
+    mtu: u32,
+    mac: Option<Mac>,
+    oper_up: bool,
+    phys_port_name: Option<String>,
+}
+
+impl LinkAttrs {
+    fn new() -> Self {
+        LinkAttrs {
+            name: String::new(),
+            kind: None,
+            vlan: None,
+            bridge: BridgeConf::default(),
+            dsa_conduit: None,
+            lower: None,
+            lower_other_ns: false,
+            master: None,
+            mtu: 0,
+            mac: None,
+            oper_up: true,
+            phys_port_name: None,
+        }
+    }
+
+    fn take(&mut self, a: &LinkAttribute) {
         match a {
-            LinkAttribute::IfName(n) => name = n.clone(),
-            LinkAttribute::Mtu(m) => mtu = *m,
-            LinkAttribute::Address(b) => mac = mac_from(b),
-            LinkAttribute::Link(l) => lower = Some(*l),
-            LinkAttribute::LinkNetNsId(_) => lower_other_ns = true,
-            LinkAttribute::Controller(m) => master = Some(*m),
-            LinkAttribute::PhysPortName(p) => phys_port_name = Some(p.clone()),
+            LinkAttribute::IfName(n) => self.name = n.clone(),
+            LinkAttribute::Mtu(m) => self.mtu = *m,
+            LinkAttribute::Address(b) => self.mac = mac_from(b),
+            LinkAttribute::Link(l) => self.lower = Some(*l),
+            LinkAttribute::LinkNetNsId(_) => self.lower_other_ns = true,
+            LinkAttribute::Controller(m) => self.master = Some(*m),
+            LinkAttribute::PhysPortName(p) => self.phys_port_name = Some(p.clone()),
             LinkAttribute::OperState(s) => {
-                oper_up = !matches!(s, State::Down | State::LowerLayerDown | State::NotPresent)
+                self.oper_up = !matches!(s, State::Down | State::LowerLayerDown | State::NotPresent)
             }
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    match info {
-                        LinkInfo::Kind(k) => kind_attr = Some(k.clone()),
-                        LinkInfo::Data(InfoData::Vlan(v)) => {
-                            let mut id = None;
-                            let mut proto = VlanProto::Dot1Q;
-                            for x in v {
-                                match x {
-                                    InfoVlan::Id(i) => id = Some(*i),
-                                    InfoVlan::Protocol(p) => proto = vlan_proto(*p),
-                                    _ => {}
-                                }
-                            }
-                            vlan = id.map(|i| (i, proto));
-                        }
-                        LinkInfo::Data(InfoData::Bridge(b)) => {
-                            for x in b {
-                                match x {
-                                    InfoBridge::VlanFiltering(f) => bridge.vlan_filtering = *f,
-                                    InfoBridge::VlanProtocol(p) => {
-                                        bridge.vlan_protocol = vlan_proto(*p)
-                                    }
-                                    InfoBridge::VlanDefaultPvid(p) => bridge.default_pvid = *p,
-                                    _ => {}
-                                }
-                            }
-                        }
-                        LinkInfo::Data(InfoData::Dsa(d)) => {
-                            for x in d {
-                                if let InfoDsa::Conduit(c) = x {
-                                    dsa_conduit = Some(*c);
-                                }
-                            }
-                        }
+            LinkAttribute::LinkInfo(infos) => infos.iter().for_each(|i| self.take_info(i)),
+            _ => {}
+        }
+    }
+
+    /// IFLA_LINKINFO: the kind, and the kind's data the walk needs (VLAN id and protocol,
+    /// bridge VLAN settings, DSA conduit).
+    fn take_info(&mut self, info: &LinkInfo) {
+        match info {
+            LinkInfo::Kind(k) => self.kind = Some(k.clone()),
+            LinkInfo::Data(InfoData::Vlan(v)) => self.vlan = vlan_of(v),
+            LinkInfo::Data(InfoData::Bridge(b)) => {
+                for x in b {
+                    match x {
+                        InfoBridge::VlanFiltering(f) => self.bridge.vlan_filtering = *f,
+                        InfoBridge::VlanProtocol(p) => self.bridge.vlan_protocol = vlan_proto(*p),
+                        InfoBridge::VlanDefaultPvid(p) => self.bridge.default_pvid = *p,
                         _ => {}
+                    }
+                }
+            }
+            LinkInfo::Data(InfoData::Dsa(d)) => {
+                for x in d {
+                    if let InfoDsa::Conduit(c) = x {
+                        self.dsa_conduit = Some(*c);
                     }
                 }
             }
             _ => {}
         }
     }
-    let kind = match (&kind_attr, h.link_layer_type) {
-        (_, LinkLayerType::Loopback) => LinkKind::Other("loopback".into()),
-        (Some(InfoKind::Veth), _) => LinkKind::Veth,
-        (Some(InfoKind::Bridge), _) => LinkKind::Bridge,
-        (Some(InfoKind::Vlan), _) => match vlan {
-            Some((id, proto)) => LinkKind::Vlan { id, proto },
-            None => LinkKind::Other("vlan (no id)".into()),
-        },
-        (Some(InfoKind::Dsa), _) => LinkKind::Other("dsa".into()),
-        (Some(InfoKind::Other(k)), _) if k == "ppp" => LinkKind::Ppp,
-        (None, LinkLayerType::Ppp) => LinkKind::Ppp,
-        (None, LinkLayerType::Ether) => LinkKind::Ethernet,
-        (Some(k), _) => LinkKind::Other(k.to_string()),
-        (None, t) => LinkKind::Other(format!("{t}")),
-    };
-    let lower = lower.filter(|l| *l != h.index && !lower_other_ns);
+
+    /// What the link is, from its rtnetlink kind and link-layer type.
+    fn link_kind(&self, link_layer: LinkLayerType) -> LinkKind {
+        match (&self.kind, link_layer) {
+            (_, LinkLayerType::Loopback) => LinkKind::Other("loopback".into()),
+            (Some(InfoKind::Veth), _) => LinkKind::Veth,
+            (Some(InfoKind::Bridge), _) => LinkKind::Bridge,
+            (Some(InfoKind::Vlan), _) => match self.vlan {
+                Some((id, proto)) => LinkKind::Vlan { id, proto },
+                None => LinkKind::Other("vlan (no id)".into()),
+            },
+            (Some(InfoKind::Dsa), _) => LinkKind::Other("dsa".into()),
+            (Some(InfoKind::Other(k)), _) if k == "ppp" => LinkKind::Ppp,
+            (None, LinkLayerType::Ppp) => LinkKind::Ppp,
+            (None, LinkLayerType::Ether) => LinkKind::Ethernet,
+            (Some(k), _) => LinkKind::Other(k.to_string()),
+            (None, t) => LinkKind::Other(format!("{t}")),
+        }
+    }
+}
+
+/// VLAN id and protocol from IFLA_VLAN_*.
+fn vlan_of(v: &[InfoVlan]) -> Option<(u16, VlanProto)> {
+    let mut id = None;
+    let mut proto = VlanProto::Dot1Q;
+    for x in v {
+        match x {
+            InfoVlan::Id(i) => id = Some(*i),
+            InfoVlan::Protocol(p) => proto = vlan_proto(*p),
+            _ => {}
+        }
+    }
+    id.map(|i| (i, proto))
+}
+
+/// A [`Link`] from an RTM_NEWLINK (AF_UNSPEC) message. DSA roles are derived later, with sysfs.
+fn link_from(msg: &LinkMessage) -> Link {
+    let h = &msg.header;
+    let mut a = LinkAttrs::new();
+    for attr in &msg.attributes {
+        a.take(attr);
+    }
+    let kind = a.link_kind(h.link_layer_type);
     let is_bridge = kind == LinkKind::Bridge;
     Link {
         ifindex: h.index,
-        name,
+        name: a.name,
         kind,
-        master,
-        lower,
-        mtu,
-        mac,
+        master: a.master,
+        // A lower device in another namespace is not one the walk can follow.
+        lower: a.lower.filter(|l| *l != h.index && !a.lower_other_ns),
+        mtu: a.mtu,
+        mac: a.mac,
         admin_up: h.flags.contains(LinkFlags::Up),
-        oper_up,
-        phys_port_name,
-        dsa_conduit_attr: dsa_conduit,
+        oper_up: a.oper_up,
+        phys_port_name: a.phys_port_name,
+        dsa_conduit_attr: a.dsa_conduit,
         dsa_tagger: None,
-        bridge: is_bridge.then_some(bridge),
+        bridge: is_bridge.then_some(a.bridge),
         vlans: Vec::new(),
     }
 }
@@ -457,27 +493,7 @@ impl Topology {
                         link.vlans.clear();
                     }
                 }
-                RouteNetlinkMessage::NewLink(l) => {
-                    let mut link = link_from(l);
-                    if let Some(old) = self.links.get(&link.ifindex) {
-                        // Bridge VLANs and a conduit's tagger come from elsewhere.
-                        link.vlans = old.vlans.clone();
-                        link.dsa_tagger = old.dsa_tagger.clone();
-                    }
-                    let ifindex = link.ifindex;
-                    self.links.insert(ifindex, link);
-                    self.refresh_dsa(ifindex);
-                    // A conduit that (re)appears may turn its users into DSA ports.
-                    let users: Vec<u32> = self
-                        .links
-                        .values()
-                        .filter(|u| u.lower == Some(ifindex) && u.ifindex != ifindex)
-                        .map(|u| u.ifindex)
-                        .collect();
-                    for u in users {
-                        self.refresh_dsa(u);
-                    }
-                }
+                RouteNetlinkMessage::NewLink(l) => self.apply_new_link(l),
                 RouteNetlinkMessage::DelLink(l) => {
                     let ifindex = l.header.index;
                     self.links.remove(&ifindex);
@@ -521,6 +537,31 @@ impl Topology {
             }
         }
         event.classify()
+    }
+}
+
+impl Topology {
+    /// A link appeared or changed: replace it, keeping what comes from elsewhere (bridge
+    /// VLANs, a conduit's tagger), and re-derive the DSA roles it may change.
+    fn apply_new_link(&mut self, l: &LinkMessage) {
+        let mut link = link_from(l);
+        if let Some(old) = self.links.get(&link.ifindex) {
+            link.vlans = old.vlans.clone();
+            link.dsa_tagger = old.dsa_tagger.clone();
+        }
+        let ifindex = link.ifindex;
+        self.links.insert(ifindex, link);
+        self.refresh_dsa(ifindex);
+        // A conduit that (re)appears may turn its users into DSA ports.
+        let users: Vec<u32> = self
+            .links
+            .values()
+            .filter(|u| u.lower == Some(ifindex) && u.ifindex != ifindex)
+            .map(|u| u.ifindex)
+            .collect();
+        for u in users {
+            self.refresh_dsa(u);
+        }
     }
 }
 
