@@ -665,6 +665,37 @@ fn teardown_events_once_per_flow_in_the_ring_buffer() {
     }
 }
 
+/// The daemon's own reader of the ring buffer (what the event loop awaits) yields the key of
+/// the flow a FIN hit, as a FlowKey equal to the installed entry's key.
+#[test]
+fn the_daemons_event_reader_names_the_flow() {
+    let Some(mut env) = setup("the_daemons_event_reader_names_the_flow") else {
+        return;
+    };
+    let (din, dout) = (env.dev[0], env.dev[1]);
+    let orig = Tuple::v4(false);
+    let spec = FlowSpec::new(din, Encap::plain(), orig, dout, Encap::plain(), orig.snat());
+    spec.install(&env.obj);
+    let (_, key, _) = spec.entry();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys = rt.block_on(async {
+        let map = common::frames::find_map(&env.obj, bpfqos::dataplane::abi::EVENTS_MAP);
+        let mut events = bpfqos::dataplane::events::TeardownEvents::open(&map).unwrap();
+        let (input, _) = spec.frames(Tcp::Fin, b"");
+        assert_xdp_pass(&mut env, "fin", din, &input);
+        tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+    });
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].bytes(), &key[..]);
+    spec.remove(&env.obj);
+}
+
 #[test]
 fn stale_heartbeat_disabled_offload_and_missing_txport_pass() {
     let Some(mut env) = setup("stale_heartbeat_disabled_offload_and_missing_txport_pass") else {
