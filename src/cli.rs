@@ -229,9 +229,11 @@ fn parse_check_config(args: &mut Args) -> Result<Command, UsageError> {
 fn parse_rpcd(args: &mut Args) -> Result<Command, UsageError> {
     let method = match args.rest.next().as_deref() {
         Some("list") => None,
-        Some("call") => Some(args.rest.next().ok_or_else(|| {
-            UsageError::Positional("rpcd call: missing method".to_string())
-        })?),
+        Some("call") => Some(
+            args.rest
+                .next()
+                .ok_or_else(|| UsageError::Positional("rpcd call: missing method".to_string()))?,
+        ),
         _ => {
             return Err(UsageError::Positional(
                 "rpcd: expected 'list' or 'call <method>'".to_string(),

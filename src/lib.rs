@@ -24,6 +24,7 @@ pub mod interfaces;
 pub mod logger;
 pub mod nl;
 pub mod offload;
+pub mod qos;
 pub mod rpcd;
 pub mod status;
 pub mod topology;

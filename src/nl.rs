@@ -138,7 +138,10 @@ pub fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeEr
 
 /// The first attribute of type `ty`, if any (errors skipped).
 pub fn find_attr(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).filter_map(Result::ok).find(|(t, _)| *t == ty).map(|(_, v)| v)
+    attrs(b)
+        .filter_map(Result::ok)
+        .find(|(t, _)| *t == ty)
+        .map(|(_, v)| v)
 }
 
 /// One message of a datagram, its header split out.
@@ -370,7 +373,11 @@ impl RequestSocket {
 
     /// Sends `msgs` (each built with NLM_F_ACK and the sequence number at its index in
     /// `seqs`) in datagrams of `per_datagram`, and returns every ack in order.
-    pub fn transact(&self, msgs: &[(u32, Vec<u8>)], per_datagram: usize) -> anyhow::Result<Vec<Ack>> {
+    pub fn transact(
+        &self,
+        msgs: &[(u32, Vec<u8>)],
+        per_datagram: usize,
+    ) -> anyhow::Result<Vec<Ack>> {
         let mut acks: Vec<Option<Ack>> = vec![None; msgs.len()];
         for (c, chunk) in msgs.chunks(per_datagram.max(1)).enumerate() {
             let datagram: Vec<u8> = chunk.iter().flat_map(|(_, m)| m.iter().copied()).collect();

@@ -14,6 +14,8 @@
 //! applies no saved changes ("deltas") from /tmp/.uci, which `uci -c DIR` always reads and
 //! other tests on the machine may leave behind. The parser is the same either way.
 
+mod common;
+
 use bpfqos::config;
 
 use std::fmt::Write as _;
@@ -24,11 +26,8 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
+use common::in_ci;
 use config::uci;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// The cargo target directory this test binary was built into (`<target>/debug/deps/<exe>`).
 fn target_dir() -> PathBuf {

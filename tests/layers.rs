@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "conntrack",
     "dataplane",
     "interfaces",
+    "qos",
     "offload",
     "status",
     "control",
@@ -81,10 +82,9 @@ fn no_module_imports_one_above_it() {
                         f.display()
                     )),
                     Some(_) => {}
-                    None => problems.push(format!(
-                        "{}: crate::{used} is not in LAYERS",
-                        f.display()
-                    )),
+                    None => {
+                        problems.push(format!("{}: crate::{used} is not in LAYERS", f.display()))
+                    }
                 }
             }
         }

@@ -8,145 +8,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bpfqos::topology;
+mod common;
 
-use std::future::Future;
+use bpfqos::topology;
+use common::netns::Netns;
+
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::process::Command;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
 use topology::NetlinkEvent;
 use topology::RouteQuery;
 use topology::Topology;
 use topology::TopologyEvent;
 use topology::Unresolved;
 
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root for network namespaces, and CI=true forbids skipping");
-    }
-    eprintln!("skipping {test}: needs root (network namespaces)");
-    false
-}
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace that is deleted when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        let name = format!(
-            "bqtopo-{}-{}-{role}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.sh("ip link set lo up");
-        ns
-    }
-
-    /// Runs a shell command in the namespace; panics with its output if it fails.
-    fn sh(&self, cmd: &str) -> String {
-        run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd])
-    }
-
-    /// Runs a shell command in the namespace and reports whether it succeeded.
-    fn try_sh(&self, cmd: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
-    fn json(&self, cmd: &str) -> Value {
-        serde_json::from_str(&self.sh(cmd)).unwrap_or_else(|e| panic!("{cmd}: {e}"))
-    }
-
-    fn ifindex(&self, dev: &str) -> u32 {
-        let v = self.json(&format!("ip -j link show dev {dev}"));
-        v[0]["ifindex"].as_u64().unwrap() as u32
-    }
-
-    fn mac(&self, dev: &str) -> [u8; 6] {
-        let v = self.json(&format!("ip -j link show dev {dev}"));
-        topology::parse_mac(v[0]["address"].as_str().unwrap()).unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Only processes this test started live in its namespace (pppd, pppoe-server).
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `f` on a thread of its own that has entered `ns`, on a current-thread tokio runtime
-/// (the daemon's kind): netlink sockets belong to the namespace of the thread creating them.
-fn in_netns<F, Fut, T>(ns: &Netns, f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-    T: Send + 'static,
-{
-    let path = format!("/run/netns/{}", ns.name);
-    let thread = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    });
-    match thread.join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// The namespaces of one test; dropped (deleted) together.
 struct Lab {
     r: Netns,
     h1: Netns,
@@ -251,7 +127,7 @@ fn oracle_fdb_port(r: &Netns, br: &str, mac: &[u8; 6]) -> String {
 
 #[test]
 fn dump_and_resolve_match_iproute2() {
-    if !root_or_skip("dump_and_resolve_match_iproute2") {
+    if !common::require_root("dump_and_resolve_match_iproute2") {
         return;
     }
     let lab = build_lab();
@@ -267,7 +143,7 @@ fn dump_and_resolve_match_iproute2() {
     let links_oracle = r.json("ip -j -d link show");
     let addrs_oracle = r.json("ip -j addr show");
 
-    let (topo, results) = in_netns(r, move || async move {
+    let (topo, results) = r.block_on_in(move || async move {
         let sub = topology::subscribe().unwrap();
         let topo = Topology::dump(&sub.handle).await.unwrap();
         let q = |dst: &str, src: Option<&str>, iif: Option<u32>| RouteQuery {
@@ -412,7 +288,7 @@ fn dump_and_resolve_match_iproute2() {
 
 #[test]
 fn failed_neighbour_and_unlearned_fdb_stay_in_the_kernel() {
-    if !root_or_skip("failed_neighbour_and_unlearned_fdb_stay_in_the_kernel") {
+    if !common::require_root("failed_neighbour_and_unlearned_fdb_stay_in_the_kernel") {
         return;
     }
     let lab = build_lab();
@@ -423,7 +299,7 @@ fn failed_neighbour_and_unlearned_fdb_stay_in_the_kernel() {
     r.sh("ip neigh replace 198.18.1.50 lladdr 02:00:00:00:01:50 dev br-lan nud permanent");
     let wan0 = r.ifindex("wan0");
     let state = r.json("ip -j neigh show 198.18.2.99 dev wan0");
-    let (a, b) = in_netns(r, move || async move {
+    let (a, b) = r.block_on_in(move || async move {
         let sub = topology::subscribe().unwrap();
         let topo = Topology::dump(&sub.handle).await.unwrap();
         let q = |dst: &str| RouteQuery {
@@ -476,7 +352,7 @@ async fn wait_for(
 
 #[test]
 fn events_keep_the_model_current() {
-    if !root_or_skip("events_keep_the_model_current") {
+    if !common::require_root("events_keep_the_model_current") {
         return;
     }
     let lab = build_lab();
@@ -487,8 +363,8 @@ fn events_keep_the_model_current() {
         lab.r.ifindex("vr2"),
     );
     let h1_mac = topology::parse_mac(H1_MAC).unwrap();
-    in_netns(&lab.r, move || async move {
-        let ip = |cmd: &str| run("ip", &["netns", "exec", &r_name, "sh", "-c", cmd]);
+    lab.r.block_on_in(move || async move {
+        let ip = |cmd: &str| common::run("ip", &["netns", "exec", &r_name, "sh", "-c", cmd]);
         let mut sub = topology::subscribe().unwrap();
         let mut topo = Topology::dump(&sub.handle).await.unwrap();
         assert_eq!(topo.bridge_port_for(br, h1_mac), Ok((vr1, None)));
@@ -601,7 +477,7 @@ fn oracle_vlan_untagged(r: &Netns, dev: &str, vid: u64) -> bool {
 
 #[test]
 fn vlan_filtering_bridge_egress_tagging() {
-    if !root_or_skip("vlan_filtering_bridge_egress_tagging") {
+    if !common::require_root("vlan_filtering_bridge_egress_tagging") {
         return;
     }
     let lab = build_lab();
@@ -628,7 +504,7 @@ fn vlan_filtering_bridge_egress_tagging() {
         "vr1"
     );
     let r_name = r.name.clone();
-    in_netns(r, move || async move {
+    r.block_on_in(move || async move {
         let mut sub = topology::subscribe().unwrap();
         let mut topo = Topology::dump(&sub.handle).await.unwrap();
         assert!(
@@ -653,7 +529,7 @@ fn vlan_filtering_bridge_egress_tagging() {
         assert_eq!(to_h2.encap.vlans, vec![(topology::VlanProto::Dot1Q, 1)]);
 
         // vr1 turns into a tagged member: the AF_BRIDGE notification updates the model.
-        run(
+        common::run(
             "ip",
             &[
                 "netns", "exec", &r_name, "bridge", "vlan", "add", "dev", "vr1", "vid", "1", "pvid",
@@ -685,7 +561,7 @@ fn spawn_in(ns: &Netns, args: &[&str], log: &std::path::Path) -> Background {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
     Background(
-        Command::new("ip")
+        std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .args(args)
             .stdout(out)
@@ -721,10 +597,10 @@ fn pppd_session(log: &std::path::Path) -> Option<(u16, [u8; 6])> {
 ///         target/debug/deps/topology-<hash> kernel_vlan_qinq_and_pppoe --nocapture
 #[test]
 fn kernel_vlan_qinq_and_pppoe() {
-    if !root_or_skip("kernel_vlan_qinq_and_pppoe") {
+    if !common::require_root("kernel_vlan_qinq_and_pppoe") {
         return;
     }
-    let _ = Command::new("modprobe")
+    let _ = std::process::Command::new("modprobe")
         .args(["-q", "-a", "8021q", "pppoe"])
         .status();
     let r = Netns::new("r");
@@ -847,7 +723,7 @@ fn kernel_vlan_qinq_and_pppoe() {
         r.ifindex("pppoe-wan2"),
     );
     let wan_mac = r.mac("wan0.7");
-    in_netns(&r, move || async move {
+    r.block_on_in(move || async move {
         use topology::LinkKind;
         use topology::VlanProto::Dot1Ad;
         use topology::VlanProto::Dot1Q;

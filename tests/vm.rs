@@ -12,18 +12,15 @@
 //! elsewhere; `BPFQOS_SKIP_VM=1` skips it locally, never in CI. Scenario selection:
 //! `BPFQOS_VM_SCENARIOS="mtu qdisc"`. See docs/testing-vm.md.
 
+mod common;
+
 use std::env;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn in_ci() -> bool {
-    env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 fn on_path(tool: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|paths| env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+    common::which(tool).is_some()
 }
 
 fn kernel_image() -> Option<PathBuf> {
@@ -62,7 +59,7 @@ fn missing_prerequisites() -> Vec<String> {
 #[test]
 #[ignore = "boots a VM for several minutes: cargo test --test vm -- --ignored --nocapture"]
 fn vm_scenarios() {
-    let ci = in_ci();
+    let ci = common::in_ci();
     if env::var("BPFQOS_SKIP_VM").is_ok_and(|v| v == "1") {
         if ci {
             eprintln!(

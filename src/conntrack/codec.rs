@@ -405,7 +405,6 @@ impl TupleAttr for Builder {
         self.end_nest(proto);
         self.end_nest(outer);
     }
-
 }
 
 fn to_v6(a: IpAddr) -> Ipv6Addr {

@@ -177,9 +177,6 @@ impl Client {
             })
             .collect();
         let acks = self.sock.transact(&msgs, 64)?;
-        Ok(acks
-            .iter()
-            .map(|a| a.errno != -nix::libc::ENOENT)
-            .collect())
+        Ok(acks.iter().map(|a| a.errno != -nix::libc::ENOENT).collect())
     }
 }

@@ -773,11 +773,10 @@ impl<'t> Walk<'t> {
                 cur.name
             )));
         }
-        let conduit_link = self
-            .topo
-            .links
-            .get(&conduit)
-            .ok_or_else(|| Unsupported(format!("{}: DSA conduit {conduit} unknown", cur.name)))?;
+        let conduit_link =
+            self.topo.links.get(&conduit).ok_or_else(|| {
+                Unsupported(format!("{}: DSA conduit {conduit} unknown", cur.name))
+            })?;
         let tagger = conduit_link.dsa_tagger.clone().ok_or_else(|| {
             Unsupported(format!(
                 "{}: tagger of DSA conduit {} unknown",
