@@ -690,3 +690,107 @@ int bpfqos_tc(struct __sk_buff *skb)
 	stat_inc(BPFQOS_STAT_REDIRECT);
 	return bpf_redirect(f.e->nh.ifindex, 0);
 }
+
+/* ---- shaping: steering through the download shaper ---------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFQOS_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct bpfqos_shaping);
+} shaping SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFQOS_SHAPE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} shape_stats SEC(".maps");
+
+static __always_inline void shape_stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&shape_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* The daemon is alive (its heartbeat is fresh). */
+static __always_inline int daemon_alive(void)
+{
+	struct bpfqos_control *ctl;
+	__u32 zero = 0;
+	__s64 age;
+
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (!ctl)
+		return 0;
+	age = (__s64)(coarse_now() - ctl->heartbeat_ns);
+	return age <= (__s64)BPFQOS_HEARTBEAT_MAX_AGE_NS &&
+	       age >= -(__s64)BPFQOS_HEARTBEAT_MAX_AGE_NS;
+}
+
+/*
+ * TC ingress of a shaped interface's L3 device: every packet arriving from
+ * the link goes through the download shaper first (once: what comes back is
+ * marked). With a stale heartbeat (the daemon is gone) nothing is steered,
+ * so download is unshaped rather than lost.
+ */
+SEC("tc")
+int bpfqos_dl_steer(struct __sk_buff *skb)
+{
+	struct bpfqos_shaping *cfg;
+	__u32 ifindex = skb->ifindex;
+	struct ethhdr *eth;
+	void *data, *data_end;
+
+	if (skb->tc_index & BPFQOS_TC_INDEX_SHAPED) {
+		skb->tc_index &= ~BPFQOS_TC_INDEX_SHAPED;
+		return TC_ACT_OK;
+	}
+	cfg = bpf_map_lookup_elem(&shaping, &ifindex);
+	if (!cfg || !(cfg->flags & BPFQOS_SHAPE_F_TO_SHAPER))
+		return TC_ACT_OK;
+	if (!daemon_alive()) {
+		shape_stat_inc(BPFQOS_SHAPE_STAT_PASSED);
+		return TC_ACT_OK;
+	}
+	if (cfg->flags & BPFQOS_SHAPE_F_ADD_ETH) {
+		/*
+		 * The shaper is an Ethernet device: a packet of an L2-less
+		 * device (PPP) gets a header, stripped again on the way back.
+		 */
+		if (bpf_skb_change_head(skb, ETH_HLEN, 0)) {
+			shape_stat_inc(BPFQOS_SHAPE_STAT_PASSED);
+			return TC_ACT_OK;
+		}
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		eth = data;
+		if ((void *)(eth + 1) > data_end)
+			return TC_ACT_SHOT; /* cannot happen: 14 bytes were added */
+		__builtin_memset(eth, 0, 2 * ETH_ALEN);
+		eth->h_proto = skb->protocol;
+	}
+	shape_stat_inc(BPFQOS_SHAPE_STAT_STEERED);
+	return bpf_redirect(cfg->target, 0);
+}
+
+/*
+ * TC ingress of the download shaper's far end: back into the L3 device's
+ * ingress, marked so that bpfqos_dl_steer lets it through. Whatever else
+ * arrives here goes to the kernel, which drops it (the device has no address).
+ */
+SEC("tc")
+int bpfqos_dl_back(struct __sk_buff *skb)
+{
+	struct bpfqos_shaping *cfg;
+	__u32 ifindex = skb->ifindex;
+
+	cfg = bpf_map_lookup_elem(&shaping, &ifindex);
+	if (!cfg || !(cfg->flags & BPFQOS_SHAPE_F_RETURN))
+		return TC_ACT_OK;
+	skb->tc_index |= BPFQOS_TC_INDEX_SHAPED;
+	shape_stat_inc(BPFQOS_SHAPE_STAT_RETURNED);
+	return bpf_redirect(cfg->target, BPF_F_INGRESS);
+}

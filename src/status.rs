@@ -15,10 +15,10 @@ pub use crate::dataplane::attach::AttachMode;
 pub use crate::dataplane::attach::AttachPoint;
 pub use crate::dataplane::attach::Hook;
 pub use crate::dataplane::stats::DatapathStats;
-pub use crate::interfaces::InterfaceStatus;
 pub use crate::offload::report::FlowStatus;
 pub use crate::offload::report::ManagerStats;
 pub use crate::offload::report::OffloadStatus;
+pub use crate::qos::status::ShaperStatus;
 
 /// The whole status document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +43,28 @@ pub struct Status {
     pub datapath: DatapathStats,
 }
 
+/// A configured interface.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    /// UCI section name.
+    pub name: String,
+    /// Device, when resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Whether offload is enabled on it.
+    pub offload: bool,
+    /// Configured upload shaping rate (kbit/s, 0 = none).
+    pub upload_kbit: u64,
+    /// Configured download shaping rate (kbit/s, 0 = none).
+    pub download_kbit: u64,
+    /// Problem preventing it from being used, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its shapers, when it has a rate configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaper: Option<ShaperStatus>,
+}
+
 /// Configuration state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConfigStatus {
@@ -55,6 +77,32 @@ pub struct ConfigStatus {
     pub last_reload_error: Option<String>,
     /// Number of successful reloads since start.
     pub reloads: u64,
+}
+
+/// A count, or "-" when the shaper does not keep it.
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn render_shaper(s: &mut String, sh: &ShaperStatus) {
+    for (dir, d) in [("upload", &sh.upload), ("download", &sh.download)] {
+        let Some(d) = d else { continue };
+        let _ = writeln!(
+            s,
+            "    {dir:<8} {:<14} {:<8} {:<14} sent {} B / {} pkts  drops {}  ecn {}  backlog {} B",
+            d.device,
+            d.qdisc,
+            kbit(d.rate_kbit),
+            opt(d.bytes),
+            opt(d.packets),
+            opt(d.drops),
+            opt(d.ecn_marks),
+            opt(d.backlog_bytes)
+        );
+    }
+    if let Some(e) = &sh.error {
+        let _ = writeln!(s, "    shaping error: {e}");
+    }
 }
 
 fn kbit(k: u64) -> String {
@@ -138,6 +186,9 @@ impl Status {
                 let _ = write!(s, "  error: {e}");
             }
             s.push('\n');
+            if let Some(sh) = &i.shaper {
+                render_shaper(&mut s, sh);
+            }
         }
         let _ = writeln!(
             s,

@@ -244,6 +244,30 @@ struct bpfqos_event {
 	struct bpfqos_flow6_key k6; /* valid for BPFQOS_EV_TEARDOWN6 */
 };
 
+/*
+ * The download shaper: a veth pair per shaped interface. Packets arriving on
+ * the interface's L3 device (TC ingress, before conntrack and routing) are
+ * sent into the pair's first end, whose root qdisc shapes them; from the
+ * other end they are put back into the L3 device's ingress, marked as shaped,
+ * and go on as if just received. `shaping` is indexed by ifindex: for the L3
+ * device it names the shaper's first end, for the second end the L3 device.
+ */
+enum bpfqos_shape_flags {
+	BPFQOS_SHAPE_F_TO_SHAPER = 1 << 0, /* L3 ingress: into the shaper */
+	BPFQOS_SHAPE_F_RETURN = 1 << 1,	   /* shaper's far end: back */
+	BPFQOS_SHAPE_F_ADD_ETH = 1 << 2,   /* L3 device without L2 (PPP) */
+};
+
+struct bpfqos_shaping {
+	__u32 target; /* ifindex to redirect to */
+	__u32 flags;  /* BPFQOS_SHAPE_F_* */
+};
+
+/* skb->tc_index bit: the packet comes back from the download shaper. */
+enum bpfqos_tc_index {
+	BPFQOS_TC_INDEX_SHAPED = 0x8000,
+};
+
 /* Per-CPU counters, `stats` array index. */
 enum bpfqos_stat {
 	BPFQOS_STAT_SEEN = 0, /* unused: user space sums the outcomes below */
@@ -260,6 +284,14 @@ enum bpfqos_stat {
 	BPFQOS_STAT_REDIRECT,	    /* forwarded to another device */
 	BPFQOS_STAT_TX, /* XDP_TX: out of the device it came in on */
 	BPFQOS_STAT_MAX,
+};
+
+/* Per-CPU counters of the shaper's steering, `shape_stats` array index. */
+enum bpfqos_shape_stat {
+	BPFQOS_SHAPE_STAT_STEERED = 0, /* sent into a download shaper */
+	BPFQOS_SHAPE_STAT_RETURNED,    /* put back after it */
+	BPFQOS_SHAPE_STAT_PASSED, /* not steered: heartbeat stale, no room */
+	BPFQOS_SHAPE_STAT_MAX,
 };
 
 /*
@@ -279,6 +311,10 @@ struct bpfqos_btf_anchor {
 	enum bpfqos_flow_flags flow_flags;
 	enum bpfqos_ctl_flags ctl_flags;
 	enum bpfqos_heartbeat heartbeat;
+	struct bpfqos_shaping shaping;
+	enum bpfqos_shape_flags shape_flags;
+	enum bpfqos_tc_index tc_index;
+	enum bpfqos_shape_stat shape_stat;
 };
 
 /*
@@ -298,5 +334,6 @@ _Static_assert(__builtin_offsetof(struct bpfqos_flow4, nat) == 64 &&
 _Static_assert(sizeof(struct bpfqos_control) == 72, "control layout");
 _Static_assert(BPFQOS_MAX_FLOWS <= 65536, "entry indexes are 16 bits");
 _Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");
+_Static_assert(sizeof(struct bpfqos_shaping) == 8, "shaping layout");
 
 #endif /* BPFQOS_ABI_H */

@@ -38,8 +38,10 @@ pub use diagnostic::Diagnostic;
 pub use diagnostic::SectionRef;
 pub use model::Circuit;
 pub use model::Config;
+pub use model::Diffserv;
 pub use model::Globals;
 pub use model::Interface;
+pub use model::LinkLayer;
 pub use model::Qdisc;
 pub use prefix::IpPrefix;
 

@@ -66,11 +66,44 @@ fn serialize_level<S: Serializer>(level: &LevelFilter, s: S) -> Result<S::Ok, S:
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Qdisc {
-    /// `cake`
+    /// `cake`: CAKE shapes (with HTB above it only for circuits).
     #[default]
     Cake,
-    /// `fq_codel`
+    /// `fq_codel`: HTB shapes, fq_codel queues.
     FqCodel,
+    /// `fifo`: HTB shapes with its plain FIFO leaves: an exact rate limit without AQM, for
+    /// kernels that have neither CAKE nor fq_codel, and for measurements.
+    Fifo,
+}
+
+/// CAKE's priority tiers (`option diffserv`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Diffserv {
+    /// One tier, DSCP ignored (sqm's piece_of_cake).
+    #[default]
+    Besteffort,
+    /// Three tiers (bulk, best effort, voice).
+    Diffserv3,
+    /// Four tiers.
+    Diffserv4,
+    /// Eight tiers.
+    Diffserv8,
+    /// IP precedence.
+    Precedence,
+}
+
+/// How the link frames packets (`option linklayer`), as sqm-scripts and CAKE model it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkLayer {
+    /// Ethernet-like: bytes as they are, plus the overhead.
+    #[default]
+    Ethernet,
+    /// ATM cells (ADSL): 53 bytes carry 48.
+    Atm,
+    /// PTM (VDSL2): 64/65 encoding.
+    Ptm,
 }
 
 /// `config interface 'NAME'`: a link to offload from and/or shape.
@@ -92,6 +125,12 @@ pub struct Interface {
     pub qdisc: Qdisc,
     /// `option overhead`: per-packet link-layer overhead in bytes (default 0).
     pub overhead: i32,
+    /// `option mpu`: minimum packet unit, bytes (default 0).
+    pub mpu: u32,
+    /// `option linklayer` (default ethernet).
+    pub linklayer: LinkLayer,
+    /// `option diffserv` (default besteffort): CAKE's tiers.
+    pub diffserv: Diffserv,
     /// `option autorate` (default off): let the shaper rate follow the link.
     pub autorate: bool,
     /// `option min_upload` (kbit/s): autorate's lower bound for upload.
@@ -304,6 +343,9 @@ fn known(section_type: &str, option: &str) -> bool {
                 | "download"
                 | "qdisc"
                 | "overhead"
+                | "mpu"
+                | "linklayer"
+                | "diffserv"
                 | "autorate"
                 | "min_upload"
                 | "max_upload"
@@ -350,6 +392,9 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
         download_kbit: 0,
         qdisc: Qdisc::Cake,
         overhead: 0,
+        mpu: 0,
+        linklayer: LinkLayer::Ethernet,
+        diffserv: Diffserv::Besteffort,
         autorate: false,
         min_upload_kbit: None,
         max_upload_kbit: None,
@@ -369,6 +414,9 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
             "download" => parse_kbit(o.value).map(|v| i.download_kbit = v),
             "qdisc" => parse_qdisc(o.value).map(|v| i.qdisc = v),
             "overhead" => parse_overhead(o.value).map(|v| i.overhead = v),
+            "mpu" => parse_mpu(o.value).map(|v| i.mpu = v),
+            "linklayer" => parse_linklayer(o.value).map(|v| i.linklayer = v),
+            "diffserv" => parse_diffserv(o.value).map(|v| i.diffserv = v),
             "autorate" => {
                 autorate_line = o.line;
                 parse_bool(o.value).map(|v| i.autorate = v)
@@ -755,7 +803,38 @@ fn parse_qdisc(v: &str) -> Result<Qdisc, String> {
     match v {
         "cake" => Ok(Qdisc::Cake),
         "fq_codel" => Ok(Qdisc::FqCodel),
-        _ => Err(format!("expected 'cake' or 'fq_codel', got '{v}'")),
+        "fifo" => Ok(Qdisc::Fifo),
+        _ => Err(format!("expected 'cake', 'fq_codel' or 'fifo', got '{v}'")),
+    }
+}
+
+fn parse_diffserv(v: &str) -> Result<Diffserv, String> {
+    match v {
+        "besteffort" => Ok(Diffserv::Besteffort),
+        "diffserv3" => Ok(Diffserv::Diffserv3),
+        "diffserv4" => Ok(Diffserv::Diffserv4),
+        "diffserv8" => Ok(Diffserv::Diffserv8),
+        "precedence" => Ok(Diffserv::Precedence),
+        _ => Err(format!(
+            "expected one of besteffort, diffserv3, diffserv4, diffserv8, precedence, got '{v}'"
+        )),
+    }
+}
+
+fn parse_linklayer(v: &str) -> Result<LinkLayer, String> {
+    match v {
+        "ethernet" | "none" => Ok(LinkLayer::Ethernet),
+        "atm" | "adsl" => Ok(LinkLayer::Atm),
+        "ptm" | "vdsl" => Ok(LinkLayer::Ptm),
+        _ => Err(format!("expected 'ethernet', 'atm' or 'ptm', got '{v}'")),
+    }
+}
+
+/// A minimum packet unit: 0..=256 bytes (sqm's range).
+fn parse_mpu(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n <= 256 && v.bytes().all(|c| c.is_ascii_digit()) => Ok(n),
+        _ => Err(format!("expected 0..=256 bytes, got '{v}'")),
     }
 }
 

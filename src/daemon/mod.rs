@@ -41,9 +41,13 @@ use crate::offload::ports::Resolver;
 use crate::offload::Ctx;
 use crate::offload::FlowManager;
 use crate::offload::Timeouts;
+use crate::qos;
+use crate::qos::Shaping;
 use crate::status::ConfigStatus;
+use crate::status::InterfaceStatus;
 use crate::status::Status;
 use crate::topology;
+use crate::topology::LinkKind;
 use crate::topology::Topology;
 use crate::topology::TopologyEvent;
 
@@ -115,7 +119,7 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
         }
     });
     let mut daemon = Daemon::new(args, loaded, Net::new(ct_client, topo, rtnl.handle, dp));
-    daemon.apply();
+    daemon.apply().await;
     daemon.resync().await;
 
     let (tx, mut rx) = mpsc::channel(16);
@@ -161,7 +165,7 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
             Some(ev) = topo_events.next() => daemon.on_netlink(ev).await,
         }
     }
-    daemon.shutdown();
+    daemon.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
@@ -191,6 +195,9 @@ struct Net {
     dp: Option<Dataplane>,
     /// Ifindexes of the lowest devices the offload is attached to.
     attached: HashSet<u32>,
+    /// L3 ifindexes of shaped interfaces: their connections stay on the kernel path, where
+    /// the shapers see them.
+    shaped: HashSet<u32>,
 }
 
 impl Net {
@@ -206,6 +213,7 @@ impl Net {
             handle,
             dp,
             attached: HashSet::new(),
+            shaped: HashSet::new(),
         }
     }
 
@@ -221,6 +229,7 @@ impl Net {
             resolver,
             dp: self.flow_table(),
             attached: &self.attached,
+            shaped: &self.shaped,
             ct: self.ct.as_ref().map(|c| c as &dyn ConntrackOps),
             now: Instant::now(),
         }
@@ -245,6 +254,7 @@ struct Daemon {
     interface_errors: BTreeMap<String, String>,
     net: Net,
     flows: FlowManager,
+    qos: Shaping,
     timeouts: Timeouts,
 }
 
@@ -261,6 +271,7 @@ impl Daemon {
             interface_errors: BTreeMap::new(),
             net,
             flows: FlowManager::default(),
+            qos: Shaping::default(),
             timeouts: Timeouts::read(),
         }
     }
@@ -269,13 +280,54 @@ impl Daemon {
         self.config.globals.enabled && self.config.globals.offload
     }
 
-    /// Brings the interfaces and attachments in line with the running config and topology.
-    /// Failures are per interface and never fatal: that interface simply stays on the kernel
-    /// path.
-    fn apply(&mut self) {
+    /// Brings the interfaces, attachments and shapers in line with the running config and
+    /// topology. Failures are per interface and never fatal: that interface simply stays on
+    /// the kernel path, unshaped.
+    async fn apply(&mut self) {
         logger::set_level(self.config.globals.log_level);
         self.interfaces = Interfaces::resolve(&self.config, &self.args.config_dir, &self.net.topo);
         self.interface_errors.clear();
+        self.apply_offload();
+        self.apply_shaping().await;
+    }
+
+    /// The shapers of every interface with a rate (none when bpfqos is disabled).
+    async fn apply_shaping(&mut self) {
+        let topo = &self.net.topo;
+        let wants: Vec<qos::Want<'_>> = self
+            .config
+            .interfaces
+            .iter()
+            .filter(|i| self.config.globals.enabled && (i.upload_kbit > 0 || i.download_kbit > 0))
+            .map(|i| {
+                let l3 = self
+                    .interfaces
+                    .get(&i.name)
+                    .ok_or_else(|| "not resolved".to_string())
+                    .and_then(|r| r.device.clone())
+                    .and_then(|name| {
+                        topo.link_by_name(&name)
+                            .map(|l| qos::L3Device {
+                                dev: crate::dataplane::Device {
+                                    name: name.clone(),
+                                    ifindex: l.ifindex,
+                                },
+                                has_l2: l.mac.is_some() && l.kind != LinkKind::Ppp,
+                                mtu: l.mtu,
+                            })
+                            .ok_or_else(|| format!("{name}: no such device"))
+                    });
+                qos::Want { config: i, l3 }
+            })
+            .collect();
+        self.qos
+            .apply(&wants, &self.net.handle, self.net.dp.as_mut())
+            .await;
+        self.net.shaped = self.qos.shaped_l3();
+    }
+
+    /// The offload's attach points.
+    fn apply_offload(&mut self) {
         let enabled = self.offload_on();
         let Some(dp) = self.net.dp.as_mut() else {
             return;
@@ -351,7 +403,7 @@ impl Daemon {
         }
         if matches!(change, TopologyEvent::Link(_) | TopologyEvent::Resync) {
             // Devices come and go (hotplug, PPPoE reconnect): follow them.
-            self.apply();
+            self.apply().await;
         }
         let resolver = self.net.resolver();
         let ctx = self.net.ctx(&resolver);
@@ -377,7 +429,7 @@ impl Daemon {
         self.last_reload_error = None;
         self.reloads += 1;
         self.timeouts = Timeouts::read();
-        self.apply();
+        self.apply().await;
         if self.offload_on() {
             self.resync().await;
         } else {
@@ -416,7 +468,8 @@ impl Daemon {
     }
 
     /// The status document, from the sections each module builds.
-    fn status(&self) -> Status {
+    fn status(&mut self) -> Status {
+        let interfaces = self.interface_status();
         let dp = self.net.dp.as_ref();
         let table = self.net.flow_table();
         let counted = self.flows.counters(table);
@@ -449,13 +502,43 @@ impl Daemon {
                 &counted,
             ),
             attach,
-            interfaces: self.interfaces.status(&self.config, &self.interface_errors),
+            interfaces,
             flows: self.flows.flow_status(table),
             datapath: dp.map(Dataplane::stats).unwrap_or_default(),
         }
     }
 
-    fn shutdown(&mut self) {
+    /// The `interfaces` section: every configured interface, its device, what keeps it (partly)
+    /// out of use, and its shapers.
+    fn interface_status(&mut self) -> Vec<InterfaceStatus> {
+        let mut out = Vec::new();
+        for i in &self.config.interfaces {
+            out.push(InterfaceStatus {
+                name: i.name.clone(),
+                device: self
+                    .interfaces
+                    .get(&i.name)
+                    .and_then(|r| r.device.clone().ok()),
+                offload: i.offload,
+                upload_kbit: i.upload_kbit,
+                download_kbit: i.download_kbit,
+                error: self
+                    .interface_errors
+                    .get(&i.name)
+                    .cloned()
+                    .or_else(|| self.qos.error(&i.name).map(str::to_string)),
+                shaper: self.qos.status(&i.name),
+            });
+        }
+        out
+    }
+
+    async fn shutdown(&mut self) {
+        if !self.args.keep {
+            self.qos
+                .remove_all(&self.net.handle, self.net.dp.as_mut())
+                .await;
+        }
         if let Some(dp) = self.net.dp.take() {
             dp.shutdown(self.args.keep);
         }

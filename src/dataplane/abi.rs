@@ -42,6 +42,14 @@ pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload
 pub const XDP_PROG: &str = "bpfqos_xdp";
 /// TC-ingress twin of the XDP program.
 pub const TC_PROG: &str = "bpfqos_tc";
+/// TC program steering a shaped L3 device's ingress into its download shaper.
+pub const SHAPE_IN_PROG: &str = "bpfqos_dl_steer";
+/// TC program on the download shaper's far end, putting packets back.
+pub const SHAPE_RETURN_PROG: &str = "bpfqos_dl_back";
+/// `ARRAY[MAX_IFACES]` of [`Shaping`], indexed by ifindex.
+pub const SHAPING_MAP: &str = "shaping";
+/// `PERCPU_ARRAY` of `u64`, indexed by [`ShapeStat`].
+pub const SHAPE_STATS_MAP: &str = "shape_stats";
 /// `ARRAY[1]` of [`Control`]: heartbeat and the offload switch.
 pub const CONTROL_MAP: &str = "control";
 /// `PERCPU_ARRAY[STAT_MAX]` of `u64`, indexed by [`Stat`].
@@ -116,6 +124,16 @@ pub type Action = types::bpfqos_action;
 pub type EventType = types::bpfqos_event_type;
 /// Index into the `stats` map (`enum bpfqos_stat`).
 pub type Stat = types::bpfqos_stat;
+/// A device's role in download shaping (`struct bpfqos_shaping`).
+pub type Shaping = types::bpfqos_shaping;
+/// Index into the `shape_stats` map (`enum bpfqos_shape_stat`).
+pub type ShapeStat = types::bpfqos_shape_stat;
+/// `shaping.flags`: steer this L3 device's ingress into the shaper.
+pub const SHAPE_F_TO_SHAPER: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_TO_SHAPER.0;
+/// `shaping.flags`: this is a shaper's far end; put packets back into `target`'s ingress.
+pub const SHAPE_F_RETURN: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_RETURN.0;
+/// `shaping.flags`: the L3 device carries no L2 header (PPP); add one for the shaper.
+pub const SHAPE_F_ADD_ETH: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_ADD_ETH.0;
 
 /// `control.flags` bit: offload enabled.
 pub const CTL_F_OFFLOAD: u32 = types::bpfqos_ctl_flags::BPFQOS_CTL_F_OFFLOAD.0;
@@ -155,6 +173,8 @@ unsafe impl Pod for Flow6 {}
 unsafe impl Pod for Event {}
 // SAFETY: see above.
 unsafe impl Pod for Bucket {}
+// SAFETY: see above.
+unsafe impl Pod for Shaping {}
 
 /// The bytes of an ABI struct, as a map key or value.
 pub fn bytes_of<T: Pod>(v: &T) -> &[u8] {

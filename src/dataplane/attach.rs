@@ -8,6 +8,7 @@
 //! (the heartbeat makes a dead daemon's programs pass everything).
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::os::fd::BorrowedFd;
 
 use anyhow::anyhow;
@@ -23,10 +24,9 @@ use log::info;
 use serde::Deserialize;
 use serde::Serialize;
 
-/// Our TC filters' handle and priority on clsact, the same on both directions, so that only
-/// our own filter is ever replaced or removed (other users of clsact keep theirs).
+/// Our TC filters' handle on clsact; each program role has its own priority ([`TcSlot`]), so
+/// that only our own filters are ever replaced or removed (other users of clsact keep theirs).
 const TC_HANDLE: u32 = 0xb9f0;
-const TC_PRIORITY: u32 = 0xb9f;
 
 /// XDP attach mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl XdpMode {
 }
 
 /// A TC direction on the device's clsact qdisc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TcDir {
     /// Packets received.
     Ingress,
@@ -64,6 +64,30 @@ impl TcDir {
     }
 }
 
+/// Where on a device's clsact one bpfqos program role sits: direction and filter priority
+/// (lower runs first). Roles on the same hook run in priority order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcSlot {
+    /// Ingress or egress.
+    pub dir: TcDir,
+    /// Filter priority.
+    pub priority: u16,
+}
+
+impl TcSlot {
+    /// The offload's TC twin (ingress of lowest devices): first, it forwards offloaded flows.
+    pub const OFFLOAD: TcSlot = TcSlot {
+        dir: TcDir::Ingress,
+        priority: 0xb9f,
+    };
+    /// The download shaper's steering (ingress of a shaped L3 device, and of the shaper's far
+    /// end).
+    pub const SHAPE: TcSlot = TcSlot {
+        dir: TcDir::Ingress,
+        priority: 0xba0,
+    };
+}
+
 /// The hooks bpfqos holds on one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceHooks {
@@ -71,17 +95,20 @@ pub struct DeviceHooks {
     pub ifindex: u32,
     /// XDP program and mode, if any.
     pub xdp: Option<XdpMode>,
-    /// A program on TC ingress.
-    pub tc_ingress: bool,
-    /// A program on TC egress.
-    pub tc_egress: bool,
+    /// The TC slots holding a bpfqos program.
+    pub tc: BTreeSet<TcSlot>,
     /// Why the offload did not get a better hook than the one it has.
     pub fallback_reason: Option<String>,
 }
 
 impl DeviceHooks {
     fn is_empty(&self) -> bool {
-        self.xdp.is_none() && !self.tc_ingress && !self.tc_egress
+        self.xdp.is_none() && self.tc.is_empty()
+    }
+
+    /// The offload runs here (XDP, or its TC twin).
+    pub fn has_offload(&self) -> bool {
+        self.xdp.is_some() || self.tc.contains(&TcSlot::OFFLOAD)
     }
 }
 
@@ -130,30 +157,26 @@ impl Attachments {
         Ok(())
     }
 
-    /// Attaches `prog` to TC `dir` of `device` (creating clsact if needed; replacing our own
+    /// Attaches `prog` to `slot` of `device` (creating clsact if needed; replacing our own
     /// filter there, never another user's).
     pub fn attach_tc(
         &mut self,
         device: &str,
         prog: BorrowedFd<'_>,
-        dir: TcDir,
+        slot: TcSlot,
     ) -> anyhow::Result<()> {
         let ifindex = ifindex_of(device)?;
         let mut hook = TcHookBuilder::new(prog)
             .ifindex(ifindex as i32)
             .replace(true)
             .handle(TC_HANDLE)
-            .priority(TC_PRIORITY)
-            .hook(dir.attach_point());
+            .priority(u32::from(slot.priority))
+            .hook(slot.dir.attach_point());
         // EEXIST from create() just means clsact is already there (shared with other users).
         let _ = hook.create();
         hook.attach()
-            .with_context(|| format!("{device}: TC {dir:?} attach"))?;
-        let hooks = self.entry(device, ifindex);
-        match dir {
-            TcDir::Ingress => hooks.tc_ingress = true,
-            TcDir::Egress => hooks.tc_egress = true,
-        }
+            .with_context(|| format!("{device}: TC {:?} attach", slot.dir))?;
+        self.entry(device, ifindex).tc.insert(slot);
         Ok(())
     }
 
@@ -177,24 +200,20 @@ impl Attachments {
         self.forget_if_empty(device);
     }
 
-    /// Detaches our filter from TC `dir` of `device`, if any (clsact stays: others may use it).
-    pub fn detach_tc(&mut self, device: &str, prog: BorrowedFd<'_>, dir: TcDir) {
+    /// Detaches our filter from `slot` of `device`, if any (clsact stays: others may use it).
+    pub fn detach_tc(&mut self, device: &str, prog: BorrowedFd<'_>, slot: TcSlot) {
         let Some(h) = self.devices.get_mut(device) else {
             return;
         };
-        let held = match dir {
-            TcDir::Ingress => std::mem::take(&mut h.tc_ingress),
-            TcDir::Egress => std::mem::take(&mut h.tc_egress),
-        };
-        if held {
+        if h.tc.remove(&slot) {
             let r = TcHookBuilder::new(prog)
                 .ifindex(h.ifindex as i32)
                 .handle(TC_HANDLE)
-                .priority(TC_PRIORITY)
-                .hook(dir.attach_point())
+                .priority(u32::from(slot.priority))
+                .hook(slot.dir.attach_point())
                 .detach();
             if let Err(e) = r {
-                debug!("{device}: TC {dir:?} detach: {e}");
+                debug!("{device}: TC {:?} detach: {e}", slot.dir);
             }
         }
         self.forget_if_empty(device);
@@ -255,7 +274,8 @@ pub struct AttachPoint {
     /// Why a better mode was not used, when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
-    /// A bpfqos program sits on TC ingress (the offload's TC twin).
+    /// The offload's TC twin sits on TC ingress (beside XDP: for flows whose egress is
+    /// shaped; alone: XDP was not available).
     #[serde(default)]
     pub tc_ingress: bool,
     /// A bpfqos program sits on TC egress.
@@ -276,9 +296,10 @@ pub struct AttachPoint {
 }
 
 impl AttachPoint {
-    /// The status of `device`'s hooks; `None` when it has no offload hook (XDP or TC ingress).
+    /// The status of `device`'s hooks; `None` when it has no offload hook (XDP or TC twin).
     pub fn of(device: &str, h: &DeviceHooks) -> Option<Self> {
-        let (hook, mode) = match (h.xdp, h.tc_ingress) {
+        let tc_ingress = h.tc.contains(&TcSlot::OFFLOAD);
+        let (hook, mode) = match (h.xdp, tc_ingress) {
             (Some(XdpMode::Native), _) => (Hook::Xdp, AttachMode::Native),
             (Some(XdpMode::Generic), _) => (Hook::Xdp, AttachMode::Generic),
             (None, true) => (Hook::Tc, AttachMode::Tc),
@@ -290,8 +311,8 @@ impl AttachPoint {
             hook,
             mode,
             fallback_reason: h.fallback_reason.clone(),
-            tc_ingress: h.tc_ingress,
-            tc_egress: h.tc_egress,
+            tc_ingress,
+            tc_egress: h.tc.iter().any(|s| s.dir == TcDir::Egress),
             rx_packets: 0,
             rx_bytes: 0,
             tx_packets: 0,

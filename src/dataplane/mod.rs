@@ -32,7 +32,7 @@ use log::warn;
 
 use attach::AttachPoint;
 use attach::Attachments;
-use attach::TcDir;
+use attach::TcSlot;
 use attach::XdpMode;
 use entry::FlowKey;
 use entry::FlowValue;
@@ -40,6 +40,15 @@ use events::TeardownEvents;
 use flowtable::FlowTables;
 use object::BpfObject;
 use stats::DatapathStats;
+
+/// A device by name and index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub ifindex: u32,
+}
 
 /// A device the offload should run on: name, ifindex, and the DSA tag its frames carry
 /// (`enum bpfqos_dsa_proto`, `None` for no tag).
@@ -58,6 +67,8 @@ pub struct Dataplane {
     object: BpfObject,
     xdp: OwnedFd,
     tc: OwnedFd,
+    shape_in: OwnedFd,
+    shape_return: OwnedFd,
     hooks: Attachments,
     enabled: bool,
     /// Interior mutability: the daemon hands `&Dataplane` around; one thread, never re-entered.
@@ -72,11 +83,15 @@ impl Dataplane {
         let object = BpfObject::load("bpfqos", abi::OFFLOAD_OBJ, pin_dir)?;
         let xdp = object.prog_fd(abi::XDP_PROG)?;
         let tc = object.prog_fd(abi::TC_PROG)?;
+        let shape_in = object.prog_fd(abi::SHAPE_IN_PROG)?;
+        let shape_return = object.prog_fd(abi::SHAPE_RETURN_PROG)?;
         let tables = open_tables(&object)?;
         Ok(Self {
             object,
             xdp,
             tc,
+            shape_in,
+            shape_return,
             hooks: Attachments::default(),
             enabled: false,
             tables: RefCell::new(tables),
@@ -87,7 +102,7 @@ impl Dataplane {
     pub fn offload_devices(&self) -> Vec<String> {
         self.hooks
             .iter()
-            .filter(|(_, h)| h.xdp.is_some() || h.tc_ingress)
+            .filter(|(_, h)| h.has_offload())
             .map(|(d, _)| d.clone())
             .collect()
     }
@@ -118,11 +133,7 @@ impl Dataplane {
     /// Attaches the offload to `device`: XDP native, else XDP generic, else TC ingress. Already
     /// attached: nothing to do.
     pub fn attach_offload(&mut self, device: &str) -> anyhow::Result<()> {
-        if self
-            .hooks
-            .get(device)
-            .is_some_and(|h| h.xdp.is_some() || h.tc_ingress)
-        {
+        if self.hooks.get(device).is_some_and(|h| h.has_offload()) {
             return Ok(());
         }
         let native_err = match self
@@ -148,7 +159,7 @@ impl Dataplane {
             Err(e) => e,
         };
         self.hooks
-            .attach_tc(device, self.tc.as_fd(), TcDir::Ingress)
+            .attach_tc(device, self.tc.as_fd(), TcSlot::OFFLOAD)
             .with_context(|| {
                 format!(
                     "XDP native ({native_err:#}), XDP generic ({generic_err:#}) and TC all failed"
@@ -160,7 +171,7 @@ impl Dataplane {
     }
 
     fn attached(&mut self, device: &str, fallback_reason: Option<String>) {
-        let mode = self.hooks.get(device).map(|h| (h.xdp, h.tc_ingress));
+        let mode = self.hooks.get(device).map(|h| (h.xdp, h.tc.clone()));
         info!(
             "{device}: attached ({mode:?}){}",
             fallback_reason
@@ -175,7 +186,67 @@ impl Dataplane {
     pub fn detach_offload(&mut self, device: &str) {
         self.hooks.detach_xdp(device, self.xdp.as_fd());
         self.hooks
-            .detach_tc(device, self.tc.as_fd(), TcDir::Ingress);
+            .detach_tc(device, self.tc.as_fd(), TcSlot::OFFLOAD);
+    }
+
+    /// Steers the ingress of `l3` (a shaped interface's L3 device) through its download shaper:
+    /// packets go into `shaper` (the veth end whose root qdisc shapes) and come back from
+    /// `far_end` into `l3`'s ingress. `add_eth`: `l3` has no L2 header (PPP).
+    pub fn steer_download(
+        &mut self,
+        l3: &Device,
+        shaper: &Device,
+        far_end: &Device,
+        add_eth: bool,
+    ) -> anyhow::Result<()> {
+        let to_shaper = abi::Shaping {
+            target: shaper.ifindex,
+            flags: abi::SHAPE_F_TO_SHAPER | if add_eth { abi::SHAPE_F_ADD_ETH } else { 0 },
+        };
+        let back = abi::Shaping {
+            target: l3.ifindex,
+            flags: abi::SHAPE_F_RETURN,
+        };
+        // The way back first: nothing may enter the shaper before it can leave it.
+        self.set_shaping(far_end.ifindex, &back)?;
+        self.hooks
+            .attach_tc(&far_end.name, self.shape_return.as_fd(), TcSlot::SHAPE)?;
+        self.set_shaping(l3.ifindex, &to_shaper)?;
+        self.hooks
+            .attach_tc(&l3.name, self.shape_in.as_fd(), TcSlot::SHAPE)
+    }
+
+    /// Stops steering `l3` through a download shaper (and forgets `far_end`'s role).
+    pub fn unsteer_download(&mut self, l3: &Device, far_end: Option<&Device>) {
+        self.hooks
+            .detach_tc(&l3.name, self.shape_in.as_fd(), TcSlot::SHAPE);
+        let _ = self.set_shaping(l3.ifindex, &abi::Shaping::default());
+        if let Some(far) = far_end {
+            self.hooks
+                .detach_tc(&far.name, self.shape_return.as_fd(), TcSlot::SHAPE);
+            let _ = self.set_shaping(far.ifindex, &abi::Shaping::default());
+        }
+    }
+
+    fn set_shaping(&self, ifindex: u32, v: &abi::Shaping) -> anyhow::Result<()> {
+        if ifindex >= abi::MAX_IFACES {
+            anyhow::bail!(
+                "ifindex {ifindex} beyond the shaping table ({})",
+                abi::MAX_IFACES
+            );
+        }
+        self.object
+            .map(abi::SHAPING_MAP)?
+            .update(&ifindex.to_ne_bytes(), abi::bytes_of(v), MapFlags::ANY)
+            .with_context(|| format!("setting the shaping role of ifindex {ifindex}"))
+    }
+
+    /// The download steering's counters: (steered, returned, passed).
+    pub fn shape_stats(&self) -> stats::ShapeStats {
+        match self.object.map(abi::SHAPE_STATS_MAP) {
+            Ok(map) => stats::ShapeStats::read(&map),
+            Err(_) => stats::ShapeStats::default(),
+        }
     }
 
     /// Switches offload on or off (the data path checks the flag on every packet).
@@ -306,6 +377,11 @@ impl Dataplane {
         }
         for dev in self.offload_devices() {
             self.detach_offload(&dev);
+        }
+        for (dev, hooks) in self.hooks.iter() {
+            if hooks.tc.contains(&TcSlot::SHAPE) {
+                log::debug!("{dev}: shaping steering left to the shaper's removal");
+            }
         }
         self.object.unpin();
     }

@@ -8,6 +8,21 @@ use serde::Serialize;
 
 use super::abi::Stat;
 
+/// Counter `index` of a per-CPU array of `u64`, summed over CPUs; 0 when it cannot be read
+/// (status must not fail because one lookup did).
+fn percpu_sum(map: &dyn MapCore, index: u32) -> u64 {
+    map.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .map(|cpus| {
+            cpus.iter()
+                .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// How every packet the offload saw ended. The data path counts outcomes only: `seen` is their
 /// sum, computed here.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,25 +76,14 @@ impl DatapathStats {
         })
     }
 
-    /// Reads the `stats` map. Counters that cannot be read count as 0 (status must not fail
-    /// because one lookup did).
+    /// Reads the `stats` map.
     pub fn read(map: &dyn MapCore) -> Self {
         let mut out = Self::default();
         for i in 0..Stat::BPFQOS_STAT_MAX.0 {
             let Some(field) = out.slot(super::abi::skel::types::bpfqos_stat(i)) else {
                 continue;
             };
-            *field = map
-                .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()
-                .map(|cpus| {
-                    cpus.iter()
-                        .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
-                        .map(u64::from_ne_bytes)
-                        .sum()
-                })
-                .unwrap_or(0);
+            *field = percpu_sum(map, i);
         }
         out.seen = out.outcomes().iter().sum();
         out
@@ -100,6 +104,31 @@ impl DatapathStats {
             self.redirect,
             self.tx,
         ]
+    }
+}
+
+/// The download shapers' steering, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShapeStats {
+    /// Packets sent into a download shaper.
+    pub steered: u64,
+    /// Packets put back after it.
+    pub returned: u64,
+    /// Packets not steered (daemon gone, no room for a header).
+    pub passed: u64,
+}
+
+impl ShapeStats {
+    /// Reads the `shape_stats` map (0 for what cannot be read).
+    pub fn read(map: &dyn MapCore) -> Self {
+        use super::abi::ShapeStat;
+        let sum = |i: u32| percpu_sum(map, i);
+        ShapeStats {
+            steered: sum(ShapeStat::BPFQOS_SHAPE_STAT_STEERED.0),
+            returned: sum(ShapeStat::BPFQOS_SHAPE_STAT_RETURNED.0),
+            passed: sum(ShapeStat::BPFQOS_SHAPE_STAT_PASSED.0),
+        }
     }
 }
 

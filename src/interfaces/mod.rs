@@ -7,11 +7,7 @@
 //! was applied, or a link changed: PPPoE reconnects recreate `pppoe-wan`); the walk to the
 //! lowest devices follows the current topology.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::config;
 use crate::config::Config;
@@ -130,48 +126,6 @@ impl Interfaces {
                 .as_ref()
                 .is_ok_and(|l| l.iter().any(|d| d.name == device))
         })
-    }
-}
-
-/// A configured interface in `bpfqos status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct InterfaceStatus {
-    /// UCI section name.
-    pub name: String,
-    /// Device, when resolved.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// Whether offload is enabled on it.
-    pub offload: bool,
-    /// Configured upload shaping rate (kbit/s, 0 = none).
-    pub upload_kbit: u64,
-    /// Configured download shaping rate (kbit/s, 0 = none).
-    pub download_kbit: u64,
-    /// Problem preventing it from being used, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Interfaces {
-    /// The `interfaces` section of the status document: every configured interface, its
-    /// device, and the problem keeping it (partly) out of use, from `errors` by section name.
-    pub fn status(
-        &self,
-        config: &Config,
-        errors: &BTreeMap<String, String>,
-    ) -> Vec<InterfaceStatus> {
-        config
-            .interfaces
-            .iter()
-            .map(|i| InterfaceStatus {
-                name: i.name.clone(),
-                device: self.get(&i.name).and_then(|r| r.device.clone().ok()),
-                offload: i.offload,
-                upload_kbit: i.upload_kbit,
-                download_kbit: i.download_kbit,
-                error: errors.get(&i.name).cloned(),
-            })
-            .collect()
     }
 }
 

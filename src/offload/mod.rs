@@ -125,6 +125,9 @@ pub enum Reject {
     Inexpressible,
     /// The flow table is full.
     MapFull,
+    /// A direction leaves or enters by a shaped interface, whose shaper only the kernel path
+    /// passes for now.
+    Shaped,
     /// The data path is not loaded or offload is off.
     Disabled,
 }
@@ -137,6 +140,7 @@ impl Reject {
             Reject::NotAttached(_) => "not_attached",
             Reject::Inexpressible => "inexpressible",
             Reject::MapFull => "map_full",
+            Reject::Shaped => "shaped",
             Reject::Disabled => "disabled",
         }
     }
@@ -150,6 +154,8 @@ pub struct Ctx<'a> {
     pub dp: Option<&'a dyn FlowTable>,
     /// Lowest devices the data path is attached to (offload-enabled interfaces).
     pub attached: &'a HashSet<u32>,
+    /// L3 devices of shaped interfaces: connections through them stay on the kernel path.
+    pub shaped: &'a HashSet<u32>,
     /// Conntrack requests, when conntrack is available.
     pub ct: Option<&'a dyn ConntrackOps>,
     /// The time of the event.
@@ -299,6 +305,9 @@ impl FlowManager {
             }
             Err(e) => return Err(self.reject(Reject::Unresolved(e.to_string()))),
         };
+        if hops.iter().any(|h| ctx.shaped.contains(&h.l3_ifindex)) {
+            return Err(self.reject(Reject::Shaped));
+        }
         if let Some(h) = hops
             .iter()
             .find(|h| !ctx.attached.contains(&h.egress_ifindex))

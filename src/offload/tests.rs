@@ -219,6 +219,7 @@ struct World {
     ct: Rc<FakeConntrack>,
     resolver: FakeResolver,
     attached: HashSet<u32>,
+    shaped: HashSet<u32>,
     now: Cell<Instant>,
 }
 
@@ -229,6 +230,7 @@ impl World {
             ct: Rc::default(),
             resolver: FakeResolver::default(),
             attached: [LAN, WAN].into_iter().collect(),
+            shaped: HashSet::new(),
             now: Cell::new(Instant::now()),
         }
     }
@@ -238,6 +240,7 @@ impl World {
             resolver: &self.resolver,
             dp: Some(&self.table),
             attached: &self.attached,
+            shaped: &self.shaped,
             ct: Some(&*self.ct),
             now: self.now.get(),
         }
@@ -567,6 +570,10 @@ async fn refusals_are_counted_by_reason() {
     w.attached.remove(&WAN);
     let unattached = w.connection(2, IPPROTO_TCP);
     m.on_conntrack(Message::New(unattached), &w.ctx()).await;
+    w.attached.insert(WAN);
+    w.shaped.insert(WAN);
+    let shaped = w.connection(4, IPPROTO_TCP);
+    m.on_conntrack(Message::New(shaped), &w.ctx()).await;
     w.table.enabled.set(false);
     let off = w.connection(3, IPPROTO_TCP);
     m.on_conntrack(Message::New(off), &w.ctx()).await;
@@ -577,6 +584,7 @@ async fn refusals_are_counted_by_reason() {
         (r.get("local"), r.get("not_attached"), r.get("disabled")),
         (Some(&1), Some(&1), Some(&1))
     );
+    assert_eq!(r.get("shaped"), Some(&1));
     assert!(w.ct.liberal.borrow().is_empty(), "conntrack untouched");
 }
 

@@ -582,7 +582,8 @@ pub fn qdisc_request(seq: u32, q: &Qdisc, exclusive: bool) -> Vec<u8> {
 }
 
 /// A request to change the options of the existing qdisc `q` in place (no queue reset):
-/// `tc qdisc change`.
+/// `tc qdisc change`. HTB has no change operation for its own options (its classes carry the
+/// rates): for it only the kind and the size table are sent, which the kernel changes itself.
 pub fn qdisc_change_request(seq: u32, q: &Qdisc) -> Vec<u8> {
     let mut b = Builder::new(
         RTM_NEWQDISC,
@@ -590,7 +591,10 @@ pub fn qdisc_change_request(seq: u32, q: &Qdisc) -> Vec<u8> {
         seq,
         &tcmsg(q.ifindex, q.handle, q.parent),
     );
-    encode_kind(&mut b, &q.kind);
+    match &q.kind {
+        QdiscKind::Htb(_) => b.attr_str(TCA_KIND, "htb"),
+        kind => encode_kind(&mut b, kind),
+    }
     if let Some(s) = &q.stab {
         encode_stab(&mut b, s);
     }

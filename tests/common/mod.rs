@@ -3,6 +3,7 @@
 //! - [`frames`]: frames and flow entries built independently of the code under test;
 //! - [`netns`]: throw-away network namespaces and bpffs mounts;
 //! - [`daemon`]: a `bpfqos daemon` under test;
+//! - [`lab`]: the namespace router (LAN client, router with NAT, WAN server);
 //! - [`packaging`]: the OpenWrt package files and the POSIX shells that run them;
 //!
 //! and, here, the basics: the CI rule (a missing prerequisite fails under `CI=true`, skips
@@ -18,6 +19,7 @@
 pub mod bpf;
 pub mod daemon;
 pub mod frames;
+pub mod lab;
 pub mod netns;
 pub mod packaging;
 
