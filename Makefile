@@ -41,7 +41,9 @@ test: deps lint test-host test-vm
 test-host:
 	$(CARGO) test --locked -- --test-threads=1
 
-test-vm: build
+# Every test binary is built first: the VM scenarios run some of them inside the VM (tc_codec).
+test-vm:
+	$(CARGO) test --locked --no-run
 	$(CARGO) test --locked --test vm -- --ignored --nocapture
 
 # A demo router in network namespaces: daemon, config, attach, traffic, status.

@@ -3,7 +3,7 @@
  * bpfqos flow offload: the XDP program and its TC-ingress twin, one source.
  *
  * A packet is forwarded here only when all of this holds; anything else goes
- * to the kernel byte-for-byte unchanged (XDP_PASS / TC_ACT_OK):
+ * to the kernel byte-for-byte unchanged (XDP_PASS / TC_ACT_UNSPEC, see TC_PASS):
  *  - offload is enabled and the daemon's heartbeat is younger than 3 s;
  *  - the shared parser understands every header (parse.h);
  *  - a flow entry matches {ingress ifindex, L2 encap, 5-tuple} and is ready
@@ -104,6 +104,14 @@ struct {
 struct bpfqos_btf_anchor bpfqos_btf_anchor = {};
 
 enum hook { HOOK_XDP, HOOK_TC };
+
+/*
+ * What a TC program of ours returns for a packet it leaves alone: "not mine,
+ * go on", so that later filters on the same hook still run (other users' and
+ * our own: the download steering sits behind the offload's twin). TC_ACT_OK
+ * would end the chain there.
+ */
+#define TC_PASS TC_ACT_UNSPEC
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -220,8 +228,8 @@ static __always_inline void request_teardown(struct flow_ref *f,
  */
 static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 				    __be16 vlan0_tpid, __be16 vlan0_tci,
-				    enum hook hook, struct pkt *p,
-				    struct flow_ref *f)
+				    enum hook hook, __u32 gso_size,
+				    struct pkt *p, struct flow_ref *f)
 {
 	struct pkt_hdrs h = {};
 	struct bpfqos_control *ctl;
@@ -275,7 +283,10 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 
 	action = f->e->action;
 	if (action != BPFQOS_ACT_FORWARD &&
-	    !(action == BPFQOS_ACT_FORWARD_TC && hook == HOOK_TC)) {
+	    action != BPFQOS_ACT_FORWARD_SHAPED &&
+	    !((action == BPFQOS_ACT_FORWARD_TC ||
+	       action == BPFQOS_ACT_FORWARD_L3) &&
+	      hook == HOOK_TC)) {
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return -1;
 	}
@@ -302,7 +313,14 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		stat_inc(BPFQOS_STAT_PASS_TCP_END);
 		return -1;
 	}
-	if (p->ip_len > f->e->nh.mtu) {
+	/*
+	 * A GSO packet (TC, after GRO) is sent as segments of gso_size bytes of
+	 * payload behind the same headers: those must fit.
+	 */
+	if ((gso_size ? (__u32)(p->l4_off - p->l3_off) +
+				(h.th ? h.th->doff * 4 : sizeof(*h.uh)) +
+				gso_size
+		      : p->ip_len) > f->e->nh.mtu) {
 		stat_inc(BPFQOS_STAT_PASS_MTU);
 		return -1;
 	}
@@ -548,6 +566,86 @@ static __always_inline int rewrite_l3(struct cursor *c, const struct pkt *p,
 
 /* ---- XDP ------------------------------------------------------------------ */
 
+/*
+ * Drops Ethernet padding after the IP packet (as ip_rcv() does; the PPPoE
+ * length we write must match the packet) and moves the head to the next
+ * hop's L2 length. 0, or -1 with the frame untouched.
+ */
+static __always_inline int xdp_fit_l2(struct xdp_md *ctx, const struct pkt *p,
+				      __u32 new_l2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *ip_end = data + p->l3_off + p->ip_len;
+	/*
+	 * Pointer arithmetic stays 64-bit: with ALU32 clang would otherwise
+	 * narrow it to the int it ends up as, which the verifier refuses.
+	 */
+	long excess = data_end - ip_end;
+
+	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -(int)excess))
+		return -1;
+	if (new_l2 != p->l3_off &&
+	    bpf_xdp_adjust_head(ctx, (int)p->l3_off - (int)new_l2))
+		return -1;
+	return 0;
+}
+
+/*
+ * Download through a shaper (BPFQOS_ACT_FORWARD_SHAPED): the frame is
+ * rewritten for its egress here, where every encapsulation can be undone,
+ * and passed with metadata naming the shaper and the egress; the TC twin on
+ * this device sends it into the shaper (XDP cannot: a redirect skips every
+ * qdisc). A driver without XDP metadata gets the frame untouched: the kernel
+ * path, which the shaper sees too.
+ */
+static __always_inline int xdp_to_shaper(struct xdp_md *ctx, struct pkt *p,
+					 struct flow_ref *f)
+{
+	struct bpfqos_xdp_meta *meta;
+	__u16 addr_delta, port_delta;
+	__u32 target = f->e->nh.ifindex;
+	struct cursor c;
+	void *data;
+
+	if (!f->e->shaper || target > BPFQOS_TC_INDEX_TARGET) {
+		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
+		return XDP_PASS;
+	}
+	/* Room for the metadata first: all that can fail comes before writes. */
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta))) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	meta = (void *)(long)ctx->data_meta;
+	if ((void *)(meta + 1) > data)
+		return XDP_PASS;
+	/* Not ours until the frame is: a failure below leaves no magic. */
+	meta->magic = 0;
+	if (xdp_fit_l2(ctx, p, f->e->nh.l2_len)) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return XDP_PASS;
+	}
+	c.pos = (void *)(long)ctx->data;
+	c.end = (void *)(long)ctx->data_end;
+	if (write_l2(&c, &f->e->nh, p->ip_len, p->ipv6))
+		return XDP_DROP;
+	if (rewrite_l3(&c, p, f, HOOK_XDP, &addr_delta, &port_delta))
+		return XDP_DROP;
+	/* The head moved: the metadata moved with it. */
+	data = (void *)(long)ctx->data;
+	meta = (void *)(long)ctx->data_meta;
+	if ((void *)(meta + 1) > data)
+		return XDP_DROP; /* cannot happen: the kernel keeps it */
+	meta->shaper = f->e->shaper;
+	meta->target = target;
+	meta->magic = BPFQOS_META_MAGIC;
+	count(f, p->ip_len);
+	stat_inc(BPFQOS_STAT_TO_SHAPER);
+	return XDP_PASS;
+}
+
 SEC("xdp")
 int bpfqos_xdp(struct xdp_md *ctx)
 {
@@ -559,12 +657,12 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	struct cursor c;
 	__u16 addr_delta, port_delta;
 	__u32 egress, new_l2;
-	void *ip_end;
-	long excess;
 	int act;
 
-	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, &p, &f))
+	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, 0, &p, &f))
 		return XDP_PASS;
+	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED)
+		return xdp_to_shaper(ctx, &p, &f);
 
 	/*
 	 * Resolve the redirect before touching the frame: with XDP_PASS in the
@@ -583,23 +681,8 @@ int bpfqos_xdp(struct xdp_md *ctx)
 		}
 	}
 
-	/*
-	 * Ethernet padding after the IP packet is dropped (as ip_rcv() does);
-	 * the PPPoE length we write must match the packet.
-	 */
-	ip_end = data + p.l3_off + p.ip_len;
-	/*
-	 * Pointer arithmetic stays 64-bit: with ALU32 clang would otherwise
-	 * narrow it to the int it ends up as, which the verifier refuses.
-	 */
-	excess = data_end - ip_end;
-	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -(int)excess)) {
-		stat_inc(BPFQOS_STAT_PASS_L2);
-		return XDP_PASS;
-	}
 	new_l2 = f.e->nh.l2_len;
-	if (new_l2 != p.l3_off &&
-	    bpf_xdp_adjust_head(ctx, (int)p.l3_off - (int)new_l2)) {
+	if (xdp_fit_l2(ctx, &p, new_l2)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
 		return XDP_PASS;
 	}
@@ -619,13 +702,37 @@ int bpfqos_xdp(struct xdp_md *ctx)
 /* ---- TC ------------------------------------------------------------------- */
 
 /*
+ * A frame XDP rewrote for a download shaper (xdp_to_shaper): into the shaper,
+ * its egress in tc_index for the shaper's far end. 1 when it was one.
+ */
+static __always_inline int tc_from_xdp_to_shaper(struct __sk_buff *skb,
+						 int *verdict)
+{
+	void *data = (void *)(long)skb->data;
+	struct bpfqos_xdp_meta *meta = (void *)(long)skb->data_meta;
+
+	if ((void *)(meta + 1) > data || meta->magic != BPFQOS_META_MAGIC)
+		return 0;
+	skb->tc_index = BPFQOS_TC_INDEX_OFFLOADED |
+			(meta->target & BPFQOS_TC_INDEX_TARGET);
+	*verdict = bpf_redirect(meta->shaper, 0);
+	return 1;
+}
+
+/*
  * The TC twin keeps shaping working for offloaded flows (bpf_redirect goes
  * through the egress qdisc). skb helpers can grow the head of any skb but
  * only shrink it for plain IP skbs, where the data L2 header is already the
  * minimum; so TC forwards only flows whose L2 header does not shrink (an
  * outer VLAN in skb metadata is dropped with bpf_skb_vlan_pop) and passes
  * the others (PPPoE/VLAN-in-data/DSA decapsulation is XDP's job).
- * skb->protocol is left as the kernel set it.
+ * skb->protocol is left as the kernel set it. By action:
+ *  - FORWARD: to the lowest egress device (XDP could not attach here);
+ *  - FORWARD_TC: to a shaped L3 device, with a plain Ethernet header;
+ *  - FORWARD_L3: to a shaped L3 device without L2 header (PPP): IP rewritten,
+ *    the kernel strips the L2 header (the network header is at IP: user space
+ *    only uses it for flows arriving without in-data encapsulation);
+ *  - FORWARD_SHAPED: rewritten for the egress, into the download shaper.
  */
 SEC("tc")
 int bpfqos_tc(struct __sk_buff *skb)
@@ -637,37 +744,52 @@ int bpfqos_tc(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct cursor c;
 	__u16 addr_delta = 0, port_delta = 0;
-	__u32 new_l2, csum_off = 0, l4_off;
+	__u32 new_l2, csum_off = 0, l4_off, target;
 	__u64 mm0;
-	int grow;
+	int grow, verdict, l3_only;
 
+	if (tc_from_xdp_to_shaper(skb, &verdict))
+		return verdict;
 	/* At TC ingress skb->ifindex is the device the hook runs on. */
 	if (classify(data, data_end, skb->ifindex, tpid,
-		     bpf_htons(skb->vlan_tci), HOOK_TC, &p, &f))
-		return TC_ACT_OK;
+		     bpf_htons(skb->vlan_tci), HOOK_TC, skb->gso_size, &p, &f))
+		return TC_PASS;
 
-	new_l2 = f.e->nh.l2_len;
-	grow = (int)new_l2 - (int)p.l3_off;
-	if (grow < 0) {
-		stat_inc(BPFQOS_STAT_PASS_L2);
-		return TC_ACT_OK;
+	l3_only = f.e->action == BPFQOS_ACT_FORWARD_L3;
+	target = f.e->nh.ifindex;
+	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED &&
+	    (!f.e->shaper || target > BPFQOS_TC_INDEX_TARGET)) {
+		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
+		return TC_PASS;
 	}
-	if (skb->len > p.l3_off + p.ip_len &&
+	new_l2 = l3_only ? p.l3_off : f.e->nh.l2_len;
+	grow = (int)new_l2 - (int)p.l3_off;
+	/* FORWARD_L3: the kernel finds IP at the network header (no tags). */
+	if (grow < 0 || (l3_only && (p.l3_off != ETH_HLEN || tpid))) {
+		stat_inc(BPFQOS_STAT_PASS_L2);
+		return TC_PASS;
+	}
+	if (skb->len > p.l3_off + p.ip_len && !skb->gso_size &&
 	    bpf_skb_change_tail(skb, p.l3_off + p.ip_len, 0)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	if (grow > 0 && bpf_skb_change_head(skb, grow, 0)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	if (tpid)
 		bpf_skb_vlan_pop(skb); /* clears the metadata tag only */
 
 	c.pos = (void *)(long)skb->data;
 	c.end = (void *)(long)skb->data_end;
-	if (write_l2(&c, &f.e->nh, p.ip_len, p.ipv6))
+	if (l3_only) {
+		/* l3_off was checked to be ETH_HLEN: a constant for the verifier. */
+		if (!cursor_pull(&c, ETH_HLEN))
+			return TC_ACT_SHOT;
+	} else if (write_l2(&c, &f.e->nh, p.ip_len, p.ipv6)) {
 		return TC_ACT_SHOT;
+	}
 	if (rewrite_l3(&c, &p, &f, HOOK_TC, &addr_delta, &port_delta))
 		return TC_ACT_SHOT;
 
@@ -687,8 +809,15 @@ int bpfqos_tc(struct __sk_buff *skb)
 	if (port_delta)
 		bpf_l4_csum_replace(skb, csum_off, 0, port_delta, mm0);
 	count(&f, p.ip_len);
-	stat_inc(BPFQOS_STAT_REDIRECT);
-	return bpf_redirect(f.e->nh.ifindex, 0);
+	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED) {
+		skb->tc_index = BPFQOS_TC_INDEX_OFFLOADED | target;
+		stat_inc(BPFQOS_STAT_TO_SHAPER);
+		return bpf_redirect(f.e->shaper, 0);
+	}
+	/* An upload to a shaped L3 device goes into its root qdisc: a shaper too. */
+	stat_inc(f.e->action == BPFQOS_ACT_FORWARD ? BPFQOS_STAT_REDIRECT
+						   : BPFQOS_STAT_TO_SHAPER);
+	return bpf_redirect(target, 0);
 }
 
 /* ---- shaping: steering through the download shaper ---------------------- */
@@ -746,14 +875,14 @@ int bpfqos_dl_steer(struct __sk_buff *skb)
 
 	if (skb->tc_index & BPFQOS_TC_INDEX_SHAPED) {
 		skb->tc_index &= ~BPFQOS_TC_INDEX_SHAPED;
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	cfg = bpf_map_lookup_elem(&shaping, &ifindex);
 	if (!cfg || !(cfg->flags & BPFQOS_SHAPE_F_TO_SHAPER))
-		return TC_ACT_OK;
+		return TC_PASS;
 	if (!daemon_alive()) {
 		shape_stat_inc(BPFQOS_SHAPE_STAT_PASSED);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	if (cfg->flags & BPFQOS_SHAPE_F_ADD_ETH) {
 		/*
@@ -762,7 +891,7 @@ int bpfqos_dl_steer(struct __sk_buff *skb)
 		 */
 		if (bpf_skb_change_head(skb, ETH_HLEN, 0)) {
 			shape_stat_inc(BPFQOS_SHAPE_STAT_PASSED);
-			return TC_ACT_OK;
+			return TC_PASS;
 		}
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
@@ -789,7 +918,15 @@ int bpfqos_dl_back(struct __sk_buff *skb)
 
 	cfg = bpf_map_lookup_elem(&shaping, &ifindex);
 	if (!cfg || !(cfg->flags & BPFQOS_SHAPE_F_RETURN))
-		return TC_ACT_OK;
+		return TC_PASS;
+	if (skb->tc_index & BPFQOS_TC_INDEX_OFFLOADED) {
+		/* An offloaded frame, already rewritten: out of its egress. */
+		__u32 target = skb->tc_index & BPFQOS_TC_INDEX_TARGET;
+
+		skb->tc_index = 0;
+		shape_stat_inc(BPFQOS_SHAPE_STAT_RETURNED);
+		return bpf_redirect(target, 0);
+	}
 	skb->tc_index |= BPFQOS_TC_INDEX_SHAPED;
 	shape_stat_inc(BPFQOS_SHAPE_STAT_RETURNED);
 	return bpf_redirect(cfg->target, BPF_F_INGRESS);

@@ -454,11 +454,13 @@ fn packets_racing_replacements_only_see_complete_entries() {
     // zeroes) the old entries for reuse: a reader still on one would see a zeroed or reused
     // entry and pass or mangle the packet.
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let stop = stop.clone();
+        let progress = progress.clone();
         std::thread::spawn(move || {
             let mut rounds = 0u64;
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(120);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let e = if rounds % 2 == 0 { &entry_b } else { &entry_a };
                 t.install(e).unwrap().unwrap();
@@ -470,13 +472,19 @@ fn packets_racing_replacements_only_see_complete_entries() {
                     t.synchronize().unwrap();
                 }
                 rounds += 1;
+                progress.store(rounds, Ordering::Relaxed);
             }
             (t, rounds)
         })
     };
     let started = Instant::now();
     let (mut seen_a, mut seen_b) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(2) {
+    // At least 2 s of racing, and on until the race really happened (a busy machine may
+    // starve either side for a while), within a bound.
+    let raced = |a: u64, b: u64| progress.load(Ordering::Relaxed) > 100 && a > 0 && b > 0;
+    while started.elapsed() < Duration::from_secs(2)
+        || (!raced(seen_a, seen_b) && started.elapsed() < Duration::from_secs(100))
+    {
         // Version a redirects to dev[1], version b sends back out of dev[0] (XDP_TX).
         let r = run_xdp(&mut env.obj, &input, a.ingress, 1);
         if r.ret == XDP_REDIRECT && r.data == want_a {

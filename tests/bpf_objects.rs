@@ -84,7 +84,7 @@ fn native_object_loads_and_passes_an_unknown_frame_unchanged() {
     assert_eq!(r.ret, common::bpf::XDP_PASS);
     assert_eq!(r.data, frame);
     let r = common::bpf::run_tc(&mut obj, &frame, 0, 1);
-    assert_eq!(r.ret, common::bpf::TC_ACT_OK);
+    assert_eq!(r.ret, common::bpf::TC_PASS);
     assert_eq!(r.data, frame);
 }
 
@@ -259,7 +259,7 @@ fn btf_layout_matches_the_rust_types() {
                 ("last_seen_ns", offset_of!(Counters, last_seen_ns)),
             ],
         );
-        for (name, size, nh, nat_off, action, pad, flags, cnt, key) in [
+        for (name, size, nh, nat_off, action, pad, shaper, flags, cnt, key) in [
             (
                 "bpfqos_flow4",
                 size_of::<Flow4>(),
@@ -267,6 +267,7 @@ fn btf_layout_matches_the_rust_types() {
                 offset_of!(Flow4, nat),
                 offset_of!(Flow4, action),
                 offset_of!(Flow4, pad),
+                offset_of!(Flow4, shaper),
                 offset_of!(Flow4, flags),
                 offset_of!(Flow4, cnt),
                 offset_of!(Flow4, key),
@@ -278,6 +279,7 @@ fn btf_layout_matches_the_rust_types() {
                 offset_of!(Flow6, nat),
                 offset_of!(Flow6, action),
                 offset_of!(Flow6, pad),
+                offset_of!(Flow6, shaper),
                 offset_of!(Flow6, flags),
                 offset_of!(Flow6, cnt),
                 offset_of!(Flow6, key),
@@ -291,6 +293,7 @@ fn btf_layout_matches_the_rust_types() {
                     ("nh", nh),
                     ("action", action),
                     ("pad", pad),
+                    ("shaper", shaper),
                     ("flags", flags),
                     ("cnt", cnt),
                     ("nat", nat_off),

@@ -12,8 +12,8 @@ mod common;
 use common::bpf::run_tc;
 use common::bpf::run_xdp;
 use common::bpf::Env;
-use common::bpf::TC_ACT_OK;
 use common::bpf::TC_ACT_REDIRECT;
+use common::bpf::TC_PASS;
 use common::bpf::XDP_PASS;
 use common::bpf::XDP_REDIRECT;
 use common::bpf::XDP_TX;
@@ -657,7 +657,7 @@ fn teardown_events_once_per_flow_in_the_ring_buffer() {
 
         // The TC twin reports through the same ring, with the same once-only rule.
         clear_teardown(&env.obj, &spec);
-        assert_eq!(run_tc(&mut env.obj, &fin, din, 3).ret, TC_ACT_OK);
+        assert_eq!(run_tc(&mut env.obj, &fin, din, 3).ret, TC_PASS);
         let ev = drain_events(&env.obj);
         assert_eq!(ev.len(), 1, "one event from TC");
         check(&ev[0], 0x01, "tc");
@@ -771,7 +771,7 @@ fn tc_twin_forwards_growing_encaps_and_passes_shrinking_ones() {
             let r = run_tc(&mut env.obj, &input, din, 1);
             let what = format!("tc {} -> {} {orig:?}", ein.name, eout.name);
             if shrinks {
-                assert_eq!(r.ret, TC_ACT_OK, "{what}");
+                assert_eq!(r.ret, TC_PASS, "{what}");
                 assert_eq!(r.data, input, "{what}: passed frame changed");
             } else {
                 assert_eq!(r.ret, TC_ACT_REDIRECT, "{what}");
@@ -782,4 +782,138 @@ fn tc_twin_forwards_growing_encaps_and_passes_shrinking_ones() {
         }
     }
     assert!(fwd >= 8, "only {fwd} TC forwards");
+}
+
+/// Shaped flows (issue 12): a download is rewritten by XDP and passed for the TC twin to send
+/// into the shaper; the TC twin does the same rewrite where XDP is not; an upload goes to the
+/// shaped L3 device with a plain Ethernet header (Ethernet-type) or its L2 header untouched
+/// (PPP, the kernel strips it); XDP leaves uploads to TC.
+#[test]
+fn shaped_flows_take_their_shapers_way() {
+    let Some(mut env) = setup("shaped_flows_take_their_shapers_way") else {
+        return;
+    };
+    let (din, dout, shaper) = (env.dev[0], env.dev[1], 77u16);
+    let to_shaper = |obj: &libbpf_rs::Object| {
+        common::bpf::stats(obj)
+            .iter()
+            .find(|(i, _)| *i == bpfqos::dataplane::abi::Stat::BPFQOS_STAT_TO_SHAPER.0)
+            .map_or(0, |(_, n)| *n)
+    };
+    // Download: XDP undoes any encapsulation, rewrites, and passes the frame.
+    for ein in [
+        Encap::plain(),
+        Encap::vlan_pppoe(7, 0x22),
+        Encap::qinq(10, 20),
+    ] {
+        let orig = Tuple::v4(false);
+        let mut spec = FlowSpec::new(din, ein.clone(), orig, dout, Encap::plain(), orig.dnat());
+        spec.action = 4;
+        spec.shaper = shaper;
+        spec.install(&env.obj);
+        let (input, expected) = spec.frames(Tcp::Ack, b"shaped download");
+        let before = to_shaper(&env.obj);
+        let r = run_xdp(&mut env.obj, &input, din, 1);
+        assert_eq!(r.ret, XDP_PASS, "{}", ein.name);
+        // BPF_PROG_TEST_RUN returns the metadata in front of the frame: the TC twin's orders.
+        let (meta, frame) = r.data.split_at(8);
+        assert_eq!(
+            &meta[0..4],
+            &bpfqos::dataplane::abi::META_MAGIC.to_ne_bytes(),
+            "{}: magic",
+            ein.name
+        );
+        assert_eq!(&meta[4..6], &shaper.to_ne_bytes(), "{}: shaper", ein.name);
+        assert_eq!(
+            &meta[6..8],
+            &(dout as u16).to_ne_bytes(),
+            "{}: egress",
+            ein.name
+        );
+        assert_eq!(
+            frame,
+            expected,
+            "{}: {}",
+            ein.name,
+            hexdiff(frame, &expected)
+        );
+        assert_eq!(to_shaper(&env.obj), before + 1, "{}", ein.name);
+        assert_eq!(spec.counters(&env.obj).packets, 1);
+        // Without XDP, the TC twin forwards it into the shaper itself.
+        if ein == Encap::plain() {
+            let r = run_tc(&mut env.obj, &input, din, 1);
+            assert_eq!(r.ret, TC_ACT_REDIRECT);
+            assert_eq!(r.data, expected, "{}", hexdiff(&r.data, &expected));
+        }
+        spec.remove(&env.obj);
+    }
+    // Upload to an Ethernet-type L3 device (a VLAN device, say): plain Ethernet to it.
+    let orig = Tuple::v6(false);
+    let mut up = FlowSpec::new(din, Encap::plain(), orig, dout, Encap::plain(), orig);
+    up.action = 2;
+    up.install(&env.obj);
+    let (input, expected) = up.frames(Tcp::Ack, b"shaped upload");
+    assert_xdp_pass(&mut env, "FORWARD_TC at XDP", din, &input);
+    let r = run_tc(&mut env.obj, &input, din, 1);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    assert_eq!(r.data, expected, "{}", hexdiff(&r.data, &expected));
+    up.remove(&env.obj);
+    // Upload to a PPP device: the IP packet rewritten, the L2 header left for the kernel.
+    let orig = Tuple::v4(true);
+    let mut ppp = FlowSpec::new(din, Encap::plain(), orig, dout, Encap::plain(), orig.snat());
+    ppp.action = 3;
+    ppp.install(&env.obj);
+    let (input, expected) = ppp.frames(Tcp::Ack, b"to pppoe-wan");
+    assert_xdp_pass(&mut env, "FORWARD_L3 at XDP", din, &input);
+    let r = run_tc(&mut env.obj, &input, din, 1);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    let mut want = input[..14].to_vec();
+    want.extend_from_slice(&expected[14..]);
+    assert_eq!(r.data, want, "{}", hexdiff(&r.data, &want));
+    // ...but only when the frame arrives without in-frame encapsulation.
+    let mut tagged = FlowSpec::new(
+        din,
+        Encap::qinq(5, 6),
+        orig,
+        dout,
+        Encap::plain(),
+        orig.snat(),
+    );
+    tagged.action = 3;
+    tagged.install(&env.obj);
+    let (input, _) = tagged.frames(Tcp::Ack, b"");
+    let r = run_tc(&mut env.obj, &input, din, 1);
+    assert_eq!(
+        (r.ret, r.data),
+        (TC_PASS, input),
+        "QinQ to an L3 device: kernel"
+    );
+    ppp.remove(&env.obj);
+    tagged.remove(&env.obj);
+}
+
+/// After GRO, TC sees TCP super-packets: they fit the egress when their segments do.
+#[test]
+fn the_tc_twin_measures_gso_packets_by_their_segments() {
+    let Some(mut env) = setup("the_tc_twin_measures_gso_packets_by_their_segments") else {
+        return;
+    };
+    let (din, dout) = (env.dev[0], env.dev[1]);
+    let orig = Tuple::v4(false);
+    let mut spec = FlowSpec::new(din, Encap::plain(), orig, dout, Encap::plain(), orig.snat());
+    spec.mtu = 1000;
+    spec.install(&env.obj);
+    // 1400 bytes of IP packet: too big as one packet, fine as segments of 500 bytes of payload.
+    let (input, expected) = spec.frames(Tcp::Ack, &[7u8; 1360]);
+    let r = run_tc(&mut env.obj, &input, din, 1);
+    assert_eq!(
+        r.ret, TC_PASS,
+        "a 1400-byte packet over a 1000-byte MTU: kernel"
+    );
+    let r = common::bpf::run_tc_gso(&mut env.obj, &input, din, 1, 500);
+    assert_eq!(r.ret, TC_ACT_REDIRECT, "segments of 540 bytes fit");
+    assert_eq!(r.data, expected, "{}", hexdiff(&r.data, &expected));
+    let r = common::bpf::run_tc_gso(&mut env.obj, &input, din, 1, 990);
+    assert_eq!(r.ret, TC_PASS, "segments of 1030 bytes do not");
+    spec.remove(&env.obj);
 }

@@ -473,6 +473,8 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
             diffserv: Diffserv::Diffserv8,
             flow_mode: FlowMode::TripleIsolate,
             link_layer: LinkLayer::Atm,
+            // Stated: a replace keeps what it is not told (the previous case's 30 ms).
+            rtt_us: 100_000,
             ..Cake::default()
         },
     ];
@@ -494,9 +496,14 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
             .unwrap();
             tc.qdiscs(ifindex).unwrap()
         });
+        // CAKE reports its default RTT (100 ms) when none was given.
+        let mut want = cake.clone();
+        if want.rtt_us == 0 {
+            want.rtt_us = 100_000;
+        }
         assert_eq!(
             back.first().map(|d| d.item.kind.clone()),
-            Some(q.kind.clone())
+            Some(QdiscKind::Cake(want))
         );
         let j = ns.json("tc -j -d qdisc show dev t0");
         let o = &j[0]["options"];
@@ -516,7 +523,12 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
         assert_eq!(o["flowmode"], flowmode);
         assert_eq!(o["nat"], cake.nat);
         assert_eq!(o["overhead"], cake.overhead);
-        assert_eq!(o["mpu"], cake.mpu);
+        // tc prints the MPU only when it is set.
+        if cake.mpu == 0 {
+            assert!(o["mpu"].is_null() || o["mpu"] == 0, "{o}");
+        } else {
+            assert_eq!(o["mpu"], cake.mpu);
+        }
         assert_eq!(o["ingress"], cake.ingress);
         assert_eq!(o["wash"], cake.wash);
         assert_eq!(o["split_gso"], cake.split_gso);
@@ -547,9 +559,10 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
         ecn: false,
         memory_limit: 2 << 20,
     };
+    // Another handle: a qdisc cannot change its kind in place, a new root replaces it.
     let q = Qdisc {
         ifindex,
-        handle: Handle::new(1, 0),
+        handle: Handle::new(2, 0),
         parent: Handle::ROOT,
         kind: QdiscKind::FqCodel(f.clone()),
         stab: None,

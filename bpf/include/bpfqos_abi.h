@@ -74,8 +74,38 @@ struct bpfqos_flow6_key {
 enum bpfqos_action {
 	BPFQOS_ACT_PASS = 0,	/* entry not ready: hand to the kernel */
 	BPFQOS_ACT_FORWARD = 1, /* forward from XDP or TC */
-	BPFQOS_ACT_FORWARD_TC =
-		2, /* XDP passes, the TC twin forwards (shaped egress) */
+	/*
+	 * Upload through a shaper: XDP passes, the TC twin rewrites and
+	 * redirects to nh.ifindex, the shaped interface's L3 device (an
+	 * Ethernet-type device: a plain Ethernet header is written; it adds
+	 * its own encapsulation), whose root qdisc shapes.
+	 */
+	BPFQOS_ACT_FORWARD_TC = 2,
+	/*
+	 * The same for an L3 device without L2 header (PPP): the TC twin
+	 * rewrites IP only and redirects; the kernel strips the L2 header.
+	 * nh.l2_len is not used (but must be non-zero: ready).
+	 */
+	BPFQOS_ACT_FORWARD_L3 = 3,
+	/*
+	 * Download through a shaper: XDP rewrites the frame for nh.ifindex and
+	 * passes it with struct bpfqos_xdp_meta; the TC twin on the same device
+	 * sends it into the shaper (entry's `shaper`), whose far end sends it
+	 * out of nh.ifindex (skb->tc_index carries it across). Without XDP,
+	 * the TC twin does the rewrite itself where it can.
+	 */
+	BPFQOS_ACT_FORWARD_SHAPED = 4,
+};
+
+/* XDP metadata in front of a frame XDP rewrote for a download shaper. */
+enum bpfqos_meta_magic {
+	BPFQOS_META_MAGIC = 0x5b9f05a9,
+};
+
+struct bpfqos_xdp_meta {
+	__u32 magic;  /* BPFQOS_META_MAGIC */
+	__u16 shaper; /* ifindex of the shaper's first end */
+	__u16 target; /* ifindex the frame leaves by after the shaper */
 };
 
 struct bpfqos_nexthop {
@@ -144,8 +174,9 @@ enum bpfqos_flow_flags {
 struct bpfqos_flow4 {
 	struct bpfqos_nexthop nh;
 	__u8 action; /* enum bpfqos_action */
-	__u8 pad[3];
-	__u32 flags; /* BPFQOS_FLOW_F_*, set by BPF, cleared by user space */
+	__u8 pad;
+	__u16 shaper; /* BPFQOS_ACT_FORWARD_SHAPED: the shaper's first end */
+	__u32 flags;  /* BPFQOS_FLOW_F_*, set by BPF, cleared by user space */
 	struct bpfqos_counters cnt;
 	struct bpfqos_nat4 nat;
 	struct bpfqos_flow4_key key;
@@ -154,7 +185,8 @@ struct bpfqos_flow4 {
 struct bpfqos_flow6 {
 	struct bpfqos_nexthop nh;
 	__u8 action;
-	__u8 pad[3];
+	__u8 pad;
+	__u16 shaper;
 	__u32 flags;
 	struct bpfqos_counters cnt;
 	struct bpfqos_nat6 nat;
@@ -263,9 +295,15 @@ struct bpfqos_shaping {
 	__u32 flags;  /* BPFQOS_SHAPE_F_* */
 };
 
-/* skb->tc_index bit: the packet comes back from the download shaper. */
+/*
+ * skb->tc_index across the download shaper (the veth pair keeps it): SHAPED
+ * for a kernel-path packet going back into the L3 device's ingress;
+ * OFFLOADED | ifindex for an offloaded frame to send out of that device.
+ */
 enum bpfqos_tc_index {
 	BPFQOS_TC_INDEX_SHAPED = 0x8000,
+	BPFQOS_TC_INDEX_OFFLOADED = 0x4000,
+	BPFQOS_TC_INDEX_TARGET = 0x0fff, /* ifindex < BPFQOS_MAX_IFACES */
 };
 
 /* Per-CPU counters, `stats` array index. */
@@ -282,7 +320,8 @@ enum bpfqos_stat {
 	BPFQOS_STAT_PASS_NO_TXPORT, /* egress not in tx_ports */
 	BPFQOS_STAT_PASS_L2,	    /* could not resize the L2 header */
 	BPFQOS_STAT_REDIRECT,	    /* forwarded to another device */
-	BPFQOS_STAT_TX, /* XDP_TX: out of the device it came in on */
+	BPFQOS_STAT_TX,	       /* XDP_TX: out of the device it came in on */
+	BPFQOS_STAT_TO_SHAPER, /* forwarded into a shaper */
 	BPFQOS_STAT_MAX,
 };
 
@@ -315,6 +354,8 @@ struct bpfqos_btf_anchor {
 	enum bpfqos_shape_flags shape_flags;
 	enum bpfqos_tc_index tc_index;
 	enum bpfqos_shape_stat shape_stat;
+	enum bpfqos_meta_magic meta_magic;
+	struct bpfqos_xdp_meta xdp_meta;
 };
 
 /*
@@ -335,5 +376,8 @@ _Static_assert(sizeof(struct bpfqos_control) == 72, "control layout");
 _Static_assert(BPFQOS_MAX_FLOWS <= 65536, "entry indexes are 16 bits");
 _Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");
 _Static_assert(sizeof(struct bpfqos_shaping) == 8, "shaping layout");
+_Static_assert(sizeof(struct bpfqos_xdp_meta) == 8, "meta layout");
+_Static_assert(BPFQOS_MAX_IFACES - 1 <= BPFQOS_TC_INDEX_TARGET,
+	       "an ifindex fits tc_index");
 
 #endif /* BPFQOS_ABI_H */

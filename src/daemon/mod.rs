@@ -7,6 +7,7 @@
 //! connections are served on their own tasks and forward requests through a channel.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::time::Duration;
 use std::time::Instant;
@@ -195,9 +196,8 @@ struct Net {
     dp: Option<Dataplane>,
     /// Ifindexes of the lowest devices the offload is attached to.
     attached: HashSet<u32>,
-    /// L3 ifindexes of shaped interfaces: their connections stay on the kernel path, where
-    /// the shapers see them.
-    shaped: HashSet<u32>,
+    /// Shaped interfaces by L3 ifindex: their connections go through the shapers.
+    shaped: HashMap<u32, qos::ShapedDevice>,
 }
 
 impl Net {
@@ -213,7 +213,7 @@ impl Net {
             handle,
             dp,
             attached: HashSet::new(),
-            shaped: HashSet::new(),
+            shaped: HashMap::new(),
         }
     }
 
@@ -323,7 +323,13 @@ impl Daemon {
         self.qos
             .apply(&wants, &self.net.handle, self.net.dp.as_mut())
             .await;
-        self.net.shaped = self.qos.shaped_l3();
+        let shaped = self.qos.shaped();
+        if shaped != self.net.shaped {
+            // Entries encode how they pass the shapers: written anew for the new ones.
+            self.net.shaped = shaped;
+            self.flows.flush(self.net.flow_table());
+            self.resync().await;
+        }
     }
 
     /// The offload's attach points.
@@ -339,7 +345,13 @@ impl Daemon {
             Default::default()
         };
         self.interface_errors.extend(errors);
-        let failed = dp.sync_offload(&wanted);
+        let shaping = self.config.globals.enabled
+            && self
+                .config
+                .interfaces
+                .iter()
+                .any(|i| i.upload_kbit > 0 || i.download_kbit > 0);
+        let failed = dp.sync_offload(&wanted, shaping);
         for (dev, msg) in &failed {
             for owner in self.interfaces.owners_of(dev).filter(|i| i.offload) {
                 self.interface_errors

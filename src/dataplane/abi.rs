@@ -128,6 +128,8 @@ pub type Stat = types::bpfqos_stat;
 pub type Shaping = types::bpfqos_shaping;
 /// Index into the `shape_stats` map (`enum bpfqos_shape_stat`).
 pub type ShapeStat = types::bpfqos_shape_stat;
+/// `struct bpfqos_xdp_meta.magic`: the frame was rewritten by XDP for a download shaper.
+pub const META_MAGIC: u32 = types::bpfqos_meta_magic::BPFQOS_META_MAGIC.0;
 /// `shaping.flags`: steer this L3 device's ingress into the shaper.
 pub const SHAPE_F_TO_SHAPER: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_TO_SHAPER.0;
 /// `shaping.flags`: this is a shaper's far end; put packets back into `target`'s ingress.

@@ -110,7 +110,9 @@ impl Dataplane {
     /// Brings the offload's attachments in line with `wanted`: detaches from devices no longer
     /// in it, tells the parser each device's DSA tagger, attaches where missing. Returns the
     /// devices that could not be attached, with why (their traffic stays on the kernel path).
-    pub fn sync_offload(&mut self, wanted: &[OffloadDevice]) -> Vec<(String, String)> {
+    /// `twin`: the TC twin goes beside XDP too (shaped flows are forwarded by TC, through the
+    /// shapers' qdiscs).
+    pub fn sync_offload(&mut self, wanted: &[OffloadDevice], twin: bool) -> Vec<(String, String)> {
         for dev in self.offload_devices() {
             if !wanted.iter().any(|w| w.name == dev) {
                 self.detach_offload(&dev);
@@ -121,13 +123,36 @@ impl Dataplane {
             if let Err(e) = self.set_dsa_tagger(w.ifindex, w.dsa_proto) {
                 warn!("{}: {e:#}", w.name);
             }
-            if let Err(e) = self.attach_offload(&w.name) {
+            let attached = self
+                .attach_offload(&w.name)
+                .and_then(|()| self.set_twin(&w.name, twin));
+            if let Err(e) = attached {
                 let msg = format!("{}: {e:#}", w.name);
                 warn!("{msg}; traffic there stays on the kernel path");
                 failed.push((w.name.clone(), msg));
             }
         }
         failed
+    }
+
+    /// Puts the TC twin beside XDP on `device` (or takes it away). Where XDP is not attached,
+    /// the twin is the offload itself and stays.
+    fn set_twin(&mut self, device: &str, on: bool) -> anyhow::Result<()> {
+        let Some(h) = self.hooks.get(device) else {
+            return Ok(());
+        };
+        let has = h.tc.contains(&TcSlot::OFFLOAD);
+        match (h.xdp.is_some(), on, has) {
+            (true, true, false) => self
+                .hooks
+                .attach_tc(device, self.tc.as_fd(), TcSlot::OFFLOAD),
+            (true, false, true) => {
+                self.hooks
+                    .detach_tc(device, self.tc.as_fd(), TcSlot::OFFLOAD);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Attaches the offload to `device`: XDP native, else XDP generic, else TC ingress. Already

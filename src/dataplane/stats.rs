@@ -52,6 +52,9 @@ pub struct DatapathStats {
     pub redirect: u64,
     /// Sent back out of the device it came in on (XDP_TX).
     pub tx: u64,
+    /// Forwarded into a shaper (shaped flows: upload to the L3 device, download into the
+    /// download shaper).
+    pub to_shaper: u64,
     /// Every packet the programs saw (the sum of the outcomes above).
     pub seen: u64,
 }
@@ -72,6 +75,7 @@ impl DatapathStats {
             Stat::BPFQOS_STAT_PASS_L2 => &mut self.pass_l2_resize,
             Stat::BPFQOS_STAT_REDIRECT => &mut self.redirect,
             Stat::BPFQOS_STAT_TX => &mut self.tx,
+            Stat::BPFQOS_STAT_TO_SHAPER => &mut self.to_shaper,
             _ => return None,
         })
     }
@@ -89,7 +93,7 @@ impl DatapathStats {
         out
     }
 
-    fn outcomes(&self) -> [u64; 12] {
+    fn outcomes(&self) -> [u64; 13] {
         [
             self.pass_disabled,
             self.pass_not_parsed,
@@ -103,6 +107,7 @@ impl DatapathStats {
             self.pass_l2_resize,
             self.redirect,
             self.tx,
+            self.to_shaper,
         ]
     }
 }
@@ -163,6 +168,7 @@ mod tests {
             "pass_l2_resize",
             "redirect",
             "tx",
+            "to_shaper",
             "seen",
         ] {
             assert!(v.get(k).is_some(), "{k}");

@@ -14,32 +14,104 @@ use crate::topology;
 use crate::topology::NextHop;
 use crate::topology::VlanProto;
 
+/// How one direction of a connection passes a shaper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shaping {
+    /// Not shaped: straight to the lowest egress device (XDP, or TC where XDP is not).
+    Unshaped,
+    /// Upload: forwarded by the TC twin to the shaped interface's L3 device `l3`, whose root
+    /// qdisc shapes and which adds its own encapsulation; `mtu` is the L3 device's; `has_l2`:
+    /// it takes an Ethernet header (else it is PPP and takes the IP packet).
+    Upload {
+        /// The L3 device.
+        l3: u32,
+        /// Its MTU.
+        mtu: u32,
+        /// Ethernet-type (not PPP).
+        has_l2: bool,
+    },
+    /// Download: rewritten for the egress by XDP (or the TC twin), then sent through the
+    /// download shaper `shaper`, whose far end sends it out of the egress.
+    Download {
+        /// The shaper device (the veth pair's first end).
+        shaper: u32,
+    },
+}
+
 /// Both entries of connection `c` whose next hops are `hops` ([towards the originator,
 /// towards the responder]): the original direction arrives from the originator's side as
 /// `orig` and leaves towards the responder as the reverse of `reply` (that is the NAT); the
-/// reply direction the other way round. `None` if either cannot be expressed.
+/// reply direction the other way round. `shaping`: [original, reply] direction. `None` if
+/// either cannot be expressed.
 pub fn connection(
     c: &Conn,
     hops: &[NextHop; 2],
     devices: &dyn Resolver,
+    shaping: [Shaping; 2],
 ) -> Option<[(FlowKey, FlowValue); 2]> {
     let [to_orig, to_reply] = hops;
     let mtu = |h: &NextHop| wire_mtu(h, devices.device_mtu(h.egress_ifindex).unwrap_or(h.mtu));
-    let fwd = entry(
+    let mut fwd = entry(
         &c.orig,
         &c.reply.reversed(),
         to_orig,
         to_reply,
         mtu(to_reply),
     )?;
-    let rev = entry(
+    let mut rev = entry(
         &c.reply,
         &c.orig.reversed(),
         to_reply,
         to_orig,
         mtu(to_orig),
     )?;
+    shape(&mut fwd.1, &to_orig.encap, shaping[0])?;
+    shape(&mut rev.1, &to_reply.encap, shaping[1])?;
     Some([fwd, rev])
+}
+
+/// Makes `value` pass its shaper; `ingress` is the encapsulation its packets arrive with.
+/// `None` when the data path cannot do it (the connection stays on the kernel path).
+fn shape(value: &mut FlowValue, ingress: &topology::L2Encap, s: Shaping) -> Option<()> {
+    let (nh, action, shaper) = match value {
+        FlowValue::V4(v) => (&mut v.nh, &mut v.action, &mut v.shaper),
+        FlowValue::V6(v) => (&mut v.nh, &mut v.action, &mut v.shaper),
+    };
+    let act = |a: abi::Action| u8::try_from(a.0).ok();
+    match s {
+        Shaping::Unshaped => {}
+        Shaping::Upload { l3, mtu, has_l2 } => {
+            // TC cannot shrink a frame's L2 header; the kernel strips what an L2-less device
+            // does not take up to the network header, which is IP only without in-frame tags.
+            let simple =
+                ingress.vlans.len() <= 1 && ingress.pppoe.is_none() && ingress.dsa.is_none();
+            if !simple {
+                return None;
+            }
+            *nh = abi::NextHop {
+                ifindex: l3,
+                h_dest: nh.h_dest,
+                h_source: nh.h_source,
+                mtu: u16::try_from(mtu.min(u32::from(u16::MAX))).ok()?,
+                ..Default::default()
+            };
+            nh.l2_len = abi::l2_header_len(nh);
+            *action = if has_l2 {
+                act(abi::Action::BPFQOS_ACT_FORWARD_TC)?
+            } else {
+                act(abi::Action::BPFQOS_ACT_FORWARD_L3)?
+            };
+        }
+        Shaping::Download { shaper: dev } => {
+            // The egress travels across the shaper in 12 bits of tc_index.
+            if nh.ifindex >= abi::MAX_IFACES {
+                return None;
+            }
+            *shaper = u16::try_from(dev).ok()?;
+            *action = act(abi::Action::BPFQOS_ACT_FORWARD_SHAPED)?;
+        }
+    }
+    Some(())
 }
 
 /// L2 encapsulation in the ABI's layout. `None` when the data path cannot express it (a DSA

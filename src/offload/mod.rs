@@ -33,9 +33,11 @@ use crate::conntrack;
 use crate::conntrack::Conn;
 use crate::conntrack::Tuple;
 use crate::dataplane::entry::FlowKey;
+use crate::qos::ShapedDevice;
 use crate::topology::NextHop;
 use crate::topology::TopologyEvent;
 use crate::topology::Unresolved;
+use encode::Shaping;
 use ports::ConntrackOps;
 use ports::FlowTable;
 use ports::Resolver;
@@ -125,8 +127,9 @@ pub enum Reject {
     Inexpressible,
     /// The flow table is full.
     MapFull,
-    /// A direction leaves or enters by a shaped interface, whose shaper only the kernel path
-    /// passes for now.
+    /// A direction the data path cannot put through its shaper (an upload arriving with
+    /// in-frame encapsulation, a direction between two shaped interfaces): the kernel path,
+    /// which the shapers see.
     Shaped,
     /// The data path is not loaded or offload is off.
     Disabled,
@@ -154,8 +157,8 @@ pub struct Ctx<'a> {
     pub dp: Option<&'a dyn FlowTable>,
     /// Lowest devices the data path is attached to (offload-enabled interfaces).
     pub attached: &'a HashSet<u32>,
-    /// L3 devices of shaped interfaces: connections through them stay on the kernel path.
-    pub shaped: &'a HashSet<u32>,
+    /// Shaped interfaces by L3 ifindex: their connections are forwarded through the shapers.
+    pub shaped: &'a HashMap<u32, ShapedDevice>,
     /// Conntrack requests, when conntrack is available.
     pub ct: Option<&'a dyn ConntrackOps>,
     /// The time of the event.
@@ -305,9 +308,14 @@ impl FlowManager {
             }
             Err(e) => return Err(self.reject(Reject::Unresolved(e.to_string()))),
         };
-        if hops.iter().any(|h| ctx.shaped.contains(&h.l3_ifindex)) {
-            return Err(self.reject(Reject::Shaped));
-        }
+        let [to_orig, to_reply] = &hops;
+        let shaping = match (
+            direction_shaping(to_orig, to_reply, ctx.shaped),
+            direction_shaping(to_reply, to_orig, ctx.shaped),
+        ) {
+            (Some(a), Some(b)) => [a, b],
+            _ => return Err(self.reject(Reject::Shaped)),
+        };
         if let Some(h) = hops
             .iter()
             .find(|h| !ctx.attached.contains(&h.egress_ifindex))
@@ -315,8 +323,14 @@ impl FlowManager {
             let what = format!("ifindex {}", h.egress_ifindex);
             return Err(self.reject(Reject::NotAttached(what)));
         }
-        let Some([(k0, v0), (k1, v1)]) = encode::connection(&c, &hops, ctx.resolver) else {
-            return Err(self.reject(Reject::Inexpressible));
+        let Some([(k0, v0), (k1, v1)]) = encode::connection(&c, &hops, ctx.resolver, shaping)
+        else {
+            let why = if shaping == [Shaping::Unshaped; 2] {
+                Reject::Inexpressible
+            } else {
+                Reject::Shaped
+            };
+            return Err(self.reject(why));
         };
         // Like the kernel's flowtable: conntrack must not judge the packets that take the
         // kernel path again later by a window it stopped tracking. This is also where a
@@ -631,6 +645,30 @@ impl FlowManager {
             packets: counted.packets,
             bytes: counted.bytes,
         }
+    }
+}
+
+/// How the direction arriving by `ingress` and leaving by `egress` passes the shapers: its
+/// upload shaper is the egress interface's, its download shaper the ingress interface's.
+/// `None` when both apply (a direction between two shaped interfaces).
+fn direction_shaping(
+    ingress: &NextHop,
+    egress: &NextHop,
+    shaped: &HashMap<u32, ShapedDevice>,
+) -> Option<Shaping> {
+    let up = shaped.get(&egress.l3_ifindex).filter(|s| s.upload);
+    let down = shaped
+        .get(&ingress.l3_ifindex)
+        .and_then(|s| s.download_shaper);
+    match (up, down) {
+        (None, None) => Some(Shaping::Unshaped),
+        (Some(s), None) => Some(Shaping::Upload {
+            l3: egress.l3_ifindex,
+            mtu: egress.mtu,
+            has_l2: s.has_l2,
+        }),
+        (None, Some(shaper)) => Some(Shaping::Download { shaper }),
+        (Some(_), Some(_)) => None,
     }
 }
 

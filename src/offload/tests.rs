@@ -219,7 +219,7 @@ struct World {
     ct: Rc<FakeConntrack>,
     resolver: FakeResolver,
     attached: HashSet<u32>,
-    shaped: HashSet<u32>,
+    shaped: HashMap<u32, crate::qos::ShapedDevice>,
     now: Cell<Instant>,
 }
 
@@ -230,7 +230,7 @@ impl World {
             ct: Rc::default(),
             resolver: FakeResolver::default(),
             attached: [LAN, WAN].into_iter().collect(),
-            shaped: HashSet::new(),
+            shaped: HashMap::new(),
             now: Cell::new(Instant::now()),
         }
     }
@@ -571,9 +571,25 @@ async fn refusals_are_counted_by_reason() {
     let unattached = w.connection(2, IPPROTO_TCP);
     m.on_conntrack(Message::New(unattached), &w.ctx()).await;
     w.attached.insert(WAN);
-    w.shaped.insert(WAN);
+    // Shaped both ways on one direction (WAN to WAN through two shapers): kernel path.
+    w.shaped.insert(
+        WAN,
+        crate::qos::ShapedDevice {
+            upload: true,
+            download_shaper: Some(9),
+            has_l2: true,
+        },
+    );
     let shaped = w.connection(4, IPPROTO_TCP);
+    w.resolver.set(
+        &shaped,
+        Ok([
+            hop(WAN, WAN, MAC_HOST, [198, 18, 1, 2]),
+            hop(WAN, WAN, MAC_GW, [198, 19, 0, 254]),
+        ]),
+    );
     m.on_conntrack(Message::New(shaped), &w.ctx()).await;
+    w.shaped.clear();
     w.table.enabled.set(false);
     let off = w.connection(3, IPPROTO_TCP);
     m.on_conntrack(Message::New(off), &w.ctx()).await;
@@ -626,8 +642,10 @@ async fn resync_matches_conntrack_and_drops_orphan_entries() {
     // Events were lost: `stale` ended, `fresh` began, and an earlier daemon left an entry.
     w.ct.destroy(&stale);
     let fresh = w.connection(3, IPPROTO_UDP);
-    let orphan = super::encode::connection(&conn(9, IPPROTO_UDP), &hops(MAC_GW), &w.resolver)
-        .map(|[(_, v), _]| v);
+    let unshaped = [super::encode::Shaping::Unshaped; 2];
+    let orphan =
+        super::encode::connection(&conn(9, IPPROTO_UDP), &hops(MAC_GW), &w.resolver, unshaped)
+            .map(|[(_, v), _]| v);
     if let Some(v) = orphan {
         let _ = w.table.install(&v);
     }
@@ -640,4 +658,80 @@ async fn resync_matches_conntrack_and_drops_orphan_entries() {
     want.sort();
     assert_eq!(left, want);
     assert_eq!(w.table.len(), 4, "the orphan entry is gone");
+}
+
+fn shaped(upload: bool, download_shaper: Option<u32>, has_l2: bool) -> crate::qos::ShapedDevice {
+    crate::qos::ShapedDevice {
+        upload,
+        download_shaper,
+        has_l2,
+    }
+}
+
+fn entry_of(w: &World, m: &FlowManager, c: &Conn, dir: usize) -> FlowValue {
+    let k = m.flows[&(c.orig, 0)].keys[dir];
+    w.table.entries.borrow()[&k].0
+}
+
+fn action_nh_shaper(v: &FlowValue) -> (u8, u32, u8, u16) {
+    match v {
+        FlowValue::V4(v) => (v.action, v.nh.ifindex, v.nh.l2_len, v.shaper),
+        FlowValue::V6(v) => (v.action, v.nh.ifindex, v.nh.l2_len, v.shaper),
+    }
+}
+
+#[tokio::test]
+async fn shaped_directions_go_through_their_shapers() {
+    use crate::dataplane::abi::Action;
+    let mut w = World::new();
+    let mut m = FlowManager::default();
+    // WAN shaped both ways: upload at its L3 device (Ethernet), download through shaper 9.
+    w.shaped.insert(WAN, shaped(true, Some(9), true));
+    let c = w.connection(1, IPPROTO_TCP);
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    assert_eq!(m.len(), 1, "{:?}", m.stats());
+    let up = action_nh_shaper(&entry_of(&w, &m, &c, 0));
+    assert_eq!(
+        up,
+        (Action::BPFQOS_ACT_FORWARD_TC.0 as u8, WAN, 14, 0),
+        "upload: TC twin to the L3 device with a plain Ethernet header"
+    );
+    let down = action_nh_shaper(&entry_of(&w, &m, &c, 1));
+    assert_eq!(
+        down,
+        (Action::BPFQOS_ACT_FORWARD_SHAPED.0 as u8, LAN, 14, 9),
+        "download: rewritten for the LAN port, into shaper 9"
+    );
+    // A PPP WAN (no L2 header): the IP packet goes to it.
+    m.flush(Some(&w.table));
+    w.shaped.insert(WAN, shaped(true, None, false));
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    let up = action_nh_shaper(&entry_of(&w, &m, &c, 0));
+    assert_eq!(up.0, Action::BPFQOS_ACT_FORWARD_L3.0 as u8);
+    let down = action_nh_shaper(&entry_of(&w, &m, &c, 1));
+    assert_eq!(
+        down.0,
+        Action::BPFQOS_ACT_FORWARD.0 as u8,
+        "download unshaped"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_arriving_encapsulated_stays_in_the_kernel() {
+    let mut w = World::new();
+    let mut m = FlowManager::default();
+    w.shaped.insert(WAN, shaped(true, None, true));
+    let c = w.connection(1, IPPROTO_TCP);
+    let mut h = hops(MAC_GW);
+    // The client sits behind a PPPoE session on the LAN side: TC cannot strip it.
+    h[0].encap.pppoe = Some(crate::topology::PppoeSession {
+        sid: 7,
+        peer_mac: MAC_HOST,
+        local_mac: [2, 0, 0, 0, 0, 0xfe],
+    });
+    w.resolver.set(&c, Ok(h));
+    m.on_conntrack(Message::New(c), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(m.stats().rejected.get("shaped"), Some(&1));
+    assert_eq!(w.table.len(), 0);
 }

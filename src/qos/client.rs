@@ -145,6 +145,9 @@ impl TcSocket {
         Ok(())
     }
 
+    /// Dumps qdiscs or classes (`ty`) and decodes those of `ifindex` (a message of another
+    /// device is skipped before decoding; one of this device that does not decode is an
+    /// error: its shaper's state would be unknown).
     fn dump<T>(
         &self,
         ty: u16,
@@ -170,10 +173,13 @@ impl TcSocket {
                 }
                 _ => {}
             }
+            if crate::nl::u32_ne(m.body, 4).ok() != Some(ifindex) {
+                return Ok(true);
+            }
             match decode(m.body) {
                 Ok(Some(item)) => out.push(item),
                 Ok(None) => {}
-                Err(e) => log::debug!("tc dump: {e}"),
+                Err(e) => failed = failed.take().or(Some(e.to_string())),
             }
             Ok(true)
         })?;
@@ -185,13 +191,8 @@ impl TcSocket {
 
     /// The qdiscs of `ifindex` with their counters.
     pub fn qdiscs(&self, ifindex: u32) -> anyhow::Result<Vec<Dumped<Qdisc>>> {
-        let all = self
-            .dump(tc::RTM_GETQDISC, ifindex, |b| tc::decode_qdisc(b).map(Some))
-            .context("dumping qdiscs")?;
-        Ok(all
-            .into_iter()
-            .filter(|d| d.item.ifindex == ifindex)
-            .collect())
+        self.dump(tc::RTM_GETQDISC, ifindex, |b| tc::decode_qdisc(b).map(Some))
+            .context("dumping qdiscs")
     }
 
     /// The HTB classes of `ifindex` with their counters.

@@ -22,7 +22,7 @@ pub mod status;
 pub mod tc;
 
 use std::collections::BTreeMap;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use futures::TryStreamExt;
 use log::info;
@@ -83,6 +83,24 @@ struct Download {
     applied: Applied,
     l3: Device,
     far_end: Device,
+    /// Whether `l3` carries an Ethernet header.
+    has_l2: bool,
+}
+
+/// Whether the L3 device a shaper was made for carries an Ethernet header.
+fn has_l2(p: &Params) -> bool {
+    p.l2_len > 0
+}
+
+/// A shaped interface as flow admission needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapedDevice {
+    /// Its upload is shaped on the L3 device's root qdisc.
+    pub upload: bool,
+    /// The device whose root qdisc shapes its download (the veth pair's first end).
+    pub download_shaper: Option<u32>,
+    /// The L3 device carries an Ethernet header (not PPP).
+    pub has_l2: bool,
 }
 
 /// Every shaper bpfqos runs.
@@ -134,17 +152,28 @@ impl Shaping {
             .ok_or_else(|| "tc netlink socket unavailable".to_string())
     }
 
-    /// L3 ifindexes of the interfaces shaped now (their connections stay on the kernel path).
-    pub fn shaped_l3(&self) -> HashSet<u32> {
-        self.shapers
-            .values()
-            .flat_map(|s| {
-                s.upload
-                    .iter()
-                    .map(|a| a.device.ifindex)
-                    .chain(s.download.iter().map(|d| d.l3.ifindex))
-            })
-            .collect()
+    /// The shaped interfaces by L3 ifindex, for flow admission.
+    pub fn shaped(&self) -> HashMap<u32, ShapedDevice> {
+        let mut out: HashMap<u32, ShapedDevice> = HashMap::new();
+        for s in self.shapers.values() {
+            if let Some(u) = &s.upload {
+                let e = out.entry(u.device.ifindex).or_insert(ShapedDevice {
+                    upload: false,
+                    download_shaper: None,
+                    has_l2: has_l2(&u.params),
+                });
+                e.upload = true;
+            }
+            if let Some(d) = &s.download {
+                let e = out.entry(d.l3.ifindex).or_insert(ShapedDevice {
+                    upload: false,
+                    download_shaper: None,
+                    has_l2: d.has_l2,
+                });
+                e.download_shaper = Some(d.applied.device.ifindex);
+            }
+        }
+        out
     }
 
     /// Why interface `name` is not (fully) shaped, if it is not.
@@ -245,11 +274,19 @@ impl Shaping {
                 (QdiscKind::Htb(g), QdiscKind::Htb(w)) => g.default_class == w.default_class,
                 _ => true,
             });
+        // One of our trees of another shape (the qdisc kind changed): a qdisc cannot change
+        // its kind under the same handle, so it goes first.
+        let replaced_ours =
+            !ours && root.is_some_and(|r| r.item.handle == Handle::new(plan::MAJOR, 0));
         let ops = if ours {
             let classes = tc
                 .classes(device.ifindex)
                 .map_err(|e| format!("{}: {e:#}", device.name))?;
             diff(&want, &current, &classes)
+        } else if replaced_ours {
+            std::iter::once(delete_root(device.ifindex))
+                .chain(full(&want))
+                .collect()
         } else {
             if let Some(r) = root {
                 let kind = r.item.kind.name();
@@ -352,6 +389,7 @@ impl Shaping {
             applied,
             l3: l3.dev.clone(),
             far_end: far,
+            has_l2: l3.has_l2,
         })
     }
 

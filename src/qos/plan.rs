@@ -145,7 +145,9 @@ pub fn cake(p: &Params, rate_bytes: u64) -> Cake {
         wash: false,
         split_gso: true,
         ack_filter: false,
-        rtt_us: 0,
+        // CAKE's own default ("internet"), stated: a replace of a CAKE keeps what it is not
+        // told, so an RTT set by someone else would otherwise stay.
+        rtt_us: 100_000,
     }
 }
 

@@ -65,7 +65,7 @@ const TCA_CAKE_INGRESS: u16 = 15;
 const TCA_CAKE_ACK_FILTER: u16 = 16;
 const TCA_CAKE_SPLIT_GSO: u16 = 17;
 
-const TCA_CAKE_STATS_TIN_STATS: u16 = 9;
+const TCA_CAKE_STATS_TIN_STATS: u16 = 10;
 const TCA_CAKE_TIN_STATS_SENT_PACKETS: u16 = 2;
 const TCA_CAKE_TIN_STATS_SENT_BYTES64: u16 = 3;
 const TCA_CAKE_TIN_STATS_DROPPED_PACKETS: u16 = 4;
@@ -1025,6 +1025,34 @@ mod tests {
             }
             assert_eq!(got, Some(want));
         }
+    }
+
+    /// An RTM_NEWQDISC of a CAKE root (bandwidth 40mbit, handle b9f:) as a 6.12 kernel dumps
+    /// it, captured in the VM: options, basic and queue counters, one tin.
+    #[test]
+    fn a_kernel_dump_of_cake_decodes() {
+        let hex = include_str!("../../tests/data/tc/cake-root-6.12.hex").trim();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect();
+        let msg = crate::nl::messages(&bytes).next().and_then(Result::ok);
+        let d = msg.map(|m| decode_qdisc(m.body));
+        let Some(Ok(d)) = d else {
+            panic!("no decode: {d:?}");
+        };
+        assert_eq!(d.item.handle, Handle::new(0xb9f, 0));
+        assert_eq!(d.item.parent, Handle::ROOT);
+        let QdiscKind::Cake(c) = &d.item.kind else {
+            panic!("not cake: {:?}", d.item);
+        };
+        assert_eq!(c.rate_bytes, 5_000_000);
+        assert_eq!(
+            (c.diffserv, c.flow_mode, c.split_gso),
+            (Diffserv::Diffserv3, FlowMode::TripleIsolate, true)
+        );
+        assert_eq!(d.stats.tins.len(), 3, "diffserv3: three tins");
+        assert_eq!(d.stats.ecn_marks, Some(0));
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 /// TC return codes.
-pub const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC: what our programs return for a packet they leave to the kernel (and to
+/// later filters).
+pub const TC_PASS: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
@@ -94,15 +96,32 @@ pub fn run_xdp(obj: &mut Object, frame: &[u8], ingress_ifindex: u32, repeat: u32
 /// `ingress_ifindex`; the kernel sets `skb->dev` from `__sk_buff.ifindex`, which is what the
 /// program keys flows by).
 pub fn run_tc(obj: &mut Object, frame: &[u8], ifindex: u32, repeat: u32) -> RunResult {
+    run_tc_gso(obj, frame, ifindex, repeat, 0)
+}
+
+/// [`run_tc`] with the skb marked as a GSO packet of `gso_size`-byte segments (what GRO makes
+/// of a TCP stream before TC ingress sees it); 0: not GSO.
+pub fn run_tc_gso(
+    obj: &mut Object,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    gso_size: u32,
+) -> RunResult {
     let prog = obj
         .progs_mut()
         .find(|p| p.name() == abi::TC_PROG)
         .expect("tc program");
     let mut out = vec![0u8; frame.len() + 512];
     // struct __sk_buff is 192 bytes; ifindex is at offset 40 (after len, pkt_type, mark,
-    // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority, ingress_ifindex).
+    // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority, ingress_ifindex);
+    // gso_segs at 164, gso_size at 176.
     let mut ctx = [0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    if gso_size != 0 {
+        ctx[164..168].copy_from_slice(&2u32.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+    }
     let input = ProgramInput {
         data_in: Some(frame),
         data_out: Some(&mut out),

@@ -366,6 +366,8 @@ pub struct FlowSpec {
     pub new: Tuple,
     pub mtu: u16,
     pub action: u8,
+    /// The entry's `shaper` (FORWARD_SHAPED).
+    pub shaper: u16,
     /// The entry's `nh.l2_len`: None writes [`FlowSpec::out_l2_len`]; Some(n) writes n (an
     /// entry as a daemon predating the field left it: 0).
     pub l2_len: Option<u8>,
@@ -396,6 +398,7 @@ impl FlowSpec {
             new,
             mtu: 1500,
             action: 1,
+            shaper: 0,
             l2_len: None,
         }
     }
@@ -440,6 +443,7 @@ impl FlowSpec {
                 nh: self.nexthop(),
                 nat: abi::nat6(tuple6(&self.orig), tuple6(&self.new)),
                 action: self.action,
+                shaper: self.shaper,
                 ..Default::default()
             };
             (
@@ -464,6 +468,7 @@ impl FlowSpec {
                 nh: self.nexthop(),
                 nat: abi::nat4(tuple4(&self.orig), tuple4(&self.new)),
                 action: self.action,
+                shaper: self.shaper,
                 ..Default::default()
             };
             (
