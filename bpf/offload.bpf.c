@@ -113,6 +113,11 @@ enum hook { HOOK_XDP, HOOK_TC };
  */
 #define TC_PASS TC_ACT_UNSPEC
 
+_Static_assert(BPFQOS_MAX_L2 < 64, "wan_circuit() masks the L3 offset to 63");
+
+/* The fragment offset bits of iphdr.frag_off (host order). */
+#define IP_OFFSET_MASK 0x1fff
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
@@ -564,6 +569,156 @@ static __always_inline int rewrite_l3(struct cursor *c, const struct pkt *p,
 	return 0;
 }
 
+/* ---- shaping: the maps, and circuits ------------------------------------ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFQOS_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct bpfqos_shaping);
+} shaping SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFQOS_SHAPE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} shape_stats SEC(".maps");
+
+static __always_inline void shape_stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&shape_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, BPFQOS_MAX_CIRCUIT_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bpfqos_lpm4_key);
+	__type(value, __u32);
+} circuits4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, BPFQOS_MAX_CIRCUIT_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bpfqos_lpm6_key);
+	__type(value, __u32);
+} circuits6 SEC(".maps");
+
+/* Allocated per entry: memory follows the connections of circuits' hosts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFQOS_MAX_CIRCUIT_NAT);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bpfqos_nat_key);
+	__type(value, __u32);
+} circuit_nat SEC(".maps");
+
+/* The circuit whose prefix holds addr (IPv4: addr[0]); 0: none. */
+static __always_inline __u32 lan_circuit(int ipv6, const __be32 *addr)
+{
+	__u32 *id;
+
+	if (ipv6) {
+		struct bpfqos_lpm6_key k = {.prefixlen = 128};
+
+		__builtin_memcpy(k.addr, addr, sizeof(k.addr));
+		id = bpf_map_lookup_elem(&circuits6, &k);
+	} else {
+		struct bpfqos_lpm4_key k = {.prefixlen = 32, .addr = addr[0]};
+
+		id = bpf_map_lookup_elem(&circuits4, &k);
+	}
+	return id ? *id : 0;
+}
+
+/*
+ * The circuit of a packet on the WAN side of a shaped interface, from its IP
+ * header at data + l3_off (anything past end is not read): `upload` when it leaves by
+ * the link, so that the router's end is the source. A connection NATed for a
+ * circuit's host is found by its WAN-side tuple, anything else by the
+ * router-side address itself (no NAT: the host's own). 0: no circuit.
+ */
+static __always_inline __u32 wan_circuit(void *data, __u32 l3_off, void *end,
+					 int ipv6, int upload)
+{
+	struct bpfqos_nat_key k = {};
+	__be16 *ports = NULL;
+	void *l3;
+	__u32 *id;
+
+	/*
+	 * Bounded for the verifier (a packet offset it can track). clang would
+	 * fold a mask into the comparison and reload l3_off after it, unbounded:
+	 * the empty asm hides the range from clang, so the mask stays and is
+	 * what the verifier sees.
+	 */
+	if (l3_off > BPFQOS_MAX_L2)
+		return 0;
+	asm volatile("" : "+r"(l3_off));
+	l3 = data + (l3_off & 63);
+
+	if (ipv6) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		k.ipv6 = 1;
+		k.proto = ip6->nexthdr;
+		if (upload) {
+			__builtin_memcpy(k.local, &ip6->saddr, 16);
+			__builtin_memcpy(k.remote, &ip6->daddr, 16);
+		} else {
+			__builtin_memcpy(k.local, &ip6->daddr, 16);
+			__builtin_memcpy(k.remote, &ip6->saddr, 16);
+		}
+		ports = (void *)(ip6 + 1);
+	} else {
+		struct iphdr *ip = l3;
+
+		if ((void *)(ip + 1) > end)
+			return 0;
+		k.proto = ip->protocol;
+		k.local[0] = upload ? ip->saddr : ip->daddr;
+		k.remote[0] = upload ? ip->daddr : ip->saddr;
+		/* A later fragment has no ports: its address decides. */
+		if (!(ip->frag_off & bpf_htons(IP_OFFSET_MASK)))
+			ports = l3 + ip->ihl * 4;
+	}
+	if (ports && (k.proto == IPPROTO_TCP || k.proto == IPPROTO_UDP) &&
+	    (void *)(ports + 2) <= end) {
+		k.local_port = upload ? ports[0] : ports[1];
+		k.remote_port = upload ? ports[1] : ports[0];
+		id = bpf_map_lookup_elem(&circuit_nat, &k);
+		if (id)
+			return *id;
+	}
+	return lan_circuit(ipv6, k.local);
+}
+
+/* Puts the packet into circuit `id`'s class of the shaper it goes to. */
+static __always_inline void to_circuit(struct __sk_buff *skb, __u32 id,
+				       __u32 stat)
+{
+	if (!id || id > BPFQOS_MAX_CIRCUITS)
+		return;
+	skb->priority = ((__u32)BPFQOS_SHAPER_MAJOR << 16) |
+			(BPFQOS_CIRCUIT_MINOR_BASE + id);
+	shape_stat_inc(stat);
+}
+
+/* Whether the shaper (or L3 device) `ifindex` has all of `flags`. */
+static __always_inline int shaping_has(__u32 ifindex, __u32 flags)
+{
+	struct bpfqos_shaping *cfg = bpf_map_lookup_elem(&shaping, &ifindex);
+
+	return cfg && (cfg->flags & flags) == flags;
+}
+
 /* ---- XDP ------------------------------------------------------------------ */
 
 /*
@@ -606,6 +761,7 @@ static __always_inline int xdp_to_shaper(struct xdp_md *ctx, struct pkt *p,
 	__u16 addr_delta, port_delta;
 	__u32 target = f->e->nh.ifindex;
 	struct cursor c;
+	__u32 circuit;
 	void *data;
 
 	if (!f->e->shaper || target > BPFQOS_TC_INDEX_TARGET) {
@@ -623,6 +779,11 @@ static __always_inline int xdp_to_shaper(struct xdp_md *ctx, struct pkt *p,
 		return XDP_PASS;
 	/* Not ours until the frame is: a failure below leaves no magic. */
 	meta->magic = 0;
+	/* The circuit from the headers as they arrived (before NAT is undone). */
+	circuit = 0;
+	if (shaping_has(f->e->shaper, BPFQOS_SHAPE_F_CIRCUITS_DOWN))
+		circuit = wan_circuit(data, p->l3_off,
+				      (void *)(long)ctx->data_end, p->ipv6, 0);
 	if (xdp_fit_l2(ctx, p, f->e->nh.l2_len)) {
 		stat_inc(BPFQOS_STAT_PASS_L2);
 		return XDP_PASS;
@@ -640,6 +801,7 @@ static __always_inline int xdp_to_shaper(struct xdp_md *ctx, struct pkt *p,
 		return XDP_DROP; /* cannot happen: the kernel keeps it */
 	meta->shaper = f->e->shaper;
 	meta->target = target;
+	meta->circuit = circuit;
 	meta->magic = BPFQOS_META_MAGIC;
 	count(f, p->ip_len);
 	stat_inc(BPFQOS_STAT_TO_SHAPER);
@@ -715,6 +877,7 @@ static __always_inline int tc_from_xdp_to_shaper(struct __sk_buff *skb,
 		return 0;
 	skb->tc_index = BPFQOS_TC_INDEX_OFFLOADED |
 			(meta->target & BPFQOS_TC_INDEX_TARGET);
+	to_circuit(skb, meta->circuit, BPFQOS_SHAPE_STAT_CIRCUIT_DOWN);
 	*verdict = bpf_redirect(meta->shaper, 0);
 	return 1;
 }
@@ -744,7 +907,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct cursor c;
 	__u16 addr_delta = 0, port_delta = 0;
-	__u32 new_l2, csum_off = 0, l4_off, target;
+	__u32 new_l2, csum_off = 0, l4_off, target, circuit = 0;
 	__u64 mm0;
 	int grow, verdict, l3_only;
 
@@ -762,6 +925,10 @@ int bpfqos_tc(struct __sk_buff *skb)
 		stat_inc(BPFQOS_STAT_PASS_NOT_READY);
 		return TC_PASS;
 	}
+	/* Into a download shaper: the circuit from the headers as they came. */
+	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED &&
+	    shaping_has(f.e->shaper, BPFQOS_SHAPE_F_CIRCUITS_DOWN))
+		circuit = wan_circuit(data, p.l3_off, data_end, p.ipv6, 0);
 	new_l2 = l3_only ? p.l3_off : f.e->nh.l2_len;
 	grow = (int)new_l2 - (int)p.l3_off;
 	/* FORWARD_L3: the kernel finds IP at the network header (no tags). */
@@ -811,6 +978,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 	count(&f, p.ip_len);
 	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED) {
 		skb->tc_index = BPFQOS_TC_INDEX_OFFLOADED | target;
+		to_circuit(skb, circuit, BPFQOS_SHAPE_STAT_CIRCUIT_DOWN);
 		stat_inc(BPFQOS_STAT_TO_SHAPER);
 		return bpf_redirect(f.e->shaper, 0);
 	}
@@ -822,26 +990,60 @@ int bpfqos_tc(struct __sk_buff *skb)
 
 /* ---- shaping: steering through the download shaper ---------------------- */
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BPFQOS_MAX_IFACES);
-	__type(key, __u32);
-	__type(value, struct bpfqos_shaping);
-} shaping SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BPFQOS_SHAPE_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} shape_stats SEC(".maps");
-
-static __always_inline void shape_stat_inc(__u32 idx)
+/*
+ * Puts an skb whose IP header is at l3_off into its circuit's class: a
+ * download on its way into the shaper, or (`upload`) a packet leaving by the
+ * link. Headers beyond the linear part are pulled in first (TC only).
+ */
+static __always_inline void classify_here(struct __sk_buff *skb, __u32 l3_off,
+					  int upload)
 {
-	__u64 *v = bpf_map_lookup_elem(&shape_stats, &idx);
+	void *data, *data_end;
+	__u32 need;
+	int ipv6;
 
-	if (v)
-		*v += 1;
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		ipv6 = 0;
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		ipv6 = 1;
+	else
+		return;
+	/* IP header with options, or IPv6's, and the ports. */
+	need = l3_off + (ipv6 ? sizeof(struct ipv6hdr) : 60) + 4;
+	if (need > skb->len)
+		need = skb->len;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + need > data_end) {
+		if (bpf_skb_pull_data(skb, need))
+			return;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	to_circuit(skb, wan_circuit(data, l3_off, data_end, ipv6, upload),
+		   upload ? BPFQOS_SHAPE_STAT_CIRCUIT_UP
+			  : BPFQOS_SHAPE_STAT_CIRCUIT_DOWN);
+}
+
+/*
+ * TC egress of a shaped interface's L3 device with circuits: everything
+ * leaving by the link, forwarded by the kernel (already NATed) or by the
+ * offload, router-local or not, gets its circuit's class in the upload
+ * shaper (the root qdisc, which runs after this). Never drops, never
+ * redirects.
+ */
+SEC("tc")
+int bpfqos_up_classify(struct __sk_buff *skb)
+{
+	struct bpfqos_shaping *cfg;
+	__u32 ifindex = skb->ifindex;
+
+	cfg = bpf_map_lookup_elem(&shaping, &ifindex);
+	if (!cfg || !(cfg->flags & BPFQOS_SHAPE_F_CIRCUITS_UP))
+		return TC_PASS;
+	classify_here(skb, cfg->flags & BPFQOS_SHAPE_F_UP_NO_L2 ? 0 : ETH_HLEN,
+		      1);
+	return TC_PASS;
 }
 
 /* The daemon is alive (its heartbeat is fresh). */
@@ -884,6 +1086,10 @@ int bpfqos_dl_steer(struct __sk_buff *skb)
 		shape_stat_inc(BPFQOS_SHAPE_STAT_PASSED);
 		return TC_PASS;
 	}
+	if (cfg->flags & BPFQOS_SHAPE_F_CIRCUITS_DOWN)
+		classify_here(
+			skb, cfg->flags & BPFQOS_SHAPE_F_ADD_ETH ? 0 : ETH_HLEN,
+			0);
 	if (cfg->flags & BPFQOS_SHAPE_F_ADD_ETH) {
 		/*
 		 * The shaper is an Ethernet device: a packet of an L2-less

@@ -15,9 +15,11 @@ pub use crate::dataplane::attach::AttachMode;
 pub use crate::dataplane::attach::AttachPoint;
 pub use crate::dataplane::attach::Hook;
 pub use crate::dataplane::stats::DatapathStats;
+pub use crate::dataplane::stats::ShapeStats;
 pub use crate::offload::report::FlowStatus;
 pub use crate::offload::report::ManagerStats;
 pub use crate::offload::report::OffloadStatus;
+pub use crate::qos::status::CircuitStatus;
 pub use crate::qos::status::ShaperStatus;
 
 /// The whole status document.
@@ -41,6 +43,26 @@ pub struct Status {
     /// The data path's own counters (packets passed by reason, redirected, seen).
     #[serde(default)]
     pub datapath: DatapathStats,
+    /// Shaping as a whole: the data path's steering and classification.
+    #[serde(default)]
+    pub shaping: ShapingStatus,
+    /// Configured circuits with their counters.
+    #[serde(default)]
+    pub circuits: Vec<CircuitStatus>,
+}
+
+/// Shaping as a whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShapingStatus {
+    /// The download steering's and the circuit classification's packet counters.
+    pub datapath: ShapeStats,
+    /// Connections of circuits' hosts behind NAT the data path classifies by their WAN-side
+    /// tuple.
+    pub circuit_nat_entries: u64,
+    /// Why circuits are not (all) in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_error: Option<String>,
 }
 
 /// A configured interface.
@@ -102,6 +124,51 @@ fn render_shaper(s: &mut String, sh: &ShaperStatus) {
     }
     if let Some(e) = &sh.error {
         let _ = writeln!(s, "    shaping error: {e}");
+    }
+}
+
+fn render_circuits(s: &mut String, st: &Status) {
+    if st.circuits.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\ncircuits ({}):", st.circuits.len());
+    let counters = |c: &Option<crate::qos::status::CircuitCounters>| {
+        c.as_ref().map_or_else(
+            || "-".to_string(),
+            |c| format!("{} B / {} pkts, drops {}", c.bytes, c.packets, c.drops),
+        )
+    };
+    for c in st.circuits.iter().take(50) {
+        let _ = writeln!(
+            s,
+            "  {:<16} up {:<14} down {:<14} {}",
+            c.name,
+            kbit(c.upload_kbit),
+            kbit(c.download_kbit),
+            c.ips.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "    upload {}  download {}",
+            counters(&c.upload),
+            counters(&c.download)
+        );
+    }
+    if st.circuits.len() > 50 {
+        let _ = writeln!(
+            s,
+            "  ... {} more (bpfqos status --json)",
+            st.circuits.len() - 50
+        );
+    }
+    let d = &st.shaping.datapath;
+    let _ = writeln!(
+        s,
+        "  classified: {} upload / {} download packets; {} connections behind NAT",
+        d.circuit_upload, d.circuit_download, st.shaping.circuit_nat_entries
+    );
+    if let Some(e) = &st.shaping.circuit_error {
+        let _ = writeln!(s, "  error: {e}");
     }
 }
 
@@ -190,6 +257,7 @@ impl Status {
                 render_shaper(&mut s, sh);
             }
         }
+        render_circuits(&mut s, self);
         let _ = writeln!(
             s,
             "\nconfig: {} (reloads: {})",

@@ -103,9 +103,10 @@ enum bpfqos_meta_magic {
 };
 
 struct bpfqos_xdp_meta {
-	__u32 magic;  /* BPFQOS_META_MAGIC */
-	__u16 shaper; /* ifindex of the shaper's first end */
-	__u16 target; /* ifindex the frame leaves by after the shaper */
+	__u32 magic;   /* BPFQOS_META_MAGIC */
+	__u16 shaper;  /* ifindex of the shaper's first end */
+	__u16 target;  /* ifindex the frame leaves by after the shaper */
+	__u32 circuit; /* the flow's circuit id, 0: none */
 };
 
 struct bpfqos_nexthop {
@@ -288,6 +289,17 @@ enum bpfqos_shape_flags {
 	BPFQOS_SHAPE_F_TO_SHAPER = 1 << 0, /* L3 ingress: into the shaper */
 	BPFQOS_SHAPE_F_RETURN = 1 << 1,	   /* shaper's far end: back */
 	BPFQOS_SHAPE_F_ADD_ETH = 1 << 2,   /* L3 device without L2 (PPP) */
+	/*
+	 * Per-circuit classes (see "Circuits" below). On a shaped L3 device:
+	 * CIRCUITS_DOWN classifies what bpfqos_dl_steer sends into the shaper,
+	 * CIRCUITS_UP what leaves the device (bpfqos_up_classify, TC egress),
+	 * whose packets start at IP when UP_NO_L2 is set (PPP). On a download
+	 * shaper's first end, CIRCUITS_DOWN classifies offloaded frames sent
+	 * into it.
+	 */
+	BPFQOS_SHAPE_F_CIRCUITS_DOWN = 1 << 3,
+	BPFQOS_SHAPE_F_CIRCUITS_UP = 1 << 4,
+	BPFQOS_SHAPE_F_UP_NO_L2 = 1 << 5,
 };
 
 struct bpfqos_shaping {
@@ -304,6 +316,47 @@ enum bpfqos_tc_index {
 	BPFQOS_TC_INDEX_SHAPED = 0x8000,
 	BPFQOS_TC_INDEX_OFFLOADED = 0x4000,
 	BPFQOS_TC_INDEX_TARGET = 0x0fff, /* ifindex < BPFQOS_MAX_IFACES */
+};
+
+/*
+ * Circuits: hosts and prefixes with their own rate limit, an HTB class per
+ * circuit under each shaper's link class (handle MAJOR:MINOR_BASE+id). The
+ * data path finds a packet's circuit and sets skb->priority to that class,
+ * which HTB takes as the classification (a class that does not exist falls
+ * back to the default class). The circuit is the one of the LAN-side host:
+ *  - by longest-prefix match of its address (`circuits4` / `circuits6`);
+ *  - behind NAT, where the packet on the WAN side carries the router's
+ *    address, through `circuit_nat`: the WAN-side tuple of every connection
+ *    of a circuit's host, fed by the daemon from conntrack (its original
+ *    tuple names the host before NAT); both directions use one key.
+ */
+enum bpfqos_circuit_limits {
+	BPFQOS_SHAPER_MAJOR = 0xb9f,	   /* handle major of bpfqos' shapers */
+	BPFQOS_CIRCUIT_MINOR_BASE = 0x100, /* class minor = base + circuit id */
+	BPFQOS_MAX_CIRCUITS = 16384,	   /* ids 1..=MAX */
+	BPFQOS_MAX_CIRCUIT_PREFIXES = 65536, /* per family */
+	BPFQOS_MAX_CIRCUIT_NAT = 65536,	     /* `circuit_nat` entries */
+};
+
+struct bpfqos_lpm4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct bpfqos_lpm6_key {
+	__u32 prefixlen;
+	__be32 addr[4];
+};
+
+/* A connection on the WAN side, as the router's end sees it. */
+struct bpfqos_nat_key {
+	__be32 local[4]; /* the router's WAN-side address (IPv4: [0], rest 0) */
+	__be32 remote[4]; /* the far end's */
+	__be16 local_port;
+	__be16 remote_port;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 ipv6;  /* 0 or 1 */
+	__u8 pad[2];
 };
 
 /* Per-CPU counters, `stats` array index. */
@@ -330,6 +383,8 @@ enum bpfqos_shape_stat {
 	BPFQOS_SHAPE_STAT_STEERED = 0, /* sent into a download shaper */
 	BPFQOS_SHAPE_STAT_RETURNED,    /* put back after it */
 	BPFQOS_SHAPE_STAT_PASSED, /* not steered: heartbeat stale, no room */
+	BPFQOS_SHAPE_STAT_CIRCUIT_UP,	/* upload packets put into a circuit */
+	BPFQOS_SHAPE_STAT_CIRCUIT_DOWN, /* download packets put into a circuit */
 	BPFQOS_SHAPE_STAT_MAX,
 };
 
@@ -356,6 +411,10 @@ struct bpfqos_btf_anchor {
 	enum bpfqos_shape_stat shape_stat;
 	enum bpfqos_meta_magic meta_magic;
 	struct bpfqos_xdp_meta xdp_meta;
+	enum bpfqos_circuit_limits circuit_limits;
+	struct bpfqos_lpm4_key lpm4_key;
+	struct bpfqos_lpm6_key lpm6_key;
+	struct bpfqos_nat_key nat_key;
 };
 
 /*
@@ -376,7 +435,11 @@ _Static_assert(sizeof(struct bpfqos_control) == 72, "control layout");
 _Static_assert(BPFQOS_MAX_FLOWS <= 65536, "entry indexes are 16 bits");
 _Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");
 _Static_assert(sizeof(struct bpfqos_shaping) == 8, "shaping layout");
-_Static_assert(sizeof(struct bpfqos_xdp_meta) == 8, "meta layout");
+_Static_assert(sizeof(struct bpfqos_xdp_meta) == 12, "meta layout");
+_Static_assert(sizeof(struct bpfqos_nat_key) == 40, "nat key layout");
+_Static_assert(sizeof(struct bpfqos_lpm6_key) == 20, "lpm6 key layout");
+_Static_assert(BPFQOS_CIRCUIT_MINOR_BASE + BPFQOS_MAX_CIRCUITS <= 0xffff,
+	       "a circuit's class minor fits 16 bits");
 _Static_assert(BPFQOS_MAX_IFACES - 1 <= BPFQOS_TC_INDEX_TARGET,
 	       "an ifindex fits tc_index");
 

@@ -47,6 +47,27 @@ pub enum PrefixError {
 }
 
 impl IpPrefix {
+    /// The prefix of length `len` that holds `addr` (host bits cleared; `len` capped at the
+    /// family's width).
+    pub fn network(addr: IpAddr, len: u8) -> Self {
+        match addr {
+            IpAddr::V4(a) => {
+                let len = len.min(32);
+                IpPrefix {
+                    addr: IpAddr::V4(Ipv4Addr::from(mask4(u32::from(a), len))),
+                    len,
+                }
+            }
+            IpAddr::V6(a) => {
+                let len = len.min(128);
+                IpPrefix {
+                    addr: IpAddr::V6(Ipv6Addr::from(mask6(u128::from(a), len))),
+                    len,
+                }
+            }
+        }
+    }
+
     /// Whether `other` lies inside this prefix (same family, at least as long, same leading
     /// bits). A prefix contains itself.
     pub fn contains(&self, other: &IpPrefix) -> bool {

@@ -255,6 +255,8 @@ struct Daemon {
     net: Net,
     flows: FlowManager,
     qos: Shaping,
+    /// The circuits' hosts changed: their NATed connections must be looked up again.
+    nat_stale: bool,
     timeouts: Timeouts,
 }
 
@@ -272,6 +274,7 @@ impl Daemon {
             net,
             flows: FlowManager::default(),
             qos: Shaping::default(),
+            nat_stale: false,
             timeouts: Timeouts::read(),
         }
     }
@@ -320,9 +323,18 @@ impl Daemon {
                 qos::Want { config: i, l3 }
             })
             .collect();
-        self.qos
-            .apply(&wants, &self.net.handle, self.net.dp.as_mut())
-            .await;
+        let circuits: &[config::Circuit] = if self.config.globals.enabled {
+            &self.config.circuits
+        } else {
+            &[]
+        };
+        if self
+            .qos
+            .apply(&wants, circuits, &self.net.handle, self.net.dp.as_mut())
+            .await
+        {
+            self.nat_stale = true;
+        }
         let shaped = self.qos.shaped();
         if shaped != self.net.shaped {
             // Entries encode how they pass the shapers: written anew for the new ones.
@@ -379,6 +391,8 @@ impl Daemon {
         };
         match ct.dump() {
             Ok(conns) => {
+                self.qos.rebuild_nat(&conns, self.net.dp.as_ref());
+                self.nat_stale = false;
                 let resolver = self.net.resolver();
                 let ctx = self.net.ctx(&resolver);
                 self.flows.resync(conns, &ctx).await;
@@ -391,9 +405,26 @@ impl Daemon {
         }
     }
 
+    /// Looks at the connections of circuits' hosts again when the circuits changed (a reload
+    /// that did not resynchronise the offload anyway).
+    fn refresh_nat_if_stale(&mut self) {
+        if !self.nat_stale {
+            return;
+        }
+        self.nat_stale = false;
+        let Some(ct) = self.net.ct.as_ref() else {
+            return;
+        };
+        match ct.dump() {
+            Ok(conns) => self.qos.rebuild_nat(&conns, self.net.dp.as_ref()),
+            Err(e) => warn!("conntrack dump for circuits: {e:#}"),
+        }
+    }
+
     async fn on_conntrack(&mut self, msgs: Vec<conntrack::Message>) {
         let resolver = self.net.resolver();
         for m in msgs {
+            self.qos.on_conntrack(&m, self.net.dp.as_ref());
             let ctx = self.net.ctx(&resolver);
             self.flows.on_conntrack(m, &ctx).await;
         }
@@ -447,6 +478,7 @@ impl Daemon {
         } else {
             self.flows.flush(self.net.flow_table());
         }
+        self.refresh_nat_if_stale();
         info!("configuration reloaded");
         Ok(())
     }
@@ -482,6 +514,11 @@ impl Daemon {
     /// The status document, from the sections each module builds.
     fn status(&mut self) -> Status {
         let interfaces = self.interface_status();
+        let shapers: Vec<&crate::status::ShaperStatus> = interfaces
+            .iter()
+            .filter_map(|i| i.shaper.as_ref())
+            .collect();
+        let circuits = qos::status::circuits_status(self.qos.circuits(), &shapers);
         let dp = self.net.dp.as_ref();
         let table = self.net.flow_table();
         let counted = self.flows.counters(table);
@@ -517,6 +554,12 @@ impl Daemon {
             interfaces,
             flows: self.flows.flow_status(table),
             datapath: dp.map(Dataplane::stats).unwrap_or_default(),
+            shaping: crate::status::ShapingStatus {
+                datapath: dp.map(Dataplane::shape_stats).unwrap_or_default(),
+                circuit_nat_entries: dp.map_or(0, |d| d.circuit_nat_len() as u64),
+                circuit_error: self.qos.circuit_error().map(str::to_string),
+            },
+            circuits,
         }
     }
 

@@ -46,6 +46,14 @@ pub const TC_PROG: &str = "bpfqos_tc";
 pub const SHAPE_IN_PROG: &str = "bpfqos_dl_steer";
 /// TC program on the download shaper's far end, putting packets back.
 pub const SHAPE_RETURN_PROG: &str = "bpfqos_dl_back";
+/// TC-egress program of a shaped L3 device: puts uploads into their circuit's class.
+pub const UP_CLASSIFY_PROG: &str = "bpfqos_up_classify";
+/// `LPM_TRIE` of [`Lpm4Key`] → circuit id (`u32`).
+pub const CIRCUITS4_MAP: &str = "circuits4";
+/// `LPM_TRIE` of [`Lpm6Key`] → circuit id (`u32`).
+pub const CIRCUITS6_MAP: &str = "circuits6";
+/// `HASH` of [`NatKey`] → circuit id (`u32`): NATed connections of circuits' hosts.
+pub const CIRCUIT_NAT_MAP: &str = "circuit_nat";
 /// `ARRAY[MAX_IFACES]` of [`Shaping`], indexed by ifindex.
 pub const SHAPING_MAP: &str = "shaping";
 /// `PERCPU_ARRAY` of `u64`, indexed by [`ShapeStat`].
@@ -128,6 +136,27 @@ pub type Stat = types::bpfqos_stat;
 pub type Shaping = types::bpfqos_shaping;
 /// Index into the `shape_stats` map (`enum bpfqos_shape_stat`).
 pub type ShapeStat = types::bpfqos_shape_stat;
+/// IPv4 circuit prefix (`struct bpfqos_lpm4_key`).
+pub type Lpm4Key = types::bpfqos_lpm4_key;
+/// IPv6 circuit prefix (`struct bpfqos_lpm6_key`).
+pub type Lpm6Key = types::bpfqos_lpm6_key;
+/// A connection's WAN-side tuple (`struct bpfqos_nat_key`).
+pub type NatKey = types::bpfqos_nat_key;
+/// Handle major of every qdisc and class of bpfqos' shapers (`BPFQOS_SHAPER_MAJOR`).
+pub const SHAPER_MAJOR: u16 = types::bpfqos_circuit_limits::BPFQOS_SHAPER_MAJOR.0 as u16;
+/// A circuit's HTB class minor is this plus its id (`BPFQOS_CIRCUIT_MINOR_BASE`).
+pub const CIRCUIT_MINOR_BASE: u16 =
+    types::bpfqos_circuit_limits::BPFQOS_CIRCUIT_MINOR_BASE.0 as u16;
+/// Circuit ids are 1..=this (`BPFQOS_MAX_CIRCUITS`).
+pub const MAX_CIRCUITS: u32 = types::bpfqos_circuit_limits::BPFQOS_MAX_CIRCUITS.0;
+/// Entries of each circuit prefix trie (`BPFQOS_MAX_CIRCUIT_PREFIXES`).
+pub const MAX_CIRCUIT_PREFIXES: u32 = types::bpfqos_circuit_limits::BPFQOS_MAX_CIRCUIT_PREFIXES.0;
+/// `shaping.flags`: classify downloads into circuits (L3 device, and the shaper's first end).
+pub const SHAPE_F_CIRCUITS_DOWN: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_CIRCUITS_DOWN.0;
+/// `shaping.flags`: classify uploads into circuits (L3 device's TC egress).
+pub const SHAPE_F_CIRCUITS_UP: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_CIRCUITS_UP.0;
+/// `shaping.flags`: the L3 device's egress packets start at IP (PPP).
+pub const SHAPE_F_UP_NO_L2: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_UP_NO_L2.0;
 /// `struct bpfqos_xdp_meta.magic`: the frame was rewritten by XDP for a download shaper.
 pub const META_MAGIC: u32 = types::bpfqos_meta_magic::BPFQOS_META_MAGIC.0;
 /// `shaping.flags`: steer this L3 device's ingress into the shaper.
@@ -177,6 +206,12 @@ unsafe impl Pod for Event {}
 unsafe impl Pod for Bucket {}
 // SAFETY: see above.
 unsafe impl Pod for Shaping {}
+// SAFETY: see above.
+unsafe impl Pod for Lpm4Key {}
+// SAFETY: see above.
+unsafe impl Pod for Lpm6Key {}
+// SAFETY: see above.
+unsafe impl Pod for NatKey {}
 
 /// The bytes of an ABI struct, as a map key or value.
 pub fn bytes_of<T: Pod>(v: &T) -> &[u8] {

@@ -86,6 +86,11 @@ impl TcSlot {
         dir: TcDir::Ingress,
         priority: 0xba0,
     };
+    /// The upload's circuit classifier (egress of a shaped L3 device).
+    pub const CLASSIFY: TcSlot = TcSlot {
+        dir: TcDir::Egress,
+        priority: 0xba1,
+    };
 }
 
 /// The hooks bpfqos holds on one device.

@@ -12,6 +12,7 @@
 
 pub mod abi;
 pub mod attach;
+pub mod circuits;
 pub mod entry;
 pub mod events;
 pub mod flowtable;
@@ -69,6 +70,7 @@ pub struct Dataplane {
     tc: OwnedFd,
     shape_in: OwnedFd,
     shape_return: OwnedFd,
+    up_classify: OwnedFd,
     hooks: Attachments,
     enabled: bool,
     /// Interior mutability: the daemon hands `&Dataplane` around; one thread, never re-entered.
@@ -85,6 +87,7 @@ impl Dataplane {
         let tc = object.prog_fd(abi::TC_PROG)?;
         let shape_in = object.prog_fd(abi::SHAPE_IN_PROG)?;
         let shape_return = object.prog_fd(abi::SHAPE_RETURN_PROG)?;
+        let up_classify = object.prog_fd(abi::UP_CLASSIFY_PROG)?;
         let tables = open_tables(&object)?;
         Ok(Self {
             object,
@@ -92,6 +95,7 @@ impl Dataplane {
             tc,
             shape_in,
             shape_return,
+            up_classify,
             hooks: Attachments::default(),
             enabled: false,
             tables: RefCell::new(tables),
@@ -224,19 +228,18 @@ impl Dataplane {
         far_end: &Device,
         add_eth: bool,
     ) -> anyhow::Result<()> {
-        let to_shaper = abi::Shaping {
-            target: shaper.ifindex,
-            flags: abi::SHAPE_F_TO_SHAPER | if add_eth { abi::SHAPE_F_ADD_ETH } else { 0 },
-        };
-        let back = abi::Shaping {
-            target: l3.ifindex,
-            flags: abi::SHAPE_F_RETURN,
-        };
         // The way back first: nothing may enter the shaper before it can leave it.
-        self.set_shaping(far_end.ifindex, &back)?;
+        self.update_shaping(far_end.ifindex, |s| {
+            s.target = l3.ifindex;
+            s.flags = abi::SHAPE_F_RETURN;
+        })?;
         self.hooks
             .attach_tc(&far_end.name, self.shape_return.as_fd(), TcSlot::SHAPE)?;
-        self.set_shaping(l3.ifindex, &to_shaper)?;
+        self.update_shaping(l3.ifindex, |s| {
+            s.target = shaper.ifindex;
+            s.flags &= !abi::SHAPE_F_ADD_ETH;
+            s.flags |= abi::SHAPE_F_TO_SHAPER | if add_eth { abi::SHAPE_F_ADD_ETH } else { 0 };
+        })?;
         self.hooks
             .attach_tc(&l3.name, self.shape_in.as_fd(), TcSlot::SHAPE)
     }
@@ -245,24 +248,41 @@ impl Dataplane {
     pub fn unsteer_download(&mut self, l3: &Device, far_end: Option<&Device>) {
         self.hooks
             .detach_tc(&l3.name, self.shape_in.as_fd(), TcSlot::SHAPE);
-        let _ = self.set_shaping(l3.ifindex, &abi::Shaping::default());
+        let _ = self.update_shaping(l3.ifindex, |s| {
+            s.target = 0;
+            s.flags &=
+                !(abi::SHAPE_F_TO_SHAPER | abi::SHAPE_F_ADD_ETH | abi::SHAPE_F_CIRCUITS_DOWN);
+        });
         if let Some(far) = far_end {
             self.hooks
                 .detach_tc(&far.name, self.shape_return.as_fd(), TcSlot::SHAPE);
-            let _ = self.set_shaping(far.ifindex, &abi::Shaping::default());
+            let _ = self.update_shaping(far.ifindex, |s| *s = abi::Shaping::default());
         }
     }
 
-    fn set_shaping(&self, ifindex: u32, v: &abi::Shaping) -> anyhow::Result<()> {
+    /// Changes the `shaping` entry of `ifindex` (its roles: download steering, shaper far end,
+    /// circuit classification) with `f`, keeping what `f` does not touch.
+    fn update_shaping(
+        &self,
+        ifindex: u32,
+        f: impl FnOnce(&mut abi::Shaping),
+    ) -> anyhow::Result<()> {
         if ifindex >= abi::MAX_IFACES {
             anyhow::bail!(
                 "ifindex {ifindex} beyond the shaping table ({})",
                 abi::MAX_IFACES
             );
         }
-        self.object
-            .map(abi::SHAPING_MAP)?
-            .update(&ifindex.to_ne_bytes(), abi::bytes_of(v), MapFlags::ANY)
+        let map = self.object.map(abi::SHAPING_MAP)?;
+        let key = ifindex.to_ne_bytes();
+        let mut v: abi::Shaping = map
+            .lookup(&key, MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|b| abi::from_bytes(&b))
+            .unwrap_or_default();
+        f(&mut v);
+        map.update(&key, abi::bytes_of(&v), MapFlags::ANY)
             .with_context(|| format!("setting the shaping role of ifindex {ifindex}"))
     }
 

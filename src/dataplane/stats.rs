@@ -122,6 +122,10 @@ pub struct ShapeStats {
     pub returned: u64,
     /// Packets not steered (daemon gone, no room for a header).
     pub passed: u64,
+    /// Upload packets put into a circuit's class.
+    pub circuit_upload: u64,
+    /// Download packets put into a circuit's class.
+    pub circuit_download: u64,
 }
 
 impl ShapeStats {
@@ -133,6 +137,8 @@ impl ShapeStats {
             steered: sum(ShapeStat::BPFQOS_SHAPE_STAT_STEERED.0),
             returned: sum(ShapeStat::BPFQOS_SHAPE_STAT_RETURNED.0),
             passed: sum(ShapeStat::BPFQOS_SHAPE_STAT_PASSED.0),
+            circuit_upload: sum(ShapeStat::BPFQOS_SHAPE_STAT_CIRCUIT_UP.0),
+            circuit_download: sum(ShapeStat::BPFQOS_SHAPE_STAT_CIRCUIT_DOWN.0),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! (a rate change is a class or qdisc change, never a new qdisc: queues are kept). A change the
 //! kernel refuses takes that interface's shaping out whole and says why; the others go on.
 
+pub mod circuits;
 pub mod client;
 pub mod plan;
 pub mod status;
@@ -32,10 +33,14 @@ use rtnetlink::LinkUnspec;
 use rtnetlink::LinkVeth;
 
 use crate::config;
+use crate::conntrack;
 use crate::dataplane::Dataplane;
 use crate::dataplane::Device;
+use circuits::CircuitIds;
+use circuits::Lookup;
 use client::TcOp;
 use client::TcSocket;
+use plan::CircuitLimit;
 use plan::Direction;
 use plan::Params;
 use plan::Tree;
@@ -68,6 +73,8 @@ pub struct L3Device {
 struct Applied {
     device: Device,
     params: Params,
+    /// The circuits with a class of their own.
+    circuits: Vec<CircuitLimit>,
 }
 
 /// One interface's shapers.
@@ -109,6 +116,33 @@ pub struct Shaping {
     tc: Option<TcSocket>,
     shapers: BTreeMap<String, Shaper>,
     errors: BTreeMap<String, String>,
+    /// The configured circuits, their ids and the lookup of their hosts.
+    circuits: Vec<config::Circuit>,
+    ids: CircuitIds,
+    lookup: Lookup,
+    /// Why circuits are not (all) in use.
+    circuit_error: Option<String>,
+}
+
+/// The circuits limited in `direction`, as a shaper's classes.
+fn limits(
+    circuits: &[config::Circuit],
+    ids: &CircuitIds,
+    direction: Direction,
+) -> Vec<CircuitLimit> {
+    let mut out: Vec<CircuitLimit> = circuits
+        .iter()
+        .filter_map(|c| {
+            let rate_kbit = match direction {
+                Direction::Upload => c.upload_kbit,
+                Direction::Download => c.download_kbit,
+            };
+            let id = ids.get(&c.name)?;
+            (rate_kbit > 0).then_some(CircuitLimit { id, rate_kbit })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Names of the download shaper's veth pair for interface `name`: (shaping end, far end).
@@ -181,14 +215,18 @@ impl Shaping {
         self.errors.get(name).map(String::as_str)
     }
 
-    /// Brings every shaper in line with `wants` (interfaces not in it lose theirs).
+    /// Brings every shaper in line with `wants` (interfaces not in it lose theirs) and the
+    /// circuits with `circuits`. Returns whether the circuits' hosts changed (the connections
+    /// behind NAT must then be looked at again: [`Shaping::rebuild_nat`]).
     pub async fn apply(
         &mut self,
         wants: &[Want<'_>],
+        circuits: &[config::Circuit],
         rt: &RtHandle,
         mut dp: Option<&mut Dataplane>,
-    ) {
+    ) -> bool {
         self.errors.clear();
+        let hosts_changed = self.set_circuits(circuits, dp.as_deref());
         let wanted: Vec<&str> = wants.iter().map(|w| w.config.name.as_str()).collect();
         let gone: Vec<String> = self
             .shapers
@@ -207,6 +245,118 @@ impl Shaping {
                 self.errors.insert(name, e);
             }
         }
+        hosts_changed
+    }
+
+    /// Takes the configured circuits: ids, the data path's prefix tries, the host lookup.
+    fn set_circuits(&mut self, circuits: &[config::Circuit], dp: Option<&Dataplane>) -> bool {
+        self.circuits = circuits.to_vec();
+        self.circuit_error = None;
+        let left_out = self.ids.assign(circuits);
+        if !left_out.is_empty() {
+            let msg = format!(
+                "more than {} circuits: {} not limited ({}{})",
+                crate::dataplane::abi::MAX_CIRCUITS,
+                left_out.len(),
+                left_out
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if left_out.len() > 3 { ", ..." } else { "" }
+            );
+            warn!("{msg}");
+            self.circuit_error = Some(msg);
+        }
+        let prefixes = circuits::prefixes(circuits, &self.ids);
+        if let Some(dp) = dp {
+            let as_u32: Vec<(config::IpPrefix, u32)> = prefixes
+                .iter()
+                .map(|(p, id)| (*p, u32::from(*id)))
+                .collect();
+            if let Err(e) = dp.sync_circuit_prefixes(&as_u32) {
+                let msg = format!("circuit prefixes: {e:#}; some hosts are not classified");
+                warn!("{msg}");
+                self.circuit_error = Some(msg);
+            }
+        }
+        let lookup = Lookup::new(&prefixes);
+        let changed = {
+            let mut a: Vec<_> = prefixes.clone();
+            let mut b: Vec<_> = self.lookup_prefixes();
+            a.sort();
+            b.sort();
+            a != b
+        };
+        self.lookup = lookup;
+        changed
+    }
+
+    fn lookup_prefixes(&self) -> Vec<(config::IpPrefix, u16)> {
+        self.lookup.prefixes()
+    }
+
+    /// Whether any circuit has hosts (connections of theirs behind NAT are tracked).
+    pub fn has_circuits(&self) -> bool {
+        !self.lookup.is_empty()
+    }
+
+    /// Follows a conntrack event: a NATed connection of a circuit's host is recorded for the
+    /// data path (both directions are classified by its WAN-side tuple), and forgotten when it
+    /// is destroyed.
+    pub fn on_conntrack(&self, m: &conntrack::Message, dp: Option<&Dataplane>) {
+        let (Some(dp), false) = (dp, self.lookup.is_empty()) else {
+            return;
+        };
+        match m {
+            conntrack::Message::New(c) | conntrack::Message::Update(c) => {
+                if let Some((t, id)) = self.lookup.nat_entry(c) {
+                    if let Err(e) = dp.set_circuit_nat(&t, u32::from(id)) {
+                        log::debug!("{}: {e:#}", c.orig);
+                    }
+                }
+            }
+            conntrack::Message::Destroy(c) => {
+                if let Some((t, _)) = self.lookup.nat_entry(c) {
+                    dp.remove_circuit_nat(&t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Rebuilds the data path's record of circuits' NATed connections from a conntrack dump.
+    pub fn rebuild_nat(&self, conns: &[conntrack::Conn], dp: Option<&Dataplane>) {
+        let Some(dp) = dp else {
+            return;
+        };
+        dp.clear_circuit_nat();
+        let mut n = 0usize;
+        for c in conns {
+            if let Some((t, id)) = self.lookup.nat_entry(c) {
+                match dp.set_circuit_nat(&t, u32::from(id)) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        warn!("circuits: {e:#}; later connections go to the default class");
+                        break;
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            info!("circuits: {n} connections behind NAT classified");
+        }
+    }
+
+    /// Why circuits are not (all) in use.
+    pub fn circuit_error(&self) -> Option<&str> {
+        self.circuit_error.as_deref()
+    }
+
+    /// The configured circuits (as last applied).
+    pub fn circuits(&self) -> &[config::Circuit] {
+        &self.circuits
     }
 
     async fn apply_one(
@@ -223,24 +373,44 @@ impl Shaping {
         if shaper.upload.as_ref().is_some_and(|a| a.device != l3.dev) {
             shaper.upload = None;
         }
+        let up_limits = limits(&self.circuits, &self.ids, Direction::Upload);
+        let down_limits = limits(&self.circuits, &self.ids, Direction::Download);
+        let mut dp = dp;
         let result = async {
             shaper.upload = match Params::of(i, Direction::Upload, l2_len) {
-                Some(p) => Some(self.apply_tree(&l3.dev, p, shaper.upload.take())?),
+                Some(p) => {
+                    let a = self.apply_tree(&l3.dev, p, up_limits, shaper.upload.take())?;
+                    if let Some(dp) = dp.as_deref_mut() {
+                        dp.classify_upload(&l3.dev, !l3.has_l2, !a.circuits.is_empty())
+                            .map_err(|e| {
+                                format!("{}: upload classification: {e:#}", l3.dev.name)
+                            })?;
+                    }
+                    Some(a)
+                }
                 None => {
                     if let Some(old) = shaper.upload.take() {
-                        self.remove_tree(&old);
+                        self.remove_upload(&old, dp.as_deref_mut());
                     }
                     None
                 }
             };
             shaper.download = match Params::of(i, Direction::Download, 14) {
                 Some(p) => Some(
-                    self.apply_download(&i.name, l3, p, shaper.download.take(), rt, dp)
-                        .await?,
+                    self.apply_download(
+                        &i.name,
+                        l3,
+                        p,
+                        down_limits,
+                        shaper.download.take(),
+                        rt,
+                        dp.as_deref_mut(),
+                    )
+                    .await?,
                 ),
                 None => {
                     if let Some(old) = shaper.download.take() {
-                        self.remove_download(&old, rt, dp).await;
+                        self.remove_download(&old, rt, dp.as_deref_mut()).await;
                     }
                     None
                 }
@@ -257,9 +427,10 @@ impl Shaping {
         &mut self,
         device: &Device,
         params: Params,
+        circuits: Vec<CircuitLimit>,
         before: Option<Applied>,
     ) -> Result<Applied, String> {
-        let want = plan::tree(device.ifindex, &params);
+        let want = plan::tree(device.ifindex, &params, &circuits);
         let tc = self.socket()?;
         let current = tc
             .qdiscs(device.ifindex)
@@ -306,6 +477,7 @@ impl Shaping {
             return Ok(Applied {
                 device: device.clone(),
                 params,
+                circuits,
             });
         }
         let results = tc
@@ -343,7 +515,18 @@ impl Shaping {
         Ok(Applied {
             device: device.clone(),
             params,
+            circuits,
         })
+    }
+
+    /// Takes the upload shaper off its device, with its circuit classifier.
+    fn remove_upload(&mut self, a: &Applied, dp: Option<&mut Dataplane>) {
+        if let Some(dp) = dp {
+            if let Err(e) = dp.classify_upload(&a.device, false, false) {
+                warn!("{}: {e:#}", a.device.name);
+            }
+        }
+        self.remove_tree(a);
     }
 
     fn remove_tree(&mut self, a: &Applied) {
@@ -365,11 +548,13 @@ impl Shaping {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn apply_download(
         &mut self,
         name: &str,
         l3: &L3Device,
         params: Params,
+        circuits: Vec<CircuitLimit>,
         before: Option<Download>,
         rt: &RtHandle,
         dp: Option<&mut Dataplane>,
@@ -382,9 +567,11 @@ impl Shaping {
         if let Some(old) = before.as_ref().filter(|b| b.l3 != l3.dev) {
             dp.unsteer_download(&old.l3, None);
         }
-        let applied = self.apply_tree(&first, params, before.map(|b| b.applied))?;
+        let applied = self.apply_tree(&first, params, circuits, before.map(|b| b.applied))?;
         dp.steer_download(&l3.dev, &first, &far, !l3.has_l2)
             .map_err(|e| format!("{}: download steering: {e:#}", l3.dev.name))?;
+        dp.classify_download(l3.dev.ifindex, first.ifindex, !applied.circuits.is_empty())
+            .map_err(|e| format!("{}: download classification: {e:#}", l3.dev.name))?;
         Ok(Download {
             applied,
             l3: l3.dev.clone(),
@@ -396,6 +583,7 @@ impl Shaping {
     async fn remove_download(&mut self, d: &Download, rt: &RtHandle, dp: Option<&mut Dataplane>) {
         if let Some(dp) = dp {
             dp.unsteer_download(&d.l3, Some(&d.far_end));
+            let _ = dp.classify_download(d.l3.ifindex, d.applied.device.ifindex, false);
         }
         // Deleting one end of a veth pair deletes both, and the qdiscs with them.
         match rt.link().del(d.applied.device.ifindex).execute().await {
@@ -408,8 +596,9 @@ impl Shaping {
         let Some(s) = self.shapers.remove(name) else {
             return;
         };
+        let mut dp = dp;
         if let Some(u) = &s.upload {
-            self.remove_tree(u);
+            self.remove_upload(u, dp.as_deref_mut());
         }
         if let Some(d) = &s.download {
             self.remove_download(d, rt, dp).await;
@@ -431,8 +620,10 @@ impl Shaping {
         if shaper.is_none() && error.is_none() {
             return None;
         }
-        let tc = self.socket().ok();
-        let dir = |a: &Applied| DirectionStatus::read(tc, &a.device, &a.params);
+        let _ = self.socket();
+        let tc = self.tc.as_ref();
+        let ids = &self.ids;
+        let dir = |a: &Applied| DirectionStatus::read(tc, &a.device, &a.params, &a.circuits, ids);
         Some(ShaperStatus {
             upload: shaper.as_ref().and_then(|s| s.upload.as_ref()).map(dir),
             download: shaper
@@ -511,6 +702,7 @@ fn same_class(a: &tc::HtbClass, b: &tc::HtbClass) -> bool {
 /// was given, HTB the device's queue length as its direct queue when none was given).
 fn same_qdisc(want: &tc::Qdisc, got: &tc::Qdisc) -> bool {
     match (&want.kind, &got.kind) {
+        (QdiscKind::FqCodel(w), QdiscKind::FqCodel(g)) => w.same_as(g) && want.stab == got.stab,
         (QdiscKind::Htb(w), QdiscKind::Htb(g)) => {
             w.default_class == g.default_class
                 && (w.direct_qlen == 0 || w.direct_qlen == g.direct_qlen)
@@ -693,8 +885,8 @@ mod tests {
 
     #[test]
     fn a_rate_change_changes_the_classes_in_place_and_nothing_else() {
-        let before = plan::tree(4, &params(40_000));
-        let after = plan::tree(4, &params(30_000));
+        let before = plan::tree(4, &params(40_000), &[]);
+        let after = plan::tree(4, &params(30_000), &[]);
         let qdiscs: Vec<_> = std::iter::once(before.root.clone())
             .chain(before.leaves.iter().cloned())
             .map(dumped_q)
@@ -707,12 +899,12 @@ mod tests {
         assert_eq!(ops.len(), 2, "{ops:?}");
         assert!(ops
             .iter()
-            .all(|o| matches!(o, TcOp::Class(c) if c.htb.rate_bytes == 3_750_000)));
+            .all(|o| matches!(o, TcOp::Class(c) if c.htb.ceil_bytes == 3_750_000)));
     }
 
     #[test]
     fn classes_the_tree_lost_are_deleted_children_first() {
-        let t = plan::tree(4, &params(40_000));
+        let t = plan::tree(4, &params(40_000), &[]);
         let mut classes: Vec<_> = t.classes.iter().cloned().map(dumped_c).collect();
         let mut extra = t.classes[1].clone();
         extra.handle = Handle::new(plan::MAJOR, 0x100);

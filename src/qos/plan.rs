@@ -28,10 +28,20 @@ use super::tc::QdiscKind;
 use super::tc::Stab;
 use crate::config;
 
-/// Major number of every qdisc and class bpfqos creates: what makes them recognisably ours.
-pub const MAJOR: u16 = 0xb9f;
-/// Major of the leaf qdiscs under bpfqos' HTB classes.
+/// Major number of every qdisc and class bpfqos creates: what makes them recognisably ours
+/// (the data path names circuit classes with it: `BPFQOS_SHAPER_MAJOR`).
+pub const MAJOR: u16 = crate::dataplane::abi::SHAPER_MAJOR;
+/// Major of the leaf qdisc under the default class; a circuit's leaf has this plus its id.
 pub const LEAF_MAJOR: u16 = 0xba0;
+/// A circuit's class minor is this plus its id (`BPFQOS_CIRCUIT_MINOR_BASE`).
+pub const CIRCUIT_MINOR_BASE: u16 = crate::dataplane::abi::CIRCUIT_MINOR_BASE;
+/// What every class under the link class is guaranteed, bytes/s (1 kbit/s): next to nothing,
+/// so that they all share the link by borrowing, in equal turns, each up to its own ceiling.
+/// HTB lets a class below its guarantee send whatever its parent has left, so the guarantees
+/// must add up to (almost) nothing for the link rate to hold: with every class busy at once
+/// they add 1 kbit/s per class. Constant, so that a rate change (autorate) touches the link
+/// class only and a circuit's class depends on its own limit only.
+pub const GUARANTEE_BYTES: u64 = 125;
 /// The HTB class every packet of a direction goes through (the interface's rate).
 pub const CLASS_LINK: u16 = 1;
 /// The HTB class of traffic no circuit claims (the default class).
@@ -95,6 +105,25 @@ impl Params {
 /// kbit/s (1000 bit/s) in bytes per second.
 pub fn kbit_to_bytes(kbit: u64) -> u64 {
     kbit.saturating_mul(125)
+}
+
+/// A circuit's limit in one direction, as a shaper needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CircuitLimit {
+    /// Its id (1..=`MAX_CIRCUITS`): the class minor is [`CIRCUIT_MINOR_BASE`] plus it.
+    pub id: u16,
+    /// The limit, kbit/s (> 0).
+    pub rate_kbit: u64,
+}
+
+/// The class of circuit `id`.
+pub fn circuit_class(id: u16) -> Handle {
+    Handle::new(MAJOR, CIRCUIT_MINOR_BASE.saturating_add(id))
+}
+
+/// The leaf qdisc handle under circuit `id`'s class.
+pub fn circuit_leaf(id: u16) -> Handle {
+    Handle::new(LEAF_MAJOR.saturating_add(id), 0)
 }
 
 /// The tree of qdiscs and classes bpfqos wants on one device.
@@ -235,11 +264,36 @@ pub fn htb_class(
     }
 }
 
-/// The tree for one shaped direction on device `ifindex`.
-pub fn tree(ifindex: u32, p: &Params) -> Tree {
+/// The leaf qdisc of a class shaped at `ceil` bytes/s (`None`: HTB's own FIFO).
+fn leaf(p: &Params, ifindex: u32, handle: Handle, parent: Handle, ceil: u64) -> Option<Qdisc> {
+    let kind = match p.qdisc {
+        // The HTB class shapes; CAKE (unlimited) queues, with its per-host fairness.
+        config::Qdisc::Cake => QdiscKind::Cake(cake(p, 0)),
+        config::Qdisc::FqCodel => QdiscKind::FqCodel(fq_codel(p, ceil)),
+        config::Qdisc::Fifo => return None,
+    };
+    Some(Qdisc {
+        ifindex,
+        handle,
+        parent,
+        kind,
+        stab: None,
+    })
+}
+
+/// The tree for one shaped direction on device `ifindex`, with a class for each of
+/// `circuits` (those limited in this direction).
+///
+/// - `qdisc 'cake'` without circuits: one CAKE at the root, shaping (sqm's piece_of_cake);
+/// - otherwise an HTB root, its link class at the rate, and under it the default class and
+///   one class per circuit, each guaranteed [`GUARANTEE_BYTES`] and ceiled at the link rate
+///   (default) or the circuit's limit: busy classes share the link in equal turns (HTB's
+///   round robin over borrowing classes), none beyond its ceiling, and what one cannot use
+///   the others get. Leaves: CAKE without a rate of its own, fq_codel, or HTB's FIFO.
+pub fn tree(ifindex: u32, p: &Params, circuits: &[CircuitLimit]) -> Tree {
     let root_handle = Handle::new(MAJOR, 0);
     let rate = p.rate_bytes();
-    if p.qdisc == config::Qdisc::Cake {
+    if p.qdisc == config::Qdisc::Cake && circuits.is_empty() {
         return Tree {
             root: Qdisc {
                 ifindex,
@@ -254,18 +308,26 @@ pub fn tree(ifindex: u32, p: &Params) -> Tree {
     }
     let (_, stab) = htb_accounting(p);
     let link = htb_class(p, ifindex, CLASS_LINK, root_handle, rate, rate);
-    let default = htb_class(p, ifindex, CLASS_DEFAULT, link.handle, rate, rate);
-    let leaves = match p.qdisc {
-        config::Qdisc::FqCodel => vec![Qdisc {
-            ifindex,
-            handle: Handle::new(LEAF_MAJOR, 0),
-            parent: default.handle,
-            kind: QdiscKind::FqCodel(fq_codel(p, rate)),
-            stab: None,
-        }],
-        // HTB's own FIFO (pfifo, the device's queue length) serves the class.
-        config::Qdisc::Fifo | config::Qdisc::Cake => Vec::new(),
-    };
+    let guarantee = |ceil: u64| GUARANTEE_BYTES.min(ceil);
+    let default = htb_class(
+        p,
+        ifindex,
+        CLASS_DEFAULT,
+        link.handle,
+        guarantee(rate),
+        rate,
+    );
+    let mut leaves: Vec<Qdisc> = leaf(p, ifindex, Handle::new(LEAF_MAJOR, 0), default.handle, rate)
+        .into_iter()
+        .collect();
+    let mut classes = vec![link.clone(), default];
+    for c in circuits {
+        let ceil = kbit_to_bytes(c.rate_kbit);
+        let mut class = htb_class(p, ifindex, 0, link.handle, guarantee(ceil), ceil);
+        class.handle = circuit_class(c.id);
+        leaves.extend(leaf(p, ifindex, circuit_leaf(c.id), class.handle, ceil));
+        classes.push(class);
+    }
     Tree {
         root: Qdisc {
             ifindex,
@@ -277,18 +339,9 @@ pub fn tree(ifindex: u32, p: &Params) -> Tree {
             }),
             stab,
         },
-        classes: vec![link, default],
+        classes,
         leaves,
     }
-}
-
-/// The rate of a tree (what autorate changes): the CAKE bandwidth or the link class' rate.
-pub fn with_rate(t: &Tree, p: &Params, rate_kbit: u64) -> Tree {
-    let p = Params {
-        rate_kbit,
-        ..p.clone()
-    };
-    tree(t.root.ifindex, &p)
 }
 
 #[cfg(test)]
@@ -310,7 +363,11 @@ mod tests {
 
     #[test]
     fn cake_is_sqms_piece_of_cake() {
-        let up = tree(5, &params(config::Qdisc::Cake, Direction::Upload, 34, 0));
+        let up = tree(
+            5,
+            &params(config::Qdisc::Cake, Direction::Upload, 34, 0),
+            &[],
+        );
         let QdiscKind::Cake(c) = &up.root.kind else {
             panic!("not cake: {up:?}");
         };
@@ -321,7 +378,11 @@ mod tests {
         );
         assert_eq!(c.diffserv, Diffserv::Besteffort);
         assert!(up.classes.is_empty() && up.leaves.is_empty());
-        let down = tree(6, &params(config::Qdisc::Cake, Direction::Download, 34, 14));
+        let down = tree(
+            6,
+            &params(config::Qdisc::Cake, Direction::Download, 34, 14),
+            &[],
+        );
         let QdiscKind::Cake(c) = &down.root.kind else {
             panic!("not cake");
         };
@@ -338,14 +399,23 @@ mod tests {
         let eth = tree(
             5,
             &params(config::Qdisc::FqCodel, Direction::Upload, 34, 14),
+            &[],
         );
         assert_eq!(eth.classes[0].htb.overhead, 20);
         assert_eq!(eth.root.stab, None);
-        let ppp = tree(5, &params(config::Qdisc::Fifo, Direction::Upload, 34, 0));
+        let ppp = tree(
+            5,
+            &params(config::Qdisc::Fifo, Direction::Upload, 34, 0),
+            &[],
+        );
         assert_eq!(ppp.classes[0].htb.overhead, 34);
         assert!(ppp.leaves.is_empty(), "fifo: HTB's own queue");
         // Overhead 0 on Ethernet: the 14 header bytes must not be charged.
-        let neg = tree(5, &params(config::Qdisc::FqCodel, Direction::Upload, 0, 14));
+        let neg = tree(
+            5,
+            &params(config::Qdisc::FqCodel, Direction::Upload, 0, 14),
+            &[],
+        );
         assert_eq!(neg.classes[0].htb.overhead, 0);
         assert_eq!(neg.root.stab.map(|s| s.overhead), Some(-14));
     }
@@ -355,6 +425,7 @@ mod tests {
         let t = tree(
             9,
             &params(config::Qdisc::FqCodel, Direction::Download, 18, 14),
+            &[],
         );
         assert_eq!(t.classes.len(), 2);
         assert_eq!(t.classes[0].parent, t.root.handle);
@@ -381,7 +452,7 @@ mod tests {
     fn slow_links_get_a_longer_codel_target_and_ptm_a_lower_htb_rate() {
         let mut p = params(config::Qdisc::FqCodel, Direction::Upload, 0, 0);
         p.rate_kbit = 1_000; // 125 kB/s: a 1514-byte frame takes 12.1 ms.
-        let t = tree(1, &p);
+        let t = tree(1, &p, &[]);
         let QdiscKind::FqCodel(f) = &t.leaves[0].kind else {
             panic!("not fq_codel");
         };
@@ -390,8 +461,88 @@ mod tests {
         assert!(!f.ecn, "upload drops");
         p.linklayer = config::LinkLayer::Ptm;
         p.rate_kbit = 65_000;
-        assert_eq!(tree(1, &p).classes[0].htb.rate_bytes, 8_000_000);
+        assert_eq!(tree(1, &p, &[]).classes[0].htb.rate_bytes, 8_000_000);
         p.linklayer = config::LinkLayer::Atm;
-        assert_eq!(tree(1, &p).classes[0].htb.link_layer, LinkLayer::Atm);
+        assert_eq!(tree(1, &p, &[]).classes[0].htb.link_layer, LinkLayer::Atm);
+    }
+
+    #[test]
+    fn circuits_get_a_class_each_that_depends_on_their_own_limit_only() {
+        let p = params(config::Qdisc::Cake, Direction::Upload, 34, 0);
+        let limits = [
+            CircuitLimit {
+                id: 1,
+                rate_kbit: 10_000,
+            },
+            CircuitLimit {
+                id: 7,
+                rate_kbit: 90_000,
+            },
+        ];
+        let t = tree(5, &p, &limits);
+        // CAKE with circuits: HTB shapes, CAKE leaves queue without a rate.
+        assert!(matches!(t.root.kind, QdiscKind::Htb(_)));
+        assert_eq!(t.classes.len(), 4);
+        let c1 = &t.classes[2];
+        assert_eq!(c1.handle, Handle::new(MAJOR, 0x101));
+        assert_eq!(c1.parent, Handle::new(MAJOR, CLASS_LINK));
+        assert_eq!(
+            (c1.htb.rate_bytes, c1.htb.ceil_bytes),
+            (GUARANTEE_BYTES, 1_250_000)
+        );
+        // A limit above the link's stays as configured: the link class caps it anyway, and
+        // the class does not change when the link rate does.
+        assert_eq!(t.classes[3].htb.ceil_bytes, 11_250_000);
+        let default = &t.classes[1];
+        assert_eq!(
+            (default.htb.rate_bytes, default.htb.ceil_bytes),
+            (GUARANTEE_BYTES, 5_000_000)
+        );
+        assert_eq!(t.leaves.len(), 3);
+        let QdiscKind::Cake(leaf) = &t.leaves[1].kind else {
+            panic!("not cake");
+        };
+        assert_eq!(leaf.rate_bytes, 0, "the leaf does not shape");
+        assert_eq!(leaf.flow_mode, FlowMode::DualSrchost);
+        assert_eq!(t.leaves[1].handle, Handle::new(LEAF_MAJOR + 1, 0));
+        assert_eq!(t.leaves[1].parent, c1.handle);
+        // Another link rate: only the link and default classes differ.
+        let mut q = p.clone();
+        q.rate_kbit = 20_000;
+        let u = tree(5, &q, &limits);
+        assert_eq!(t.classes[2..], u.classes[2..]);
+        assert_eq!(t.leaves, u.leaves);
+        // The guarantees add up to a negligible share of the link.
+        let sum: u64 = t.classes[1..].iter().map(|c| c.htb.rate_bytes).sum();
+        assert!(sum * 1000 < p.rate_bytes());
+    }
+
+    #[test]
+    fn fq_codel_circuit_leaves_are_tuned_to_the_circuit_rate() {
+        let p = params(config::Qdisc::FqCodel, Direction::Download, 0, 14);
+        let t = tree(
+            5,
+            &p,
+            &[CircuitLimit {
+                id: 3,
+                rate_kbit: 1_000,
+            }],
+        );
+        let QdiscKind::FqCodel(f) = &t.leaves[1].kind else {
+            panic!("not fq_codel");
+        };
+        assert_eq!(
+            f.target_us, 18_168,
+            "a 1 Mbit/s circuit gets the slow-link target"
+        );
+        let fifo = tree(
+            5,
+            &params(config::Qdisc::Fifo, Direction::Upload, 0, 0),
+            &[CircuitLimit {
+                id: 3,
+                rate_kbit: 1_000,
+            }],
+        );
+        assert!(fifo.leaves.is_empty() && fifo.classes.len() == 3);
     }
 }

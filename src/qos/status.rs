@@ -5,9 +5,13 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::circuits::CircuitIds;
 use super::client::TcSocket;
+use super::plan;
+use super::plan::CircuitLimit;
 use super::plan::Direction;
 use super::plan::Params;
+use super::tc;
 use super::tc::Handle;
 use crate::dataplane::Device;
 
@@ -50,8 +54,104 @@ pub struct DirectionStatus {
     pub backlog_bytes: Option<u64>,
     /// Packets queued now.
     pub backlog_packets: Option<u64>,
-    /// CAKE's tins (empty for the other kinds).
+    /// CAKE's tins (empty for the other kinds); with circuits, summed over the CAKE leaves
+    /// (delays: the largest).
     pub tins: Vec<TinStatus>,
+    /// The circuits limited in this direction, each with its class' counters.
+    pub circuits: Vec<CircuitClassStatus>,
+}
+
+/// A configured circuit: its hosts, limits, and what its classes counted, summed over the
+/// shaped interfaces (`null` where no shaper limits it in that direction).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitStatus {
+    /// Its name.
+    pub name: String,
+    /// Its prefixes.
+    pub ips: Vec<String>,
+    /// Configured upload limit, kbit/s (0: none).
+    pub upload_kbit: u64,
+    /// Configured download limit, kbit/s (0: none).
+    pub download_kbit: u64,
+    /// Upload counters.
+    pub upload: Option<CircuitCounters>,
+    /// Download counters.
+    pub download: Option<CircuitCounters>,
+}
+
+/// Counters of a circuit's classes in one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitCounters {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Packets sent.
+    pub packets: u64,
+    /// Packets dropped.
+    pub drops: u64,
+    /// Bytes queued now.
+    pub backlog_bytes: u64,
+}
+
+impl CircuitCounters {
+    fn add(&mut self, c: &CircuitClassStatus) {
+        self.bytes += c.bytes.unwrap_or(0);
+        self.packets += c.packets.unwrap_or(0);
+        self.drops += c.drops.unwrap_or(0);
+        self.backlog_bytes += c.backlog_bytes.unwrap_or(0);
+    }
+}
+
+/// The `circuits` section: every configured circuit with its counters from `shapers`.
+pub fn circuits_status(
+    circuits: &[crate::config::Circuit],
+    shapers: &[&ShaperStatus],
+) -> Vec<CircuitStatus> {
+    circuits
+        .iter()
+        .map(|c| {
+            let sum = |pick: &dyn Fn(&ShaperStatus) -> Option<&DirectionStatus>| {
+                let mut total: Option<CircuitCounters> = None;
+                for d in shapers.iter().filter_map(|s| pick(s)) {
+                    for class in d.circuits.iter().filter(|x| x.name == c.name) {
+                        total.get_or_insert_with(Default::default).add(class);
+                    }
+                }
+                total
+            };
+            CircuitStatus {
+                name: c.name.clone(),
+                ips: c.ips.iter().map(ToString::to_string).collect(),
+                upload_kbit: c.upload_kbit,
+                download_kbit: c.download_kbit,
+                upload: sum(&|s| s.upload.as_ref()),
+                download: sum(&|s| s.download.as_ref()),
+            }
+        })
+        .collect()
+}
+
+/// A circuit's class in one shaper.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitClassStatus {
+    /// The circuit's name.
+    pub name: String,
+    /// Its limit here, kbit/s.
+    pub rate_kbit: u64,
+    /// Bytes sent (null: the class could not be read).
+    pub bytes: Option<u64>,
+    /// Packets sent.
+    pub packets: Option<u64>,
+    /// Packets dropped (class and leaf).
+    pub drops: Option<u64>,
+    /// ECN marks of its leaf (null for FIFO).
+    pub ecn_marks: Option<u64>,
+    /// Bytes queued now.
+    pub backlog_bytes: Option<u64>,
+    /// Packets queued now.
+    pub backlog_packets: Option<u64>,
 }
 
 /// One CAKE tin.
@@ -78,8 +178,14 @@ pub struct TinStatus {
 
 impl DirectionStatus {
     /// The status of the shaper of `params` on `device`, with its counters read from the
-    /// kernel when `tc` can (`null` counters otherwise).
-    pub fn read(tc: Option<&TcSocket>, device: &Device, params: &Params) -> Self {
+    /// kernel when `tc` can (`null` counters otherwise), and its circuits' classes.
+    pub fn read(
+        tc: Option<&TcSocket>,
+        device: &Device,
+        params: &Params,
+        circuits: &[CircuitLimit],
+        ids: &CircuitIds,
+    ) -> Self {
         let mut st = DirectionStatus {
             device: device.name.clone(),
             qdisc: match params.qdisc {
@@ -92,9 +198,24 @@ impl DirectionStatus {
             overhead: params.overhead,
             ..Default::default()
         };
+        st.circuits = circuits
+            .iter()
+            .map(|c| CircuitClassStatus {
+                name: ids.name(c.id).unwrap_or_default().to_string(),
+                rate_kbit: c.rate_kbit,
+                ..Default::default()
+            })
+            .collect();
         let Some(qdiscs) = tc.and_then(|tc| tc.qdiscs(device.ifindex).ok()) else {
             return st;
         };
+        if !circuits.is_empty() {
+            if let Some(classes) = tc.and_then(|tc| tc.classes(device.ifindex).ok()) {
+                for (c, out) in circuits.iter().zip(st.circuits.iter_mut()) {
+                    circuit_counters(c.id, &classes, &qdiscs, out);
+                }
+            }
+        }
         let Some(root) = qdiscs.iter().find(|d| d.item.parent == Handle::ROOT) else {
             return st;
         };
@@ -128,6 +249,9 @@ impl DirectionStatus {
                 base_delay_us: t.base_delay_us,
             })
             .collect();
+        if st.tins.is_empty() {
+            st.tins = leaf_tins(&qdiscs);
+        }
         st
     }
 
@@ -138,4 +262,50 @@ impl DirectionStatus {
             Direction::Download => "download",
         }
     }
+}
+
+/// The counters of circuit `id`'s class and leaf.
+fn circuit_counters(
+    id: u16,
+    classes: &[tc::Dumped<tc::Class>],
+    qdiscs: &[tc::Dumped<tc::Qdisc>],
+    out: &mut CircuitClassStatus,
+) {
+    let handle = plan::circuit_class(id);
+    let Some(class) = classes.iter().find(|c| c.item.handle == handle) else {
+        return;
+    };
+    let leaf = qdiscs.iter().find(|q| q.item.parent == handle);
+    let s = &class.stats;
+    out.bytes = Some(s.bytes);
+    out.packets = Some(s.packets);
+    // HTB counts drops at the class only for what its own queue dropped; a leaf's AQM
+    // drops are the leaf's.
+    out.drops = Some(s.drops.max(leaf.map_or(0, |l| l.stats.drops)));
+    out.ecn_marks = leaf.and_then(|l| l.stats.ecn_marks);
+    let (backlog, qlen) = leaf.map_or((s.backlog, s.qlen), |l| (l.stats.backlog, l.stats.qlen));
+    out.backlog_bytes = Some(u64::from(backlog));
+    out.backlog_packets = Some(u64::from(qlen));
+}
+
+/// CAKE's tins summed over the CAKE leaves of an HTB tree (delays: the largest).
+fn leaf_tins(qdiscs: &[tc::Dumped<tc::Qdisc>]) -> Vec<TinStatus> {
+    let mut out: Vec<TinStatus> = Vec::new();
+    for q in qdiscs.iter().filter(|q| q.item.parent != Handle::ROOT) {
+        for (i, t) in q.stats.tins.iter().enumerate() {
+            if out.len() <= i {
+                out.resize(i + 1, TinStatus::default());
+            }
+            let o = &mut out[i];
+            o.bytes += t.bytes;
+            o.packets += t.packets;
+            o.drops += t.drops;
+            o.ecn_marks += t.ecn_marks;
+            o.backlog_bytes += t.backlog;
+            o.peak_delay_us = o.peak_delay_us.max(t.peak_delay_us);
+            o.avg_delay_us = o.avg_delay_us.max(t.avg_delay_us);
+            o.base_delay_us = o.base_delay_us.max(t.base_delay_us);
+        }
+    }
+    out
 }

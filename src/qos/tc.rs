@@ -273,6 +273,25 @@ pub struct FqCodel {
     pub memory_limit: u32,
 }
 
+impl FqCodel {
+    /// Whether `other` (read back from the kernel) is this: the kernel keeps times in units
+    /// of 1024 ns, so microseconds come back up to 2 lower.
+    pub fn same_as(&self, other: &FqCodel) -> bool {
+        let near = |a: u32, b: u32| a.abs_diff(b) <= 2;
+        near(self.target_us, other.target_us)
+            && near(self.interval_us, other.interval_us)
+            && FqCodel {
+                target_us: 0,
+                interval_us: 0,
+                ..self.clone()
+            } == FqCodel {
+                target_us: 0,
+                interval_us: 0,
+                ..other.clone()
+            }
+    }
+}
+
 impl Default for FqCodel {
     /// sqm-scripts' choices for a shaped link: the kernel's defaults, a smaller memory limit
     /// (routers are short of it) and quantum 300 at low rates is up to the caller.
