@@ -177,10 +177,20 @@ impl Attachments {
             .handle(TC_HANDLE)
             .priority(u32::from(slot.priority))
             .hook(slot.dir.attach_point());
-        // EEXIST from create() just means clsact is already there (shared with other users).
-        let _ = hook.create();
-        hook.attach()
-            .with_context(|| format!("{device}: TC {:?} attach", slot.dir))?;
+        // Already there (a re-apply): nothing to change, no netlink churn.
+        let held = self
+            .devices
+            .get(device)
+            .is_some_and(|h| h.ifindex == ifindex && h.tc.contains(&slot));
+        if held && hook.query().is_ok() {
+            return Ok(());
+        }
+        if hook.attach().is_err() {
+            // No clsact yet (it is shared with other users once there).
+            let _ = hook.create();
+            hook.attach()
+                .with_context(|| format!("{device}: TC {:?} attach", slot.dir))?;
+        }
         self.entry(device, ifindex).tc.insert(slot);
         Ok(())
     }

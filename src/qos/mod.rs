@@ -480,6 +480,7 @@ impl Shaping {
                 circuits,
             });
         }
+        log::debug!("{}: {} tc change(s): {ops:?}", device.name, ops.len());
         let results = tc
             .apply(&ops)
             .map_err(|e| format!("{}: {e:#}", device.name))?;
@@ -732,7 +733,17 @@ fn diff(
     }
     for c in &t.classes {
         let have = classes.iter().find(|d| d.item.handle == c.handle);
-        if !have.is_some_and(|h| h.item.parent == c.parent && same_class(&h.item.htb, &c.htb)) {
+        // The kernel reports a class directly under the qdisc with parent "root".
+        let same_parent = |h: Handle| h == c.parent || (h == Handle::ROOT && c.parent.minor() == 0);
+        if !have.is_some_and(|h| same_parent(h.item.parent) && same_class(&h.item.htb, &c.htb)) {
+            if let Some(h) = have {
+                log::debug!(
+                    "class {} differs: have {:?}, want {:?}",
+                    c.handle,
+                    h.item,
+                    c
+                );
+            }
             ops.push(TcOp::Class(c.clone()));
         }
     }

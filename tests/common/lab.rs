@@ -128,7 +128,8 @@ NFT",
 
     /// UDP ping-pong with xfer.py, 20 datagrams a second, every echo checked: (server, client).
     pub fn udp_pingpong(&self, addr: &str, count: u32, extra: &[&str]) -> (Child, Child) {
-        let (server, _) = self.server(addr, &["--udp"]);
+        // The client waits up to its --io-timeout (10 s) for an echo: the server outlasts it.
+        let (server, _) = self.server(addr, &["--udp", "--idle", "12"]);
         let count = count.to_string();
         let mut args = vec!["--udp", "--count", &count, "--interval", "0.05"];
         args.extend_from_slice(extra);

@@ -75,7 +75,11 @@ def serve(a):
     if a.udp:
         seen = set()
         while time.monotonic() < deadline:
-            s.settimeout(max(0.1, deadline - time.monotonic()))
+            # Once a client was served, a pause of --idle seconds means it is done.
+            wait = deadline - time.monotonic()
+            if seen and a.idle:
+                wait = min(wait, a.idle)
+            s.settimeout(max(0.1, wait))
             try:
                 data, peer = s.recvfrom(65535)
             except socket.timeout:
@@ -180,6 +184,8 @@ def main():
                    help="UDP client: datagrams that may be lost (never corrupted) without failing")
     p.add_argument("--peers")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--idle", type=float, default=0,
+                   help="UDP server: exit after this long without a datagram, once one came")
     p.add_argument("--io-timeout", type=float, default=10)
     a = p.parse_args()
     try:
