@@ -92,6 +92,10 @@ fn calls() -> u32 {
 struct Subject {
     obj: Object,
     prog: &'static str,
+    /// A TC program (else XDP).
+    tc: bool,
+    /// TC: skb->priority after the last call (the circuit classifier's verdict).
+    last_prio: u32,
     /// Total ns of each pair's REPS_LO call and REPS_HI call.
     pairs: Vec<(f64, f64)>,
     /// The program's return value in the last call (XDP_REDIRECT: the floors found the flow).
@@ -120,8 +124,18 @@ impl Subject {
         Self {
             obj,
             prog,
+            tc: false,
+            last_prio: 0,
             pairs: Vec::new(),
             last_ret: 0,
+        }
+    }
+
+    /// A TC program (its context is a `struct __sk_buff`; `ingress` becomes its `ifindex`).
+    fn tc(obj: Object, prog: &'static str) -> Self {
+        Self {
+            tc: true,
+            ..Self::new(obj, prog)
         }
     }
 
@@ -133,20 +147,38 @@ impl Subject {
             .progs_mut()
             .find(|p| p.name() == self.prog)
             .expect("program");
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        let mut ctx = [0u8; 48];
         let mut out = vec![0u8; frame.len() + 256];
+        if self.tc {
+            // struct __sk_buff up to tc_index: only ifindex (offset 40) set.
+            ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
+        } else {
+            // struct xdp_md: data_end, ingress_ifindex.
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        }
+        // The kernel copies the whole struct __sk_buff back (192 bytes on 6.x).
+        let mut ctx_out = [0u8; 256];
+        let tc = self.tc;
         let input = ProgramInput {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            context_in: Some(&mut ctx[..]),
+            context_in: Some(if tc { &mut ctx[..] } else { &mut ctx[..24] }),
+            context_out: if tc { Some(&mut ctx_out[..]) } else { None },
             repeat: reps,
             ..Default::default()
         };
-        let o = p.test_run(input).expect("test run");
-        self.last_ret = o.return_value;
-        o.duration.as_nanos() as f64 * f64::from(reps)
+        let (ret, duration) = {
+            let o = p.test_run(input).expect("test run");
+            (o.return_value, o.duration)
+        };
+        self.last_ret = ret;
+        if tc {
+            // struct __sk_buff.priority, offset 32.
+            self.last_prio =
+                u32::from_ne_bytes([ctx_out[32], ctx_out[33], ctx_out[34], ctx_out[35]]);
+        }
+        duration.as_nanos() as f64 * f64::from(reps)
     }
 
     /// One pair, in the given order (the caller alternates it, starting with LO first, so
@@ -369,6 +401,7 @@ fn main() {
     }
     // No match: plain IPv4 TCP with no flow installed.
     let mut harness_ns = Vec::new();
+    let mut snat_ns = f64::NAN;
     {
         let f = frame(&Encap::plain(), &Tuple::v4(false));
         for i in [1, 3, 4, 5] {
@@ -454,6 +487,9 @@ fn main() {
                 );
             }
         }
+        if name.starts_with("IPv4 SNAT") {
+            snat_ns = m[0].per_packet;
+        }
         print_row(name, &m, &note);
         for &i in &offloads {
             fwd.remove(&all[i].obj);
@@ -465,6 +501,8 @@ fn main() {
          XDP_PASS): {:.1} ns; it is included in every column above",
         median(harness_ns)
     );
+    println!();
+    classification(&dev, bench_obj(), snat_ns);
     println!();
     println!(
         "{:<42} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8}",
@@ -483,4 +521,149 @@ fn main() {
         "us columns: what one call costs besides its repetitions (offload, baseline, empty \
          program): cold caches and predictors at its start; mean = per packet + that / {REPS_HI}"
     );
+}
+
+/// Circuits for the classifier rows: 10,000 IPv4 hosts, 10,000 IPv6 /64s and 10,000
+/// connections behind NAT, as many as a large config has.
+const CIRCUITS: u32 = 10_000;
+
+/// Per-packet cost of the circuit classification (the TC-egress classifier of a shaped L3
+/// device, `bpfqos_up_classify`; the download side runs the same lookups in the steering and
+/// the offload) next to an empty TC program, and what it adds to the offload's IPv4 SNAT
+/// forwarding measured above.
+fn classification(dev: &[u32], bench: Object, snat_ns: f64) {
+    use bpfqos::dataplane::abi;
+    use bpfqos::dataplane::circuits::nat_key;
+    use bpfqos::dataplane::circuits::WanTuple;
+    use std::net::IpAddr;
+    use std::net::Ipv4Addr;
+    use std::net::Ipv6Addr;
+
+    let mut cls = Subject::tc(common::bpf::load(), abi::UP_CLASSIFY_PROG);
+    let mut empty = Subject::tc(bench, "bench_tc_pass");
+    let map = |name: &str| cls.obj.maps().find(|m| m.name() == name).unwrap();
+    // 198.18.128.0/17 hosts, fd00:80::/32 /64s; NAT entries of 198.19.0.1 to 198.20.x.y.
+    for i in 0..CIRCUITS {
+        let id = (i % abi::MAX_CIRCUITS) + 1;
+        let v4 = abi::Lpm4Key {
+            prefixlen: 32,
+            addr: abi::ip4(Ipv4Addr::from(0xc612_8000u32 + i)),
+        };
+        map(abi::CIRCUITS4_MAP)
+            .update(abi::bytes_of(&v4), &id.to_ne_bytes(), MapFlags::ANY)
+            .unwrap();
+        let v6 = abi::Lpm6Key {
+            prefixlen: 64,
+            addr: abi::ip6(Ipv6Addr::from(
+                (0xfd00_0080u128 << 96) | (u128::from(i) << 64),
+            )),
+        };
+        map(abi::CIRCUITS6_MAP)
+            .update(abi::bytes_of(&v6), &id.to_ne_bytes(), MapFlags::ANY)
+            .unwrap();
+        let t = WanTuple {
+            proto: 6,
+            local: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)),
+            local_port: 20_000 + (i % 40_000) as u16,
+            remote: IpAddr::V4(Ipv4Addr::from(0xc614_0000u32 + i)),
+            remote_port: 443,
+        };
+        map(abi::CIRCUIT_NAT_MAP)
+            .update(
+                abi::bytes_of(&nat_key(&t).unwrap()),
+                &id.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .unwrap();
+    }
+    let set_flags = |obj: &Object, flags: u32| {
+        let v = abi::Shaping { target: 0, flags };
+        obj.maps()
+            .find(|m| m.name() == abi::SHAPING_MAP)
+            .unwrap()
+            .update(&dev[0].to_ne_bytes(), abi::bytes_of(&v), MapFlags::ANY)
+            .unwrap();
+    };
+    let eth = |t: &Tuple| {
+        wrap(
+            MAC_ROUTER_IN,
+            MAC_CLIENT,
+            &Encap::plain(),
+            Dir::Rx,
+            &ip_packet(t, 64, Tcp::Ack, &[0u8; 18]),
+        )
+    };
+    // An upload after NAT: from the router's address and a port in circuit_nat.
+    let natted = Tuple {
+        udp: false,
+        src: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)),
+        dst: IpAddr::V4(Ipv4Addr::from(0xc614_0000u32 + 4321)),
+        sport: 20_000 + 4321,
+        dport: 443,
+    };
+    let v6 = Tuple {
+        udp: false,
+        src: IpAddr::V6(Ipv6Addr::from(
+            (0xfd00_0080u128 << 96) | (1234u128 << 64) | 0x10,
+        )),
+        dst: "fd00:2::20".parse().unwrap(),
+        sport: 40_000,
+        dport: 443,
+    };
+    let stranger = Tuple {
+        src: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)),
+        sport: 9,
+        ..natted
+    };
+    let want = |id: u32| {
+        ((u32::from(abi::SHAPER_MAJOR)) << 16) | (u32::from(abi::CIRCUIT_MINOR_BASE) + id)
+    };
+    let cases: Vec<(&str, u32, Tuple, u32)> = vec![
+        ("classifier attached, no circuits configured", 0, natted, 0),
+        (
+            "IPv4 behind NAT: circuit_nat hit",
+            abi::SHAPE_F_CIRCUITS_UP,
+            natted,
+            want(4322),
+        ),
+        (
+            "IPv6: prefix hit (LPM)",
+            abi::SHAPE_F_CIRCUITS_UP,
+            v6,
+            want(1235),
+        ),
+        (
+            "in no circuit: both lookups miss",
+            abi::SHAPE_F_CIRCUITS_UP,
+            stranger,
+            0,
+        ),
+    ];
+    println!(
+        "{:<48} {:>8} {:>8} {:>8}   ({CIRCUITS} circuits: IPv4 hosts, IPv6 /64s, NAT entries)",
+        "circuit classification (ns per packet, hot)", "classify", "empty", "added"
+    );
+    for (name, flags, t, expect) in cases {
+        set_flags(&cls.obj, flags);
+        let f = eth(&t);
+        let m = measure(&mut [&mut cls, &mut empty], &f, dev[0]);
+        let added = m[0].per_packet - m[1].per_packet;
+        let mut note = String::new();
+        if cls.last_prio != expect {
+            note = format!(
+                "  (classified as {:#x}, expected {expect:#x})",
+                cls.last_prio
+            );
+        }
+        println!(
+            "{name:<48} {:>8.0} {:>8.0} {added:>8.0}{note}",
+            m[0].per_packet, m[1].per_packet
+        );
+        if flags != 0 && expect != 0 && snat_ns.is_finite() {
+            println!(
+                "{:<48} offload IPv4 SNAT {snat_ns:.0} ns + {added:.0} ns = ratio {:.2} to the offload without it",
+                "", (snat_ns + added) / snat_ns
+            );
+        }
+    }
 }

@@ -46,9 +46,13 @@ pub struct Status {
     /// Shaping as a whole: the data path's steering and classification.
     #[serde(default)]
     pub shaping: ShapingStatus,
-    /// Configured circuits with their counters.
+    /// Configured circuits with their counters (at most
+    /// [`crate::qos::status::MAX_LISTED_CIRCUITS`]: the busiest, when there are more).
     #[serde(default)]
     pub circuits: Vec<CircuitStatus>,
+    /// How many circuits are configured (more than `circuits` lists when there are many).
+    #[serde(default)]
+    pub circuits_total: usize,
 }
 
 /// Shaping as a whole.
@@ -131,7 +135,11 @@ fn render_circuits(s: &mut String, st: &Status) {
     if st.circuits.is_empty() {
         return;
     }
-    let _ = writeln!(s, "\ncircuits ({}):", st.circuits.len());
+    let _ = writeln!(
+        s,
+        "\ncircuits ({}):",
+        st.circuits_total.max(st.circuits.len())
+    );
     let counters = |c: &Option<crate::qos::status::CircuitCounters>| {
         c.as_ref().map_or_else(
             || "-".to_string(),

@@ -453,6 +453,7 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
             split_gso: true,
             ack_filter: false,
             rtt_us: 0,
+            target_us: 0,
         },
         Cake {
             rate_bytes: 250_000_000 / 8,
@@ -467,6 +468,7 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
             split_gso: false,
             ack_filter: true,
             rtt_us: 30_000,
+            target_us: 1_500,
         },
         Cake {
             rate_bytes: 0,
@@ -475,6 +477,8 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
             link_layer: LinkLayer::Atm,
             // Stated: a replace keeps what it is not told (the previous case's 30 ms).
             rtt_us: 100_000,
+            // A leaf under a 1 Mbit/s HTB class: 1.5 packet times.
+            target_us: 18_168,
             ..Cake::default()
         },
     ];
@@ -496,10 +500,13 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
             .unwrap();
             tc.qdiscs(ifindex).unwrap()
         });
-        // CAKE reports its default RTT (100 ms) when none was given.
+        // CAKE reports its default RTT (100 ms) and target (5 ms) when none was given.
         let mut want = cake.clone();
         if want.rtt_us == 0 {
             want.rtt_us = 100_000;
+        }
+        if want.target_us == 0 {
+            want.target_us = 5_000;
         }
         assert_eq!(
             back.first().map(|d| d.item.kind.clone()),
@@ -548,6 +555,10 @@ fn cake_and_fq_codel_options_read_back_as_asked() {
         );
         if cake.rtt_us != 0 {
             assert_eq!(o["rtt"], cake.rtt_us);
+        }
+        // iproute2 prints the target only in some versions; where it does, it must match.
+        if cake.target_us != 0 && !o["target"].is_null() {
+            assert_eq!(o["target"], cake.target_us);
         }
     }
     let f = FqCodel {

@@ -11,9 +11,12 @@
  *    what the hash map's call chain costs);
  *  - bench_parse_only: the shared parser and nothing else (the baseline without
  *    its redirect: splits the baseline's cost);
- *  - bench_pass: nothing, i.e. BPF_PROG_TEST_RUN's own cost per repetition.
+ *  - bench_pass: nothing, i.e. BPF_PROG_TEST_RUN's own cost per repetition;
+ *  - bench_tc_pass: the same for a TC program (the circuit classifier's
+ *    reference: what any program on TC egress costs).
  */
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 #include "bpfqos_abi.h"
@@ -169,6 +172,13 @@ SEC("xdp")
 int bench_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
+}
+
+/* The same for TC: a program that leaves the packet alone. */
+SEC("tc")
+int bench_tc_pass(struct __sk_buff *skb)
+{
+	return TC_ACT_UNSPEC;
 }
 
 /*

@@ -675,12 +675,16 @@ fn check_unique_circuits(
     circuits: &[Circuit],
     origin: &[(SectionRef, &Section)],
 ) {
+    // By name, the first circuit that has it: linear in the number of circuits (tens of
+    // thousands in an ISP's file).
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (n, (c, (sref, section))) in circuits.iter().zip(origin).enumerate() {
-        let earlier = circuits[..n].iter().zip(origin);
-        if let Some((_, (prev_ref, prev_section))) = earlier
-            .into_iter()
-            .find(|(p, _)| !c.name.is_empty() && p.name == c.name)
-        {
+        if c.name.is_empty() {
+            continue;
+        }
+        let prev = *first.entry(c.name.as_str()).or_insert(n);
+        if prev != n {
+            let (prev_ref, prev_section) = &origin[prev];
             let has_name = section.options.iter().any(|o| o.name == "name");
             report.error(
                 option_line(section, "name"),

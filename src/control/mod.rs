@@ -104,9 +104,13 @@ pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, Client
         path: path.clone(),
         source,
     })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
+    // A reload applies the whole configuration before it answers: with thousands of circuits
+    // the kernel alone takes seconds (docs/bench.md); anything else answers at once.
+    let wait = match req {
+        Request::Reload => Duration::from_secs(300),
+        _ => Duration::from_secs(10),
+    };
+    stream.set_read_timeout(Some(wait)).map_err(io)?;
     stream
         .set_write_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;

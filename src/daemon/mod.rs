@@ -445,7 +445,9 @@ impl Daemon {
             }
         }
         if matches!(change, TopologyEvent::Link(_) | TopologyEvent::Resync) {
-            // Devices come and go (hotplug, PPPoE reconnect): follow them.
+            // Devices come and go (hotplug, PPPoE reconnect): follow them, checking the
+            // shapers against the kernel.
+            self.qos.verify_next();
             self.apply().await;
         }
         let resolver = self.net.resolver();
@@ -455,6 +457,7 @@ impl Daemon {
 
     /// Reloads the config file; a config with errors is rejected whole and the running one kept.
     async fn reload(&mut self) -> Result<(), String> {
+        let started = Instant::now();
         let loaded = match config::load(&self.args.config_dir) {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -479,7 +482,7 @@ impl Daemon {
             self.flows.flush(self.net.flow_table());
         }
         self.refresh_nat_if_stale();
-        info!("configuration reloaded");
+        info!("configuration reloaded in {:?}", started.elapsed());
         Ok(())
     }
 
@@ -560,6 +563,7 @@ impl Daemon {
                 circuit_error: self.qos.circuit_error().map(str::to_string),
             },
             circuits,
+            circuits_total: self.qos.circuits().len(),
         }
     }
 

@@ -81,37 +81,81 @@ impl Dataplane {
     /// wanted go, new or changed ones are written, the rest is not touched (a packet of an
     /// unchanged circuit never misses its class during a reload).
     pub fn sync_circuit_prefixes(&self, want: &[(IpPrefix, u32)]) -> anyhow::Result<()> {
-        for map_name in [abi::CIRCUITS4_MAP, abi::CIRCUITS6_MAP] {
-            let map = self.object.map(map_name)?;
-            let wanted: HashMap<Vec<u8>, u32> = want
-                .iter()
-                .map(|(p, id)| (lpm_key(p), *id))
-                .filter(|((m, _), _)| *m == map_name)
-                .map(|((_, k), id)| (k, id))
-                .collect();
-            let stale: Vec<Vec<u8>> = map.keys().filter(|k| !wanted.contains_key(k)).collect();
-            for k in stale {
-                map.delete(&k)
-                    .with_context(|| format!("{map_name}: removing a prefix"))?;
+        let mut cache = self.circuit_prefixes.borrow_mut();
+        // What the tries hold: read once (they may come from a pin of an earlier daemon),
+        // then known from what was written since.
+        if cache.is_none() {
+            *cache = Some(self.read_circuit_prefixes()?);
+        }
+        let Some(have) = cache.as_mut() else {
+            return Ok(());
+        };
+        let wanted: HashMap<IpPrefix, u32> = want.iter().copied().collect();
+        let stale: Vec<IpPrefix> = have
+            .keys()
+            .filter(|p| !wanted.contains_key(*p))
+            .copied()
+            .collect();
+        for p in stale {
+            let (map_name, key) = lpm_key(&p);
+            // Gone already (someone else's hand): fine, the goal is its absence.
+            let _ = self.object.map(map_name)?.delete(&key);
+            have.remove(&p);
+        }
+        for (p, id) in wanted {
+            if have.get(&p) == Some(&id) {
+                continue;
             }
-            for (k, id) in &wanted {
-                let current = map
-                    .lookup(k, MapFlags::ANY)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.try_into().ok().map(u32::from_ne_bytes));
-                if current != Some(*id) {
-                    map.update(k, &id.to_ne_bytes(), MapFlags::ANY)
-                        .with_context(|| {
-                            format!(
-                                "{map_name}: adding a prefix (at most {} per family)",
-                                abi::MAX_CIRCUIT_PREFIXES
-                            )
-                        })?;
-                }
+            let (map_name, key) = lpm_key(&p);
+            if let Err(e) =
+                self.object
+                    .map(map_name)?
+                    .update(&key, &id.to_ne_bytes(), MapFlags::ANY)
+            {
+                // Unknown state now: read it again next time.
+                *cache = None;
+                return Err(e).with_context(|| {
+                    format!(
+                        "{map_name}: adding {p} (at most {} prefixes per family)",
+                        abi::MAX_CIRCUIT_PREFIXES
+                    )
+                });
             }
+            have.insert(p, id);
         }
         Ok(())
+    }
+
+    /// Every prefix in the circuit tries, with its circuit id.
+    fn read_circuit_prefixes(&self) -> anyhow::Result<HashMap<IpPrefix, u32>> {
+        let mut out = HashMap::new();
+        for map_name in [abi::CIRCUITS4_MAP, abi::CIRCUITS6_MAP] {
+            let map = self.object.map(map_name)?;
+            for k in map.keys() {
+                let Some(v) = map.lookup(&k, MapFlags::ANY).ok().flatten() else {
+                    continue;
+                };
+                let Ok(id) = <[u8; 4]>::try_from(v.as_slice()).map(u32::from_ne_bytes) else {
+                    continue;
+                };
+                let prefix = if let Some(k4) = abi::from_bytes::<abi::Lpm4Key>(&k) {
+                    IpPrefix::network(
+                        IpAddr::V4(std::net::Ipv4Addr::from(k4.addr.to_ne_bytes())),
+                        k4.prefixlen as u8,
+                    )
+                } else if let Some(k6) = abi::from_bytes::<abi::Lpm6Key>(&k) {
+                    let mut b = [0u8; 16];
+                    for (i, w) in k6.addr.iter().enumerate() {
+                        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                    }
+                    IpPrefix::network(IpAddr::V6(std::net::Ipv6Addr::from(b)), k6.prefixlen as u8)
+                } else {
+                    continue;
+                };
+                out.insert(prefix, id);
+            }
+        }
+        Ok(out)
     }
 
     /// Records that connection `t` belongs to circuit `id`.

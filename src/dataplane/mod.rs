@@ -75,6 +75,8 @@ pub struct Dataplane {
     enabled: bool,
     /// Interior mutability: the daemon hands `&Dataplane` around; one thread, never re-entered.
     tables: RefCell<FlowTables>,
+    /// What the circuit prefix tries hold (prefix → circuit id), once read.
+    circuit_prefixes: RefCell<Option<std::collections::HashMap<crate::config::IpPrefix, u32>>>,
 }
 
 impl Dataplane {
@@ -99,6 +101,7 @@ impl Dataplane {
             hooks: Attachments::default(),
             enabled: false,
             tables: RefCell::new(tables),
+            circuit_prefixes: RefCell::default(),
         })
     }
 

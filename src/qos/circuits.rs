@@ -28,8 +28,9 @@ impl CircuitIds {
     /// forgets the others. Circuits beyond `MAX_CIRCUITS` get none: they are reported by
     /// name.
     pub fn assign(&mut self, circuits: &[config::Circuit]) -> Vec<String> {
-        self.by_name
-            .retain(|n, _| circuits.iter().any(|c| c.name == *n));
+        let names: std::collections::HashSet<&str> =
+            circuits.iter().map(|c| c.name.as_str()).collect();
+        self.by_name.retain(|n, _| names.contains(n.as_str()));
         let mut used: Vec<bool> = vec![false; abi::MAX_CIRCUITS as usize + 1];
         for id in self.by_name.values() {
             used[usize::from(*id)] = true;

@@ -75,6 +75,10 @@ struct Applied {
     params: Params,
     /// The circuits with a class of their own.
     circuits: Vec<CircuitLimit>,
+    /// The tree as last applied, while it can be trusted to be what the kernel has (the next
+    /// change is computed from it instead of a dump: with thousands of circuits, the dumps
+    /// are most of a reload). `None`: compare with the kernel next time.
+    tree: Option<Tree>,
 }
 
 /// One interface's shapers.
@@ -119,6 +123,9 @@ pub struct Shaping {
     /// The configured circuits, their ids and the lookup of their hosts.
     circuits: Vec<config::Circuit>,
     ids: CircuitIds,
+    /// Every (prefix, id), sorted: what the data path's tries were given.
+    prefixes: Vec<(config::IpPrefix, u16)>,
+    prefixes_synced: bool,
     lookup: Lookup,
     /// Why circuits are not (all) in use.
     circuit_error: Option<String>,
@@ -226,7 +233,13 @@ impl Shaping {
         mut dp: Option<&mut Dataplane>,
     ) -> bool {
         self.errors.clear();
+        let started = std::time::Instant::now();
         let hosts_changed = self.set_circuits(circuits, dp.as_deref());
+        log::debug!(
+            "circuits: {} configured, prefixes synchronised in {:?}",
+            circuits.len(),
+            started.elapsed()
+        );
         let wanted: Vec<&str> = wants.iter().map(|w| w.config.name.as_str()).collect();
         let gone: Vec<String> = self
             .shapers
@@ -239,7 +252,13 @@ impl Shaping {
         }
         for w in wants {
             let name = w.config.name.clone();
-            if let Err(e) = self.apply_one(w, rt, dp.as_deref_mut()).await {
+            let started = std::time::Instant::now();
+            let r = self.apply_one(w, rt, dp.as_deref_mut()).await;
+            log::debug!(
+                "interface '{name}': shapers applied in {:?}",
+                started.elapsed()
+            );
+            if let Err(e) = r {
                 warn!("interface '{name}': shaping not applied: {e}");
                 self.remove(&name, rt, dp.as_deref_mut()).await;
                 self.errors.insert(name, e);
@@ -269,32 +288,31 @@ impl Shaping {
             warn!("{msg}");
             self.circuit_error = Some(msg);
         }
-        let prefixes = circuits::prefixes(circuits, &self.ids);
-        if let Some(dp) = dp {
+        let mut prefixes = circuits::prefixes(circuits, &self.ids);
+        prefixes.sort_unstable();
+        let changed = prefixes != self.prefixes;
+        // Unchanged hosts (a rate change): the tries are left as they are. A failed sync is
+        // tried again on the next apply.
+        if let Some(dp) = dp.filter(|_| changed || !self.prefixes_synced) {
             let as_u32: Vec<(config::IpPrefix, u32)> = prefixes
                 .iter()
                 .map(|(p, id)| (*p, u32::from(*id)))
                 .collect();
-            if let Err(e) = dp.sync_circuit_prefixes(&as_u32) {
-                let msg = format!("circuit prefixes: {e:#}; some hosts are not classified");
-                warn!("{msg}");
-                self.circuit_error = Some(msg);
-            }
+            self.prefixes_synced = match dp.sync_circuit_prefixes(&as_u32) {
+                Ok(()) => true,
+                Err(e) => {
+                    let msg = format!("circuit prefixes: {e:#}; some hosts are not classified");
+                    warn!("{msg}");
+                    self.circuit_error = Some(msg);
+                    false
+                }
+            };
         }
-        let lookup = Lookup::new(&prefixes);
-        let changed = {
-            let mut a: Vec<_> = prefixes.clone();
-            let mut b: Vec<_> = self.lookup_prefixes();
-            a.sort();
-            b.sort();
-            a != b
-        };
-        self.lookup = lookup;
+        if changed {
+            self.lookup = Lookup::new(&prefixes);
+            self.prefixes = prefixes;
+        }
         changed
-    }
-
-    fn lookup_prefixes(&self) -> Vec<(config::IpPrefix, u16)> {
-        self.lookup.prefixes()
     }
 
     /// Whether any circuit has hosts (connections of theirs behind NAT are tracked).
@@ -346,6 +364,19 @@ impl Shaping {
         }
         if n > 0 {
             info!("circuits: {n} connections behind NAT classified");
+        }
+    }
+
+    /// Makes the next apply compare every shaper with what the kernel has rather than with
+    /// what was applied last (devices came or went: someone else may have touched them).
+    pub fn verify_next(&mut self) {
+        for s in self.shapers.values_mut() {
+            if let Some(u) = s.upload.as_mut() {
+                u.tree = None;
+            }
+            if let Some(d) = s.download.as_mut() {
+                d.applied.tree = None;
+            }
         }
     }
 
@@ -432,6 +463,40 @@ impl Shaping {
     ) -> Result<Applied, String> {
         let want = plan::tree(device.ifindex, &params, &circuits);
         let tc = self.socket()?;
+        // The quick way: from what this daemon applied last, when the tree keeps its shape.
+        if let Some(old) = before
+            .as_ref()
+            .filter(|b| b.device == *device)
+            .and_then(|b| b.tree.as_ref())
+            .filter(|old| same_shape(old, &want))
+        {
+            let ops = diff(
+                &want,
+                &as_dumped(qdiscs_of(old)),
+                &as_dumped(old.classes.clone()),
+            );
+            let applied =
+                ops.is_empty() || tc.apply(&ops).is_ok_and(|r| r.iter().all(Result::is_ok));
+            if applied {
+                if !ops.is_empty() {
+                    log::debug!(
+                        "{}: {} tc change(s) from the last tree",
+                        device.name,
+                        ops.len()
+                    );
+                }
+                return Ok(Applied {
+                    device: device.clone(),
+                    params,
+                    circuits,
+                    tree: Some(want),
+                });
+            }
+            log::debug!(
+                "{}: the kernel refused a change: comparing with its tree",
+                device.name
+            );
+        }
         let current = tc
             .qdiscs(device.ifindex)
             .map_err(|e| format!("{}: {e:#}", device.name))?;
@@ -450,10 +515,19 @@ impl Shaping {
         let replaced_ours =
             !ours && root.is_some_and(|r| r.item.handle == Handle::new(plan::MAJOR, 0));
         let ops = if ours {
+            let t = std::time::Instant::now();
             let classes = tc
                 .classes(device.ifindex)
                 .map_err(|e| format!("{}: {e:#}", device.name))?;
-            diff(&want, &current, &classes)
+            let dumped = t.elapsed();
+            let ops = diff(&want, &current, &classes);
+            log::debug!(
+                "{}: {} classes dumped in {dumped:?}, diffed in {:?}",
+                device.name,
+                classes.len(),
+                t.elapsed() - dumped
+            );
+            ops
         } else if replaced_ours {
             std::iter::once(delete_root(device.ifindex))
                 .chain(full(&want))
@@ -478,12 +552,22 @@ impl Shaping {
                 device: device.clone(),
                 params,
                 circuits,
+                tree: Some(want),
             });
         }
-        log::debug!("{}: {} tc change(s): {ops:?}", device.name, ops.len());
+        if ops.len() <= 8 {
+            log::debug!("{}: {} tc change(s): {ops:?}", device.name, ops.len());
+        }
+        let t = std::time::Instant::now();
         let results = tc
             .apply(&ops)
             .map_err(|e| format!("{}: {e:#}", device.name))?;
+        log::debug!(
+            "{}: {} tc change(s) applied in {:?}",
+            device.name,
+            ops.len(),
+            t.elapsed()
+        );
         if let Some((op, Err(e))) = ops.iter().zip(results).find(|(_, r)| r.is_err()) {
             // Whole or nothing: take our tree off; a change of a tree that was there gets one
             // more try as a whole new tree, else the device falls back to its default.
@@ -517,6 +601,7 @@ impl Shaping {
             device: device.clone(),
             params,
             circuits,
+            tree: Some(want),
         })
     }
 
@@ -668,6 +753,32 @@ fn delete_root(ifindex: u32) -> TcOp {
     }
 }
 
+/// Whether a tree can become `b` by changes in place (same root kind and HTB options).
+fn same_shape(a: &Tree, b: &Tree) -> bool {
+    match (&a.root.kind, &b.root.kind) {
+        (QdiscKind::Htb(x), QdiscKind::Htb(y)) => x == y && a.root.stab == b.root.stab,
+        (x, y) => x.name() == y.name(),
+    }
+}
+
+/// The qdiscs of a tree (root and leaves).
+fn qdiscs_of(t: &Tree) -> Vec<tc::Qdisc> {
+    std::iter::once(t.root.clone())
+        .chain(t.leaves.iter().cloned())
+        .collect()
+}
+
+/// Items as a dump would list them (no counters).
+fn as_dumped<T>(items: Vec<T>) -> Vec<tc::Dumped<T>> {
+    items
+        .into_iter()
+        .map(|item| tc::Dumped {
+            item,
+            stats: tc::Stats::default(),
+        })
+        .collect()
+}
+
 /// Everything of `t`, for a device that has none of it.
 fn full(t: &Tree) -> Vec<TcOp> {
     let mut ops = vec![TcOp::Qdisc {
@@ -709,9 +820,11 @@ fn same_qdisc(want: &tc::Qdisc, got: &tc::Qdisc) -> bool {
                 && (w.direct_qlen == 0 || w.direct_qlen == g.direct_qlen)
                 && want.stab == got.stab
         }
-        (QdiscKind::Cake(w), QdiscKind::Cake(g)) if w.rtt_us == 0 => {
+        (QdiscKind::Cake(w), QdiscKind::Cake(g)) => {
+            // What was not sent is whatever the kernel had: not a difference.
             let g = tc::Cake {
-                rtt_us: 0,
+                rtt_us: if w.rtt_us == 0 { 0 } else { g.rtt_us },
+                target_us: if w.target_us == 0 { 0 } else { g.target_us },
                 ..g.clone()
             };
             *w == g && want.stab == got.stab
@@ -731,8 +844,10 @@ fn diff(
     if !root.is_some_and(|r| same_qdisc(&t.root, &r.item)) {
         ops.push(TcOp::ChangeQdisc(t.root.clone()));
     }
+    let by_handle: HashMap<Handle, &tc::Dumped<tc::Class>> =
+        classes.iter().map(|d| (d.item.handle, d)).collect();
     for c in &t.classes {
-        let have = classes.iter().find(|d| d.item.handle == c.handle);
+        let have = by_handle.get(&c.handle).copied();
         // The kernel reports a class directly under the qdisc with parent "root".
         let same_parent = |h: Handle| h == c.parent || (h == Handle::ROOT && c.parent.minor() == 0);
         if !have.is_some_and(|h| same_parent(h.item.parent) && same_class(&h.item.htb, &c.htb)) {
@@ -749,20 +864,27 @@ fn diff(
     }
     // Classes of ours that the tree no longer has, deepest first (a class with children
     // cannot go); their leaf qdiscs go with them.
-    let mut stale: Vec<&tc::Class> = classes
+    let wanted: std::collections::HashSet<Handle> = t.classes.iter().map(|c| c.handle).collect();
+    let parents: HashMap<Handle, Handle> = classes
+        .iter()
+        .map(|d| (d.item.handle, d.item.parent))
+        .collect();
+    let mut stale: Vec<(usize, &tc::Class)> = classes
         .iter()
         .map(|d| &d.item)
-        .filter(|c| {
-            c.handle.major() == plan::MAJOR && !t.classes.iter().any(|w| w.handle == c.handle)
-        })
+        .filter(|c| c.handle.major() == plan::MAJOR && !wanted.contains(&c.handle))
+        .map(|c| (depth(c, &parents), c))
         .collect();
-    stale.sort_by_key(|c| std::cmp::Reverse(depth(c, classes)));
+    stale.sort_by_key(|(d, _)| std::cmp::Reverse(*d));
+    let stale: Vec<&tc::Class> = stale.into_iter().map(|(_, c)| c).collect();
     ops.extend(stale.into_iter().map(|c| TcOp::DeleteClass {
         ifindex: c.ifindex,
         handle: c.handle,
     }));
+    let by_parent: HashMap<Handle, &tc::Dumped<tc::Qdisc>> =
+        qdiscs.iter().map(|d| (d.item.parent, d)).collect();
     for l in &t.leaves {
-        match qdiscs.iter().find(|d| d.item.parent == l.parent) {
+        match by_parent.get(&l.parent).copied() {
             Some(h) if same_qdisc(l, &h.item) => {}
             Some(h) if h.item.handle == l.handle && h.item.kind.name() == l.kind.name() => {
                 ops.push(TcOp::ChangeQdisc(l.clone()))
@@ -776,12 +898,13 @@ fn diff(
     ops
 }
 
-fn depth(c: &tc::Class, all: &[tc::Dumped<tc::Class>]) -> usize {
+/// How deep `c` sits under the qdisc (`parents`: every class' parent by handle).
+fn depth(c: &tc::Class, parents: &HashMap<Handle, Handle>) -> usize {
     let mut d = 0;
     let mut parent = c.parent;
-    while let Some(p) = all.iter().find(|x| x.item.handle == parent) {
+    while let Some(p) = parents.get(&parent) {
         d += 1;
-        parent = p.item.parent;
+        parent = *p;
         if d > 16 {
             break;
         }

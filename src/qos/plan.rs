@@ -174,9 +174,33 @@ pub fn cake(p: &Params, rate_bytes: u64) -> Cake {
         wash: false,
         split_gso: true,
         ack_filter: false,
-        // CAKE's own default ("internet"), stated: a replace of a CAKE keeps what it is not
-        // told, so an RTT set by someone else would otherwise stay.
+        // CAKE's own defaults ("internet", 5 ms), stated: a replace of a CAKE keeps what it
+        // is not told, so values set by someone else would otherwise stay.
         rtt_us: 100_000,
+        target_us: 5_000,
+    }
+}
+
+/// The AQM target and interval (µs) for a queue drained at `rate_bytes`: at least 1.5
+/// serialisation times of a full packet (a single packet must not look like a standing
+/// queue), 5 ms otherwise, and an interval of at least 20 targets (sqm's rule for slow links).
+fn aqm_times(rate_bytes: u64) -> (u32, u32) {
+    let mtu_us = 1514 * 1_000_000 / rate_bytes.max(1);
+    let target_us = (mtu_us * 3 / 2).max(5_000).min(u64::from(u32::MAX)) as u32;
+    let interval_us = (u64::from(target_us) * 20)
+        .max(100_000)
+        .min(u64::from(u32::MAX)) as u32;
+    (target_us, interval_us)
+}
+
+/// The CAKE leaf under an HTB class shaped at `ceil` bytes/s: no rate of its own (the class
+/// shapes), and told the AQM times of the rate it is drained at.
+pub fn cake_leaf(p: &Params, ceil: u64) -> Cake {
+    let (target_us, rtt_us) = aqm_times(ceil);
+    Cake {
+        target_us,
+        rtt_us,
+        ..cake(p, 0)
     }
 }
 
@@ -184,13 +208,10 @@ pub fn cake(p: &Params, rate_bytes: u64) -> Cake {
 /// of at least 1.5 MTU-serialisation times (a single full packet must not look like a
 /// standing queue), an interval to match, and a small quantum below 100 Mbit/s.
 pub fn fq_codel(p: &Params, rate_bytes: u64) -> FqCodel {
-    let mtu_us = 1514 * 1_000_000 / rate_bytes.max(1);
-    let target_us = (mtu_us * 3 / 2).max(5_000).min(u64::from(u32::MAX)) as u32;
+    let (target_us, interval_us) = aqm_times(rate_bytes);
     FqCodel {
         target_us,
-        interval_us: (u64::from(target_us) * 20)
-            .max(100_000)
-            .min(u64::from(u32::MAX)) as u32,
+        interval_us,
         quantum: if rate_bytes < kbit_to_bytes(100_000) {
             300
         } else {
@@ -268,7 +289,7 @@ pub fn htb_class(
 fn leaf(p: &Params, ifindex: u32, handle: Handle, parent: Handle, ceil: u64) -> Option<Qdisc> {
     let kind = match p.qdisc {
         // The HTB class shapes; CAKE (unlimited) queues, with its per-host fairness.
-        config::Qdisc::Cake => QdiscKind::Cake(cake(p, 0)),
+        config::Qdisc::Cake => QdiscKind::Cake(cake_leaf(p, ceil)),
         config::Qdisc::FqCodel => QdiscKind::FqCodel(fq_codel(p, ceil)),
         config::Qdisc::Fifo => return None,
     };
@@ -503,6 +524,22 @@ mod tests {
             panic!("not cake");
         };
         assert_eq!(leaf.rate_bytes, 0, "the leaf does not shape");
+        // Told the AQM times of its 10 Mbit/s class (a 1514-byte packet: 1.2 ms).
+        assert_eq!((leaf.target_us, leaf.rtt_us), (5_000, 100_000));
+        let QdiscKind::Cake(slow) = &tree(
+            5,
+            &p,
+            &[CircuitLimit {
+                id: 2,
+                rate_kbit: 1_000,
+            }],
+        )
+        .leaves[1]
+            .kind
+        else {
+            panic!("not cake");
+        };
+        assert_eq!((slow.target_us, slow.rtt_us), (18_168, 363_360));
         assert_eq!(leaf.flow_mode, FlowMode::DualSrchost);
         assert_eq!(t.leaves[1].handle, Handle::new(LEAF_MAJOR + 1, 0));
         assert_eq!(t.leaves[1].parent, c1.handle);

@@ -57,7 +57,12 @@ pub struct DirectionStatus {
     /// CAKE's tins (empty for the other kinds); with circuits, summed over the CAKE leaves
     /// (delays: the largest).
     pub tins: Vec<TinStatus>,
-    /// The circuits limited in this direction, each with its class' counters.
+    /// How many circuits have a class of their own here (their counters are in the
+    /// status' `circuits` section).
+    pub circuit_classes: usize,
+    /// The circuits' classes with their counters (summed into `circuits`; not sent: with
+    /// thousands of circuits they would be most of the document).
+    #[serde(skip)]
     pub circuits: Vec<CircuitClassStatus>,
 }
 
@@ -103,33 +108,57 @@ impl CircuitCounters {
     }
 }
 
-/// The `circuits` section: every configured circuit with its counters from `shapers`.
+/// At most this many circuits are listed in the status document (the busiest, when there
+/// are more): it travels over ubus to LuCI, whose messages are limited to 1 MiB.
+pub const MAX_LISTED_CIRCUITS: usize = 1000;
+
+/// The `circuits` section: the configured circuits with their counters from `shapers`, in
+/// configuration order; beyond [`MAX_LISTED_CIRCUITS`], only the ones that sent the most.
 pub fn circuits_status(
     circuits: &[crate::config::Circuit],
     shapers: &[&ShaperStatus],
 ) -> Vec<CircuitStatus> {
-    circuits
-        .iter()
-        .map(|c| {
-            let sum = |pick: &dyn Fn(&ShaperStatus) -> Option<&DirectionStatus>| {
-                let mut total: Option<CircuitCounters> = None;
-                for d in shapers.iter().filter_map(|s| pick(s)) {
-                    for class in d.circuits.iter().filter(|x| x.name == c.name) {
-                        total.get_or_insert_with(Default::default).add(class);
-                    }
+    let by_name: std::collections::HashMap<(&str, bool), CircuitCounters> = {
+        let mut m: std::collections::HashMap<(&str, bool), CircuitCounters> =
+            std::collections::HashMap::new();
+        for s in shapers {
+            for (d, upload) in [(&s.upload, true), (&s.download, false)] {
+                for class in d.iter().flat_map(|d| d.circuits.iter()) {
+                    m.entry((class.name.as_str(), upload))
+                        .or_default()
+                        .add(class);
                 }
-                total
-            };
-            CircuitStatus {
-                name: c.name.clone(),
-                ips: c.ips.iter().map(ToString::to_string).collect(),
-                upload_kbit: c.upload_kbit,
-                download_kbit: c.download_kbit,
-                upload: sum(&|s| s.upload.as_ref()),
-                download: sum(&|s| s.download.as_ref()),
             }
+        }
+        m
+    };
+    let mut out: Vec<CircuitStatus> = circuits
+        .iter()
+        .map(|c| CircuitStatus {
+            name: c.name.clone(),
+            ips: c.ips.iter().map(ToString::to_string).collect(),
+            upload_kbit: c.upload_kbit,
+            download_kbit: c.download_kbit,
+            upload: by_name.get(&(c.name.as_str(), true)).cloned(),
+            download: by_name.get(&(c.name.as_str(), false)).cloned(),
         })
-        .collect()
+        .collect();
+    if out.len() > MAX_LISTED_CIRCUITS {
+        let bytes = |c: &CircuitStatus| {
+            c.upload.as_ref().map_or(0, |x| x.bytes) + c.download.as_ref().map_or(0, |x| x.bytes)
+        };
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(bytes(&out[i])));
+        let mut keep: Vec<usize> = order.into_iter().take(MAX_LISTED_CIRCUITS).collect();
+        keep.sort_unstable();
+        let mut n = 0;
+        out.retain(|_| {
+            let k = keep.binary_search(&n).is_ok();
+            n += 1;
+            k
+        });
+    }
+    out
 }
 
 /// A circuit's class in one shaper.
@@ -198,6 +227,7 @@ impl DirectionStatus {
             overhead: params.overhead,
             ..Default::default()
         };
+        st.circuit_classes = circuits.len();
         st.circuits = circuits
             .iter()
             .map(|c| CircuitClassStatus {

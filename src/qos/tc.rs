@@ -57,6 +57,7 @@ const TCA_CAKE_ATM: u16 = 4;
 const TCA_CAKE_FLOW_MODE: u16 = 5;
 const TCA_CAKE_OVERHEAD: u16 = 6;
 const TCA_CAKE_RTT: u16 = 7;
+const TCA_CAKE_TARGET: u16 = 8;
 const TCA_CAKE_NAT: u16 = 11;
 const TCA_CAKE_RAW: u16 = 12;
 const TCA_CAKE_WASH: u16 = 13;
@@ -250,8 +251,13 @@ pub struct Cake {
     pub split_gso: bool,
     /// ACK filter.
     pub ack_filter: bool,
-    /// Expected RTT in microseconds (CAKE's `rtt`; 100 ms by default).
+    /// Expected RTT in microseconds (CAKE's `rtt`, its AQM interval; 100 ms by default;
+    /// 0: not sent).
     pub rtt_us: u32,
+    /// AQM target delay in microseconds (5 ms by default; 0: not sent). A shaping CAKE raises
+    /// it itself to 1.5 packet times at its rate; one without a rate (under an HTB class)
+    /// cannot know the rate it is drained at, so it must be told.
+    pub target_us: u32,
 }
 
 /// fq_codel's options.
@@ -547,6 +553,9 @@ fn encode_kind(b: &mut Builder, kind: &QdiscKind) {
             if c.rtt_us != 0 {
                 u32_attr(b, TCA_CAKE_RTT, c.rtt_us);
             }
+            if c.target_us != 0 {
+                u32_attr(b, TCA_CAKE_TARGET, c.target_us);
+            }
             b.end_nest(o);
         }
         QdiscKind::FqCodel(f) => {
@@ -734,6 +743,7 @@ fn decode_cake(opts: &[u8]) -> Result<Cake, DecodeError> {
             TCA_CAKE_SPLIT_GSO => c.split_gso = nl::ne32(v)? != 0,
             TCA_CAKE_ACK_FILTER => c.ack_filter = nl::ne32(v)? != 0,
             TCA_CAKE_RTT => c.rtt_us = nl::ne32(v)?,
+            TCA_CAKE_TARGET => c.target_us = nl::ne32(v)?,
             TCA_CAKE_RAW => {}
             _ => {}
         }
@@ -986,6 +996,7 @@ mod tests {
                 split_gso: true,
                 ack_filter: true,
                 rtt_us: 50_000,
+                target_us: 2_500,
             }),
             QdiscKind::FqCodel(FqCodel {
                 quantum: 300,

@@ -369,3 +369,40 @@ bpfqos_part() {
     fi
     return 0
 }
+
+# ---------- Shaping measurements (shaping, circuits) ----------
+# goodput_kbit NS ARGS...: iperf3 to the server, the receiver's goodput in kbit/s.
+goodput_kbit() {
+    local ns=$1
+    shift
+    nsx "$ns" timeout 40 iperf3 -c "$SRV4" -J "$@" |
+        $PY -c 'import json,sys; d=json.load(sys.stdin); print(int(d["end"]["sum_received"]["bits_per_second"]/1000))'
+}
+
+# rtt_ms NS COUNT: median ping RTT to the server in ms.
+rtt_ms() {
+    nsx "$1" ping -c "$2" -i 0.2 -W 2 "$SRV4" |
+        $PY -c 'import re,statistics,sys; v=[float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())]; print(round(statistics.median(v), 1) if v else 9999)'
+}
+
+# qdisc_snap DEV: "seconds bytes packets drops" of DEV's root qdisc in rtr, for the wire rate
+# the shaper achieved while a goodput test ran (tells an idle link from a slow shaper).
+qdisc_snap() {
+    nsx rtr tc -s -j qdisc show dev "$1" |
+        $PY -c 'import json,sys,time; q=[q for q in json.load(sys.stdin) if q.get("root")][0]; print(time.monotonic(), q["bytes"], q["packets"], q.get("drops", 0))'
+}
+
+# wire_note DEV OVERHEAD BEFORE AFTER: note the wire rate (bytes + OVERHEAD per packet)
+# between two snapshots.
+wire_note() {
+    note "$1 shaper: $($PY -c 'import sys; o=int(sys.argv[1]); a=[float(x) for x in sys.argv[2].split()]; b=[float(x) for x in sys.argv[3].split()]; dt=b[0]-a[0]; print("%.0f kbit/s on the wire over %.1f s, %d packets, %d drops" % ((b[1]-a[1]+o*(b[2]-a[2]))*8/dt/1000, dt, b[2]-a[2], b[3]-a[3]))' "$2" "$3" "$4")"
+}
+
+# within PCT GOT WANT: |GOT - WANT| <= PCT % of WANT
+within() { awk -v g="$2" -v w="$3" -v p="$1" 'BEGIN { d = g - w; if (d < 0) d = -d; exit !(d <= w * p / 100) }'; }
+
+# cake_opt DEV KEY: a field of the root CAKE's options in rtr
+cake_opt() {
+    nsx rtr tc -j -d qdisc show dev "$1" |
+        $PY -c 'import json,sys; q=[q for q in json.load(sys.stdin) if q.get("root")]; print(q[0]["options"].get(sys.argv[1]) if q and q[0]["kind"]=="cake" else "not-cake")' "$2"
+}

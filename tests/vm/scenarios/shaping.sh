@@ -7,41 +7,6 @@
 UP_KBIT=3000
 DOWN_KBIT=5000
 
-# goodput_kbit NS ARGS...: iperf3 to the server, the receiver's goodput in kbit/s.
-goodput_kbit() {
-    local ns=$1
-    shift
-    nsx "$ns" timeout 40 iperf3 -c "$SRV4" -J "$@" |
-        $PY -c 'import json,sys; d=json.load(sys.stdin); print(int(d["end"]["sum_received"]["bits_per_second"]/1000))'
-}
-
-# rtt_ms NS COUNT: median ping RTT to the server in ms.
-rtt_ms() {
-    nsx "$1" ping -c "$2" -i 0.2 -W 2 "$SRV4" |
-        $PY -c 'import re,statistics,sys; v=[float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())]; print(round(statistics.median(v), 1) if v else 9999)'
-}
-
-# qdisc_snap DEV: "seconds bytes packets drops" of DEV's root qdisc in rtr, for the wire rate
-# the shaper achieved while a goodput test ran (tells an idle link from a slow shaper).
-qdisc_snap() {
-    nsx rtr tc -s -j qdisc show dev "$1" |
-        $PY -c 'import json,sys,time; q=[q for q in json.load(sys.stdin) if q.get("root")][0]; print(time.monotonic(), q["bytes"], q["packets"], q.get("drops", 0))'
-}
-
-# wire_note DEV BEFORE AFTER: note the wire rate (bytes + 34 per packet) between two snapshots.
-wire_note() {
-    note "$1 shaper: $($PY -c 'import sys; a=[float(x) for x in sys.argv[1].split()]; b=[float(x) for x in sys.argv[2].split()]; dt=b[0]-a[0]; print("%.0f kbit/s on the wire over %.1f s, %d packets, %d drops" % ((b[1]-a[1]+34*(b[2]-a[2]))*8/dt/1000, dt, b[2]-a[2], b[3]-a[3]))' "$2" "$3")"
-}
-
-# within PCT GOT WANT: |GOT - WANT| <= PCT % of WANT
-within() { awk -v g="$2" -v w="$3" -v p="$1" 'BEGIN { d = g - w; if (d < 0) d = -d; exit !(d <= w * p / 100) }'; }
-
-# cake_opt DEV KEY: a field of the root CAKE's options in rtr
-cake_opt() {
-    nsx rtr tc -j -d qdisc show dev "$1" |
-        $PY -c 'import json,sys; q=[q for q in json.load(sys.stdin) if q.get("root")]; print(q[0]["options"].get(sys.argv[1]) if q and q[0]["kind"]=="cake" else "not-cake")' "$2"
-}
-
 shaping_config() {
     printf '%s\n' "config globals 'globals'
 	option log_level 'debug'
@@ -107,13 +72,13 @@ scenario_main() {
     s0=$(qdisc_snap pppoe-wan)
     up=$(goodput_kbit lan1 -t 12 -O 3 -P 4)
     s1=$(qdisc_snap pppoe-wan)
-    wire_note pppoe-wan "$s0" "$s1"
+    wire_note pppoe-wan 34 "$s0" "$s1"
     note "upload goodput $up kbit/s (rate minus overhead: $want_up)"
     check "upload goodput within 5 % of $want_up kbit/s (got $up)" within 5 "$up" "$want_up"
     s0=$(qdisc_snap bqd-wan)
     down=$(goodput_kbit lan1 -t 12 -O 3 -P 4 -R)
     s1=$(qdisc_snap bqd-wan)
-    wire_note bqd-wan "$s0" "$s1"
+    wire_note bqd-wan 20 "$s0" "$s1"
     note "download goodput $down kbit/s (rate minus overhead: $want_down)"
     check "download goodput within 5 % of $want_down kbit/s (got $down)" within 5 "$down" "$want_down"
 
@@ -152,7 +117,7 @@ w = [i for i in d["interfaces"] if i["name"] == "wan"][0]["shaper"]
 shaped = w["upload"]["packets"] + w["download"]["packets"]
 to_shaper = d["datapath"]["to_shaper"]
 print("to_shaper", to_shaper, "of", shaped, "shaped packets")
-assert to_shaper * 2 > shaped, (to_shaper, shaped)
+assert to_shaper * 2 > shaped, (to_shaper, shaped, d["datapath"], d["offload"])
 ' "$WORK/status-cake.json"
 
     step "fq_codel under HTB, by reload: tree and goodput"
