@@ -13,7 +13,14 @@
 #   tc      the daemon's own TC twin (bpfqos_tc of the same loaded object, so the same maps),
 #           attached as a direct-action cls_bpf filter on clsact ingress, XDP detached: what the
 #           daemon attaches itself when XDP fails;
-#   bare    bench_bare (bench/bpf/forwarding.bpf.c): bpf_redirect_map to wan0, nothing else.
+#   bare    bench_bare (bench/bpf/forwarding.bpf.c): bpf_redirect_map to wan0, nothing else;
+# and with the WAN's upload shaped (HTB at 100 Gbit/s, so high that it never limits: what
+# passing a qdisc costs; the daemon reloaded into that config, the flow re-admitted):
+#   kernel+htb  nothing on lan1: the kernel path, through wan0's HTB;
+#   tc+htb      the daemon's TC twin on lan1 (XDP detached), its shaped flow entry: rewrite,
+#               bpf_redirect into wan0's HTB;
+#   xdp+htb     the daemon's XDP (which passes shaped flows) and TC twin on lan1, as the
+#               daemon attaches them when the WAN is shaped.
 # Generator: bench_gen run by bench/forwarding_gen.py through BPF_PROG_RUN with
 # BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace; counted by bench_sink on s0.
 #
@@ -31,7 +38,7 @@ LAT_CONNS=${LAT_CONNS:-20}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 HELPER=$HERE/forwarding_gen.py
-VARIANTS=(kernel xdp tc bare)
+VARIANTS=(kernel xdp tc bare kernel+htb tc+htb xdp+htb)
 
 die() { echo "forwarding bench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, BPF)"
@@ -108,7 +115,9 @@ nsx "$RTR" bpftool map update pinned "$BB/maps/bare_tx" key 0 0 0 0 value $(le32
 # ---- the daemon and the admitted flow ------------------------------------------------------
 say "starting bpfqos ($BIN)"
 mkdir -p "$WORK/etc"
-cat >"$WORK/etc/bpfqos" <<'UCI'
+# write_config [UPLOAD_KBIT]: the daemon's config, the WAN's upload shaped when given.
+write_config() {
+	cat >"$WORK/etc/bpfqos" <<UCI
 config globals 'globals'
 	option enabled '1'
 	option offload '1'
@@ -119,7 +128,12 @@ config interface 'lan'
 
 config interface 'wan'
 	option device 'wan0'
+	option upload '${1:-0}'
+	option qdisc 'fifo'
 UCI
+}
+write_config
+MODE=plain
 SOCK=$WORK/bpfqos.sock
 nsx "$RTR" "$BIN" daemon --config-dir "$WORK/etc" --socket "$SOCK" \
 	--pin-dir "$WORK/bpffs/bpfqos" 2>"$WORK/daemon.log" &
@@ -164,19 +178,44 @@ done
 ip -n "$SRV" link set dev s0 xdpdrv pinned "$BB/progs/bench_sink"
 
 # ---- variants on lan1's ingress ------------------------------------------------------------
+# set_mode plain|htb: reload the daemon into the unshaped or shaped config (its flow entries
+# are rewritten for the new way through) and wait until the flow is offloaded again.
+set_mode() {
+	[ "$MODE" = "$1" ] && return
+	if [ "$1" = htb ]; then write_config 100000000; else write_config; fi
+	"$BIN" reload --socket "$SOCK" >/dev/null || die "reload into $1 failed"
+	MODE=$1
+	for _ in $(seq 50); do
+		[ "$(status | jget offload.connections)" -ge 1 ] && break
+		sleep 0.1
+	done
+	[ "$(status | jget offload.connections)" -ge 1 ] || die "$1: the flow was not re-admitted"
+	if [ "$1" = htb ]; then
+		tc -n "$RTR" -j qdisc show dev wan0 | grep -q '"kind":"htb"' || die "no HTB on wan0"
+	fi
+}
+
 use_variant() {
+	case $1 in
+	*+htb) set_mode htb ;;
+	*) set_mode plain ;;
+	esac
 	ip -n "$RTR" link set dev lan1 xdpdrv off
 	tc -n "$RTR" qdisc del dev lan1 clsact 2>/dev/null || true
 	case $1 in
-	kernel) ;;
+	kernel | kernel+htb) ;;
 	xdp) ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/daemon_xdp" ;;
-	tc)
+	tc | tc+htb | xdp+htb)
 		tc -n "$RTR" qdisc add dev lan1 clsact
 		tc -n "$RTR" filter add dev lan1 ingress bpf direct-action object-pinned "$BB/daemon_tc"
+		[ "$1" = xdp+htb ] && ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/daemon_xdp"
 		;;
 	bare) ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/progs/bench_bare" ;;
 	esac
 }
+
+# Packets the data path forwarded so far (straight out, or into a shaper).
+forwarded() { status | "$PY" -c 'import json,sys; d=json.load(sys.stdin)["datapath"]; print(d.get("redirect", 0) + d.get("to_shaper", 0))'; }
 
 RESULTS=$WORK/results
 : >"$RESULTS"
@@ -184,15 +223,16 @@ measure() {
 	local v=$1 round=$2 red0 red1 out pps rx share
 	use_variant "$v"
 	sleep 0.2 # let the daemon digest the link event (it re-resolves, keeps the flow)
-	if [ "$v" = xdp ] || [ "$v" = tc ]; then
+	case $v in kernel* | bare) ;; *)
 		[ "$(status | jget offload.connections)" -ge 1 ] || die "$v: flow no longer offloaded"
-	fi
-	red0=$(status | jget datapath.redirect)
+		;;
+	esac
+	red0=$(forwarded)
 	out=$(nsx "$LAN" "$PY" "$HELPER" gen --prog "$BB/progs/bench_gen" \
 		--count-map "$BB/maps/sink_count" --frame-map "$BB/maps/gen_frame" --src-mac "$C0_MAC" --dst-mac "$BR_MAC" \
 		--src-ip 198.18.1.2 --dst-ip 198.19.0.2 --sport "$SPORT" --dport "$DPORT" \
 		--window "$WINDOW") || die "$v: generator failed: $out"
-	red1=$(status | jget datapath.redirect)
+	red1=$(forwarded)
 	if [ -n "${DEBUG:-}" ]; then
 		echo "$out" >&2
 		nsx "$LAN" ethtool -S c0 | grep -v ': 0$' >&2
@@ -208,7 +248,7 @@ measure() {
 	share=$("$PY" -c 'import sys; d, n = int(sys.argv[1]), int(sys.argv[2]); print(f"{d / n:.3f}" if n else "-")' \
 		$((red1 - red0)) "$rx")
 	echo "$v $round $pps $share $(jget gen_pps <<<"$out")" >>"$RESULTS"
-	printf '   round %d  %-6s %6.3f Mpps  (generator %.2f Mpps, bpfqos redirect share %s)\n' \
+	printf '   round %d  %-10s %6.3f Mpps  (generator %.2f Mpps, bpfqos redirect share %s)\n' \
 		"$round" "$v" "$("$PY" -c "print($pps / 1e6)")" \
 		"$("$PY" -c "print($(jget gen_pps <<<"$out") / 1e6)")" "$share" >&2
 }
@@ -230,6 +270,7 @@ done
 LPORT=5201 PROBE_US=50 PROBE_S=0.02
 say "admission latency: $LAT_CONNS new TCP connections, bpfqos XDP on lan1"
 use_variant xdp
+set_mode plain
 capture() { # namespace device file
 	nsx "$1" timeout 60 tcpdump -Z root -U -i "$2" -n -s 128 --immediate-mode -w "$3.pcap" \
 		"tcp dst port $LPORT" 2>"$3.log" &

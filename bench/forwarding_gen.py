@@ -332,16 +332,24 @@ def cmd_report(a):
 
     print()
     print("64-byte UDP through the namespace router (median of %d rounds)" % max(map(len, rows.values())))
-    print(f"{'variant':<8} {'Mpps':>7} {'min..max':>15} {'vs kernel':>10} {'vs bare':>8}  offloaded")
-    for v in ("kernel", "xdp", "tc", "bare"):
+    print(f"{'variant':<10} {'Mpps':>7} {'min..max':>15} {'vs kernel':>10} {'vs bare':>8}  offloaded")
+    for v in ("kernel", "xdp", "tc", "bare", "kernel+htb", "tc+htb", "xdp+htb"):
         if v not in med:
             continue
         ps = [p for p, _ in rows[v]]
-        shares = sorted({s for _, s in rows[v]}) if v in ("xdp", "tc") else ["n/a"]
+        shares = sorted({s for _, s in rows[v]}) if not v.startswith(("kernel", "bare")) else ["n/a"]
         print(
-            f"{v:<8} {med[v] / 1e6:>7.3f} {min(ps) / 1e6:>7.3f}..{max(ps) / 1e6:<6.3f} "
+            f"{v:<10} {med[v] / 1e6:>7.3f} {min(ps) / 1e6:>7.3f}..{max(ps) / 1e6:<6.3f} "
             f"{ratio(med[v], kernel):>10} {ratio(med[v], bare):>8}  {'/'.join(shares)}"
         )
+    if "kernel+htb" in med:
+        print()
+        print("through a shaper that never limits (HTB at 100 Gbit/s on wan0):")
+        for shaped, plain, what in (("kernel+htb", "kernel", "kernel path"), ("tc+htb", "tc", "offload, TC twin"),
+                                    ("xdp+htb", "tc", "offload, XDP passes to the TC twin")):
+            if shaped in med and plain in med:
+                print(f"  {what:<36} {ratio(med[shaped], med[plain])} of the same path unshaped ({plain}), "
+                      f"{ratio(med[shaped], med['kernel+htb'])} of the shaped kernel path")
     xdp = med.get("xdp", 0.0)
     goals = [
         ("XDP >= 2.5x kernel", kernel and xdp / kernel >= 2.5, ratio(xdp, kernel)),

@@ -27,6 +27,7 @@ use common::frames::Tuple;
 use common::frames::MAC_CLIENT;
 use common::frames::MAC_ROUTER_IN;
 use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
 use libbpf_rs::Object;
 
 const PAYLOAD: &[u8] = b"bpfqos offload test payload, 48 bytes long......";
@@ -800,13 +801,54 @@ fn shaped_flows_take_their_shapers_way() {
             .find(|(i, _)| *i == bpfqos::dataplane::abi::Stat::BPFQOS_STAT_TO_SHAPER.0)
             .map_or(0, |(_, n)| *n)
     };
-    // Download: XDP undoes any encapsulation, rewrites, and passes the frame.
-    for ein in [
-        Encap::plain(),
-        Encap::vlan_pppoe(7, 0x22),
-        Encap::qinq(10, 20),
+    // Download: XDP undoes any encapsulation, rewrites, and passes the frame. The shaper
+    // classifies circuits: the connection is found by its WAN-side tuple (circuit 9).
+    use bpfqos::dataplane::abi;
+    let set_shaper_flags = |obj: &libbpf_rs::Object, flags: u32| {
+        let v = abi::Shaping { target: 0, flags };
+        obj.maps()
+            .find(|m| m.name() == abi::SHAPING_MAP)
+            .expect("shaping map")
+            .update(
+                &u32::from(shaper).to_ne_bytes(),
+                abi::bytes_of(&v),
+                MapFlags::ANY,
+            )
+            .expect("shaping update");
+    };
+    let orig = Tuple::v4(false);
+    let wan = bpfqos::dataplane::circuits::WanTuple {
+        proto: 6,
+        local: orig.dst,
+        local_port: orig.dport,
+        remote: orig.src,
+        remote_port: orig.sport,
+    };
+    env.obj
+        .maps()
+        .find(|m| m.name() == abi::CIRCUIT_NAT_MAP)
+        .expect("circuit_nat")
+        .update(
+            abi::bytes_of(&bpfqos::dataplane::circuits::nat_key(&wan).expect("key")),
+            &9u32.to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .expect("circuit_nat update");
+    let class_9 = (u32::from(abi::SHAPER_MAJOR) << 16) | (u32::from(abi::CIRCUIT_MINOR_BASE) + 9);
+    for (ein, circuits) in [
+        (Encap::plain(), false),
+        (Encap::plain(), true),
+        (Encap::vlan_pppoe(7, 0x22), true),
+        (Encap::qinq(10, 20), false),
     ] {
-        let orig = Tuple::v4(false);
+        set_shaper_flags(
+            &env.obj,
+            if circuits {
+                abi::SHAPE_F_CIRCUITS_DOWN
+            } else {
+                0
+            },
+        );
         let mut spec = FlowSpec::new(din, ein.clone(), orig, dout, Encap::plain(), orig.dnat());
         spec.action = 4;
         spec.shaper = shaper;
@@ -816,7 +858,13 @@ fn shaped_flows_take_their_shapers_way() {
         let r = run_xdp(&mut env.obj, &input, din, 1);
         assert_eq!(r.ret, XDP_PASS, "{}", ein.name);
         // BPF_PROG_TEST_RUN returns the metadata in front of the frame: the TC twin's orders.
-        let (meta, frame) = r.data.split_at(8);
+        let (meta, frame) = r.data.split_at(12);
+        assert_eq!(
+            &meta[8..12],
+            &(if circuits { 9u32 } else { 0 }).to_ne_bytes(),
+            "{}: circuit",
+            ein.name
+        );
         assert_eq!(
             &meta[0..4],
             &bpfqos::dataplane::abi::META_MAGIC.to_ne_bytes(),
@@ -839,11 +887,12 @@ fn shaped_flows_take_their_shapers_way() {
         );
         assert_eq!(to_shaper(&env.obj), before + 1, "{}", ein.name);
         assert_eq!(spec.counters(&env.obj).packets, 1);
-        // Without XDP, the TC twin forwards it into the shaper itself.
+        // Without XDP, the TC twin forwards it into the shaper itself, in its circuit.
         if ein == Encap::plain() {
             let r = run_tc(&mut env.obj, &input, din, 1);
             assert_eq!(r.ret, TC_ACT_REDIRECT);
             assert_eq!(r.data, expected, "{}", hexdiff(&r.data, &expected));
+            assert_eq!(r.priority, if circuits { class_9 } else { 0 });
         }
         spec.remove(&env.obj);
     }

@@ -15,6 +15,7 @@ use common::json;
 use common::missing;
 use common::packaging::acl_bpfqos_methods;
 use common::packaging::makefile_var;
+use common::packaging::render_status_view;
 use common::packaging::required_var;
 use common::packaging::PACKAGE_MAKEFILE;
 use common::read;
@@ -594,6 +595,15 @@ fn luci_app_recipe_and_views() {
     assert!(status.contains("poll.add("));
     // The form covers the three section types of /etc/config/bpfqos.
     assert!(config.contains("new form.Map('bpfqos'"));
+    // Every option the daemon accepts can be set in the form.
+    for (section, options) in bpfqos::config::OPTIONS {
+        for o in *options {
+            assert!(
+                config.contains(&format!("'{o}'")),
+                "config.js: option {o} of config {section} missing"
+            );
+        }
+    }
     for s in ["'globals'", "'interface'", "'circuit'"] {
         assert!(config.contains(s), "config.js: section {s}");
     }
@@ -620,4 +630,68 @@ fn luci_views_are_valid_javascript() {
             .unwrap_or_else(|e| panic!("node: {e}"));
         assert!(out.status.success(), "{name}: {}", common::describe(&out));
     }
+}
+
+#[test]
+fn luci_status_view_renders_whatever_the_daemon_sends() {
+    let test = "luci_status_view_renders_whatever_the_daemon_sends";
+    if which("node").or_else(|| which("nodejs")).is_none() {
+        missing(test, "node (Debian package nodejs)");
+        return;
+    }
+    let dir = common::TempDir::new("luci-view-");
+    // The daemon is down: the rpcd plugin answers with an error.
+    let down = dir.write(
+        "down.json",
+        r#"{"error": "bpfqos: talking to the daemon: No such file"}"#,
+    );
+    let text = render_status_view(&[down.to_str().unwrap_or_default()]);
+    assert!(text.contains("not running"), "{text}");
+    assert!(render_status_view(&["null"]).contains("not running"));
+    // A daemon from before shaping (no shaper, circuits or shaping sections), and fields of
+    // unexpected types: rendered, nothing thrown.
+    let old = dir.write(
+        "old.json",
+        r#"{"version": "0.0.9", "uptime_s": 5, "offload": {"enabled": true, "bytes": 1000},
+            "interfaces": [{"name": "wan", "device": "eth1", "offload": true}],
+            "attach": [{"device": "eth1", "ifindex": 3, "hook": "xdp", "mode": "native"}],
+            "flows": "not a list", "circuits": {"also": "wrong"}, "datapath": null}"#,
+    );
+    let text = render_status_view(&[old.to_str().unwrap_or_default()]);
+    assert!(text.contains("eth1") && text.contains("0.0.9"), "{text}");
+    assert!(!text.contains("Shaper:"), "{text}");
+    // Shaping and circuits, two polls 5 s apart: rates from the byte counters, a chart, tins.
+    let doc = |up: u64, guest: u64| {
+        format!(
+            r#"{{"version": "0.1.0", "offload": {{"enabled": true, "bytes": {up}}},
+            "interfaces": [{{"name": "wan", "upload_kbit": 8000, "download_kbit": 0,
+              "shaper": {{"upload": {{"device": "pppoe-wan", "qdisc": "cake", "rate_kbit": 8000,
+                "bytes": {up}, "packets": 10, "drops": 1, "ecn_marks": null, "backlog_bytes": 0,
+                "backlog_packets": 0, "circuit_classes": 1,
+                "tins": [{{"bytes": 1}}, {{"bytes": 2, "avg_delay_us": 1500}}]}}}}}}],
+            "circuits": [{{"name": "guest", "ips": ["198.18.1.50"], "upload_kbit": 2000,
+              "download_kbit": 0, "upload": {{"bytes": {guest}, "packets": 1, "drops": 0}},
+              "download": null}}],
+            "circuits_total": 1,
+            "shaping": {{"datapath": {{"circuit_upload": 7}}, "circuit_nat_entries": 2}}}}"#
+        )
+    };
+    let a = dir.write("a.json", &doc(1_000_000, 0));
+    let b = dir.write("b.json", &doc(6_000_000, 1_250_000));
+    let text = render_status_view(&[
+        a.to_str().unwrap_or_default(),
+        b.to_str().unwrap_or_default(),
+    ]);
+    // 5 MB in 5 s: 8 Mbit/s on the upload shaper, 100 % of its rate; 2 Mbit/s for guest.
+    assert!(text.contains("Shaper: wan"), "{text}");
+    assert!(text.contains("8.0 Mbit/s | 100%"), "{text}");
+    assert!(
+        text.contains("guest") && text.contains("2.0 Mbit/s"),
+        "{text}"
+    );
+    assert!(text.contains("[chart]") && text.contains("Tin"), "{text}");
+    assert!(
+        text.contains("Connections of circuits behind NAT | 2"),
+        "{text}"
+    );
 }

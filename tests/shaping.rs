@@ -531,6 +531,22 @@ fn a_circuit_gets_its_limit_and_the_others_the_rest_through_nat_with_offload_on_
                 st["datapath"]["to_shaper"].as_u64().unwrap_or(0) > 1000,
                 "{st}"
             );
+            // The LuCI status page renders what this daemon sends (two polls, LuCI stubbed).
+            if common::which("node").is_some() {
+                let a = lab.work.write("status-a.json", &st.to_string());
+                std::thread::sleep(Duration::from_millis(500));
+                let b = lab.work.write("status-b.json", &d.status().to_string());
+                let text = common::packaging::render_status_view(&[
+                    a.to_str().unwrap_or_default(),
+                    b.to_str().unwrap_or_default(),
+                ]);
+                assert!(
+                    text.contains("Shaper: wan")
+                        && text.contains("guest")
+                        && text.contains("bqd-wan"),
+                    "{text}"
+                );
+            }
         }
         drop(d);
         std::thread::sleep(Duration::from_millis(200));

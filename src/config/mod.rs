@@ -43,6 +43,7 @@ pub use model::Globals;
 pub use model::Interface;
 pub use model::LinkLayer;
 pub use model::Qdisc;
+pub use model::OPTIONS;
 pub use prefix::IpPrefix;
 
 /// The name of our config file (UCI package) inside the config directory.

@@ -331,30 +331,36 @@ fn for_each_single<'s>(
     }
 }
 
+/// The options of each section type (anything else is warned about and ignored).
+pub const OPTIONS: &[(&str, &[&str])] = &[
+    ("globals", &["enabled", "offload", "rtt", "log_level"]),
+    (
+        "interface",
+        &[
+            "network",
+            "device",
+            "offload",
+            "upload",
+            "download",
+            "qdisc",
+            "overhead",
+            "mpu",
+            "linklayer",
+            "diffserv",
+            "autorate",
+            "min_upload",
+            "max_upload",
+            "min_download",
+            "max_download",
+        ],
+    ),
+    ("circuit", &["name", "ip", "upload", "download"]),
+];
+
 fn known(section_type: &str, option: &str) -> bool {
-    match section_type {
-        "globals" => matches!(option, "enabled" | "offload" | "rtt" | "log_level"),
-        "interface" => matches!(
-            option,
-            "network"
-                | "device"
-                | "offload"
-                | "upload"
-                | "download"
-                | "qdisc"
-                | "overhead"
-                | "mpu"
-                | "linklayer"
-                | "diffserv"
-                | "autorate"
-                | "min_upload"
-                | "max_upload"
-                | "min_download"
-                | "max_download"
-        ),
-        "circuit" => matches!(option, "name" | "ip" | "upload" | "download"),
-        _ => false,
-    }
+    OPTIONS
+        .iter()
+        .any(|(t, opts)| *t == section_type && opts.contains(&option))
 }
 
 fn globals(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Globals {

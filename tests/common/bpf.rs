@@ -61,6 +61,8 @@ pub struct RunResult {
     pub ret: u32,
     pub data: Vec<u8>,
     pub duration_ns: u64,
+    /// TC: `skb->priority` after the run (the circuit classification); XDP: 0.
+    pub priority: u32,
 }
 
 /// Runs the XDP program on `frame`; `ingress_ifindex` goes into the `xdp_md` context (the
@@ -89,6 +91,7 @@ pub fn run_xdp(obj: &mut Object, frame: &[u8], ingress_ifindex: u32, repeat: u32
         ret: output.return_value,
         data,
         duration_ns: output.duration.as_nanos() as u64,
+        priority: 0,
     }
 }
 
@@ -122,19 +125,29 @@ pub fn run_tc_gso(
         ctx[164..168].copy_from_slice(&2u32.to_ne_bytes());
         ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
     }
+    let mut ctx_out = [0u8; 192];
     let input = ProgramInput {
         data_in: Some(frame),
         data_out: Some(&mut out),
         repeat,
         context_in: (ifindex != 0).then_some(&mut ctx[..]),
+        context_out: (ifindex != 0).then_some(&mut ctx_out[..]),
         ..Default::default()
     };
-    let output = prog.test_run(input).expect("BPF_PROG_TEST_RUN (tc)");
-    let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
+    let (ret, data, duration_ns) = {
+        let output = prog.test_run(input).expect("BPF_PROG_TEST_RUN (tc)");
+        (
+            output.return_value,
+            output.data.map(|d| d.to_vec()).unwrap_or_default(),
+            output.duration.as_nanos() as u64,
+        )
+    };
     RunResult {
-        ret: output.return_value,
+        ret,
         data,
-        duration_ns: output.duration.as_nanos() as u64,
+        duration_ns,
+        // struct __sk_buff.priority, offset 32.
+        priority: u32::from_ne_bytes([ctx_out[32], ctx_out[33], ctx_out[34], ctx_out[35]]),
     }
 }
 

@@ -67,3 +67,26 @@ pub fn acl_bpfqos_methods(acl: &serde_json::Value) -> BTreeSet<String> {
     }
     methods
 }
+
+/// Renders the LuCI status view with tests/luci/render.js (LuCI's runtime stubbed) over the
+/// given status documents (paths, or "null" for a daemon that does not answer); its text.
+pub fn render_status_view(docs: &[&str]) -> String {
+    let node = super::which("node")
+        .or_else(|| super::which("nodejs"))
+        .unwrap_or_else(|| panic!("node (Debian package nodejs) is needed"));
+    let out = Command::new(node)
+        .arg(super::repo().join("tests/luci/render.js"))
+        .arg(
+            super::repo()
+                .join("openwrt/luci-app-bpfqos/htdocs/luci-static/resources/view/bpfqos/status.js"),
+        )
+        .args(docs)
+        .output()
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    assert!(
+        out.status.success(),
+        "status view: {}",
+        super::describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

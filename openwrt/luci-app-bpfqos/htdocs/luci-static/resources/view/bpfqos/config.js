@@ -105,15 +105,39 @@ return view.extend({
 		rateOption(s, 'shaping', 'upload', _('Upload (kbit/s)'), _('Egress rate; 0 = not shaped.'));
 		rateOption(s, 'shaping', 'download', _('Download (kbit/s)'), _('Ingress rate; 0 = not shaped.'));
 
-		o = s.taboption('shaping', form.ListValue, 'qdisc', _('Queue discipline'));
+		o = s.taboption('shaping', form.ListValue, 'qdisc', _('Queue discipline'),
+			_('cake: like sqm\'s piece_of_cake (per-host fairness behind NAT). fq_codel: HTB with fq_codel, like simple.qos. fifo: HTB with plain queues, for kernels without either.'));
 		o.value('cake', 'cake');
 		o.value('fq_codel', 'fq_codel');
+		o.value('fifo', 'fifo');
 		o.default = 'cake';
 
 		o = s.taboption('shaping', form.Value, 'overhead', _('Overhead (bytes)'),
-			_('Per-packet link-layer overhead, as in sqm (PPPoE over VDSL2: 34).'));
+			_('Bytes the link adds to every IP packet, as in sqm: DOCSIS 18, bridged VDSL2 22, PPPoE on VDSL2 30 (34 with a VLAN tag), Ethernet 38, ADSL 44 (with link layer ATM).'));
 		o.datatype = 'range(-64,256)';
 		o.placeholder = '0';
+
+		o = s.taboption('shaping', form.ListValue, 'linklayer', _('Link layer'),
+			_('ATM for ADSL (48 of every 53 bytes carry data), PTM for VDSL2 (64/65 encoding).'));
+		o.value('ethernet', _('Ethernet, cable, fibre'));
+		o.value('atm', _('ATM (ADSL)'));
+		o.value('ptm', _('PTM (VDSL2)'));
+		o.default = 'ethernet';
+
+		o = s.taboption('shaping', form.Value, 'mpu', _('Minimum packet unit (bytes)'),
+			_('Every packet is charged at least this much (after overhead).'));
+		o.datatype = 'range(0,256)';
+		o.placeholder = '0';
+
+		o = s.taboption('shaping', form.ListValue, 'diffserv', _('Priority tiers'),
+			_('CAKE\'s tiers by DSCP. Best effort ignores DSCP (sqm\'s default).'));
+		o.value('besteffort', _('Best effort'));
+		o.value('diffserv3', 'diffserv3');
+		o.value('diffserv4', 'diffserv4');
+		o.value('diffserv8', 'diffserv8');
+		o.value('precedence', 'precedence');
+		o.default = 'besteffort';
+		o.depends('qdisc', 'cake');
 
 		o = s.taboption('autorate', form.Flag, 'autorate', _('Autorate'),
 			_('Follow the link: lower the rate when latency under load rises, probe up when clean.'));
@@ -127,7 +151,7 @@ return view.extend({
 		});
 
 		s = m.section(form.GridSection, 'circuit', _('Circuits'),
-			_('Per-host or per-subnet limits inside the shaped link.'));
+			_('Per-host or per-subnet limits inside every shaped link; busy circuits and the other hosts share the link in equal turns, each up to its limit. Hosts behind NAT are recognised by their own address. 0: no limit in that direction.'));
 		s.addremove = true;
 		s.anonymous = true;
 		s.nodescriptions = true;

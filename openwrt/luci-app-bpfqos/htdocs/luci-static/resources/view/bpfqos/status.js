@@ -4,9 +4,11 @@
 'require poll';
 'require rpc';
 
-// Live view of `ubus call bpfqos status` (the daemon's status document, see src/status.rs).
-// Fields the daemon does not report yet (per-interface shaper rate under autorate, RTT,
-// circuits) are shown when present and left out otherwise.
+// Live view of `ubus call bpfqos status` (the daemon's status document, src/status.rs).
+// Every field is optional here: an older or newer daemon, a daemon that is down, or one that
+// does not shape shows what it has and nothing breaks. Rates are computed in the browser from
+// the byte counters of two consecutive polls (the daemon reports totals); the charts keep the
+// last HISTORY samples of this page's lifetime.
 
 var callStatus = rpc.declare({
 	object: 'bpfqos',
@@ -14,12 +16,45 @@ var callStatus = rpc.declare({
 	expect: { '': {} }
 });
 
+var POLL_S = 5;
+var HISTORY = 60;
+
+// Counter snapshots and rate history, by key ('up:wan', 'circuit-down:guest', 'flow:...').
+var last = null;
+var history = {};
+
+function num(v) {
+	return (typeof v === 'number' && isFinite(v)) ? v : null;
+}
+
 function kbitRate(kbit) {
-	if (kbit == null)
+	if (num(kbit) === null)
 		return '-';
 	if (+kbit === 0)
 		return _('not shaped');
 	return '%1000.1mbit/s'.format(kbit * 1000);
+}
+
+function limitText(kbit) {
+	return (num(kbit) === null || +kbit === 0) ? _('no limit') : '%1000.1mbit/s'.format(kbit * 1000);
+}
+
+function bps(v) {
+	return (num(v) === null) ? '-' : '%1000.1mbit/s'.format(v);
+}
+
+function bytes(v) {
+	return (num(v) === null) ? '-' : '%1024.1mB'.format(v);
+}
+
+function count(v) {
+	return (num(v) === null) ? '-' : String(v);
+}
+
+function percent(part, whole) {
+	if (num(part) === null || !num(whole))
+		return '-';
+	return '%d%%'.format(Math.round(100 * part / whole));
 }
 
 // RTT aggregates in microseconds (min_us...) or milliseconds (min_ms...), shown in ms.
@@ -28,9 +63,9 @@ function rttText(rtt) {
 		return '-';
 
 	var parts = [ 'min', 'median', 'p95' ].map(function(k) {
-		if (rtt[k + '_us'] != null)
+		if (num(rtt[k + '_us']) !== null)
 			return (rtt[k + '_us'] / 1000).toFixed(1);
-		if (rtt[k + '_ms'] != null)
+		if (num(rtt[k + '_ms']) !== null)
 			return (+rtt[k + '_ms']).toFixed(1);
 		return '?';
 	});
@@ -40,9 +75,114 @@ function rttText(rtt) {
 
 // Current shaper rate (autorate moves it) next to the configured one.
 function shaperText(configured, current) {
-	if (current == null || +current === +configured)
+	if (num(configured) === null)
+		return kbitRate(current);
+	if (num(current) === null || +current === +configured)
 		return kbitRate(configured);
 	return '%s (%s %s)'.format(kbitRate(current), _('configured'), kbitRate(configured));
+}
+
+function arr(v) {
+	return Array.isArray(v) ? v : [];
+}
+
+function obj(v) {
+	return (v != null && typeof v === 'object' && !Array.isArray(v)) ? v : {};
+}
+
+// Every byte counter of a status document worth a rate, by key.
+function counters(st) {
+	var c = {};
+
+	arr(st.interfaces).forEach(function(i) {
+		var sh = obj(i.shaper);
+		if (num(obj(sh.upload).bytes) !== null)
+			c['up:' + i.name] = sh.upload.bytes;
+		if (num(obj(sh.download).bytes) !== null)
+			c['down:' + i.name] = sh.download.bytes;
+	});
+	arr(st.circuits).forEach(function(ci) {
+		if (num(obj(ci.upload).bytes) !== null)
+			c['circuit-up:' + ci.name] = ci.upload.bytes;
+		if (num(obj(ci.download).bytes) !== null)
+			c['circuit-down:' + ci.name] = ci.download.bytes;
+	});
+	arr(st.flows).forEach(function(f) {
+		if (num(f.bytes) !== null)
+			c['flow:' + f.orig] = f.bytes;
+	});
+	if (num(obj(st.offload).bytes) !== null)
+		c['offload'] = st.offload.bytes;
+
+	return c;
+}
+
+// Rates in bit/s since the previous poll (null where there is no previous value, or the
+// counter went backwards: the daemon restarted or the shaper was rebuilt).
+function sample(st, now) {
+	var cur = counters(st),
+	    rates = {};
+
+	Object.keys(cur).forEach(function(k) {
+		if (last && last.c[k] != null && cur[k] >= last.c[k] && now > last.t)
+			rates[k] = (cur[k] - last.c[k]) * 8 / ((now - last.t) / 1000);
+		else
+			rates[k] = null;
+
+		if (k.indexOf('up:') === 0 || k.indexOf('down:') === 0) {
+			var h = history[k] || (history[k] = []);
+			h.push(rates[k]);
+			while (h.length > HISTORY)
+				h.shift();
+		}
+	});
+
+	last = { t: now, c: cur };
+	return rates;
+}
+
+// An SVG chart of upload and download throughput (bit/s), scaled to the larger of the
+// shaped rates and the largest sample; the configured rates as dashed lines.
+function chart(name, upKbit, downKbit) {
+	var up = history['up:' + name] || [],
+	    down = history['down:' + name] || [],
+	    w = 600, h = 120,
+	    max = Math.max(1, (num(upKbit) || 0) * 1000, (num(downKbit) || 0) * 1000);
+
+	up.concat(down).forEach(function(v) {
+		if (num(v) !== null && v > max)
+			max = v;
+	});
+
+	function line(samples, colour) {
+		var pts = [];
+		samples.forEach(function(v, i) {
+			if (num(v) === null)
+				return;
+			var x = (HISTORY - samples.length + i) * w / (HISTORY - 1),
+			    y = h - (v / max) * (h - 4) - 2;
+			pts.push(x.toFixed(1) + ',' + y.toFixed(1));
+		});
+		return pts.length ? '<polyline fill="none" stroke="' + colour + '" stroke-width="2" points="' + pts.join(' ') + '"/>' : '';
+	}
+
+	function limit(kbit, colour) {
+		if (!num(kbit))
+			return '';
+		var y = (h - (kbit * 1000 / max) * (h - 4) - 2).toFixed(1);
+		return '<line x1="0" x2="' + w + '" y1="' + y + '" y2="' + y + '" stroke="' + colour + '" stroke-dasharray="4 4" stroke-width="1"/>';
+	}
+
+	return E('div', { 'style': 'max-width:' + w + 'px' }, [
+		E('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ' + w + ' ' + h + '" width="100%" height="' + h + '" preserveAspectRatio="none" style="border:1px solid #ccc">' +
+			limit(upKbit, '#1f77b4') + limit(downKbit, '#2ca02c') +
+			line(up, '#1f77b4') + line(down, '#2ca02c') + '</svg>'),
+		E('div', { 'style': 'font-size:90%' }, [
+			E('span', { 'style': 'color:#1f77b4' }, '\u25a0 ' + _('Upload')), ' ',
+			E('span', { 'style': 'color:#2ca02c' }, '\u25a0 ' + _('Download')), ' \u2014 ',
+			_('last %d minutes, top: %s').format(Math.round(HISTORY * POLL_S / 60), bps(max))
+		])
+	]);
 }
 
 function table(headers, rows, empty) {
@@ -66,82 +206,173 @@ function table(headers, rows, empty) {
 	return t;
 }
 
-function section(title, content) {
-	return E('div', { 'class': 'cbi-section' }, [ E('h3', {}, title), content ]);
-}
-
-function renderStatus(st) {
-	if (st == null || st.error != null)
-		return E('div', { 'class': 'cbi-section' }, [
-			E('p', { 'class': 'alert-message warning' }, [
-				_('The bpfqos daemon is not running or does not answer.'), ' ',
-				E('code', {}, (st && st.error) ? st.error : _('no reply'))
-			]),
-			E('p', {}, _('Check /etc/config/bpfqos (globals.enabled) and the system log (logread -e bpfqos).'))
-		]);
-
-	var cfg = st.config || {},
-	    off = st.offload || {},
-	    nodes = [];
-
-	var daemon = [
-		[ _('Version'), st.version ],
-		[ _('Uptime'), '%t'.format(st.uptime_s || 0) ],
-		[ _('Config reloads'), cfg.reloads ],
-		[ _('Offload'), off.enabled ? _('enabled') : _('disabled') ],
-		[ _('Offloaded flows'), off.flows ],
-		[ _('Offloaded packets'), off.packets ],
-		[ _('Offloaded bytes'), '%1024.2mB'.format(off.bytes || 0) ]
-	];
-
-	nodes.push(section(_('Daemon'), E('table', { 'class': 'table' }, daemon.map(function(r) {
+function keyValues(rows) {
+	return E('table', { 'class': 'table' }, rows.map(function(r) {
 		return E('tr', { 'class': 'tr' }, [
 			E('td', { 'class': 'td left', 'width': '33%' }, r[0]),
 			E('td', { 'class': 'td left' }, (r[1] == null) ? '-' : String(r[1]))
 		]);
-	}))));
+	}));
+}
+
+function section(title, content) {
+	return E('div', { 'class': 'cbi-section' }, [ E('h3', {}, title) ].concat(content));
+}
+
+function shaperSection(i, rates) {
+	var sh = obj(i.shaper),
+	    rows = [],
+	    tins = [];
+
+	[ [ _('Upload'), sh.upload, 'up:' ], [ _('Download'), sh.download, 'down:' ] ].forEach(function(d) {
+		var s = d[1];
+		if (s == null || typeof s !== 'object')
+			return;
+		var r = rates[d[2] + i.name];
+		rows.push([
+			d[0], s.device, s.qdisc, kbitRate(s.rate_kbit), bps(r),
+			percent(r, num(s.rate_kbit) === null ? null : s.rate_kbit * 1000),
+			bytes(s.bytes), count(s.drops), count(s.ecn_marks),
+			(num(s.backlog_bytes) === null) ? '-' : '%1024.1mB / %d'.format(s.backlog_bytes, s.backlog_packets || 0),
+			(num(s.circuit_classes) ? String(s.circuit_classes) : '-')
+		]);
+		if (arr(s.tins).length > 1)
+			arr(s.tins).forEach(function(t, n) {
+				tins.push([ d[0], String(n), bytes(t.bytes), count(t.drops), count(t.ecn_marks),
+					(num(t.avg_delay_us) === null) ? '-' : '%.1f ms'.format(t.avg_delay_us / 1000),
+					(num(t.peak_delay_us) === null) ? '-' : '%.1f ms'.format(t.peak_delay_us / 1000) ]);
+			});
+	});
+
+	var content = [
+		table([ _('Direction'), _('Device'), _('Queue'), _('Rate'), _('Now'), _('Load'),
+		        _('Sent'), _('Drops'), _('ECN marks'), _('Backlog'), _('Circuits') ],
+		      rows, _('Not shaped')),
+		chart(i.name, obj(sh.upload).rate_kbit, obj(sh.download).rate_kbit)
+	];
+
+	if (tins.length)
+		content.push(table([ _('Direction'), _('Tin'), _('Sent'), _('Drops'), _('ECN marks'),
+		                     _('Average delay'), _('Peak delay') ], tins, ''));
+
+	if (sh.error)
+		content.unshift(E('p', { 'class': 'alert-message warning' }, [
+			_('Not shaped as configured:'), ' ', E('code', {}, String(sh.error))
+		]));
+
+	return section(_('Shaper: %s').format(i.name), content);
+}
+
+function renderStatus(st, now) {
+	if (st == null || typeof st !== 'object' || st.error != null || st.version == null)
+		return E('div', { 'class': 'cbi-section' }, [
+			E('p', { 'class': 'alert-message warning' }, [
+				_('The bpfqos daemon is not running or does not answer.'), ' ',
+				E('code', {}, (st && st.error) ? String(st.error) : _('no reply'))
+			]),
+			E('p', {}, _('Check /etc/config/bpfqos (globals.enabled) and the system log (logread -e bpfqos).'))
+		]);
+
+	var rates = sample(st, now),
+	    cfg = obj(st.config),
+	    off = obj(st.offload),
+	    dp = obj(st.datapath),
+	    shaping = obj(st.shaping),
+	    nodes = [];
+
+	nodes.push(section(_('Daemon'), keyValues([
+		[ _('Version'), st.version ],
+		[ _('Uptime'), '%t'.format(num(st.uptime_s) || 0) ],
+		[ _('Config reloads'), cfg.reloads ],
+		[ _('Offload'), off.enabled ? _('enabled') : _('disabled') ],
+		[ _('Offloaded connections'), off.connections ],
+		[ _('Offloaded now'), bps(rates['offload']) ],
+		[ _('Offloaded in total'), '%s, %s %s'.format(bytes(off.bytes), count(off.packets), _('packets')) ]
+	])));
 
 	if (cfg.last_reload_error)
 		nodes.push(E('p', { 'class': 'alert-message error' }, [
 			_('The last reload was rejected; the previous configuration is still running:'), ' ',
-			E('code', {}, cfg.last_reload_error)
+			E('code', {}, String(cfg.last_reload_error))
 		]));
 
-	(cfg.warnings || []).forEach(function(w) {
-		nodes.push(E('p', { 'class': 'alert-message warning' }, w));
+	arr(cfg.warnings).forEach(function(w) {
+		nodes.push(E('p', { 'class': 'alert-message warning' }, String(w)));
 	});
 
-	nodes.push(section(_('Attach points'), table(
-		[ _('Device'), _('Ifindex'), _('Hook'), _('Mode'), _('Note') ],
-		(st.attach || []).map(function(a) {
-			return [ a.device, a.ifindex, a.hook, a.mode, a.fallback_reason ];
-		}),
-		_('No program attached')
-	)));
+	arr(st.interfaces).forEach(function(i) {
+		if (i.shaper != null && typeof i.shaper === 'object')
+			nodes.push(shaperSection(i, rates));
+	});
+
+	if (arr(st.circuits).length || num(st.circuits_total)) {
+		var circuits = table(
+			[ _('Circuit'), _('Addresses'), _('Upload limit'), _('Upload now'), _('Download limit'),
+			  _('Download now'), _('Sent up / down'), _('Drops up / down') ],
+			arr(st.circuits).map(function(c) {
+				var u = obj(c.upload), d = obj(c.download);
+				return [
+					c.name, arr(c.ips).join(' '), limitText(c.upload_kbit), bps(rates['circuit-up:' + c.name]),
+					limitText(c.download_kbit), bps(rates['circuit-down:' + c.name]),
+					'%s / %s'.format(bytes(u.bytes), bytes(d.bytes)),
+					'%s / %s'.format(count(u.drops), count(d.drops))
+				];
+			}),
+			_('No circuit configured'));
+		var notes = [];
+		if (num(st.circuits_total) && st.circuits_total > arr(st.circuits).length)
+			notes.push(E('p', {}, _('%d circuits configured; the %d busiest are shown.').format(st.circuits_total, arr(st.circuits).length)));
+		if (shaping.circuit_error)
+			notes.push(E('p', { 'class': 'alert-message warning' }, String(shaping.circuit_error)));
+		nodes.push(section(_('Circuits'), [ circuits ].concat(notes)));
+	}
+
+	var flows = arr(st.flows);
+	nodes.push(section(_('Offloaded connections'), [
+		table([ _('Protocol'), _('Connection'), _('Now'), _('Packets (out / back)'), _('Bytes') ],
+			flows.slice(0, 50).map(function(f) {
+				return [ f.proto, f.orig, bps(rates['flow:' + f.orig]),
+				         '%s / %s'.format(count(f.packets_orig), count(f.packets_reply)), bytes(f.bytes) ];
+			}),
+			_('No connection offloaded')),
+		(flows.length > 50) ? E('p', {}, _('%d more (bpfqos status --json)').format(flows.length - 50)) : ''
+	]));
 
 	nodes.push(section(_('Interfaces'), table(
 		[ _('Interface'), _('Device'), _('Offload'), _('Upload'), _('Download'),
 		  _('RTT min / median / p95'), _('Problem') ],
-		(st.interfaces || []).map(function(i) {
-			var sh = i.shaper || {};
+		arr(st.interfaces).map(function(i) {
+			var sh = obj(i.shaper);
 			return [
 				i.name, i.device, i.offload ? _('yes') : _('no'),
-				shaperText(i.upload_kbit, sh.upload_kbit),
-				shaperText(i.download_kbit, sh.download_kbit),
+				shaperText(i.upload_kbit, obj(sh.upload).rate_kbit),
+				shaperText(i.download_kbit, obj(sh.download).rate_kbit),
 				rttText(i.rtt), i.error
 			];
 		}),
 		_('No interface configured')
 	)));
 
-	if (Array.isArray(st.circuits))
-		nodes.push(section(_('Circuits'), table(
-			[ _('Circuit'), _('Upload'), _('Download'), _('RTT min / median / p95') ],
-			st.circuits.map(function(c) {
-				return [ c.name, kbitRate(c.upload_kbit), kbitRate(c.download_kbit), rttText(c.rtt) ];
-			}),
-			_('No circuit configured')
-		)));
+	var dpRows = [
+		[ _('Forwarded by the data path'), count(dp.redirect) ],
+		[ _('Sent back out of the same port'), count(dp.tx) ],
+		[ _('Forwarded into a shaper'), count(dp.to_shaper) ],
+		[ _('Upload packets put into a circuit'), count(obj(shaping.datapath).circuit_upload) ],
+		[ _('Download packets put into a circuit'), count(obj(shaping.datapath).circuit_download) ],
+		[ _('Connections of circuits behind NAT'), count(shaping.circuit_nat_entries) ]
+	];
+	Object.keys(dp).filter(function(k) { return k.indexOf('pass_') === 0 && num(dp[k]); }).forEach(function(k) {
+		dpRows.push([ _('Left to the kernel: %s').format(k.substring(5).replace(/_/g, ' ')), count(dp[k]) ]);
+	});
+	nodes.push(section(_('Data path'), keyValues(dpRows)));
+
+	nodes.push(section(_('Attach points'), table(
+		[ _('Device'), _('Ifindex'), _('Hook'), _('Mode'), _('Note') ],
+		arr(st.attach).map(function(a) {
+			return [ a.device, a.ifindex, a.hook, a.mode, a.fallback_reason ];
+		}),
+		_('No program attached')
+	)));
 
 	return E('div', {}, nodes);
 }
@@ -152,21 +383,24 @@ return view.extend({
 	},
 
 	render: function(st) {
-		var body = E('div', { 'id': 'bpfqos-status' }, renderStatus(st));
+		var body = E('div', { 'id': 'bpfqos-status' }, renderStatus(st, Date.now()));
 
 		poll.add(function() {
 			return L.resolveDefault(callStatus(), null).then(function(next) {
-				dom.content(body, renderStatus(next));
+				dom.content(body, renderStatus(next, Date.now()));
 			});
-		}, 5);
+		}, POLL_S);
 
 		return E([], [
 			E('h2', {}, _('bpfqos status')),
 			E('div', { 'class': 'cbi-map-descr' },
-				_('Flow offload, shaping and passive latency as reported by the bpfqos daemon; refreshed every 5 seconds.')),
+				_('Flow offload, shaping and passive latency as reported by the bpfqos daemon; refreshed every %d seconds.').format(POLL_S)),
 			body
 		]);
 	},
+
+	// For tests/luci/render.js: the page's rendering without LuCI's runtime.
+	renderStatus: renderStatus,
 
 	handleSave: null,
 	handleSaveApply: null,
