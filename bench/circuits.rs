@@ -74,14 +74,19 @@ fn main() {
     let mut same = Vec::new();
     let mut remove = Vec::new();
     let mut tc_batch = Vec::new();
-    // A device of its own for tc's reference, on the same kernel, same time.
-    lab.rtr
-        .sh("ip link add tcref0 type veth peer name tcref1 && ip link set tcref0 up");
     let batch = lab.work.path.join("classes.tc");
-    let mut text = String::from("qdisc replace dev tcref0 root handle 1: htb default 10\n");
-    text += "class replace dev tcref0 parent 1: classid 1:1 htb rate 900mbit\n";
-    for dev in ["tcref0"] {
-        for i in 0..2 * CIRCUITS {
+    let mut text = String::new();
+    // As bpfqos has them: one HTB per direction, each with a class per circuit.
+    for dev in ["tcref0", "tcref1"] {
+        let _ = writeln!(
+            text,
+            "qdisc replace dev {dev} root handle 1: htb default 10"
+        );
+        let _ = writeln!(
+            text,
+            "class replace dev {dev} parent 1: classid 1:1 htb rate 900mbit"
+        );
+        for i in 0..CIRCUITS {
             let _ = writeln!(
                 text,
                 "class replace dev {dev} parent 1:1 classid 1:{:x} htb rate 1kbit ceil 10mbit quantum 1514",
@@ -119,9 +124,11 @@ fn main() {
         same.push(reload(&d));
         lab.config(&config(0, 10_000));
         remove.push(reload(&d));
-        // The reference: tc adds as many classes (both shapers' worth) on its own device.
-        lab.rtr
-            .sh("tc qdisc del dev tcref0 root 2>/dev/null || true");
+        // The reference: tc adds as many classes (both shapers' worth) on devices of its
+        // own, a fresh pair each round (nothing of the last round's left).
+        lab.rtr.sh("ip link del tcref0 2>/dev/null || true
+             ip link add tcref0 type veth peer name tcref1
+             ip link set tcref0 up && ip link set tcref1 up");
         let t = Instant::now();
         lab.rtr.sh(&format!("tc -batch {}", batch.display()));
         tc_batch.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -135,7 +142,7 @@ fn main() {
     ));
     rows.push((format!("remove {CIRCUITS} circuits (reload)"), remove));
     rows.push((
-        format!("reference: tc -batch, {} HTB classes", 2 * CIRCUITS),
+        format!("reference: tc -batch, 2 x {CIRCUITS} HTB classes"),
         tc_batch,
     ));
     println!(

@@ -141,8 +141,8 @@ DAEMON_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { cat "$WORK/daemon.log" >&2; die "daemon did not start"; }
 
-# The daemon's programs: XDP from lan1 (it attached natively), its TC twin by its maps (all
-# of them the XDP program's too; the TC twin has no devmap).
+# The daemon's programs: XDP from lan1 (it attached natively), its TC twin by the maps it
+# shares with it (the flow tables).
 XDP_ID=0
 for _ in $(seq 50); do
 	XDP_ID=$(ip -n "$RTR" -j link show dev lan1 | jget 0.xdp.prog.id)
@@ -153,7 +153,7 @@ done
 XDP_MAPS=$(bpftool prog show id "$XDP_ID" -j | jget map_ids)
 TC_ID=$(bpftool prog show -j | "$PY" -c 'import json,sys
 for p in json.load(sys.stdin):
-    if p.get("name") == "bpfqos_tc" and set(p.get("map_ids", [])) <= set(json.loads(sys.argv[1])):
+    if p.get("name") == "bpfqos_tc" and set(p.get("map_ids", [])) & set(json.loads(sys.argv[1])):
         print(p["id"]); break
 else:
     print(0)' "$XDP_MAPS")
@@ -208,7 +208,9 @@ use_variant() {
 	tc | tc+htb | xdp+htb)
 		tc -n "$RTR" qdisc add dev lan1 clsact
 		tc -n "$RTR" filter add dev lan1 ingress bpf direct-action object-pinned "$BB/daemon_tc"
-		[ "$1" = xdp+htb ] && ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/daemon_xdp"
+		if [ "$1" = xdp+htb ]; then
+			ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/daemon_xdp"
+		fi
 		;;
 	bare) ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/progs/bench_bare" ;;
 	esac

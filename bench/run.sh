@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench: needs root (BPF, network namespaces)" >&2; exit 1; }
 
-echo "== per-packet cost of the data path (BPF_PROG_TEST_RUN, offload vs parse-and-redirect baseline)"
+echo "== per-packet cost of the data path (BPF_PROG_TEST_RUN, offload vs parse-and-redirect baseline; circuit classification)"
 cargo bench --locked --bench bpf_offload
 
 echo
-echo "== 64-byte UDP forwarding through a namespace router (kernel vs bpfqos XDP/TC vs bare redirect)"
+echo "== circuits: the control plane's cost of 10,000 circuits (reloads, next to tc -batch)"
+cargo bench --locked --bench circuits
+
+echo
+echo "== 64-byte UDP forwarding through a namespace router (kernel vs bpfqos XDP/TC vs bare redirect; through a shaper that never limits)"
 bash bench/forwarding.sh target/release/bpfqos
