@@ -92,10 +92,10 @@ scenario_main() {
     bg iperf_c srv timeout 300 iperf3 -s -p 5203
     bg iperf_d srv timeout 300 iperf3 -s -p 5204
     sleep 1
-    bg load_up1 lan1 timeout 40 iperf3 -c "$SRV4" -p 5201 -t 14 -P 2
-    bg load_dn1 lan1 timeout 40 iperf3 -c "$SRV4" -p 5202 -t 14 -P 2 -R
-    bg load_up2 lan2 timeout 40 iperf3 -c "$SRV4" -p 5203 -t 14 -P 2
-    bg load_dn2 lan2 timeout 40 iperf3 -c "$SRV4" -p 5204 -t 14 -P 2 -R
+    bg load_up1 lan1 timeout 40 iperf3 -c "$SRV4" -p 5201 -t 14 -P 1
+    bg load_dn1 lan1 timeout 40 iperf3 -c "$SRV4" -p 5202 -t 14 -P 1 -R
+    bg load_up2 lan2 timeout 40 iperf3 -c "$SRV4" -p 5203 -t 14 -P 1
+    bg load_dn2 lan2 timeout 40 iperf3 -c "$SRV4" -p 5204 -t 14 -P 1 -R
     sleep 3
     local loaded
     loaded=$(rtt_ms lan1 40)
