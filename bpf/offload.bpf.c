@@ -27,6 +27,7 @@
 #include "bpfqos_abi.h"
 #include "flowtable.h"
 #include "parse.h"
+#include "rtt.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -126,12 +127,10 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1; /* per-CPU slot: no atomic needed */
 }
 
-static __always_inline __u8 iface_dsa_proto(__u32 ifindex)
+/* Array lookups are inlined by the verifier: cheap on every packet. */
+static __always_inline struct bpfqos_iface *iface_cfg(__u32 ifindex)
 {
-	/* Array lookups are inlined by the verifier: cheap on every packet. */
-	struct bpfqos_iface *cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
-
-	return cfg ? cfg->dsa_proto : BPFQOS_DSA_NONE;
+	return bpf_map_lookup_elem(&ifaces, &ifindex);
 }
 
 /*
@@ -234,10 +233,12 @@ static __always_inline void request_teardown(struct flow_ref *f,
 static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 				    __be16 vlan0_tpid, __be16 vlan0_tci,
 				    enum hook hook, __u32 gso_size,
-				    struct pkt *p, struct flow_ref *f)
+				    struct pkt *p, struct flow_ref *f,
+				    struct rtt_tcp *rt)
 {
 	struct pkt_hdrs h = {};
 	struct bpfqos_control *ctl;
+	struct bpfqos_iface *cfg = iface_cfg(ifindex);
 	struct ft_l2w l2w;
 	__u32 zero = 0, ports, protow;
 	__u8 action;
@@ -246,16 +247,39 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 
 	/* No "seen" counter: every outcome is counted, user space sums them. */
 	ctl = bpf_map_lookup_elem(&control, &zero);
-	if (!ctl || !(ctl->flags & BPFQOS_CTL_F_OFFLOAD)) {
+	if (!ctl || !(ctl->flags & (BPFQOS_CTL_F_OFFLOAD | BPFQOS_CTL_F_RTT))) {
 		stat_inc(BPFQOS_STAT_PASS_DISABLED);
 		return -1;
 	}
-	if (parse_packet(data, data_end, iface_dsa_proto(ifindex), vlan0_tpid,
-			 vlan0_tci, p, &h))
+	if (parse_packet(data, data_end, cfg ? cfg->dsa_proto : BPFQOS_DSA_NONE,
+			 vlan0_tpid, vlan0_tci, p, &h))
 		goto not_parsed;
 
 	if (ft_key_words(p, &h, &l2w, &ports, &protow))
 		goto not_parsed; /* cannot happen: the parser found TCP or UDP */
+
+	/*
+	 * Passive RTT looks at every TCP packet arriving, forwarded here or
+	 * not; the TC twin leaves that to XDP where XDP runs too.
+	 */
+	if (h.th && (ctl->flags & BPFQOS_CTL_F_RTT) &&
+	    !rtt_tcp_fields(h.th, data_end, p->ip_len, p->l4_off - p->l3_off,
+			    rt)) {
+		if (hook == HOOK_XDP || !cfg ||
+		    !(cfg->flags & BPFQOS_IFACE_F_XDP)) {
+			if (h.iph)
+				rtt_arrival(0, &h.iph->saddr, &h.iph->daddr,
+					    h.th->source, h.th->dest, rt);
+			else if (h.ip6h)
+				rtt_arrival(1, h.ip6h->saddr.in6_u.u6_addr32,
+					    h.ip6h->daddr.in6_u.u6_addr32,
+					    h.th->source, h.th->dest, rt);
+		}
+	}
+	if (!(ctl->flags & BPFQOS_CTL_F_OFFLOAD)) {
+		stat_inc(BPFQOS_STAT_PASS_DISABLED);
+		return -1;
+	}
 
 	if (!p->ipv6) {
 		struct bpfqos_flow4 *v;
@@ -719,6 +743,134 @@ static __always_inline int shaping_has(__u32 ifindex, __u32 flags)
 	return cfg && (cfg->flags & flags) == flags;
 }
 
+/* ---- passive RTT: departures ---------------------------------------------- */
+
+/*
+ * The half of a packet leaving by `out_ifindex` with tuple k, made if it is
+ * missing and worth it. circuit_expr, which may use `wan` (the half leaves
+ * by the WAN side), is only paid for when a half is made.
+ */
+#define RTT_HALF(ipv6, k, t, out_ifindex, in_ifindex, circuit_expr)            \
+	({                                                                     \
+		struct bpfqos_rtt_state *s_ = rtt_half(ipv6, k);               \
+		if (!s_ && rtt_worth_a_half(t)) {                              \
+			struct bpfqos_iface *o_ = iface_cfg(out_ifindex);      \
+			struct bpfqos_iface *i_ = iface_cfg(in_ifindex);       \
+			__u32 wan = o_ && (o_->flags & BPFQOS_IFACE_F_WAN);    \
+			s_ = rtt_new_half(                                     \
+				ipv6, k, out_ifindex, o_ ? o_->rtt_slot : 0,   \
+				i_ ? i_->rtt_slot : 0, wan, (circuit_expr));   \
+		}                                                              \
+		s_;                                                            \
+	})
+
+/*
+ * A packet the XDP fast path sends out of `egress` (XDP-sent frames never
+ * reach a TC egress hook): its half is keyed by the tuple it leaves with,
+ * the entry's NAT values. The circuit is its LAN host's: the source before
+ * NAT when it leaves by the WAN, else the destination after it.
+ */
+static __always_inline void rtt_xdp_departure(struct flow_ref *f, int ipv6,
+					      __u32 ingress, __u32 egress,
+					      const struct rtt_tcp *t)
+{
+	struct bpfqos_rtt_state *s;
+	union rtt_key k;
+
+	if (!t->valid)
+		return;
+	if (ipv6) {
+		struct bpfqos_flow6 *e = flow6(f);
+
+		__builtin_memcpy(k.k6.saddr, e->nat.saddr, 16);
+		__builtin_memcpy(k.k6.daddr, e->nat.daddr, 16);
+		k.k6.sport = e->nat.sport;
+		k.k6.dport = e->nat.dport;
+		s = RTT_HALF(1, &k, t, egress, ingress,
+			     lan_circuit(1, wan ? e->key.saddr : e->nat.daddr));
+	} else {
+		struct bpfqos_flow4 *e = f->e;
+
+		k.k4.saddr = e->nat.saddr;
+		k.k4.daddr = e->nat.daddr;
+		k.k4.sport = e->nat.sport;
+		k.k4.dport = e->nat.dport;
+		s = RTT_HALF(
+			0, &k, t, egress, ingress,
+			lan_circuit(0, wan ? &e->key.saddr : &e->nat.daddr));
+	}
+	if (s)
+		rtt_departure(s, t, coarse_now());
+}
+
+/*
+ * TC egress of every lowest device the data path runs on: whatever leaves
+ * by it that XDP did not send (the kernel's forwarding and the router's own
+ * traffic, the TC twin's redirects, the download shaper's output), parsed
+ * like arrivals, timed as departures. Never changes or drops a packet.
+ */
+SEC("tc")
+int bpfqos_rtt_out(struct __sk_buff *skb)
+{
+	__be16 tpid = skb->vlan_present ? (__be16)skb->vlan_proto : 0;
+	struct bpfqos_control *ctl;
+	struct bpfqos_rtt_state *s;
+	struct bpfqos_iface *out;
+	struct pkt_hdrs h = {};
+	struct rtt_tcp t = {};
+	struct pkt p = {};
+	void *data, *data_end;
+	union rtt_key k;
+	__u32 zero = 0, l3_off, need;
+
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (!ctl || !(ctl->flags & BPFQOS_CTL_F_RTT))
+		return TC_PASS;
+	/* The headers in the linear part (a locally made skb may not be). */
+	need = skb->len < 128 ? skb->len : 128;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + need > data_end) {
+		if (bpf_skb_pull_data(skb, need))
+			return TC_PASS;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	out = iface_cfg(skb->ifindex);
+	if (parse_packet_dir(data, data_end,
+			     out ? out->dsa_proto : BPFQOS_DSA_NONE, tpid,
+			     bpf_htons(skb->vlan_tci), &p, &h, 1) ||
+	    !h.th)
+		return TC_PASS;
+	if (rtt_tcp_fields(h.th, data_end, p.ip_len, p.l4_off - p.l3_off, &t))
+		return TC_PASS;
+	if (skb->gso_segs > 1)
+		t.segs = skb->gso_segs;
+	l3_off = p.l3_off;
+	if (h.iph) {
+		k.k4.saddr = h.iph->saddr;
+		k.k4.daddr = h.iph->daddr;
+		k.k4.sport = h.th->source;
+		k.k4.dport = h.th->dest;
+		s = RTT_HALF(0, &k, &t, skb->ifindex, skb->ingress_ifindex,
+			     wan ? wan_circuit(data, l3_off, data_end, 0, 1)
+				 : lan_circuit(0, &k.k4.daddr));
+	} else if (h.ip6h) {
+		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
+		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
+		k.k6.sport = h.th->source;
+		k.k6.dport = h.th->dest;
+		s = RTT_HALF(1, &k, &t, skb->ifindex, skb->ingress_ifindex,
+			     wan ? wan_circuit(data, l3_off, data_end, 1, 1)
+				 : lan_circuit(1, k.k6.daddr));
+	} else {
+		return TC_PASS;
+	}
+	if (s)
+		rtt_departure(s, &t, coarse_now());
+	return TC_PASS;
+}
+
 /* ---- XDP ------------------------------------------------------------------ */
 
 /*
@@ -815,13 +967,14 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 ingress = ctx->ingress_ifindex;
 	struct flow_ref f = {};
+	struct rtt_tcp rt = {};
 	struct pkt p = {};
 	struct cursor c;
 	__u16 addr_delta, port_delta;
 	__u32 egress, new_l2;
 	int act;
 
-	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, 0, &p, &f))
+	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, 0, &p, &f, &rt))
 		return XDP_PASS;
 	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED)
 		return xdp_to_shaper(ctx, &p, &f);
@@ -857,6 +1010,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	if (rewrite_l3(&c, &p, &f, HOOK_XDP, &addr_delta, &port_delta))
 		return XDP_DROP;
 	count(&f, p.ip_len);
+	rtt_xdp_departure(&f, p.ipv6, ingress, egress, &rt);
 	stat_inc(act == XDP_TX ? BPFQOS_STAT_TX : BPFQOS_STAT_REDIRECT);
 	return act;
 }
@@ -904,6 +1058,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	__be16 tpid = skb->vlan_present ? (__be16)skb->vlan_proto : 0;
 	struct flow_ref f = {};
+	struct rtt_tcp rt = {};
 	struct pkt p = {};
 	struct cursor c;
 	__u16 addr_delta = 0, port_delta = 0;
@@ -915,7 +1070,8 @@ int bpfqos_tc(struct __sk_buff *skb)
 		return verdict;
 	/* At TC ingress skb->ifindex is the device the hook runs on. */
 	if (classify(data, data_end, skb->ifindex, tpid,
-		     bpf_htons(skb->vlan_tci), HOOK_TC, skb->gso_size, &p, &f))
+		     bpf_htons(skb->vlan_tci), HOOK_TC, skb->gso_size, &p, &f,
+		     &rt))
 		return TC_PASS;
 
 	l3_only = f.e->action == BPFQOS_ACT_FORWARD_L3;

@@ -9,6 +9,8 @@
 //!   devices; [`conntrack`]: ctnetlink;
 //! - [`dataplane`]: the BPF objects, their maps, where they are attached, their counters;
 //! - [`interfaces`]: configured interfaces to devices and attach points, with reasons;
+//! - [`rtt`]: passive latency: per flow, interface and circuit, from the data path's maps;
+//! - [`qos`]: shaping (upload, download, circuits);
 //! - [`offload`]: the flow-table manager (admission, invalidation, teardown);
 //! - [`status`]: the status document; [`control`]: its socket; [`rpcd`]: the ubus plugin;
 //! - [`daemon`]: the event loop that owns all of the above; [`commands`], [`cli`], [`logger`].
@@ -26,5 +28,6 @@ pub mod nl;
 pub mod offload;
 pub mod qos;
 pub mod rpcd;
+pub mod rtt;
 pub mod status;
 pub mod topology;

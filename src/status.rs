@@ -21,6 +21,8 @@ pub use crate::offload::report::ManagerStats;
 pub use crate::offload::report::OffloadStatus;
 pub use crate::qos::status::CircuitStatus;
 pub use crate::qos::status::ShaperStatus;
+pub use crate::rtt::RttStatus;
+pub use crate::rtt::RttSummary;
 
 /// The whole status document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -53,6 +55,9 @@ pub struct Status {
     /// How many circuits are configured (more than `circuits` lists when there are many).
     #[serde(default)]
     pub circuits_total: usize,
+    /// Passive latency monitoring as a whole: counters and the slowest flow halves.
+    #[serde(default)]
+    pub rtt: RttStatus,
 }
 
 /// Shaping as a whole.
@@ -89,6 +94,10 @@ pub struct InterfaceStatus {
     /// Its shapers, when it has a rate configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shaper: Option<ShaperStatus>,
+    /// Latency of the flows through it, WAN and LAN side, over the window (`null` with
+    /// passive RTT off).
+    #[serde(default)]
+    pub rtt: Option<RttSummary>,
 }
 
 /// Configuration state.
@@ -188,6 +197,64 @@ fn kbit(k: u64) -> String {
     }
 }
 
+/// Milliseconds with one decimal, or `-` without a measurement.
+fn ms(us: Option<u64>) -> String {
+    us.map_or_else(
+        || "-".to_string(),
+        |u| format!("{:.1} ms", u as f64 / 1000.0),
+    )
+}
+
+/// `wan min/median/p95 (n)  lan ...`, in ms.
+fn summary(r: &RttSummary) -> String {
+    let side = |x: &crate::rtt::SideRtt| {
+        if x.samples == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{}/{}/{} ({} samples)",
+                ms(x.min_us),
+                ms(x.median_us),
+                ms(x.p95_us),
+                x.samples
+            )
+        }
+    };
+    format!(
+        "min/median/p95 over the last window: wan {}  lan {}",
+        side(&r.wan),
+        side(&r.lan)
+    )
+}
+
+fn render_rtt(s: &mut String, r: &RttStatus) {
+    let _ = writeln!(
+        s,
+        "\nlatency monitoring: {}  flow halves {}/{}  samples {}  probes {} (expired {}, \
+         discarded {})",
+        if r.enabled { "on" } else { "off" },
+        r.halves,
+        r.halves_max,
+        r.samples,
+        r.probes,
+        r.expired,
+        r.discarded
+    );
+    for h in r.top.iter().take(10) {
+        let _ = writeln!(
+            s,
+            "  {:<3} {} -> {}  srtt {}  min {}  retrans {}/{}",
+            h.side,
+            h.src,
+            h.dst,
+            ms(h.srtt_us),
+            ms(h.min_us),
+            h.retransmits,
+            h.packets
+        );
+    }
+}
+
 impl Status {
     /// Renders the human-readable view.
     pub fn render(&self) -> String {
@@ -229,11 +296,21 @@ impl Status {
         if !self.flows.is_empty() {
             let _ = writeln!(s, "\noffloaded connections ({}):", self.flows.len());
             for f in self.flows.iter().take(20) {
-                let _ = writeln!(
+                let _ = write!(
                     s,
                     "  {}  pkts {}/{}  bytes {}",
                     f.orig, f.packets_orig, f.packets_reply, f.bytes
                 );
+                if let Some(r) = &f.rtt {
+                    let _ = write!(
+                        s,
+                        "  rtt wan {} lan {}  retrans {}",
+                        ms(r.wan_us),
+                        ms(r.lan_us),
+                        r.retransmits
+                    );
+                }
+                s.push('\n');
             }
             if self.flows.len() > 20 {
                 let _ = writeln!(
@@ -261,11 +338,15 @@ impl Status {
                 let _ = write!(s, "  error: {e}");
             }
             s.push('\n');
+            if let Some(r) = &i.rtt {
+                let _ = writeln!(s, "    latency {}", summary(r));
+            }
             if let Some(sh) = &i.shaper {
                 render_shaper(&mut s, sh);
             }
         }
         render_circuits(&mut s, self);
+        render_rtt(&mut s, &self.rtt);
         let _ = writeln!(
             s,
             "\nconfig: {} (reloads: {})",
@@ -298,6 +379,7 @@ mod tests {
                 fallback_reason: None,
                 tc_ingress: false,
                 tc_egress: false,
+                rtt: false,
                 rx_packets: 0,
                 rx_bytes: 0,
                 tx_packets: 0,

@@ -18,7 +18,7 @@ use common::bpf::XDP_REDIRECT;
 use common::bpf::XDP_TX;
 use common::frames::inet_csum;
 use common::frames::ip_packet;
-use common::frames::set_control;
+use common::frames::set_control_rtt;
 use common::frames::verify_checksums;
 use common::frames::wrap;
 use common::frames::Dir;
@@ -235,7 +235,8 @@ fn fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched() {
     ) else {
         return;
     };
-    set_control(&obj, 0, true);
+    // RTT on: its parsing and state must not change what is forwarded or passed.
+    set_control_rtt(&obj, 0, true, true);
     // d0: no DSA, d1: mtk conduit, d2: gswip conduit.
     let dsa_of = |i: u32| {
         if i == dev[1] {
@@ -316,7 +317,7 @@ fn fuzz_only_installed_flows_are_forwarded_and_passes_are_untouched() {
     let (mut fwd, mut passed, mut mutated_fwd) = (0u64, 0u64, 0u64);
     for n in 0..FRAMES {
         if n % 1000 == 0 {
-            set_control(&obj, 0, true); // keep the heartbeat fresh
+            set_control_rtt(&obj, 0, true, true); // keep the heartbeat fresh
         }
         let kind = rng.u8(0..10);
         let (ingress, frame, mutated) = if kind < 7 {

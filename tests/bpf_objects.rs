@@ -46,7 +46,14 @@ fn both_byte_orders_open_with_the_same_programs_and_maps() {
     let (eb_progs, eb_maps) = names(OBJ_EB);
     assert_eq!(el_progs, eb_progs);
     assert_eq!(el_maps, eb_maps);
-    for p in [abi::XDP_PROG, abi::TC_PROG] {
+    for p in [
+        abi::XDP_PROG,
+        abi::TC_PROG,
+        abi::RTT_OUT_PROG,
+        abi::SHAPE_IN_PROG,
+        abi::SHAPE_RETURN_PROG,
+        abi::UP_CLASSIFY_PROG,
+    ] {
         assert!(el_progs.contains(p), "missing program {p}: {el_progs:?}");
     }
     for m in [
@@ -61,6 +68,11 @@ fn both_byte_orders_open_with_the_same_programs_and_maps() {
         abi::GRACE_INNER_MAP,
         abi::TX_PORTS_MAP,
         abi::EVENTS_MAP,
+        abi::RTT4_MAP,
+        abi::RTT6_MAP,
+        abi::RTT_HIST_MAP,
+        abi::RTT_CIRCUIT_HIST_MAP,
+        abi::RTT_STATS_MAP,
     ] {
         assert!(el_maps.contains(m), "missing map {m}: {el_maps:?}");
     }
@@ -163,6 +175,7 @@ fn btf_layout_matches_the_rust_types() {
             size_of::<Iface>(),
             &[
                 ("dsa_proto", offset_of!(Iface, dsa_proto)),
+                ("rtt_slot", offset_of!(Iface, rtt_slot)),
                 ("pad", offset_of!(Iface, pad)),
                 ("flags", offset_of!(Iface, flags)),
             ],
@@ -301,6 +314,61 @@ fn btf_layout_matches_the_rust_types() {
                 ],
             );
         }
+        check_struct(
+            &btf,
+            "bpfqos_rtt4_key",
+            size_of::<abi::RttKey4>(),
+            &[
+                ("saddr", offset_of!(abi::RttKey4, saddr)),
+                ("daddr", offset_of!(abi::RttKey4, daddr)),
+                ("sport", offset_of!(abi::RttKey4, sport)),
+                ("dport", offset_of!(abi::RttKey4, dport)),
+            ],
+        );
+        check_struct(
+            &btf,
+            "bpfqos_rtt6_key",
+            size_of::<abi::RttKey6>(),
+            &[
+                ("saddr", offset_of!(abi::RttKey6, saddr)),
+                ("daddr", offset_of!(abi::RttKey6, daddr)),
+                ("sport", offset_of!(abi::RttKey6, sport)),
+                ("dport", offset_of!(abi::RttKey6, dport)),
+            ],
+        );
+        {
+            use abi::RttState as S;
+            check_struct(
+                &btf,
+                "bpfqos_rtt_state",
+                size_of::<S>(),
+                &[
+                    ("t_sent", offset_of!(S, t_sent)),
+                    ("tsval", offset_of!(S, tsval)),
+                    ("seq_end", offset_of!(S, seq_end)),
+                    ("last_tsval", offset_of!(S, last_tsval)),
+                    ("max_seq", offset_of!(S, max_seq)),
+                    ("last_us", offset_of!(S, last_us)),
+                    ("min_us", offset_of!(S, min_us)),
+                    ("srtt8_us", offset_of!(S, srtt8_us)),
+                    ("samples", offset_of!(S, samples)),
+                    ("retrans", offset_of!(S, retrans)),
+                    ("packets", offset_of!(S, packets)),
+                    ("seen", offset_of!(S, seen)),
+                    ("circuit", offset_of!(S, circuit)),
+                    ("ifindex", offset_of!(S, ifindex)),
+                    ("slot_out", offset_of!(S, slot_out)),
+                    ("slot_in", offset_of!(S, slot_in)),
+                    ("flags", offset_of!(S, flags)),
+                ],
+            );
+        }
+        check_struct(
+            &btf,
+            "bpfqos_rtt_hist",
+            size_of::<abi::RttHist>(),
+            &[("bucket", offset_of!(abi::RttHist, bucket))],
+        );
         check_struct(
             &btf,
             "bpfqos_event",

@@ -29,8 +29,16 @@ enum bpfqos_dsa_proto {
 /* Per-attach-point configuration: `ifaces` array, indexed by ifindex. */
 struct bpfqos_iface {
 	__u8 dsa_proto; /* enum bpfqos_dsa_proto of this device's tagger */
-	__u8 pad[3];
-	__u32 flags; /* reserved, 0 */
+	__u8 rtt_slot;	/* passive RTT: the config interface's slot, 0: none */
+	__u8 pad[2];
+	__u32 flags; /* enum bpfqos_iface_flags */
+};
+
+enum bpfqos_iface_flags {
+	/* XDP runs here: the TC twin does not look at arrivals again. */
+	BPFQOS_IFACE_F_XDP = 1 << 0,
+	/* Faces the Internet: RTTs timed here are WAN-side RTTs. */
+	BPFQOS_IFACE_F_WAN = 1 << 1,
 };
 
 /*
@@ -247,6 +255,7 @@ struct bpfqos_bucket {
 /* The daemon's side of the contract: `control` array, one entry. */
 enum bpfqos_ctl_flags {
 	BPFQOS_CTL_F_OFFLOAD = 1 << 0, /* offload enabled */
+	BPFQOS_CTL_F_RTT = 1 << 1,     /* passive RTT enabled */
 };
 
 /* A heartbeat older than this means the daemon is gone: pass everything. */
@@ -389,6 +398,87 @@ enum bpfqos_shape_stat {
 };
 
 /*
+ * Passive RTT (bpf/include/rtt.h). State per flow *half*: one direction of a
+ * TCP connection as it leaves the router, keyed by the addresses and ports
+ * its packets carry on that wire (after NAT), so that the answers, which
+ * arrive on the same wire, find it by their reversed tuple whatever NAT did
+ * in between; each direction arrives on one side only, so the tuple alone
+ * tells the halves apart. LRU hashes: a full map forgets the least recently
+ * used halves. `ifindex` is the device the half leaves by (informational).
+ */
+struct bpfqos_rtt4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+struct bpfqos_rtt6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+};
+
+enum bpfqos_rtt_consts {
+	BPFQOS_RTT_FLOWS = 16384, /* halves per family (LRU) */
+	BPFQOS_RTT_SLOTS = 64,	  /* interface slots, 1..63 used */
+	BPFQOS_RTT_SUB_BITS = 3,  /* 8 buckets per octave (~9 % wide) */
+	BPFQOS_RTT_BUCKETS = 160, /* 0..15 µs exact, then up to ~4.2 s */
+	BPFQOS_RTT_CIRCUIT_HISTS = 4096, /* (circuit, side) histograms */
+	BPFQOS_RTT_PROBE_MAX_MS = 4000,	 /* an unanswered probe is dropped */
+};
+
+enum bpfqos_rtt_flags {
+	BPFQOS_RTT_F_WAN = 1 << 0,	 /* timed on a WAN-facing device */
+	BPFQOS_RTT_F_PROBE_TS = 1 << 1,	 /* the probe waits for a TSecr */
+	BPFQOS_RTT_F_KARN = 1 << 2,	 /* its range was sent again */
+	BPFQOS_RTT_F_SEQ_VALID = 1 << 3, /* max_seq holds a value */
+	BPFQOS_RTT_F_TS_VALID = 1 << 4,	 /* last_tsval holds a value */
+};
+
+/*
+ * Written by the data path only (user space reads, and deletes stale ones).
+ * Samples are in microseconds; clocks are CLOCK_MONOTONIC, shifted (no
+ * 64-bit division on 32-bit JITs) and truncated to 32 bits.
+ */
+struct bpfqos_rtt_state {
+	__u32 t_sent;	  /* probe sent: CLOCK_MONOTONIC ns >> 10, 0: none */
+	__u32 tsval;	  /* probe: TSval to be echoed */
+	__u32 seq_end;	  /* probe: sequence end to be acknowledged */
+	__u32 last_tsval; /* newest TSval seen leaving */
+	__u32 max_seq;	  /* highest sequence end seen leaving */
+	__u32 last_us;	  /* newest sample */
+	__u32 min_us;	  /* smallest sample */
+	__u32 srtt8_us;	  /* smoothed (RFC 6298 alpha 1/8), times 8 */
+	__u32 samples;
+	__u32 retrans; /* data packets sent again (sequence going back) */
+	__u32 packets; /* data packets seen leaving */
+	__u32 seen;    /* coarse CLOCK_MONOTONIC >> 30 (~1.07 s) of the last */
+	__u32 circuit; /* circuit of the LAN host, 0: none */
+	__u32 ifindex; /* device it leaves by */
+	__u8 slot_out; /* rtt_slot of the interface it leaves by (0: none) */
+	__u8 slot_in;  /* rtt_slot of the interface it came in by */
+	__u16 flags;   /* enum bpfqos_rtt_flags */
+};
+
+/* Per-CPU event counters of the RTT code (`rtt_stats`). */
+enum bpfqos_rtt_stat {
+	BPFQOS_RTT_STAT_SAMPLES = 0, /* RTT samples taken */
+	BPFQOS_RTT_STAT_PROBES,	     /* probes started */
+	BPFQOS_RTT_STAT_DISCARDED,   /* probes dropped: Karn, later echo */
+	BPFQOS_RTT_STAT_EXPIRED,     /* probes never answered */
+	BPFQOS_RTT_STAT_HALVES,	     /* flow halves created */
+	BPFQOS_RTT_STAT_NO_ROOM,     /* a half or histogram not created */
+	BPFQOS_RTT_STAT_MAX,
+};
+
+/* Log-scale histogram of samples (see rtt_bucket()). */
+struct bpfqos_rtt_hist {
+	__u32 bucket[BPFQOS_RTT_BUCKETS];
+};
+
+/*
  * Never used by the programs: a global of this type puts every enum above
  * into the BTF of each object that includes this header, from which
  * libbpf-cargo generates the Rust constants (src/dataplane/abi.rs). Rust reads
@@ -415,6 +505,14 @@ struct bpfqos_btf_anchor {
 	struct bpfqos_lpm4_key lpm4_key;
 	struct bpfqos_lpm6_key lpm6_key;
 	struct bpfqos_nat_key nat_key;
+	enum bpfqos_iface_flags iface_flags;
+	struct bpfqos_rtt4_key rtt4_key;
+	struct bpfqos_rtt6_key rtt6_key;
+	enum bpfqos_rtt_consts rtt_consts;
+	enum bpfqos_rtt_flags rtt_flags;
+	enum bpfqos_rtt_stat rtt_stat;
+	struct bpfqos_rtt_state rtt_state;
+	struct bpfqos_rtt_hist rtt_hist;
 };
 
 /*
@@ -440,6 +538,12 @@ _Static_assert(sizeof(struct bpfqos_nat_key) == 40, "nat key layout");
 _Static_assert(sizeof(struct bpfqos_lpm6_key) == 20, "lpm6 key layout");
 _Static_assert(BPFQOS_CIRCUIT_MINOR_BASE + BPFQOS_MAX_CIRCUITS <= 0xffff,
 	       "a circuit's class minor fits 16 bits");
+_Static_assert(sizeof(struct bpfqos_rtt4_key) == 12, "rtt4 key layout");
+_Static_assert(sizeof(struct bpfqos_rtt6_key) == 36, "rtt6 key layout");
+_Static_assert(sizeof(struct bpfqos_rtt_state) == 60, "rtt state layout");
+_Static_assert(BPFQOS_RTT_BUCKETS == (21 - BPFQOS_RTT_SUB_BITS + 2)
+					     << BPFQOS_RTT_SUB_BITS,
+	       "buckets reach 2^22 us");
 _Static_assert(BPFQOS_MAX_IFACES - 1 <= BPFQOS_TC_INDEX_TARGET,
 	       "an ifindex fits tc_index");
 

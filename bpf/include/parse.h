@@ -45,6 +45,7 @@
 #define DSA_QCA_LEN 2
 #define DSA_GSWIP_RX_LEN 8
 #define DSA_GSWIP_TX_LEN 4
+#define DSA_MTK_TX_LEN 4
 #define PPPOE_SES_HLEN 8 /* 6 bytes PPPoE header + 2 bytes PPP protocol */
 #define VLAN_HLEN 4
 
@@ -157,6 +158,35 @@ static __always_inline int parse_eth(struct cursor *c, __u8 dsa_proto,
 		return -1;
 	if (dsa_proto == BPFQOS_DSA_QCA && parse_dsa_qca_rx(c, dsa_port))
 		return -1;
+	type = cursor_pull(c, sizeof(*type));
+	if (!type)
+		return -1;
+	return *type;
+}
+
+/*
+ * Ethernet as it leaves by a DSA conduit, with the TX tag the tagger put in
+ * (for TC egress, which only reads addresses and ports past it): gswip 4
+ * bytes before the MACs, mtk 4 after them (carrying the outer VLAN, if any,
+ * in place of the 802.1Q header), qca 2 after them (version 2). Returns the
+ * ethertype (network order) or -1; there is no source port to record.
+ */
+static __always_inline int parse_eth_tx(struct cursor *c, __u8 dsa_proto)
+{
+	__be16 *type;
+	__u8 *tag;
+
+	if (dsa_proto == BPFQOS_DSA_GSWIP && !cursor_pull(c, DSA_GSWIP_TX_LEN))
+		return -1;
+	if (!cursor_pull(c, 2 * ETH_ALEN))
+		return -1;
+	if (dsa_proto == BPFQOS_DSA_MTK && !cursor_pull(c, DSA_MTK_TX_LEN))
+		return -1;
+	if (dsa_proto == BPFQOS_DSA_QCA) {
+		tag = cursor_pull(c, DSA_QCA_LEN);
+		if (!tag || (tag[0] >> 6) != 2)
+			return -1;
+	}
 	type = cursor_pull(c, sizeof(*type));
 	if (!type)
 		return -1;
@@ -322,18 +352,22 @@ struct pkt_hdrs {
 /*
  * The whole walk. `vlan0_tpid`/`vlan0_tci` carry an outer tag the kernel has
  * already taken out of the data (TC on a VLAN-accelerated device; 0 from XDP).
- * Returns 0 when the packet is a TCP/UDP packet we understand.
+ * `tx`: the frame is leaving (its DSA tag is the TX one). Returns 0 when the
+ * packet is a TCP/UDP packet we understand.
  */
-static __always_inline int parse_packet(void *data, void *data_end,
-					__u8 dsa_proto, __be16 vlan0_tpid,
-					__be16 vlan0_tci, struct pkt *p,
-					struct pkt_hdrs *h)
+static __always_inline int parse_packet_dir(void *data, void *data_end,
+					    __u8 dsa_proto, __be16 vlan0_tpid,
+					    __be16 vlan0_tci, struct pkt *p,
+					    struct pkt_hdrs *h, int tx)
 {
 	struct cursor c = {.pos = data, .end = data_end};
 	__u16 l4_len;
 	int proto;
 
-	proto = parse_eth(&c, dsa_proto, &p->l2.dsa_port);
+	if (tx)
+		proto = parse_eth_tx(&c, dsa_proto);
+	else
+		proto = parse_eth(&c, dsa_proto, &p->l2.dsa_port);
 	if (proto < 0)
 		return -1;
 	/*
@@ -400,6 +434,16 @@ static __always_inline int parse_packet(void *data, void *data_end,
 			return -1;
 	}
 	return 0;
+}
+
+/* A frame as it arrives (see parse_packet_dir()). */
+static __always_inline int parse_packet(void *data, void *data_end,
+					__u8 dsa_proto, __be16 vlan0_tpid,
+					__be16 vlan0_tci, struct pkt *p,
+					struct pkt_hdrs *h)
+{
+	return parse_packet_dir(data, data_end, dsa_proto, vlan0_tpid,
+				vlan0_tci, p, h, 0);
 }
 
 #endif /* BPFQOS_PARSE_H */

@@ -117,6 +117,9 @@ pub struct Interface {
     pub device: Option<String>,
     /// `option offload` (default on): offload flows through this interface.
     pub offload: bool,
+    /// `option wan`: the interface faces the Internet (its RTTs are WAN-side RTTs); unset:
+    /// whether it is shaped.
+    pub wan: Option<bool>,
     /// `option upload`: egress shaping rate in kbit/s; 0 = not shaped.
     pub upload_kbit: u64,
     /// `option download`: ingress shaping rate in kbit/s; 0 = not shaped.
@@ -340,6 +343,7 @@ pub const OPTIONS: &[(&str, &[&str])] = &[
             "network",
             "device",
             "offload",
+            "wan",
             "upload",
             "download",
             "qdisc",
@@ -394,6 +398,7 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
         network: None,
         device: None,
         offload: true,
+        wan: None,
         upload_kbit: 0,
         download_kbit: 0,
         qdisc: Qdisc::Cake,
@@ -416,6 +421,7 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
             "network" => parse_network(o.value).map(|v| i.network = Some(v)),
             "device" => parse_ifname(o.value).map(|v| i.device = Some(v)),
             "offload" => parse_bool(o.value).map(|v| i.offload = v),
+            "wan" => parse_bool(o.value).map(|v| i.wan = Some(v)),
             "upload" => parse_kbit(o.value).map(|v| i.upload_kbit = v),
             "download" => parse_kbit(o.value).map(|v| i.download_kbit = v),
             "qdisc" => parse_qdisc(o.value).map(|v| i.qdisc = v),

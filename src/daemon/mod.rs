@@ -44,6 +44,7 @@ use crate::offload::FlowManager;
 use crate::offload::Timeouts;
 use crate::qos;
 use crate::qos::Shaping;
+use crate::rtt;
 use crate::status::ConfigStatus;
 use crate::status::InterfaceStatus;
 use crate::status::Status;
@@ -255,6 +256,7 @@ struct Daemon {
     net: Net,
     flows: FlowManager,
     qos: Shaping,
+    rtt: rtt::Monitor,
     /// The circuits' hosts changed: their NATed connections must be looked up again.
     nat_stale: bool,
     timeouts: Timeouts,
@@ -274,6 +276,7 @@ impl Daemon {
             net,
             flows: FlowManager::default(),
             qos: Shaping::default(),
+            rtt: rtt::Monitor::default(),
             nat_stale: false,
             timeouts: Timeouts::read(),
         }
@@ -281,6 +284,10 @@ impl Daemon {
 
     fn offload_on(&self) -> bool {
         self.config.globals.enabled && self.config.globals.offload
+    }
+
+    fn rtt_on(&self) -> bool {
+        self.config.globals.enabled && self.config.globals.rtt
     }
 
     /// Brings the interfaces, attachments and shapers in line with the running config and
@@ -292,6 +299,26 @@ impl Daemon {
         self.interface_errors.clear();
         self.apply_offload();
         self.apply_shaping().await;
+        self.apply_rtt();
+    }
+
+    /// Passive RTT's interface slots and sides, on every device that carries them (the
+    /// download shapers' far ends exist only after the shapers were applied).
+    fn apply_rtt(&mut self) {
+        let Some(dp) = self.net.dp.as_mut() else {
+            return;
+        };
+        let extra: HashMap<String, Vec<u32>> = self
+            .config
+            .interfaces
+            .iter()
+            .filter_map(|i| {
+                let far = qos::veth_names(&i.name).1;
+                let ifindex = nix::net::if_::if_nametoindex(far.as_str()).ok()?;
+                Some((i.name.clone(), vec![ifindex]))
+            })
+            .collect();
+        self.rtt.assign(&self.config, &self.interfaces, &extra, dp);
     }
 
     /// The shapers of every interface with a rate (none when bpfqos is disabled).
@@ -344,18 +371,31 @@ impl Daemon {
         }
     }
 
-    /// The offload's attach points.
+    /// The data path's attach points: the lowest devices of the interfaces that offload, and
+    /// with passive RTT on, of every interface (the parse path sees arrivals, the egress hook
+    /// departures; where offload is off, nothing is forwarded there).
     fn apply_offload(&mut self) {
         let enabled = self.offload_on();
+        let rtt = self.rtt_on();
         let Some(dp) = self.net.dp.as_mut() else {
             return;
         };
         dp.set_enabled(enabled);
-        let (wanted, errors) = if enabled {
+        dp.set_rtt(rtt);
+        let (offloading, errors) = if enabled {
             self.interfaces.offload_devices()
         } else {
             Default::default()
         };
+        let mut wanted = offloading.clone();
+        if rtt {
+            let (all, _) = self.interfaces.lowest_devices(|_| true);
+            for d in all {
+                if !wanted.iter().any(|w| w.ifindex == d.ifindex) {
+                    wanted.push(d);
+                }
+            }
+        }
         self.interface_errors.extend(errors);
         let shaping = self.config.globals.enabled
             && self
@@ -371,7 +411,7 @@ impl Daemon {
             }
         }
         let before = std::mem::take(&mut self.net.attached);
-        self.net.attached = wanted
+        self.net.attached = offloading
             .iter()
             .filter(|w| !failed.iter().any(|(d, _)| *d == w.name))
             .map(|w| w.ifindex)
@@ -496,6 +536,9 @@ impl Daemon {
         let ctx = self.net.ctx(&resolver);
         self.flows.tick(&ctx, &self.timeouts);
         self.flows.readmit_due(&ctx).await;
+        if let Some(dp) = self.net.dp.as_ref() {
+            self.rtt.tick(dp, Instant::now());
+        }
     }
 
     async fn handle(&mut self, req: Request) -> Reply {
@@ -521,8 +564,18 @@ impl Daemon {
             .iter()
             .filter_map(|i| i.shaper.as_ref())
             .collect();
-        let circuits = qos::status::circuits_status(self.qos.circuits(), &shapers);
+        let mut circuits = qos::status::circuits_status(self.qos.circuits(), &shapers);
         let dp = self.net.dp.as_ref();
+        if dp.is_some_and(Dataplane::rtt_enabled) {
+            let by_id = self.rtt.circuits(dp);
+            for c in &mut circuits {
+                let id = self.qos.circuit_id(&c.name);
+                c.rtt = Some(
+                    id.and_then(|id| by_id.get(&id).cloned())
+                        .unwrap_or_default(),
+                );
+            }
+        }
         let table = self.net.flow_table();
         let counted = self.flows.counters(table);
         let mut attach = dp.map(Dataplane::attach_points).unwrap_or_default();
@@ -555,7 +608,8 @@ impl Daemon {
             ),
             attach,
             interfaces,
-            flows: self.flows.flow_status(table),
+            flows: self.flows.flow_status(table, &|c| rtt::flow_rtt(dp, c)),
+            rtt: self.rtt.status(dp),
             datapath: dp.map(Dataplane::stats).unwrap_or_default(),
             shaping: crate::status::ShapingStatus {
                 datapath: dp.map(Dataplane::shape_stats).unwrap_or_default(),
@@ -571,6 +625,8 @@ impl Daemon {
     /// out of use, and its shapers.
     fn interface_status(&mut self) -> Vec<InterfaceStatus> {
         let mut out = Vec::new();
+        let dp = self.net.dp.as_ref().filter(|d| d.rtt_enabled());
+        let mut rtt = self.rtt.interfaces(dp);
         for i in &self.config.interfaces {
             out.push(InterfaceStatus {
                 name: i.name.clone(),
@@ -587,6 +643,7 @@ impl Daemon {
                     .cloned()
                     .or_else(|| self.qos.error(&i.name).map(str::to_string)),
                 shaper: self.qos.status(&i.name),
+                rtt: dp.map(|_| rtt.remove(&i.name).unwrap_or_default()),
             });
         }
         out

@@ -48,6 +48,18 @@ pub const SHAPE_IN_PROG: &str = "bpfqos_dl_steer";
 pub const SHAPE_RETURN_PROG: &str = "bpfqos_dl_back";
 /// TC-egress program of a shaped L3 device: puts uploads into their circuit's class.
 pub const UP_CLASSIFY_PROG: &str = "bpfqos_up_classify";
+/// TC-egress program of every lowest device the data path runs on: times departures (RTT).
+pub const RTT_OUT_PROG: &str = "bpfqos_rtt_out";
+/// `LRU_HASH` of [`RttKey4`] → [`RttState`]: IPv4 flow halves.
+pub const RTT4_MAP: &str = "rtt4";
+/// `LRU_HASH` of [`RttKey6`] → [`RttState`]: IPv6 flow halves.
+pub const RTT6_MAP: &str = "rtt6";
+/// `ARRAY[2 * RTT_SLOTS]` of [`RttHist`]: per interface slot and side (`slot * 2 + wan`).
+pub const RTT_HIST_MAP: &str = "rtt_hist";
+/// `HASH` of `circuit << 1 | wan` → [`RttHist`].
+pub const RTT_CIRCUIT_HIST_MAP: &str = "rtt_circuit_hist";
+/// `PERCPU_ARRAY` of `u64`, indexed by [`RttStat`].
+pub const RTT_STATS_MAP: &str = "rtt_stats";
 /// `LPM_TRIE` of [`Lpm4Key`] → circuit id (`u32`).
 pub const CIRCUITS4_MAP: &str = "circuits4";
 /// `LPM_TRIE` of [`Lpm6Key`] → circuit id (`u32`).
@@ -142,6 +154,30 @@ pub type Lpm4Key = types::bpfqos_lpm4_key;
 pub type Lpm6Key = types::bpfqos_lpm6_key;
 /// A connection's WAN-side tuple (`struct bpfqos_nat_key`).
 pub type NatKey = types::bpfqos_nat_key;
+/// IPv4 RTT flow-half key (`struct bpfqos_rtt4_key`).
+pub type RttKey4 = types::bpfqos_rtt4_key;
+/// IPv6 RTT flow-half key (`struct bpfqos_rtt6_key`).
+pub type RttKey6 = types::bpfqos_rtt6_key;
+/// A flow half's RTT state (`struct bpfqos_rtt_state`).
+pub type RttState = types::bpfqos_rtt_state;
+/// A log-scale RTT histogram (`struct bpfqos_rtt_hist`).
+pub type RttHist = types::bpfqos_rtt_hist;
+/// Index into the `rtt_stats` map (`enum bpfqos_rtt_stat`).
+pub type RttStat = types::bpfqos_rtt_stat;
+/// Flow halves per family (`BPFQOS_RTT_FLOWS`).
+pub const RTT_FLOWS: u32 = types::bpfqos_rtt_consts::BPFQOS_RTT_FLOWS.0;
+/// Interface slots of the RTT histograms, 1..this-1 (`BPFQOS_RTT_SLOTS`).
+pub const RTT_SLOTS: u32 = types::bpfqos_rtt_consts::BPFQOS_RTT_SLOTS.0;
+/// Buckets per RTT histogram (`BPFQOS_RTT_BUCKETS`).
+pub const RTT_BUCKETS: usize = types::bpfqos_rtt_consts::BPFQOS_RTT_BUCKETS.0 as usize;
+/// log2 of the buckets per octave (`BPFQOS_RTT_SUB_BITS`).
+pub const RTT_SUB_BITS: u32 = types::bpfqos_rtt_consts::BPFQOS_RTT_SUB_BITS.0;
+/// `rtt_state.flags`: the half leaves by a WAN-facing device.
+pub const RTT_F_WAN: u16 = types::bpfqos_rtt_flags::BPFQOS_RTT_F_WAN.0 as u16;
+/// `iface.flags`: XDP runs on this device (the TC twin leaves arrivals to it).
+pub const IFACE_F_XDP: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_XDP.0;
+/// `iface.flags`: the device faces the Internet (its RTTs are WAN-side RTTs).
+pub const IFACE_F_WAN: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_WAN.0;
 /// Handle major of every qdisc and class of bpfqos' shapers (`BPFQOS_SHAPER_MAJOR`).
 pub const SHAPER_MAJOR: u16 = types::bpfqos_circuit_limits::BPFQOS_SHAPER_MAJOR.0 as u16;
 /// A circuit's HTB class minor is this plus its id (`BPFQOS_CIRCUIT_MINOR_BASE`).
@@ -168,6 +204,8 @@ pub const SHAPE_F_ADD_ETH: u32 = types::bpfqos_shape_flags::BPFQOS_SHAPE_F_ADD_E
 
 /// `control.flags` bit: offload enabled.
 pub const CTL_F_OFFLOAD: u32 = types::bpfqos_ctl_flags::BPFQOS_CTL_F_OFFLOAD.0;
+/// `control.flags` bit: passive RTT enabled.
+pub const CTL_F_RTT: u32 = types::bpfqos_ctl_flags::BPFQOS_CTL_F_RTT.0;
 /// Heartbeat age after which the data path passes everything to the kernel.
 pub const HEARTBEAT_MAX_AGE_NS: u64 =
     types::bpfqos_heartbeat::BPFQOS_HEARTBEAT_MAX_AGE_MS.0 as u64 * 1_000_000;
@@ -192,6 +230,14 @@ pub unsafe trait Pod: Copy + Default {}
 unsafe impl Pod for Control {}
 // SAFETY: see above.
 unsafe impl Pod for Iface {}
+// SAFETY: see above.
+unsafe impl Pod for RttKey4 {}
+// SAFETY: see above.
+unsafe impl Pod for RttKey6 {}
+// SAFETY: see above.
+unsafe impl Pod for RttState {}
+// SAFETY: see above.
+unsafe impl Pod for RttHist {}
 // SAFETY: see above.
 unsafe impl Pod for FlowKey4 {}
 // SAFETY: see above.
@@ -230,12 +276,17 @@ pub fn from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
-/// The `control` map value: heartbeat (CLOCK_MONOTONIC ns), the offload switch and the flow
-/// tables' hash seeds.
-pub fn control_value(heartbeat_ns: u64, enabled: bool, seed: &[u32; HASH_SEEDS]) -> Vec<u8> {
+/// The `control` map value: heartbeat (CLOCK_MONOTONIC ns), the offload and RTT switches and
+/// the flow tables' hash seeds.
+pub fn control_value(
+    heartbeat_ns: u64,
+    enabled: bool,
+    rtt: bool,
+    seed: &[u32; HASH_SEEDS],
+) -> Vec<u8> {
     let c = Control {
         heartbeat_ns,
-        flags: if enabled { CTL_F_OFFLOAD } else { 0 },
+        flags: if enabled { CTL_F_OFFLOAD } else { 0 } | if rtt { CTL_F_RTT } else { 0 },
         pad: 0,
         seed: *seed,
     };
@@ -333,6 +384,20 @@ pub fn slot_index(slot: u32) -> u32 {
 /// An IPv4 address as the BPF side stores it (network order in memory).
 pub fn ip4(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
+}
+
+/// The address [`ip4`] stored.
+pub fn ip4_of(w: u32) -> Ipv4Addr {
+    Ipv4Addr::from(w.to_ne_bytes())
+}
+
+/// The address [`ip6`] stored.
+pub fn ip6_of(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
 }
 
 /// An IPv6 address as the BPF side stores it (four network-order words).
@@ -469,10 +534,12 @@ mod tests {
     fn control_value_layout() {
         let mut seed = [0u32; super::HASH_SEEDS];
         seed[13] = 0xdead_beef;
-        let v = control_value(0x0102_0304_0506_0708, true, &seed);
+        let v = control_value(0x0102_0304_0506_0708, true, false, &seed);
         assert_eq!(v.len(), 72);
         assert_eq!(&v[0..8], &0x0102_0304_0506_0708u64.to_ne_bytes());
         assert_eq!(&v[8..12], &1u32.to_ne_bytes());
+        let v = control_value(0, false, true, &seed);
+        assert_eq!(&v[8..12], &super::CTL_F_RTT.to_ne_bytes());
         assert_eq!(&v[68..72], &0xdead_beefu32.to_ne_bytes());
     }
 }

@@ -91,6 +91,12 @@ impl TcSlot {
         dir: TcDir::Egress,
         priority: 0xba1,
     };
+    /// Passive RTT's departures (egress of every lowest device the offload runs on). It only
+    /// looks, and lets the filters behind it run.
+    pub const RTT: TcSlot = TcSlot {
+        dir: TcDir::Egress,
+        priority: 0xba2,
+    };
 }
 
 /// The hooks bpfqos holds on one device.
@@ -296,6 +302,9 @@ pub struct AttachPoint {
     /// A bpfqos program sits on TC egress.
     #[serde(default)]
     pub tc_egress: bool,
+    /// Passive RTT's departure hook sits on TC egress.
+    #[serde(default)]
+    pub rtt: bool,
     /// Offloaded packets received on this device.
     #[serde(default)]
     pub rx_packets: u64,
@@ -328,6 +337,7 @@ impl AttachPoint {
             fallback_reason: h.fallback_reason.clone(),
             tc_ingress,
             tc_egress: h.tc.iter().any(|s| s.dir == TcDir::Egress),
+            rtt: h.tc.contains(&TcSlot::RTT),
             rx_packets: 0,
             rx_bytes: 0,
             tx_packets: 0,

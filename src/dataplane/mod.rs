@@ -17,6 +17,7 @@ pub mod entry;
 pub mod events;
 pub mod flowtable;
 pub mod object;
+pub mod rtt;
 pub mod stats;
 
 use std::cell::RefCell;
@@ -71,8 +72,13 @@ pub struct Dataplane {
     shape_in: OwnedFd,
     shape_return: OwnedFd,
     up_classify: OwnedFd,
+    rtt_out: OwnedFd,
     hooks: Attachments,
     enabled: bool,
+    /// Passive RTT switched on (`control` flag, and the egress hooks).
+    rtt: bool,
+    /// Devices whose `ifaces` entry carries an RTT slot or side.
+    rtt_coded: std::collections::BTreeSet<u32>,
     /// Interior mutability: the daemon hands `&Dataplane` around; one thread, never re-entered.
     tables: RefCell<FlowTables>,
     /// What the circuit prefix tries hold (prefix → circuit id), once read.
@@ -90,6 +96,7 @@ impl Dataplane {
         let shape_in = object.prog_fd(abi::SHAPE_IN_PROG)?;
         let shape_return = object.prog_fd(abi::SHAPE_RETURN_PROG)?;
         let up_classify = object.prog_fd(abi::UP_CLASSIFY_PROG)?;
+        let rtt_out = object.prog_fd(abi::RTT_OUT_PROG)?;
         let tables = open_tables(&object)?;
         Ok(Self {
             object,
@@ -98,8 +105,11 @@ impl Dataplane {
             shape_in,
             shape_return,
             up_classify,
+            rtt_out,
             hooks: Attachments::default(),
             enabled: false,
+            rtt: false,
+            rtt_coded: Default::default(),
             tables: RefCell::new(tables),
             circuit_prefixes: RefCell::default(),
         })
@@ -118,7 +128,8 @@ impl Dataplane {
     /// in it, tells the parser each device's DSA tagger, attaches where missing. Returns the
     /// devices that could not be attached, with why (their traffic stays on the kernel path).
     /// `twin`: the TC twin goes beside XDP too (shaped flows are forwarded by TC, through the
-    /// shapers' qdiscs).
+    /// shapers' qdiscs). With passive RTT on ([`Dataplane::set_rtt`]), the RTT egress hook goes
+    /// on each of them too.
     pub fn sync_offload(&mut self, wanted: &[OffloadDevice], twin: bool) -> Vec<(String, String)> {
         for dev in self.offload_devices() {
             if !wanted.iter().any(|w| w.name == dev) {
@@ -132,7 +143,8 @@ impl Dataplane {
             }
             let attached = self
                 .attach_offload(&w.name)
-                .and_then(|()| self.set_twin(&w.name, twin));
+                .and_then(|()| self.set_twin(&w.name, twin))
+                .and_then(|()| self.set_rtt_hook(&w.name, self.rtt));
             if let Err(e) = attached {
                 let msg = format!("{}: {e:#}", w.name);
                 warn!("{msg}; traffic there stays on the kernel path");
@@ -156,6 +168,25 @@ impl Dataplane {
             (true, false, true) => {
                 self.hooks
                     .detach_tc(device, self.tc.as_fd(), TcSlot::OFFLOAD);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts the RTT egress hook on `device` (or takes it away).
+    fn set_rtt_hook(&mut self, device: &str, on: bool) -> anyhow::Result<()> {
+        let has = self
+            .hooks
+            .get(device)
+            .is_some_and(|h| h.tc.contains(&TcSlot::RTT));
+        match (on, has) {
+            (true, false) => self
+                .hooks
+                .attach_tc(device, self.rtt_out.as_fd(), TcSlot::RTT),
+            (false, true) => {
+                self.hooks
+                    .detach_tc(device, self.rtt_out.as_fd(), TcSlot::RTT);
                 Ok(())
             }
             _ => Ok(()),
@@ -212,13 +243,38 @@ impl Dataplane {
                 .unwrap_or_default()
         );
         self.hooks.set_fallback_reason(device, fallback_reason);
+        if let Some(h) = self.hooks.get(device) {
+            let (ifindex, xdp) = (h.ifindex, h.xdp.is_some());
+            self.set_iface_xdp(ifindex, xdp);
+        }
     }
 
-    /// Takes the offload off `device` (if it still exists).
+    /// Tells the TC twin on `ifindex` whether XDP runs there too (then XDP alone looks at
+    /// arrivals for RTT).
+    fn set_iface_xdp(&self, ifindex: u32, xdp: bool) {
+        let r = self.update_iface(ifindex, |v| {
+            if xdp {
+                v.flags |= abi::IFACE_F_XDP;
+            } else {
+                v.flags &= !abi::IFACE_F_XDP;
+            }
+        });
+        if let Err(e) = r {
+            warn!("{e:#}");
+        }
+    }
+
+    /// Takes the offload (and the RTT hook) off `device` (if it still exists).
     pub fn detach_offload(&mut self, device: &str) {
+        let ifindex = self.hooks.get(device).map(|h| h.ifindex);
         self.hooks.detach_xdp(device, self.xdp.as_fd());
         self.hooks
             .detach_tc(device, self.tc.as_fd(), TcSlot::OFFLOAD);
+        self.hooks
+            .detach_tc(device, self.rtt_out.as_fd(), TcSlot::RTT);
+        if let Some(ifindex) = ifindex {
+            self.set_iface_xdp(ifindex, false);
+        }
     }
 
     /// Steers the ingress of `l3` (a shaped interface's L3 device) through its download shaper:
@@ -310,6 +366,51 @@ impl Dataplane {
         self.enabled
     }
 
+    /// Switches passive RTT on or off: the data path's flag now, the egress hooks at the next
+    /// [`Dataplane::sync_offload`].
+    pub fn set_rtt(&mut self, on: bool) {
+        self.rtt = on;
+        if let Err(e) = self.heartbeat() {
+            warn!("updating the control map: {e:#}");
+        }
+    }
+
+    /// Whether passive RTT is switched on.
+    pub fn rtt_enabled(&self) -> bool {
+        self.rtt
+    }
+
+    /// Gives devices their RTT interface slot and side: `(ifindex, slot, wan)` for every
+    /// device that has them (lowest devices, L3 devices, shaper ends); every other device
+    /// loses them.
+    pub fn set_rtt_codes(&mut self, codes: &[(u32, u8, bool)]) {
+        let old = std::mem::take(&mut self.rtt_coded);
+        for ifindex in old {
+            if !codes.iter().any(|c| c.0 == ifindex) {
+                let _ = self.update_iface(ifindex, |v| {
+                    v.rtt_slot = 0;
+                    v.flags &= !abi::IFACE_F_WAN;
+                });
+            }
+        }
+        for &(ifindex, slot, wan) in codes {
+            let r = self.update_iface(ifindex, |v| {
+                v.rtt_slot = slot;
+                if wan {
+                    v.flags |= abi::IFACE_F_WAN;
+                } else {
+                    v.flags &= !abi::IFACE_F_WAN;
+                }
+            });
+            match r {
+                Ok(()) => {
+                    self.rtt_coded.insert(ifindex);
+                }
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+    }
+
     /// Writes the heartbeat (the data path stops offloading when it goes stale), frees the
     /// flow entries unlinked before the last one (a grace period has passed since: no packet
     /// still uses them), and asks for a grace period for those unlinked since, without
@@ -319,7 +420,7 @@ impl Dataplane {
             .context("reading CLOCK_MONOTONIC")?;
         let ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
         let mut tables = self.tables.borrow_mut();
-        let value = abi::control_value(ns, self.enabled, tables.seed());
+        let value = abi::control_value(ns, self.enabled, self.rtt, tables.seed());
         self.object
             .map(abi::CONTROL_MAP)?
             .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
@@ -341,20 +442,29 @@ impl Dataplane {
 
     /// Tells the parser which DSA tag a device's frames carry (`None`: no tag).
     pub fn set_dsa_tagger(&self, ifindex: u32, proto: Option<u8>) -> anyhow::Result<()> {
+        self.update_iface(ifindex, |v| v.dsa_proto = proto.unwrap_or(0))
+            .with_context(|| format!("setting the DSA tagger of ifindex {ifindex}"))
+    }
+
+    /// Changes the `ifaces` entry of `ifindex` with `f`, keeping what `f` does not touch.
+    fn update_iface(&self, ifindex: u32, f: impl FnOnce(&mut abi::Iface)) -> anyhow::Result<()> {
         if ifindex >= abi::MAX_IFACES {
             anyhow::bail!(
                 "ifindex {ifindex} beyond the ifaces table ({})",
                 abi::MAX_IFACES
             );
         }
-        let v = abi::Iface {
-            dsa_proto: proto.unwrap_or(0),
-            ..Default::default()
-        };
-        self.object
-            .map(abi::IFACES_MAP)?
-            .update(&ifindex.to_ne_bytes(), abi::bytes_of(&v), MapFlags::ANY)
-            .with_context(|| format!("setting the DSA tagger of ifindex {ifindex}"))
+        let map = self.object.map(abi::IFACES_MAP)?;
+        let key = ifindex.to_ne_bytes();
+        let mut v: abi::Iface = map
+            .lookup(&key, MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|b| abi::from_bytes(&b))
+            .unwrap_or_default();
+        f(&mut v);
+        map.update(&key, abi::bytes_of(&v), MapFlags::ANY)
+            .with_context(|| format!("writing the ifaces entry of ifindex {ifindex}"))
     }
 
     /// Writes a flow entry (replacing one with the same key keeps its counters). An error

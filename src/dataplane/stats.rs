@@ -10,7 +10,7 @@ use super::abi::Stat;
 
 /// Counter `index` of a per-CPU array of `u64`, summed over CPUs; 0 when it cannot be read
 /// (status must not fail because one lookup did).
-fn percpu_sum(map: &dyn MapCore, index: u32) -> u64 {
+pub(crate) fn percpu_sum(map: &dyn MapCore, index: u32) -> u64 {
     map.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
         .ok()
         .flatten()

@@ -102,9 +102,18 @@ impl Interfaces {
     /// The lowest devices of every offload-enabled interface (each device once), and per
     /// interface that has none, why.
     pub fn offload_devices(&self) -> (Vec<OffloadDevice>, Vec<(String, String)>) {
+        self.lowest_devices(|i| i.offload)
+    }
+
+    /// The lowest devices of every interface `include` accepts (each device once), and per
+    /// such interface that has none, why.
+    pub fn lowest_devices(
+        &self,
+        include: impl Fn(&Interface) -> bool,
+    ) -> (Vec<OffloadDevice>, Vec<(String, String)>) {
         let mut devices: Vec<OffloadDevice> = Vec::new();
         let mut errors = Vec::new();
-        for i in self.list.iter().filter(|i| i.offload) {
+        for i in self.list.iter().filter(|i| include(i)) {
             match &i.lowest {
                 Ok(points) => {
                     for p in points {

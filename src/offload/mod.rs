@@ -603,8 +603,12 @@ impl FlowManager {
         }
     }
 
-    /// Per-flow status, sorted by original tuple.
-    pub fn flow_status(&self, dp: Option<&dyn FlowTable>) -> Vec<FlowStatus> {
+    /// Per-flow status, sorted by original tuple; `rtt` gives a connection's latency.
+    pub fn flow_status(
+        &self,
+        dp: Option<&dyn FlowTable>,
+        rtt: &dyn Fn(&conntrack::Conn) -> Option<crate::rtt::FlowRtt>,
+    ) -> Vec<FlowStatus> {
         let mut out: Vec<FlowStatus> = self
             .flows
             .values()
@@ -628,6 +632,7 @@ impl FlowManager {
                     bytes: c0.bytes + c1.bytes,
                     ingress_ifindex: f.hops[0].egress_ifindex,
                     egress_ifindex: f.hops[1].egress_ifindex,
+                    rtt: rtt(&f.conn),
                 }
             })
             .collect();

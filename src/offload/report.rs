@@ -64,6 +64,9 @@ pub struct FlowStatus {
     pub ingress_ifindex: u32,
     /// Lowest egress device of the original direction.
     pub egress_ifindex: u32,
+    /// Its latency, both sides (TCP with passive RTT on; else `null`).
+    #[serde(default)]
+    pub rtt: Option<crate::rtt::FlowRtt>,
 }
 
 /// Offloaded traffic of one lowest device.

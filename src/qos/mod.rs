@@ -385,6 +385,11 @@ impl Shaping {
         self.circuit_error.as_deref()
     }
 
+    /// The id circuit `name` has in the data path.
+    pub fn circuit_id(&self, name: &str) -> Option<u16> {
+        self.ids.get(name)
+    }
+
     /// The configured circuits (as last applied).
     pub fn circuits(&self) -> &[config::Circuit] {
         &self.circuits

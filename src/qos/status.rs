@@ -83,6 +83,10 @@ pub struct CircuitStatus {
     pub upload: Option<CircuitCounters>,
     /// Download counters.
     pub download: Option<CircuitCounters>,
+    /// Latency of its hosts' flows, both sides, over the window (with passive RTT on; else
+    /// `null`).
+    #[serde(default)]
+    pub rtt: Option<crate::rtt::RttSummary>,
 }
 
 /// Counters of a circuit's classes in one direction.
@@ -141,6 +145,7 @@ pub fn circuits_status(
             download_kbit: c.download_kbit,
             upload: by_name.get(&(c.name.as_str(), true)).cloned(),
             download: by_name.get(&(c.name.as_str(), false)).cloned(),
+            rtt: None,
         })
         .collect();
     if out.len() > MAX_LISTED_CIRCUITS {

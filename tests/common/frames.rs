@@ -551,10 +551,13 @@ pub fn map_update(obj: &Object, name: &str, k: &[u8], v: &[u8]) {
 }
 
 pub fn set_iface_dsa(obj: &Object, ifindex: u32, dsa: u8) {
-    let cfg = abi::Iface {
-        dsa_proto: dsa,
-        ..Default::default()
-    };
+    // Read-modify-write: the entry's other fields (RTT slot, flags) stay.
+    let mut cfg: abi::Iface = find_map(obj, abi::IFACES_MAP)
+        .lookup(&ifindex.to_ne_bytes(), MapFlags::ANY)
+        .unwrap()
+        .and_then(|v| abi::from_bytes(&v))
+        .unwrap_or_default();
+    cfg.dsa_proto = dsa;
     map_update(
         obj,
         abi::IFACES_MAP,
@@ -587,9 +590,15 @@ pub const TEST_SEED: [u32; abi::HASH_SEEDS] = [
     0xdead_beef,
 ];
 
-/// Writes the control word: heartbeat `age_ns` in the past, offload on/off, [`TEST_SEED`].
+/// Writes the control word: heartbeat `age_ns` in the past, offload on/off, RTT off,
+/// [`TEST_SEED`].
 pub fn set_control(obj: &Object, age_ns: u64, enabled: bool) {
-    let v = abi::control_value(now_ns().saturating_sub(age_ns), enabled, &TEST_SEED);
+    set_control_rtt(obj, age_ns, enabled, false);
+}
+
+/// [`set_control`], with passive RTT on or off.
+pub fn set_control_rtt(obj: &Object, age_ns: u64, enabled: bool, rtt: bool) {
+    let v = abi::control_value(now_ns().saturating_sub(age_ns), enabled, rtt, &TEST_SEED);
     map_update(obj, abi::CONTROL_MAP, &0u32.to_ne_bytes(), &v);
 }
 

@@ -1,0 +1,443 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Passive RTT of the TCP traffic the router forwards, offloaded or not.
+ *
+ * A flow *half* is one direction of a connection as it leaves the router by
+ * one device (struct bpfqos_rtt_state, keyed by its tuple on that wire). The
+ * programs time packets as they leave ("departures": the XDP fast path when it
+ * redirects, the TC egress hook of every lowest device for everything else)
+ * and look at every TCP packet that arrives ("arrivals": the parse path of the
+ * XDP program or its TC twin), whose reversed tuple names the half it
+ * answers. A sample is the time from the router sending a packet out of one
+ * side to the router seeing the answer come back on that side: the RTT
+ * beyond that side of the router (queueing in the router's own shapers is
+ * not in it), with no probe sent.
+ *
+ * Two ways to time a packet, one outstanding probe per half (so at most one
+ * sample per half and RTT):
+ *  - TCP timestamps: the first packet leaving with a new TSval, matched by
+ *    the first packet coming back with that TSecr (as pping/ePPing do); the
+ *    echo of a later TSval means ours will not come (lost, coalesced).
+ *  - without timestamps, SEQ/ACK: the end of a new data range, matched by the
+ *    first ACK covering it; a range sent again while its probe is out makes
+ *    the probe worthless (Karn's rule). A half that only sends pure ACKs
+ *    (the WAN side of a download) has nothing to time this way, except its
+ *    SYN.
+ * Departures also count retransmits: data ending at or before the highest
+ * sequence end already seen leaving (a keepalive's one old byte excepted).
+ *
+ * Nothing here changes a packet or a forwarding decision; a packet without
+ * a half, a malformed TCP header, a full map only mean fewer samples. The
+ * precise clock is read only to start or complete a probe.
+ */
+#ifndef BPFQOS_RTT_H
+#define BPFQOS_RTT_H
+
+#include <linux/types.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "bpfqos_abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BPFQOS_RTT_FLOWS);
+	__type(key, struct bpfqos_rtt4_key);
+	__type(value, struct bpfqos_rtt_state);
+} rtt4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BPFQOS_RTT_FLOWS);
+	__type(key, struct bpfqos_rtt6_key);
+	__type(value, struct bpfqos_rtt_state);
+} rtt6 SEC(".maps");
+
+/* Per (interface slot, side): index slot * 2 + (WAN side). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * BPFQOS_RTT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bpfqos_rtt_hist);
+} rtt_hist SEC(".maps");
+
+/* Per (circuit, side): circuit << 1 | WAN side, made on its first sample. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BPFQOS_RTT_CIRCUIT_HISTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct bpfqos_rtt_hist);
+} rtt_circuit_hist SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BPFQOS_RTT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} rtt_stats SEC(".maps");
+
+static __always_inline void rtt_stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&rtt_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+#define RTT_TCP_SYN 0x02
+#define RTT_TCP_ACK 0x10
+#define RTT_TCP_FIN_SYN 0x03
+
+/* What RTT needs of a TCP packet. */
+struct rtt_tcp {
+	__u32 seq;   /* host order */
+	__u32 ack;   /* host order */
+	__u32 len;   /* payload + SYN + FIN: sequence space used */
+	__u32 tsval; /* host order, valid if has_ts */
+	__u32 tsecr; /* host order, valid if has_ts */
+	__u16 segs;  /* packets it stands for (GSO), at least 1 */
+	__u8 flags;  /* TCP flags byte */
+	__u8 has_ts;
+	__u8 valid; /* the fields were read */
+};
+
+/* Either family's half key. */
+union rtt_key {
+	struct bpfqos_rtt4_key k4;
+	struct bpfqos_rtt6_key k6;
+};
+
+/* a is before b in sequence space (RFC 1982 arithmetic). */
+static __always_inline int seq_before(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) < 0;
+}
+
+/*
+ * The fields of th (doff already checked by the parser) of a packet whose
+ * IP packet is ip_len bytes, the TCP header l4_rel bytes into it. The
+ * timestamp option is found in the two layouts stacks send (NOP NOP TS, and
+ * TS first); anything else is timed by SEQ/ACK. 0 on success.
+ */
+static __always_inline int rtt_tcp_fields(struct tcphdr *th, void *data_end,
+					  __u32 ip_len, __u32 l4_rel,
+					  struct rtt_tcp *t)
+{
+	__u8 *opt = (__u8 *)(th + 1);
+	__u32 hlen;
+	__u8 flags;
+
+	if ((void *)(th + 1) > data_end)
+		return -1;
+	hlen = th->doff * 4;
+	if (hlen < sizeof(*th) || ip_len < l4_rel + hlen)
+		return -1;
+	flags = ((__u8 *)th)[13];
+	t->flags = flags;
+	t->seq = bpf_ntohl(th->seq);
+	t->ack = bpf_ntohl(th->ack_seq);
+	t->len = ip_len - l4_rel - hlen + !!(flags & RTT_TCP_SYN) +
+		 !!(flags & 0x01);
+	t->segs = 1;
+	t->has_ts = 0;
+	t->valid = 1;
+	if (hlen >= sizeof(*th) + 12 && (void *)(opt + 12) <= data_end) {
+		__u8 *w;
+
+		if (opt[0] == 1 && opt[1] == 1 && opt[2] == 8 && opt[3] == 10)
+			w = opt + 4;
+		else if (opt[0] == 8 && opt[1] == 10)
+			w = opt + 2;
+		else
+			return 0;
+		if ((void *)(w + 8) > data_end)
+			return 0;
+		/* Byte loads: the option is only 2-byte aligned. */
+		t->tsval = (__u32)w[0] << 24 | (__u32)w[1] << 16 |
+			   (__u32)w[2] << 8 | w[3];
+		t->tsecr = (__u32)w[4] << 24 | (__u32)w[5] << 16 |
+			   (__u32)w[6] << 8 | w[7];
+		t->has_ts = 1;
+	}
+	return 0;
+}
+
+/* The precise clock in ~1.024 µs ticks, never 0 (0 means "no probe"). */
+static __always_inline __u32 rtt_ticks(void)
+{
+	__u32 t = (__u32)(bpf_ktime_get_ns() >> 10);
+
+	return t ? t : 1;
+}
+
+/* Ticks of 1.024 µs to µs: x * (1 + 1/64 + 1/128 + 1/2048), 0.007 % off. */
+static __always_inline __u32 rtt_ticks_to_us(__u32 t)
+{
+	return t + (t >> 6) + (t >> 7) + (t >> 11);
+}
+
+/*
+ * Log-scale bucket of a sample: exact below 16 µs, then 8 buckets per
+ * octave (bucket = (e - 2) * 8 + the 3 bits below the top one, e = its top
+ * bit), the last one holding everything from ~3.9 s on.
+ */
+static __always_inline __u32 rtt_bucket(__u32 us)
+{
+	__u32 e = 0, v = us, b;
+
+	if (us < 16)
+		return us;
+	if (v >= 1 << 16) {
+		e += 16;
+		v >>= 16;
+	}
+	if (v >= 1 << 8) {
+		e += 8;
+		v >>= 8;
+	}
+	if (v >= 1 << 4) {
+		e += 4;
+		v >>= 4;
+	}
+	if (v >= 1 << 2) {
+		e += 2;
+		v >>= 2;
+	}
+	if (v >= 1 << 1)
+		e += 1;
+	/* e >= 4 here. */
+	b = ((e - 2) << BPFQOS_RTT_SUB_BITS) |
+	    ((us >> (e - BPFQOS_RTT_SUB_BITS)) & 7);
+	return b < BPFQOS_RTT_BUCKETS ? b : BPFQOS_RTT_BUCKETS - 1;
+}
+
+static __always_inline void rtt_hist_add(struct bpfqos_rtt_hist *h, __u32 b)
+{
+	if (b < BPFQOS_RTT_BUCKETS)
+		__sync_fetch_and_add(&h->bucket[b], 1);
+}
+
+static __always_inline void rtt_slot_add(__u32 slot, __u32 wan, __u32 b)
+{
+	struct bpfqos_rtt_hist *h;
+	__u32 key = slot * 2 + wan;
+
+	h = bpf_map_lookup_elem(&rtt_hist, &key);
+	if (h)
+		rtt_hist_add(h, b);
+}
+
+/* One sample of half s: per flow, per interface and side, per circuit. */
+static __always_inline void rtt_sample(struct bpfqos_rtt_state *s, __u32 us)
+{
+	struct bpfqos_rtt_hist *h;
+	__u32 b = rtt_bucket(us), key;
+	__u32 wan = s->flags & BPFQOS_RTT_F_WAN ? 1 : 0;
+
+	s->last_us = us;
+	if (!s->min_us || us < s->min_us)
+		s->min_us = us;
+	/* Smoothed as TCP does (RFC 6298, alpha 1/8), kept x8. */
+	if (!s->srtt8_us)
+		s->srtt8_us = us << 3;
+	else
+		s->srtt8_us += us - (s->srtt8_us >> 3);
+	s->samples++;
+	rtt_stat_inc(BPFQOS_RTT_STAT_SAMPLES);
+	if (s->slot_out)
+		rtt_slot_add(s->slot_out, wan, b);
+	if (s->slot_in && s->slot_in != s->slot_out)
+		rtt_slot_add(s->slot_in, wan, b);
+	if (s->circuit) {
+		struct bpfqos_rtt_hist *zero;
+
+		key = s->circuit << 1 | wan;
+		h = bpf_map_lookup_elem(&rtt_circuit_hist, &key);
+		if (!h) {
+			/* A zeroed value: the histogram map of slot 0 side 0,
+			 * never written (slots start at 1). */
+			__u32 z = 0;
+
+			zero = bpf_map_lookup_elem(&rtt_hist, &z);
+			if (!zero ||
+			    bpf_map_update_elem(&rtt_circuit_hist, &key, zero,
+						BPF_NOEXIST))
+				rtt_stat_inc(BPFQOS_RTT_STAT_NO_ROOM);
+			h = bpf_map_lookup_elem(&rtt_circuit_hist, &key);
+		}
+		if (h)
+			rtt_hist_add(h, b);
+	}
+}
+
+/* The half named by key (IPv6 or not), if it exists. */
+static __always_inline struct bpfqos_rtt_state *rtt_half(int ipv6,
+							 union rtt_key *key)
+{
+	return bpf_map_lookup_elem(ipv6 ? (void *)&rtt6 : (void *)&rtt4, key);
+}
+
+/*
+ * A packet arriving with tuple (saddr, daddr, sport, dport): does it answer
+ * the probe of the half going the other way? addr points at the IP header's
+ * source address (the destination follows it).
+ */
+static __always_inline void rtt_arrival(int ipv6, const __be32 *saddr,
+					const __be32 *daddr, __be16 sport,
+					__be16 dport, const struct rtt_tcp *t)
+{
+	struct bpfqos_rtt_state *s;
+	union rtt_key k;
+
+	if (ipv6) {
+		__builtin_memcpy(k.k6.saddr, daddr, 16);
+		__builtin_memcpy(k.k6.daddr, saddr, 16);
+		k.k6.sport = dport;
+		k.k6.dport = sport;
+	} else {
+		k.k4.saddr = daddr[0];
+		k.k4.daddr = saddr[0];
+		k.k4.sport = dport;
+		k.k4.dport = sport;
+	}
+	s = rtt_half(ipv6, &k);
+	if (!s || !s->t_sent)
+		return;
+	if (s->flags & BPFQOS_RTT_F_PROBE_TS) {
+		if (!t->has_ts)
+			return;
+		if (t->tsecr == s->tsval) {
+			rtt_sample(s, rtt_ticks_to_us(rtt_ticks() - s->t_sent));
+			s->t_sent = 0;
+		} else if (seq_before(s->tsval, t->tsecr)) {
+			/* A later TSval echoed: ours never will be. */
+			rtt_stat_inc(BPFQOS_RTT_STAT_DISCARDED);
+			s->t_sent = 0;
+		}
+		return;
+	}
+	if ((t->flags & RTT_TCP_ACK) && !seq_before(t->ack, s->seq_end)) {
+		if (s->flags & BPFQOS_RTT_F_KARN)
+			rtt_stat_inc(BPFQOS_RTT_STAT_DISCARDED);
+		else
+			rtt_sample(s, rtt_ticks_to_us(rtt_ticks() - s->t_sent));
+		s->t_sent = 0;
+	}
+}
+
+/*
+ * Makes the half of a packet leaving with key k. The caller found none and
+ * passes what only it knows: the slots, side and circuit. NULL when the map
+ * has no room (an LRU map makes room; a failure is counted).
+ */
+static __always_inline struct bpfqos_rtt_state *
+rtt_new_half(int ipv6, union rtt_key *k, __u32 ifindex, __u8 slot_out,
+	     __u8 slot_in, __u32 wan, __u32 circuit)
+{
+	struct bpfqos_rtt_state s = {};
+
+	s.ifindex = ifindex;
+	s.slot_out = slot_out;
+	s.slot_in = slot_in;
+	s.circuit = circuit;
+	s.flags = wan ? BPFQOS_RTT_F_WAN : 0;
+	if (bpf_map_update_elem(ipv6 ? (void *)&rtt6 : (void *)&rtt4, k, &s,
+				BPF_NOEXIST)) {
+		/* Another CPU made it first, or no room. */
+		struct bpfqos_rtt_state *got = rtt_half(ipv6, k);
+
+		if (!got)
+			rtt_stat_inc(BPFQOS_RTT_STAT_NO_ROOM);
+		return got;
+	}
+	rtt_stat_inc(BPFQOS_RTT_STAT_HALVES);
+	return rtt_half(ipv6, k);
+}
+
+/*
+ * Whether a packet leaving is worth a new half: it can start a probe (a
+ * timestamp, data, a SYN). A pure ACK without timestamps never times
+ * anything, and a FIN or RST half is not worth starting.
+ */
+static __always_inline int rtt_worth_a_half(const struct rtt_tcp *t)
+{
+	if (t->flags & 0x05) /* FIN, RST */
+		return 0;
+	return t->has_ts || t->len;
+}
+
+/*
+ * A packet leaving for half s: count a retransmit, start a probe when none
+ * is outstanding. coarse_ns is the cheap clock, for giving up on a probe
+ * whose echo never came and for the half's last-seen time.
+ */
+static __always_inline void rtt_departure(struct bpfqos_rtt_state *s,
+					  const struct rtt_tcp *t,
+					  __u64 coarse_ns)
+{
+	__u32 end = t->seq + t->len;
+	__u32 now = (__u32)(coarse_ns >> 10);
+	__u32 seen = (__u32)(coarse_ns >> 30);
+	int resent = 0, new_ts;
+
+	if (s->seen != seen)
+		s->seen = seen;
+	/*
+	 * A SYN starts the sequence and timestamp spaces afresh (a tuple used
+	 * again), unless it is the same SYN again (a retransmit, below).
+	 */
+	if ((t->flags & RTT_TCP_SYN) &&
+	    !((s->flags & BPFQOS_RTT_F_SEQ_VALID) && end == s->max_seq))
+		s->flags &= ~(BPFQOS_RTT_F_SEQ_VALID | BPFQOS_RTT_F_TS_VALID);
+	if (t->len) {
+		s->packets += t->segs;
+		if ((s->flags & BPFQOS_RTT_F_SEQ_VALID) &&
+		    !seq_before(s->max_seq, end)) {
+			/* A keepalive sends one old byte; a window probe one
+			 * new byte, which is not behind. */
+			if (!(t->len == 1 && end == s->max_seq &&
+			      !(t->flags & RTT_TCP_FIN_SYN))) {
+				resent = 1;
+				s->retrans += t->segs;
+			}
+			/* Karn: an outstanding SEQ probe inside it times nothing. */
+			if (s->t_sent && !(s->flags & BPFQOS_RTT_F_PROBE_TS) &&
+			    seq_before(t->seq, s->seq_end))
+				s->flags |= BPFQOS_RTT_F_KARN;
+		} else {
+			s->max_seq = end;
+			s->flags |= BPFQOS_RTT_F_SEQ_VALID;
+		}
+	}
+	new_ts = t->has_ts && (!(s->flags & BPFQOS_RTT_F_TS_VALID) ||
+			       t->tsval != s->last_tsval);
+	if (new_ts) {
+		s->last_tsval = t->tsval;
+		s->flags |= BPFQOS_RTT_F_TS_VALID;
+	}
+	if (s->t_sent) {
+		/* Unanswered for BPFQOS_RTT_PROBE_MAX_MS: try again. */
+		if ((__s32)(now - s->t_sent) <
+		    (__s32)(BPFQOS_RTT_PROBE_MAX_MS * 1000 / 1024 * 1000))
+			return;
+		rtt_stat_inc(BPFQOS_RTT_STAT_EXPIRED);
+		s->t_sent = 0;
+	}
+	if (new_ts) {
+		/* Only the first packet with a TSval: later ones share it. */
+		s->tsval = t->tsval;
+		s->flags =
+			(s->flags & ~BPFQOS_RTT_F_KARN) | BPFQOS_RTT_F_PROBE_TS;
+	} else if (!t->has_ts && t->len && !resent) {
+		s->seq_end = end;
+		s->flags &= ~(BPFQOS_RTT_F_KARN | BPFQOS_RTT_F_PROBE_TS);
+	} else {
+		return;
+	}
+	s->t_sent = rtt_ticks();
+	rtt_stat_inc(BPFQOS_RTT_STAT_PROBES);
+}
+
+#endif /* BPFQOS_RTT_H */

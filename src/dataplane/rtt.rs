@@ -1,0 +1,209 @@
+//! The passive RTT maps as user space reads them (`bpf/include/rtt.h` writes them): flow
+//! halves by key, the per-interface and per-circuit histograms, the RTT code's counters. Only
+//! reads and deletions: the data path alone writes them.
+
+use std::net::IpAddr;
+
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+
+use super::abi;
+use super::abi::RttStat;
+use super::stats::percpu_sum;
+use super::Dataplane;
+
+/// A flow half's key: the tuple its packets carry as they leave the router.
+#[derive(Clone, Copy, Debug)]
+pub enum RttKey {
+    /// IPv4.
+    V4(abi::RttKey4),
+    /// IPv6.
+    V6(abi::RttKey6),
+}
+
+impl RttKey {
+    /// The half of packets leaving with source `src:sport` and destination `dst:dport`
+    /// (`None` for mixed families).
+    pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Option<Self> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Some(RttKey::V4(abi::RttKey4 {
+                saddr: abi::ip4(s),
+                daddr: abi::ip4(d),
+                sport: abi::be16(sport),
+                dport: abi::be16(dport),
+            })),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Some(RttKey::V6(abi::RttKey6 {
+                saddr: abi::ip6(s),
+                daddr: abi::ip6(d),
+                sport: abi::be16(sport),
+                dport: abi::be16(dport),
+            })),
+            _ => None,
+        }
+    }
+
+    /// Source address and port, destination address and port.
+    pub fn tuple(&self) -> (IpAddr, u16, IpAddr, u16) {
+        match self {
+            RttKey::V4(k) => (
+                IpAddr::V4(abi::ip4_of(k.saddr)),
+                u16::from_be(k.sport),
+                IpAddr::V4(abi::ip4_of(k.daddr)),
+                u16::from_be(k.dport),
+            ),
+            RttKey::V6(k) => (
+                IpAddr::V6(abi::ip6_of(k.saddr)),
+                u16::from_be(k.sport),
+                IpAddr::V6(abi::ip6_of(k.daddr)),
+                u16::from_be(k.dport),
+            ),
+        }
+    }
+}
+
+// Compared as the data path compares keys: byte for byte.
+impl PartialEq for RttKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for RttKey {}
+
+impl RttKey {
+    fn map(&self) -> &'static str {
+        match self {
+            RttKey::V4(_) => abi::RTT4_MAP,
+            RttKey::V6(_) => abi::RTT6_MAP,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RttKey::V4(k) => abi::bytes_of(k),
+            RttKey::V6(k) => abi::bytes_of(k),
+        }
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        abi::from_bytes::<abi::RttKey4>(b)
+            .map(RttKey::V4)
+            .or_else(|| abi::from_bytes::<abi::RttKey6>(b).map(RttKey::V6))
+    }
+}
+
+/// The RTT code's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RttCounters {
+    /// Samples taken.
+    pub samples: u64,
+    /// Probes started.
+    pub probes: u64,
+    /// Probes dropped unanswerable (Karn's rule, a later echo).
+    pub discarded: u64,
+    /// Probes never answered within `BPFQOS_RTT_PROBE_MAX_MS`.
+    pub expired: u64,
+    /// Flow halves made.
+    pub halves: u64,
+    /// Halves or circuit histograms that found no room.
+    pub no_room: u64,
+}
+
+/// Entries fetched per `bpf_map_lookup_batch` call.
+const BATCH: u32 = 256;
+
+impl Dataplane {
+    /// The half named by `key`, if the data path keeps one.
+    pub fn rtt_half(&self, key: &RttKey) -> Option<abi::RttState> {
+        let map = self.object.map(key.map()).ok()?;
+        let v = map.lookup(key.bytes(), MapFlags::ANY).ok()??;
+        abi::from_bytes(&v)
+    }
+
+    /// Every flow half of both families (batched reads; an unreadable map reads as empty).
+    pub fn rtt_halves(&self) -> Vec<(RttKey, abi::RttState)> {
+        let mut out = Vec::new();
+        for name in [abi::RTT4_MAP, abi::RTT6_MAP] {
+            let Ok(map) = self.object.map(name) else {
+                continue;
+            };
+            let Ok(iter) = map.lookup_batch(BATCH, MapFlags::ANY, MapFlags::ANY) else {
+                continue;
+            };
+            for (k, v) in iter {
+                if let (Some(k), Some(v)) = (RttKey::from_bytes(&k), abi::from_bytes(&v)) {
+                    out.push((k, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets flow halves (gone from the map already: nothing to do).
+    pub fn rtt_forget(&self, keys: &[RttKey]) {
+        for k in keys {
+            if let Ok(map) = self.object.map(k.map()) {
+                let _ = map.delete(k.bytes());
+            }
+        }
+    }
+
+    /// The histograms of every interface slot and side, index `slot * 2 + wan`.
+    pub fn rtt_slot_hists(&self) -> Vec<abi::RttHist> {
+        let Ok(map) = self.object.map(abi::RTT_HIST_MAP) else {
+            return Vec::new();
+        };
+        (0..2 * abi::RTT_SLOTS)
+            .map(|i| {
+                map.lookup(&i.to_ne_bytes(), MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| abi::from_bytes(&v))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// The histograms of every circuit and side that has had a sample: `(circuit << 1 | wan,
+    /// histogram)`.
+    pub fn rtt_circuit_hists(&self) -> Vec<(u32, abi::RttHist)> {
+        let Ok(map) = self.object.map(abi::RTT_CIRCUIT_HIST_MAP) else {
+            return Vec::new();
+        };
+        let Ok(iter) = map.lookup_batch(BATCH, MapFlags::ANY, MapFlags::ANY) else {
+            return Vec::new();
+        };
+        iter.filter_map(|(k, v)| {
+            let k = u32::from_ne_bytes(k.get(..4)?.try_into().ok()?);
+            Some((k, abi::from_bytes(&v)?))
+        })
+        .collect()
+    }
+
+    /// Forgets every circuit histogram (circuits were renumbered by a reload).
+    pub fn rtt_clear_circuit_hists(&self) {
+        let Ok(map) = self.object.map(abi::RTT_CIRCUIT_HIST_MAP) else {
+            return;
+        };
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        for k in keys {
+            let _ = map.delete(&k);
+        }
+    }
+
+    /// The RTT code's counters.
+    pub fn rtt_counters(&self) -> RttCounters {
+        let Ok(map) = self.object.map(abi::RTT_STATS_MAP) else {
+            return RttCounters::default();
+        };
+        let get = |s: RttStat| percpu_sum(&map, s.0);
+        RttCounters {
+            samples: get(RttStat::BPFQOS_RTT_STAT_SAMPLES),
+            probes: get(RttStat::BPFQOS_RTT_STAT_PROBES),
+            discarded: get(RttStat::BPFQOS_RTT_STAT_DISCARDED),
+            expired: get(RttStat::BPFQOS_RTT_STAT_EXPIRED),
+            halves: get(RttStat::BPFQOS_RTT_STAT_HALVES),
+            no_room: get(RttStat::BPFQOS_RTT_STAT_NO_ROOM),
+        }
+    }
+}
