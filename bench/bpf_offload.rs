@@ -11,6 +11,10 @@
 //!   into its parse and its redirect;
 //! - the empty program's time, printed last: BPF_PROG_TEST_RUN's own per-repetition cost,
 //!   included in every column;
+//! - passive RTT (a table of its own): the offload with RTT on against the same object with it
+//!   off, on TCP frames carrying timestamps (the RTT code's full per-packet work), the TC egress
+//!   hook that times the kernel path's departures against an empty TC program, and the memory
+//!   of the RTT maps;
 //! - with `BPFQOS_BENCH_BEFORE=<offload.bpfel.o>`, another build of the offload (e.g. the
 //!   previous commit's, copied out of target/ by `make bpf`) as a "before" column.
 //!
@@ -42,7 +46,7 @@ mod common;
 
 use common::frames::fresh_netns;
 use common::frames::ip_packet;
-use common::frames::set_control;
+use common::frames::set_control_rtt;
 use common::frames::wrap;
 use common::frames::Dir;
 use common::frames::Encap;
@@ -92,6 +96,8 @@ fn calls() -> u32 {
 struct Subject {
     obj: Object,
     prog: &'static str,
+    /// Passive RTT switched on in its control word (offload objects).
+    rtt: bool,
     /// A TC program (else XDP).
     tc: bool,
     /// TC: skb->priority after the last call (the circuit classifier's verdict).
@@ -124,6 +130,7 @@ impl Subject {
         Self {
             obj,
             prog,
+            rtt: false,
             tc: false,
             last_prio: 0,
             pairs: Vec::new(),
@@ -242,7 +249,7 @@ fn measure(subjects: &mut [&mut Subject], frame: &[u8], ingress: u32) -> Vec<Fig
                     .maps()
                     .any(|m| m.name() == bpfqos::dataplane::abi::CONTROL_MAP)
                 {
-                    set_control(&s.obj, 0, true);
+                    set_control_rtt(&s.obj, 0, true, s.rtt);
                 }
             }
         }
@@ -504,6 +511,8 @@ fn main() {
     println!();
     classification(&dev, bench_obj(), snat_ns);
     println!();
+    rtt_cost(&dev, bench_obj());
+    println!();
     println!(
         "{:<42} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8}",
         format!("case (mean ns/packet, one {REPS_HI}-rep call)"),
@@ -666,4 +675,153 @@ fn classification(dev: &[u32], bench: Object, snat_ns: f64) {
             );
         }
     }
+}
+
+/// A TCP frame of `t` with the timestamp option (NOP NOP TS), as most stacks send, TTL 255.
+fn ts_frame(e: &Encap, t: &Tuple, tsval: u32) -> Vec<u8> {
+    use std::net::IpAddr;
+    let mut opts = vec![1u8, 1, 8, 10];
+    opts.extend(tsval.to_be_bytes());
+    opts.extend(7u32.to_be_bytes());
+    let mut ip = Vec::new();
+    let payload = [0u8; 18];
+    match (t.src, t.dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            etherparse::PacketBuilder::ipv4(a.octets(), b.octets(), 255)
+                .tcp(t.sport, t.dport, 1000, 64240)
+                .ack(1)
+                .options_raw(&opts)
+                .unwrap()
+                .write(&mut ip, &payload)
+                .unwrap()
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            etherparse::PacketBuilder::ipv6(a.octets(), b.octets(), 255)
+                .tcp(t.sport, t.dport, 1000, 64240)
+                .ack(1)
+                .options_raw(&opts)
+                .unwrap()
+                .write(&mut ip, &payload)
+                .unwrap()
+        }
+        _ => panic!("mixed families"),
+    }
+    wrap(MAC_ROUTER_IN, MAC_CLIENT, e, Dir::Rx, &ip)
+}
+
+/// `memlock` of a map as the kernel accounts it (`/proc/self/fdinfo`), bytes.
+fn memlock(obj: &Object, name: &str) -> u64 {
+    use std::os::fd::AsFd;
+    use std::os::fd::AsRawFd;
+    let m = obj.maps().find(|m| m.name() == name).unwrap();
+    let fd = m.as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Passive RTT's cost: per packet in the fast path (RTT on vs off, same object, interleaved),
+/// per packet in the TC egress hook (against an empty TC program), and its maps' memory.
+fn rtt_cost(dev: &[u32], bench: Object) {
+    use bpfqos::dataplane::abi;
+
+    let mut on = Subject::new(common::bpf::load(), abi::XDP_PROG);
+    on.rtt = true;
+    let mut off = Subject::new(common::bpf::load(), abi::XDP_PROG);
+    println!(
+        "{:<48} {:>8} {:>8} {:>6} {:>6}",
+        "passive RTT in the fast path (ns/packet, hot)", "RTT on", "RTT off", "ratio", "added"
+    );
+    let rows: Vec<(&str, Encap, Encap, Tuple)> = vec![
+        (
+            "IPv4 SNAT TCP+TS plain<->plain (pair)",
+            Encap::plain(),
+            Encap::plain(),
+            Tuple::v4(false),
+        ),
+        (
+            "IPv6 TCP+TS plain<->plain (pair)",
+            Encap::plain(),
+            Encap::plain(),
+            Tuple::v6(false),
+        ),
+        (
+            "VLAN->PPPoE TCP+TS push/pop (pair)",
+            Encap::vlan(7),
+            Encap::pppoe(0x1234),
+            Tuple::v4(false),
+        ),
+    ];
+    for (name, ein, eout, t) in rows {
+        let new = t.snat();
+        let fwd = FlowSpec::new(dev[0], ein.clone(), t, dev[1], eout.clone(), new);
+        let back = FlowSpec::new(dev[0], eout.clone(), new, dev[1], ein.clone(), t);
+        for s in [&on, &off] {
+            fwd.install(&s.obj);
+            back.install(&s.obj);
+        }
+        let f = ts_frame(&ein, &t, 1234);
+        let m = measure(&mut [&mut on, &mut off], &f, dev[0]);
+        let mut note = String::new();
+        for (s, what) in [(&on, "on"), (&off, "off")] {
+            if s.last_ret != XDP_REDIRECT {
+                note += &format!("  (RTT {what} returned {})", s.last_ret);
+            }
+        }
+        println!(
+            "{name:<48} {:>8.0} {:>8.0} {:>6.2} {:>6.0}{note}",
+            m[0].per_packet,
+            m[1].per_packet,
+            m[0].per_packet / m[1].per_packet,
+            m[0].per_packet - m[1].per_packet
+        );
+        for s in [&on, &off] {
+            fwd.remove(&s.obj);
+            back.remove(&s.obj);
+        }
+    }
+
+    // The kernel path's departures: the TC egress hook on a frame leaving (its half exists
+    // after the first call, as for a flow in progress).
+    let mut out = Subject::tc(common::bpf::load(), abi::RTT_OUT_PROG);
+    out.rtt = true;
+    let mut empty = Subject::tc(bench, "bench_tc_pass");
+    let f = ts_frame(&Encap::plain(), &Tuple::v4(false).snat(), 99);
+    let m = measure(&mut [&mut out, &mut empty], &f, dev[1]);
+    println!(
+        "{:<48} {:>8.0} {:>8.0} {:>6} {:>6.0}",
+        "TC egress hook (kernel path), IPv4 TCP+TS",
+        m[0].per_packet,
+        m[1].per_packet,
+        "empty",
+        m[0].per_packet - m[1].per_packet
+    );
+
+    // Memory: what the kernel charges for each RTT map of one loaded object.
+    let maps = [
+        abi::RTT4_MAP,
+        abi::RTT6_MAP,
+        abi::RTT_HIST_MAP,
+        abi::RTT_CIRCUIT_HIST_MAP,
+        abi::RTT_STATS_MAP,
+    ];
+    let mut total = 0;
+    let mut parts = Vec::new();
+    for name in maps {
+        let b = memlock(&on.obj, name);
+        total += b;
+        parts.push(format!("{name} {} KiB", b / 1024));
+    }
+    let per_half = memlock(&on.obj, abi::RTT4_MAP) as f64 / f64::from(abi::RTT_FLOWS);
+    println!(
+        "RTT maps' memory (memlock): {} KiB in all: {}; preallocated, so the same at 64k flows \
+         (the LRU then keeps the {} most recently active halves per family, {:.0} bytes each)",
+        total / 1024,
+        parts.join(", "),
+        abi::RTT_FLOWS,
+        per_half
+    );
 }

@@ -98,6 +98,10 @@ pub struct InterfaceStatus {
     /// passive RTT off).
     #[serde(default)]
     pub rtt: Option<RttSummary>,
+    /// It faces the Internet (`option wan`; by default shaped, or holding a default route):
+    /// what is timed on its devices is WAN-side latency.
+    #[serde(default)]
+    pub wan: bool,
 }
 
 /// Configuration state.
@@ -197,12 +201,13 @@ fn kbit(k: u64) -> String {
     }
 }
 
-/// Milliseconds with one decimal, or `-` without a measurement.
+/// Milliseconds with one decimal (microseconds below one), or `-` without a measurement.
 fn ms(us: Option<u64>) -> String {
-    us.map_or_else(
-        || "-".to_string(),
-        |u| format!("{:.1} ms", u as f64 / 1000.0),
-    )
+    match us {
+        None => "-".to_string(),
+        Some(u) if u < 1000 => format!("{u} µs"),
+        Some(u) => format!("{:.1} ms", u as f64 / 1000.0),
+    }
 }
 
 /// `wan min/median/p95 (n)  lan ...`, in ms.
@@ -395,6 +400,44 @@ mod tests {
         assert_eq!(v["attach"][0]["hook"], "xdp");
         assert_eq!(v["attach"][0]["mode"], "native");
         assert!(st.render().contains("eth0"));
+        // Passive RTT: the section is always there; off, its figures are absent, not 0.
+        assert_eq!(v["rtt"]["enabled"], false);
+        assert!(v["rtt"]["top"].as_array().is_some_and(Vec::is_empty));
+    }
+
+    #[test]
+    fn latency_keeps_its_contract_in_json_and_text() {
+        let side = |median: Option<u64>, samples: u64| crate::rtt::SideRtt {
+            min_us: median.map(|m| m - 500),
+            median_us: median,
+            p95_us: median.map(|m| m + 4000),
+            samples,
+        };
+        let st = Status {
+            interfaces: vec![InterfaceStatus {
+                name: "wan".into(),
+                wan: true,
+                rtt: Some(RttSummary {
+                    wan: side(Some(40_500), 12),
+                    lan: side(None, 0),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        let r = &v["interfaces"][0]["rtt"];
+        assert_eq!(r["wan"]["median_us"], 40_500);
+        assert_eq!(r["wan"]["samples"], 12);
+        assert!(r["lan"]["median_us"].is_null() && r["lan"]["min_us"].is_null());
+        assert_eq!(r["lan"]["samples"], 0);
+        assert_eq!(v["interfaces"][0]["wan"], true);
+        let text = st.render();
+        assert!(
+            text.contains("wan 40.0 ms/40.5 ms/44.5 ms (12 samples)  lan -"),
+            "{text}"
+        );
+        assert_eq!(ms(Some(850)), "850 µs");
     }
 
     #[test]

@@ -694,4 +694,40 @@ fn luci_status_view_renders_whatever_the_daemon_sends() {
         text.contains("Connections of circuits behind NAT | 2"),
         "{text}"
     );
+    assert!(
+        !text.contains("Slowest connections"),
+        "no rtt section: {text}"
+    );
+
+    // Passive latency: per interface (one side without samples: nulls), per connection, the
+    // slowest halves, per circuit.
+    let lat = dir.write(
+        "lat.json",
+        r#"{"version": "0.1.0", "offload": {"enabled": true},
+            "interfaces": [{"name": "wan", "device": "wan0", "offload": true, "wan": true,
+              "rtt": {"wan": {"min_us": 40100, "median_us": 41000, "p95_us": 45000, "samples": 120},
+                      "lan": {"min_us": null, "median_us": null, "p95_us": null, "samples": 0}}}],
+            "flows": [{"proto": "tcp", "orig": "tcp 198.18.1.11:40000 -> 198.19.0.1:443",
+              "bytes": 10, "packets_orig": 1, "packets_reply": 1,
+              "rtt": {"wan_us": 40500, "lan_us": 5200, "wan_min_us": 40100, "lan_min_us": 5000,
+                      "samples": 30, "retransmits": 2}}],
+            "circuits": [{"name": "guest", "ips": [], "rtt": {"wan": {"median_us": 42000,
+              "samples": 3}, "lan": {"median_us": null, "samples": 0}}}],
+            "rtt": {"enabled": true, "window_s": 30, "halves": 2, "halves_max": 16384,
+              "samples": 150, "top": [{"src": "198.18.100.10:61000", "dst": "198.19.0.1:443",
+              "side": "wan", "srtt_us": 40500, "min_us": 40100, "samples": 30,
+              "retransmits": 2, "packets": 200}]}}"#,
+    );
+    let text = render_status_view(&[lat.to_str().unwrap_or_default()]);
+    assert!(
+        text.contains("wan (WAN)") && text.contains("40.1 / 41.0 / 45.0 ms (120)"),
+        "{text}"
+    );
+    assert!(text.contains("40.5 ms / 5.20 ms"), "per connection: {text}");
+    assert!(
+        text.contains("Slowest connections") && text.contains("198.18.100.10:61000"),
+        "{text}"
+    );
+    assert!(text.contains("2 (1%)"), "retransmit rate: {text}");
+    assert!(text.contains("42.0 ms / -"), "per circuit: {text}");
 }

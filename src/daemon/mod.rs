@@ -257,6 +257,9 @@ struct Daemon {
     flows: FlowManager,
     qos: Shaping,
     rtt: rtt::Monitor,
+    /// When the devices holding a default route (the default WAN side of passive RTT) were
+    /// last read, and which they were.
+    default_routes: (Instant, HashSet<u32>),
     /// The circuits' hosts changed: their NATed connections must be looked up again.
     nat_stale: bool,
     timeouts: Timeouts,
@@ -277,6 +280,7 @@ impl Daemon {
             flows: FlowManager::default(),
             qos: Shaping::default(),
             rtt: rtt::Monitor::default(),
+            default_routes: (Instant::now(), HashSet::new()),
             nat_stale: false,
             timeouts: Timeouts::read(),
         }
@@ -299,12 +303,17 @@ impl Daemon {
         self.interface_errors.clear();
         self.apply_offload();
         self.apply_shaping().await;
-        self.apply_rtt();
+        self.apply_rtt().await;
     }
 
     /// Passive RTT's interface slots and sides, on every device that carries them (the
     /// download shapers' far ends exist only after the shapers were applied).
-    fn apply_rtt(&mut self) {
+    async fn apply_rtt(&mut self) {
+        if self.net.dp.is_none() {
+            return;
+        }
+        let default_routes = topology::resolve::default_route_devices(&self.net.handle).await;
+        self.default_routes = (Instant::now(), default_routes.clone());
         let Some(dp) = self.net.dp.as_mut() else {
             return;
         };
@@ -318,7 +327,8 @@ impl Daemon {
                 Some((i.name.clone(), vec![ifindex]))
             })
             .collect();
-        self.rtt.assign(&self.config, &self.interfaces, &extra, dp);
+        self.rtt
+            .assign(&self.config, &self.interfaces, &extra, &default_routes, dp);
     }
 
     /// The shapers of every interface with a rate (none when bpfqos is disabled).
@@ -539,6 +549,16 @@ impl Daemon {
         if let Some(dp) = self.net.dp.as_ref() {
             self.rtt.tick(dp, Instant::now());
         }
+        // A default route can come without a link event (DHCP, PPP's IPCP after the link):
+        // look again now and then, and give the devices their sides anew when it moved.
+        if self.default_routes.0.elapsed() >= Duration::from_secs(10) {
+            let now = topology::resolve::default_route_devices(&self.net.handle).await;
+            if now != self.default_routes.1 {
+                self.apply_rtt().await;
+            } else {
+                self.default_routes.0 = Instant::now();
+            }
+        }
     }
 
     async fn handle(&mut self, req: Request) -> Reply {
@@ -644,6 +664,7 @@ impl Daemon {
                     .or_else(|| self.qos.error(&i.name).map(str::to_string)),
                 shaper: self.qos.status(&i.name),
                 rtt: dp.map(|_| rtt.remove(&i.name).unwrap_or_default()),
+                wan: self.rtt.is_wan_interface(&i.name).unwrap_or(false),
             });
         }
         out

@@ -9,8 +9,8 @@
 //! halves nobody sent on for [`STALE_AFTER`] are deleted (the LRU would also evict them, but
 //! only under pressure), and it decides which devices belong to which interface slot.
 //!
-//! Sides: a sample timed on a WAN-facing device (`option wan`, by default an interface that
-//! is shaped) is a WAN-side RTT (router → Internet host → router), any other a LAN-side RTT
+//! Sides: a sample timed on a WAN-facing device (`option wan`; by default an interface that
+//! is shaped or whose L3 device holds a default route) is a WAN-side RTT (router → Internet host → router), any other a LAN-side RTT
 //! (router → LAN host → router). An interface's summary holds both sides of the flows that
 //! pass it; a circuit's both sides of its hosts' flows.
 
@@ -192,9 +192,16 @@ pub struct Monitor {
     cleaned: u64,
 }
 
-/// Whether `i` faces the Internet: `option wan`, by default whether it is shaped.
-pub fn is_wan(i: &config::Interface) -> bool {
-    i.wan.unwrap_or(i.upload_kbit > 0 || i.download_kbit > 0)
+/// Whether `i` faces the Internet: `option wan`; by default whether it is shaped or its L3
+/// device (`l3`) is one of `default_routes`' devices.
+pub fn is_wan(
+    i: &config::Interface,
+    l3: Option<u32>,
+    default_routes: &std::collections::HashSet<u32>,
+) -> bool {
+    i.wan.unwrap_or_else(|| {
+        i.upload_kbit > 0 || i.download_kbit > 0 || l3.is_some_and(|d| default_routes.contains(&d))
+    })
 }
 
 impl Monitor {
@@ -209,23 +216,31 @@ impl Monitor {
         config: &config::Config,
         interfaces: &Interfaces,
         extra: &HashMap<String, Vec<u32>>,
+        default_routes: &std::collections::HashSet<u32>,
         dp: &mut Dataplane,
     ) {
         let max = abi::RTT_SLOTS as usize - 1;
+        let wan_of = |i: &config::Interface| {
+            is_wan(
+                i,
+                interfaces.get(&i.name).and_then(|r| r.ifindex),
+                default_routes,
+            )
+        };
         self.slots = config
             .interfaces
             .iter()
             .take(max)
             .map(|i| Slot {
                 interface: i.name.clone(),
-                wan: is_wan(i),
+                wan: wan_of(i),
             })
             .collect();
         // ifindex → (slot, wan) per owner.
         let mut owners: BTreeMap<u32, Vec<(u8, bool)>> = BTreeMap::new();
         for (n, i) in config.interfaces.iter().enumerate() {
             let slot = if n < max { (n + 1) as u8 } else { 0 };
-            let wan = is_wan(i);
+            let wan = wan_of(i);
             let Some(r) = interfaces.get(&i.name) else {
                 continue;
             };
@@ -248,6 +263,14 @@ impl Monitor {
             })
             .collect();
         dp.set_rtt_codes(&codes);
+    }
+
+    /// Whether interface `name` faces the Internet (as of the last [`Monitor::assign`]).
+    pub fn is_wan_interface(&self, name: &str) -> Option<bool> {
+        self.slots
+            .iter()
+            .find(|s| s.interface == name)
+            .map(|s| s.wan)
     }
 
     /// The one-second tick: a histogram read every [`SNAPSHOT_EVERY`], stale halves deleted

@@ -317,3 +317,32 @@ impl Topology {
         })
     }
 }
+
+/// The devices that carry a default route (IPv4 or IPv6, any table, next hops of multipath
+/// routes included): the router's way to the Internet. A dump of the routing tables
+/// (RTM_GETROUTE with NLM_F_DUMP); an error reads as "none".
+pub async fn default_route_devices(handle: &Handle) -> std::collections::HashSet<u32> {
+    let mut out = std::collections::HashSet::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family;
+        let mut routes = handle.route().get(msg).execute();
+        while let Ok(Some(r)) = routes.try_next().await {
+            if r.header.destination_prefix_length != 0 || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => {
+                        out.insert(*i);
+                    }
+                    RouteAttribute::MultiPath(hops) => {
+                        out.extend(hops.iter().map(|h| h.interface_index));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}

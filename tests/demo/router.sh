@@ -32,6 +32,9 @@ router_build() {
 	ip -n "$SRV" addr add 198.19.0.2/24 dev s0
 	ip -n "$SRV" addr add fd00:2::2/64 dev s0 nodad
 	ip -n "$SRV" -6 route add default via fd00:2::1
+	# The router's way out is the WAN, as on a real one (bpfqos takes wan0 for the WAN side).
+	ip -n "$RTR" route add default via 198.19.0.2
+	ip -n "$RTR" -6 route add default via fd00:2::2
 	ip netns exec "$RTR" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
 		net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
 		net.ipv4.conf.br-lan.rp_filter=0 net.ipv4.conf.wan0.rp_filter=0

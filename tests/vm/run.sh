@@ -20,7 +20,7 @@ set -uo pipefail
 
 VMDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$VMDIR/../.." && pwd)
-ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc shaping circuits)
+ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc shaping circuits rtt)
 
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' "${ALL_SCENARIOS[@]}"

@@ -102,6 +102,13 @@ return view.extend({
 			_('Offload flows entering or leaving this interface (when global offload is on).'));
 		o.default = o.enabled;
 
+		o = s.taboption('general', form.ListValue, 'wan', _('Faces the Internet'),
+			_('Latency measured on it is WAN-side latency. Automatic: when it is shaped or holds a default route.'));
+		o.value('', _('automatic'));
+		o.value('1', _('yes'));
+		o.value('0', _('no'));
+		o.optional = true;
+
 		rateOption(s, 'shaping', 'upload', _('Upload (kbit/s)'), _('Egress rate; 0 = not shaped.'));
 		rateOption(s, 'shaping', 'download', _('Download (kbit/s)'), _('Ingress rate; 0 = not shaped.'));
 

@@ -57,20 +57,33 @@ function percent(part, whole) {
 	return '%d%%'.format(Math.round(100 * part / whole));
 }
 
-// RTT aggregates in microseconds (min_us...) or milliseconds (min_ms...), shown in ms.
-function rttText(rtt) {
-	if (rtt == null || typeof rtt !== 'object')
+// Microseconds as milliseconds ('-' without a value).
+function msText(us) {
+	if (num(us) === null)
+		return '-';
+	return (us < 10000 ? (us / 1000).toFixed(2) : (us / 1000).toFixed(1)) + ' ms';
+}
+
+// One side of a latency summary ({min_us, median_us, p95_us, samples}, fields null without
+// samples) as "min / median / p95 ms (n)"; '-' when there is nothing.
+function rttText(side) {
+	if (side == null || typeof side !== 'object' || !num(side.samples))
 		return '-';
 
 	var parts = [ 'min', 'median', 'p95' ].map(function(k) {
-		if (num(rtt[k + '_us']) !== null)
-			return (rtt[k + '_us'] / 1000).toFixed(1);
-		if (num(rtt[k + '_ms']) !== null)
-			return (+rtt[k + '_ms']).toFixed(1);
+		if (num(side[k + '_us']) !== null)
+			return (side[k + '_us'] / 1000).toFixed(1);
 		return '?';
 	});
 
-	return '%s / %s / %s ms'.format(parts[0], parts[1], parts[2]);
+	return '%s / %s / %s ms (%s)'.format(parts[0], parts[1], parts[2], count(side.samples));
+}
+
+// A connection's latency ({wan_us, lan_us, ...}) as "WAN / LAN".
+function flowRttText(r) {
+	if (r == null || typeof r !== 'object')
+		return '-';
+	return '%s / %s'.format(msText(r.wan_us), msText(r.lan_us));
 }
 
 // Current shaper rate (autorate moves it) next to the configured one.
@@ -137,22 +150,25 @@ function sample(st, now) {
 		}
 	});
 
+	arr(st.interfaces).forEach(function(i) {
+		var r = obj(i.rtt);
+		[ 'wan', 'lan' ].forEach(function(side) {
+			var k = 'rtt-' + side + ':' + i.name,
+			    h = history[k] || (history[k] = []);
+			h.push(num(obj(r[side]).median_us));
+			while (h.length > HISTORY)
+				h.shift();
+		});
+	});
+
 	last = { t: now, c: cur };
 	return rates;
 }
 
-// An SVG chart of upload and download throughput (bit/s), scaled to the larger of the
-// shaped rates and the largest sample; the configured rates as dashed lines.
-function chart(name, upKbit, downKbit) {
-	var up = history['up:' + name] || [],
-	    down = history['down:' + name] || [],
-	    w = 600, h = 120,
-	    max = Math.max(1, (num(upKbit) || 0) * 1000, (num(downKbit) || 0) * 1000);
-
-	up.concat(down).forEach(function(v) {
-		if (num(v) !== null && v > max)
-			max = v;
-	});
+// An SVG plot of sample series ([{ samples, colour }], newest last) on a 0..max scale, with
+// dashed horizontal lines at `limits` ([{ value, colour }]) and a legend.
+function plot(series, limits, max, legend) {
+	var w = 600, h = 120;
 
 	function line(samples, colour) {
 		var pts = [];
@@ -166,23 +182,60 @@ function chart(name, upKbit, downKbit) {
 		return pts.length ? '<polyline fill="none" stroke="' + colour + '" stroke-width="2" points="' + pts.join(' ') + '"/>' : '';
 	}
 
-	function limit(kbit, colour) {
-		if (!num(kbit))
+	function limit(v, colour) {
+		if (!num(v))
 			return '';
-		var y = (h - (kbit * 1000 / max) * (h - 4) - 2).toFixed(1);
+		var y = (h - (v / max) * (h - 4) - 2).toFixed(1);
 		return '<line x1="0" x2="' + w + '" y1="' + y + '" y2="' + y + '" stroke="' + colour + '" stroke-dasharray="4 4" stroke-width="1"/>';
 	}
 
 	return E('div', { 'style': 'max-width:' + w + 'px' }, [
 		E('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ' + w + ' ' + h + '" width="100%" height="' + h + '" preserveAspectRatio="none" style="border:1px solid #ccc">' +
-			limit(upKbit, '#1f77b4') + limit(downKbit, '#2ca02c') +
-			line(up, '#1f77b4') + line(down, '#2ca02c') + '</svg>'),
-		E('div', { 'style': 'font-size:90%' }, [
+			limits.map(function(l) { return limit(l.value, l.colour); }).join('') +
+			series.map(function(sr) { return line(sr.samples, sr.colour); }).join('') + '</svg>'),
+		E('div', { 'style': 'font-size:90%' }, legend)
+	]);
+}
+
+// Upload and download throughput (bit/s), scaled to the larger of the shaped rates and the
+// largest sample; the configured rates as dashed lines.
+function chart(name, upKbit, downKbit) {
+	var up = history['up:' + name] || [],
+	    down = history['down:' + name] || [],
+	    max = Math.max(1, (num(upKbit) || 0) * 1000, (num(downKbit) || 0) * 1000);
+
+	up.concat(down).forEach(function(v) {
+		if (num(v) !== null && v > max)
+			max = v;
+	});
+
+	return plot([ { samples: up, colour: '#1f77b4' }, { samples: down, colour: '#2ca02c' } ],
+		[ { value: num(upKbit) && upKbit * 1000, colour: '#1f77b4' },
+		  { value: num(downKbit) && downKbit * 1000, colour: '#2ca02c' } ],
+		max, [
 			E('span', { 'style': 'color:#1f77b4' }, '\u25a0 ' + _('Upload')), ' ',
 			E('span', { 'style': 'color:#2ca02c' }, '\u25a0 ' + _('Download')), ' \u2014 ',
 			_('last %d minutes, top: %s').format(Math.round(HISTORY * POLL_S / 60), bps(max))
-		])
-	]);
+		]);
+}
+
+// WAN-side and LAN-side median latency of an interface's flows (µs), over the page's life.
+function latencyChart(name) {
+	var wan = history['rtt-wan:' + name] || [],
+	    lan = history['rtt-lan:' + name] || [],
+	    max = 1000;
+
+	wan.concat(lan).forEach(function(v) {
+		if (num(v) !== null && v > max)
+			max = v;
+	});
+
+	return plot([ { samples: wan, colour: '#d62728' }, { samples: lan, colour: '#9467bd' } ], [],
+		max, [
+			E('span', { 'style': 'color:#d62728' }, '\u25a0 ' + _('WAN side (median)')), ' ',
+			E('span', { 'style': 'color:#9467bd' }, '\u25a0 ' + _('LAN side (median)')), ' \u2014 ',
+			_('last %d minutes, top: %s').format(Math.round(HISTORY * POLL_S / 60), msText(max))
+		]);
 }
 
 function table(headers, rows, empty) {
@@ -308,14 +361,16 @@ function renderStatus(st, now) {
 	if (arr(st.circuits).length || num(st.circuits_total)) {
 		var circuits = table(
 			[ _('Circuit'), _('Addresses'), _('Upload limit'), _('Upload now'), _('Download limit'),
-			  _('Download now'), _('Sent up / down'), _('Drops up / down') ],
+			  _('Download now'), _('Sent up / down'), _('Drops up / down'),
+			  _('Median latency WAN / LAN') ],
 			arr(st.circuits).map(function(c) {
-				var u = obj(c.upload), d = obj(c.download);
+				var u = obj(c.upload), d = obj(c.download), r = obj(c.rtt);
 				return [
 					c.name, arr(c.ips).join(' '), limitText(c.upload_kbit), bps(rates['circuit-up:' + c.name]),
 					limitText(c.download_kbit), bps(rates['circuit-down:' + c.name]),
 					'%s / %s'.format(bytes(u.bytes), bytes(d.bytes)),
-					'%s / %s'.format(count(u.drops), count(d.drops))
+					'%s / %s'.format(count(u.drops), count(d.drops)),
+					(c.rtt != null) ? '%s / %s'.format(msText(obj(r.wan).median_us), msText(obj(r.lan).median_us)) : '-'
 				];
 			}),
 			_('No circuit configured'));
@@ -329,10 +384,13 @@ function renderStatus(st, now) {
 
 	var flows = arr(st.flows);
 	nodes.push(section(_('Offloaded connections'), [
-		table([ _('Protocol'), _('Connection'), _('Now'), _('Packets (out / back)'), _('Bytes') ],
+		table([ _('Protocol'), _('Connection'), _('Now'), _('Packets (out / back)'), _('Bytes'),
+		        _('RTT WAN / LAN'), _('Retransmits') ],
 			flows.slice(0, 50).map(function(f) {
+				var r = obj(f.rtt);
 				return [ f.proto, f.orig, bps(rates['flow:' + f.orig]),
-				         '%s / %s'.format(count(f.packets_orig), count(f.packets_reply)), bytes(f.bytes) ];
+				         '%s / %s'.format(count(f.packets_orig), count(f.packets_reply)), bytes(f.bytes),
+				         flowRttText(f.rtt), (f.rtt != null) ? count(r.retransmits) : '-' ];
 			}),
 			_('No connection offloaded')),
 		(flows.length > 50) ? E('p', {}, _('%d more (bpfqos status --json)').format(flows.length - 50)) : ''
@@ -340,18 +398,47 @@ function renderStatus(st, now) {
 
 	nodes.push(section(_('Interfaces'), table(
 		[ _('Interface'), _('Device'), _('Offload'), _('Upload'), _('Download'),
-		  _('RTT min / median / p95'), _('Problem') ],
+		  _('WAN-side latency (min / median / p95)'), _('LAN-side latency (min / median / p95)'),
+		  _('Problem') ],
 		arr(st.interfaces).map(function(i) {
-			var sh = obj(i.shaper);
+			var sh = obj(i.shaper),
+			    r = obj(i.rtt);
 			return [
-				i.name, i.device, i.offload ? _('yes') : _('no'),
+				i.wan ? '%s (%s)'.format(i.name, _('WAN')) : i.name,
+				i.device, i.offload ? _('yes') : _('no'),
 				shaperText(i.upload_kbit, obj(sh.upload).rate_kbit),
 				shaperText(i.download_kbit, obj(sh.download).rate_kbit),
-				rttText(i.rtt), i.error
+				rttText(r.wan), rttText(r.lan), i.error
 			];
 		}),
 		_('No interface configured')
 	)));
+
+	var rtt = obj(st.rtt);
+	if (st.rtt != null) {
+		var lat = [];
+		if (!rtt.enabled)
+			lat.push(E('p', {}, _('Latency monitoring is off (option rtt in /etc/config/bpfqos).')));
+		else {
+			lat.push(E('p', {}, _('Measured passively on the TCP traffic the router forwards: WAN side is router \u2192 Internet host \u2192 router, LAN side router \u2192 LAN host \u2192 router. Interface figures cover the last %d seconds.').format(num(rtt.window_s) || 30)));
+			arr(st.interfaces).forEach(function(i) {
+				if (i.rtt != null)
+					lat.push(E('h4', {}, i.name), latencyChart(i.name));
+			});
+			lat.push(E('h4', {}, _('Slowest connections')));
+			lat.push(table([ _('Side'), _('From'), _('To'), _('Smoothed'), _('Minimum'), _('Samples'),
+			                 _('Retransmits') ],
+				arr(rtt.top).slice(0, 20).map(function(h) {
+					return [ h.side === 'wan' ? _('WAN') : _('LAN'), h.src, h.dst, msText(h.srtt_us),
+					         msText(h.min_us), count(h.samples),
+					         '%s (%s)'.format(count(h.retransmits), percent(h.retransmits, h.packets)) ];
+				}),
+				_('No TCP connection measured yet')));
+			lat.push(E('p', { 'style': 'font-size:90%' },
+				_('%s samples, %s connection halves tracked of %s.').format(count(rtt.samples), count(rtt.halves), count(rtt.halves_max))));
+		}
+		nodes.push(section(_('Latency'), lat));
+	}
 
 	var dpRows = [
 		[ _('Forwarded by the data path'), count(dp.redirect) ],

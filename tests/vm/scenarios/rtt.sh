@@ -1,0 +1,156 @@
+# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
+# Passive latency against netem: 40 ms on the ISP side, 5 ms on the LAN side. TCP transfers
+# both ways, with offload on and off, with and without TCP timestamps: the RTT bpfqos reports
+# per flow (its smallest sample) within 2 ms or 5 % of what ping sees on the WAN side and 1 ms
+# on the LAN side, the per-interface median consistent with it; then 1 % loss on the ISP
+# side: the retransmits counted at the router within 10 % of what the sender counts.
+
+SRV4=198.19.0.1
+LAN1=198.18.1.11
+WAN_DELAY_MS=40
+LAN_DELAY_MS=5
+
+rtt_config() {
+    printf '%s\n' "config globals 'globals'
+	option offload '$1'
+	option rtt '1'
+	option log_level 'debug'
+
+config interface 'lan'
+	option device 'br-lan'
+
+config interface 'wan'
+	option device 'wan0'"
+}
+
+# ping_ms NS DST: median ping RTT in ms (20 pings).
+ping_ms() {
+    nsx "$1" ping -c 20 -i 0.1 -W 2 "$2" |
+        $PY -c 'import re,statistics,sys; v=[float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())]; print(statistics.median(v) if v else 9999)'
+}
+
+# transfer NAME ARGS...: a paced iperf3 transfer lan1 -> server (ARGS: -R for a download) of
+# 10 s; the daemon's status 7 s in, in $WORK/status-NAME.json.
+transfer() {
+    local name=$1
+    shift
+    nsx lan1 timeout 40 iperf3 -c "$SRV4" -p 5201 -t 10 -b 4M "$@" -J >"$WORK/iperf-$name.json" &
+    local pid=$!
+    sleep 7
+    daemon_status >"$WORK/status-$name.json"
+    wait "$pid" || true
+}
+
+# check_rtt NAME: the transfer's WAN and LAN RTT against ping (WAN_PING, LAN_PING in ms).
+check_rtt() {
+    check "$1: WAN RTT within 2 ms or 5 % of ping ($WAN_PING ms), LAN RTT within 1 ms ($LAN_PING ms)" \
+        $PY - "$WORK/status-$1.json" "$WAN_PING" "$LAN_PING" "$SRV4" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+wan_ping, lan_ping, srv = float(sys.argv[2]) * 1000, float(sys.argv[3]) * 1000, sys.argv[4]
+r = d["rtt"]
+assert r["enabled"], r
+# The data connection's halves: the most sampled one towards the server (WAN side) and from
+# it (LAN side); the iperf3 control connection is the other.
+wan = max((h for h in r["top"] if h["side"] == "wan" and h["dst"] == srv + ":5201"),
+          key=lambda h: h["samples"])
+lan = max((h for h in r["top"] if h["side"] == "lan" and h["src"] == srv + ":5201"),
+          key=lambda h: h["samples"])
+print("WAN half", wan)
+print("LAN half", lan)
+assert abs(wan["min_us"] - wan_ping) <= max(2000, 0.05 * wan_ping), ("WAN", wan["min_us"], wan_ping)
+assert abs(lan["min_us"] - lan_ping) <= 1000, ("LAN", lan["min_us"], lan_ping)
+i = {x["name"]: x for x in d["interfaces"]}
+for name in ("wan", "lan"):
+    s = i[name]["rtt"]
+    print(name, "interface:", s)
+    w, l = s["wan"], s["lan"]
+    assert w["samples"] > 0 and l["samples"] > 0, s
+    assert w["min_us"] <= w["median_us"] <= w["p95_us"], s
+    # The window's median: one bucket (<= 12 %) around what the flows saw, queueing aside.
+    assert 0.9 * wan_ping <= w["median_us"] <= 1.3 * wan_ping, ("wan median", w, wan_ping)
+    assert 0.85 * lan_ping <= l["median_us"] <= lan_ping + 3000, ("lan median", l, lan_ping)
+assert i["wan"]["wan"] is True and i["lan"]["wan"] is False, "WAN side from the default route"
+# Offloaded connections report the same per flow.
+for f in d["flows"]:
+    if f["proto"] == "tcp" and f["rtt"] and f["rtt"]["samples"] > 20:
+        print("flow", f["orig"], f["rtt"])
+        assert f["rtt"]["wan_min_us"] is not None and f["rtt"]["lan_min_us"] is not None, f
+        assert abs(f["rtt"]["wan_min_us"] - wan_ping) <= max(2000, 0.05 * wan_ping), f
+PY
+}
+
+scenario_main() {
+    step "topology: lan1 - br-lan [rtr] wan0 (NAT, default route) - isp - srv; netem ${WAN_DELAY_MS} ms ISP side, ${LAN_DELAY_MS} ms LAN side"
+    ns_add isp rtr lan1 lan2 srv
+    DIAG_NS=$SC-rtr
+    veth rtr wan0 isp i0
+    veth isp s0 srv e0
+    nsx rtr ip addr add 198.18.100.10/24 dev wan0
+    nsx rtr ip route add default via 198.18.100.1
+    nsx isp ip addr add 198.18.100.1/24 dev i0
+    nsx isp ip addr add 198.19.0.254/24 dev s0
+    nsx isp sysctl -qw net.ipv4.ip_forward=1
+    nsx srv ip addr add "$SRV4/24" dev e0
+    nsx srv ip route add default via 198.19.0.254
+    host_nic isp i0
+    host_nic srv e0
+    lan_topology
+    nsx rtr nft -f - <<NFT
+table inet bpfqos_test_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" meta nfproto ipv4 masquerade
+    }
+}
+NFT
+    nsx isp tc qdisc add dev i0 root netem delay "${WAN_DELAY_MS}ms" limit 10000
+    nsx lan1 tc qdisc add dev e0 root netem delay "${LAN_DELAY_MS}ms" limit 10000
+    bg iperf_s srv timeout 600 iperf3 -s -p 5201
+    wait_until 10 "iperf3 server up" sh -c "ip netns exec $SC-srv ss -Hltn 'sport = :5201' | grep -q 5201"
+    wait_until 10 "lan1 reaches the server" nsx lan1 ping -c 1 -W 2 "$SRV4"
+    WAN_PING=$(ping_ms rtr "$SRV4")
+    LAN_PING=$(ping_ms rtr "$LAN1")
+    note "ping from the router: server $WAN_PING ms, lan1 $LAN_PING ms"
+
+    local offload ts dir name
+    for offload in 1 0; do
+        step "bpfqos with offload $offload, RTT on"
+        daemon_start rtr "$(rtt_config "$offload")"
+        for ts in 1 0; do
+            nsx lan1 sysctl -qw net.ipv4.tcp_timestamps=$ts
+            nsx srv sysctl -qw net.ipv4.tcp_timestamps=$ts
+            for dir in up down; do
+                name="offload$offload-ts$ts-$dir"
+                step "$name: paced TCP transfer, ${dir}load, timestamps $ts"
+                if [ "$dir" = down ]; then transfer "$name" -R; else transfer "$name"; fi
+                check_rtt "$name"
+            done
+        done
+        daemon_stop
+    done
+
+    step "1 % loss on the ISP side, download, offload on: retransmits at the router vs the sender's"
+    nsx lan1 sysctl -qw net.ipv4.tcp_timestamps=1
+    nsx srv sysctl -qw net.ipv4.tcp_timestamps=1
+    nsx isp tc qdisc change dev i0 root netem delay "${WAN_DELAY_MS}ms" loss 1% limit 10000
+    daemon_start rtr "$(rtt_config 1)"
+    local before after
+    before=$(nsx srv awk '/^Tcp:/ && ++n == 2 {print $13}' /proc/net/snmp)
+    nsx lan1 timeout 60 iperf3 -c "$SRV4" -p 5201 -t 15 -b 8M -R -J >"$WORK/iperf-loss.json" || true
+    after=$(nsx srv awk '/^Tcp:/ && ++n == 2 {print $13}' /proc/net/snmp)
+    daemon_status >"$WORK/status-loss.json"
+    note "sender (server) RetransSegs: $before -> $after"
+    check "retransmits counted at the router within 10 % of the sender's ($((after - before)))" \
+        $PY - "$WORK/status-loss.json" "$((after - before))" "$SRV4" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+sent, srv = int(sys.argv[2]), sys.argv[3]
+halves = [h for h in d["rtt"]["top"] if h["side"] == "lan" and h["src"] == srv + ":5201"]
+seen = max(h["retransmits"] for h in halves)
+print("router:", seen, "sender:", sent, halves)
+assert sent >= 20, "netem loss made retransmits"
+assert abs(seen - sent) <= 0.1 * sent, (seen, sent)
+PY
+    daemon_stop
+}
