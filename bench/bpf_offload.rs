@@ -20,8 +20,8 @@
 //!
 //! Root only; prints, never asserts timings. Run: `sudo -E cargo bench --bench bpf_offload`
 //! (`BPFQOS_BENCH_CALLS` sets the call pairs per case, `BPFQOS_BENCH_VERBOSE` prints wall
-//! times). A "before" object must share this build's map layout (the rows install flows the way
-//! this build's tests do).
+//! times, `BPFQOS_BENCH_ONLY=rtt` runs the passive RTT table alone). A "before" object must
+//! share this build's map layout (the rows install flows the way this build's tests do).
 //!
 //! What a figure is: the cost of one more packet. Every call of BPF_PROG_TEST_RUN starts cold
 //! (the kernel swaps the XDP dispatcher around each call and waits for RCU, so caches and branch
@@ -291,6 +291,15 @@ fn main() {
         return;
     }
     let dev = fresh_netns(2);
+    if std::env::var("BPFQOS_BENCH_ONLY").as_deref() == Ok("rtt") {
+        let bench = ObjectBuilder::default()
+            .open_memory(OBJ_BENCH)
+            .unwrap()
+            .load()
+            .unwrap();
+        rtt_cost(&dev, bench);
+        return;
+    }
     let mut off = Subject::new(common::bpf::load(), bpfqos::dataplane::abi::XDP_PROG);
     let mut before = before_object().map(|o| Subject::new(o, bpfqos::dataplane::abi::XDP_PROG));
     let bench_obj = || {

@@ -234,7 +234,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 				    __be16 vlan0_tpid, __be16 vlan0_tci,
 				    enum hook hook, __u32 gso_size,
 				    struct pkt *p, struct flow_ref *f,
-				    struct rtt_tcp *rt)
+				    struct rtt_pkt *rp)
 {
 	struct pkt_hdrs h = {};
 	struct bpfqos_control *ctl;
@@ -260,21 +260,20 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 
 	/*
 	 * Passive RTT looks at every TCP packet arriving, forwarded here or
-	 * not; the TC twin leaves that to XDP where XDP runs too.
+	 * not; the TC twin leaves that to XDP where XDP runs too. rp keeps
+	 * the TCP fields for the departure if the packet is forwarded.
 	 */
 	if (h.th && (ctl->flags & BPFQOS_CTL_F_RTT) &&
 	    !rtt_tcp_fields(h.th, data_end, p->ip_len, p->l4_off - p->l3_off,
-			    rt)) {
+			    &rp->t)) {
+		if (h.iph)
+			rtt_pkt_of(rp, &h.iph->saddr, &h.iph->daddr, 0, h.th);
+		else if (h.ip6h)
+			rtt_pkt_of(rp, h.ip6h->saddr.in6_u.u6_addr32,
+				   h.ip6h->daddr.in6_u.u6_addr32, 1, h.th);
 		if (hook == HOOK_XDP || !cfg ||
-		    !(cfg->flags & BPFQOS_IFACE_F_XDP)) {
-			if (h.iph)
-				rtt_arrival(0, &h.iph->saddr, &h.iph->daddr,
-					    h.th->source, h.th->dest, rt);
-			else if (h.ip6h)
-				rtt_arrival(1, h.ip6h->saddr.in6_u.u6_addr32,
-					    h.ip6h->daddr.in6_u.u6_addr32,
-					    h.th->source, h.th->dest, rt);
-		}
+		    !(cfg->flags & BPFQOS_IFACE_F_XDP))
+			bpfqos_rtt_arrival(rp);
 	}
 	if (!(ctl->flags & BPFQOS_CTL_F_OFFLOAD)) {
 		stat_inc(BPFQOS_STAT_PASS_DISABLED);
@@ -743,85 +742,140 @@ static __always_inline int shaping_has(__u32 ifindex, __u32 flags)
 	return cfg && (cfg->flags & flags) == flags;
 }
 
-/* ---- passive RTT: departures ---------------------------------------------- */
+/* ---- passive RTT: the entry points --------------------------------------- */
 
 /*
- * The half of a packet leaving by `out_ifindex` with tuple k, made if it is
- * missing and worth it. circuit_expr, which may use `wan` (the half leaves
- * by the WAN side), is only paid for when a half is made.
+ * The circuit of the LAN host of the half with key k: leaving by the WAN
+ * (`wan`) from its source, found by the WAN-side tuple if a circuit's
+ * connection was NATed, else by address; leaving by the LAN to its
+ * destination.
  */
-#define RTT_HALF(ipv6, k, t, out_ifindex, in_ifindex, circuit_expr)            \
-	({                                                                     \
-		struct bpfqos_rtt_state *s_ = rtt_half(ipv6, k);               \
-		if (!s_ && rtt_worth_a_half(t)) {                              \
-			struct bpfqos_iface *o_ = iface_cfg(out_ifindex);      \
-			struct bpfqos_iface *i_ = iface_cfg(in_ifindex);       \
-			__u32 wan = o_ && (o_->flags & BPFQOS_IFACE_F_WAN);    \
-			s_ = rtt_new_half(                                     \
-				ipv6, k, out_ifindex, o_ ? o_->rtt_slot : 0,   \
-				i_ ? i_->rtt_slot : 0, wan, (circuit_expr));   \
-		}                                                              \
-		s_;                                                            \
-	})
+static __always_inline __u32 rtt_circuit(int ipv6, const union rtt_key *k,
+					 int wan)
+{
+	struct bpfqos_nat_key n = {};
+	__u32 *id;
 
-/*
- * A packet the XDP fast path sends out of `egress` (XDP-sent frames never
- * reach a TC egress hook): its half is keyed by the tuple it leaves with,
- * the entry's NAT values. The circuit is its LAN host's: the source before
- * NAT when it leaves by the WAN, else the destination after it.
- */
-static __always_inline void rtt_xdp_departure(struct flow_ref *f, int ipv6,
-					      __u32 ingress, __u32 egress,
-					      const struct rtt_tcp *t)
+	if (!wan)
+		return lan_circuit(ipv6, ipv6 ? k->k6.daddr : &k->k4.daddr);
+	n.ipv6 = ipv6;
+	n.proto = IPPROTO_TCP;
+	if (ipv6) {
+		__builtin_memcpy(n.local, k->k6.saddr, 16);
+		__builtin_memcpy(n.remote, k->k6.daddr, 16);
+		n.local_port = k->k6.sport;
+		n.remote_port = k->k6.dport;
+	} else {
+		n.local[0] = k->k4.saddr;
+		n.remote[0] = k->k4.daddr;
+		n.local_port = k->k4.sport;
+		n.remote_port = k->k4.dport;
+	}
+	id = bpf_map_lookup_elem(&circuit_nat, &n);
+	if (id)
+		return *id;
+	return lan_circuit(ipv6, ipv6 ? k->k6.saddr : &k->k4.saddr);
+}
+
+__noinline int bpfqos_rtt_arrival(struct rtt_pkt *p)
 {
 	struct bpfqos_rtt_state *s;
 	union rtt_key k;
+	__u32 us = 0;
 
-	if (!t->valid)
-		return;
-	if (ipv6) {
-		struct bpfqos_flow6 *e = flow6(f);
+	if (!p || !p->t.valid)
+		return 0;
+	s = rtt_answered(p, &k, &us);
+	if (!s)
+		return 0;
+	/*
+	 * A circuit's NATed connection is known by its WAN-side tuple only
+	 * once the daemon saw it in conntrack, after its first packets: look
+	 * again while there is none (once per sample, not per packet).
+	 */
+	if (!s->circuit)
+		s->circuit =
+			rtt_circuit(p->ipv6, &k, s->flags & BPFQOS_RTT_F_WAN);
+	rtt_sample(s, us);
+	return 0;
+}
 
-		__builtin_memcpy(k.k6.saddr, e->nat.saddr, 16);
-		__builtin_memcpy(k.k6.daddr, e->nat.daddr, 16);
-		k.k6.sport = e->nat.sport;
-		k.k6.dport = e->nat.dport;
-		s = RTT_HALF(1, &k, t, egress, ingress,
-			     lan_circuit(1, wan ? e->key.saddr : e->nat.daddr));
-	} else {
-		struct bpfqos_flow4 *e = f->e;
+/*
+ * A packet leaving by out_ifindex, having come in by in_ifindex (0: made by
+ * the router): its half, made if missing and worth it, counts and probes.
+ */
+__noinline int bpfqos_rtt_departure(struct rtt_pkt *p, __u32 out_ifindex,
+				    __u32 in_ifindex)
+{
+	struct bpfqos_rtt_state *s;
+	struct bpfqos_iface *o, *i;
+	union rtt_key k;
+	__u32 wan;
 
-		k.k4.saddr = e->nat.saddr;
-		k.k4.daddr = e->nat.daddr;
-		k.k4.sport = e->nat.sport;
-		k.k4.dport = e->nat.dport;
-		s = RTT_HALF(
-			0, &k, t, egress, ingress,
-			lan_circuit(0, wan ? &e->key.saddr : &e->nat.daddr));
+	if (!p || !p->t.valid)
+		return 0;
+	rtt_key_of(p, &k);
+	s = rtt_half(p->ipv6, &k);
+	if (!s) {
+		if (!rtt_worth_a_half(&p->t))
+			return 0;
+		o = iface_cfg(out_ifindex);
+		i = iface_cfg(in_ifindex);
+		wan = o && (o->flags & BPFQOS_IFACE_F_WAN);
+		s = rtt_new_half(p->ipv6, &k, out_ifindex, o ? o->rtt_slot : 0,
+				 i ? i->rtt_slot : 0, wan,
+				 rtt_circuit(p->ipv6, &k, wan));
+		if (!s)
+			return 0;
 	}
-	if (s)
-		rtt_departure(s, t, coarse_now());
+	rtt_departure(s, &p->t, coarse_now());
+	return 0;
+}
+
+/*
+ * A packet the XDP fast path sends out of `egress` (XDP-sent frames never
+ * reach a TC egress hook): it leaves with the entry's NAT tuple.
+ */
+static __always_inline void rtt_xdp_departure(struct flow_ref *f,
+					      struct rtt_pkt *rp, __u32 ingress,
+					      __u32 egress)
+{
+	if (!rp->t.valid)
+		return;
+	if (rp->ipv6) {
+		struct bpfqos_nat6 *nat = &flow6(f)->nat;
+
+		__builtin_memcpy(rp->saddr, nat->saddr, 16);
+		__builtin_memcpy(rp->daddr, nat->daddr, 16);
+		rp->sport = nat->sport;
+		rp->dport = nat->dport;
+	} else {
+		rp->saddr[0] = f->e->nat.saddr;
+		rp->daddr[0] = f->e->nat.daddr;
+		rp->sport = f->e->nat.sport;
+		rp->dport = f->e->nat.dport;
+	}
+	bpfqos_rtt_departure(rp, egress, ingress);
 }
 
 /*
  * TC egress of every lowest device the data path runs on: whatever leaves
  * by it that XDP did not send (the kernel's forwarding and the router's own
  * traffic, the TC twin's redirects, the download shaper's output), parsed
- * like arrivals, timed as departures. Never changes or drops a packet.
+ * like arrivals (with the DSA tagger's TX tag), timed as departures. Never
+ * changes or drops a packet.
  */
 SEC("tc")
 int bpfqos_rtt_out(struct __sk_buff *skb)
 {
 	__be16 tpid = skb->vlan_present ? (__be16)skb->vlan_proto : 0;
 	struct bpfqos_control *ctl;
-	struct bpfqos_rtt_state *s;
 	struct bpfqos_iface *out;
 	struct pkt_hdrs h = {};
-	struct rtt_tcp t = {};
+	struct rtt_pkt rp = {};
 	struct pkt p = {};
 	void *data, *data_end;
-	union rtt_key k;
-	__u32 zero = 0, l3_off, need;
+	__u32 zero = 0, need;
 
 	ctl = bpf_map_lookup_elem(&control, &zero);
 	if (!ctl || !(ctl->flags & BPFQOS_CTL_F_RTT))
@@ -842,32 +896,19 @@ int bpfqos_rtt_out(struct __sk_buff *skb)
 			     bpf_htons(skb->vlan_tci), &p, &h, 1) ||
 	    !h.th)
 		return TC_PASS;
-	if (rtt_tcp_fields(h.th, data_end, p.ip_len, p.l4_off - p.l3_off, &t))
+	if (rtt_tcp_fields(h.th, data_end, p.ip_len, p.l4_off - p.l3_off,
+			   &rp.t))
 		return TC_PASS;
 	if (skb->gso_segs > 1)
-		t.segs = skb->gso_segs;
-	l3_off = p.l3_off;
-	if (h.iph) {
-		k.k4.saddr = h.iph->saddr;
-		k.k4.daddr = h.iph->daddr;
-		k.k4.sport = h.th->source;
-		k.k4.dport = h.th->dest;
-		s = RTT_HALF(0, &k, &t, skb->ifindex, skb->ingress_ifindex,
-			     wan ? wan_circuit(data, l3_off, data_end, 0, 1)
-				 : lan_circuit(0, &k.k4.daddr));
-	} else if (h.ip6h) {
-		__builtin_memcpy(k.k6.saddr, &h.ip6h->saddr, 16);
-		__builtin_memcpy(k.k6.daddr, &h.ip6h->daddr, 16);
-		k.k6.sport = h.th->source;
-		k.k6.dport = h.th->dest;
-		s = RTT_HALF(1, &k, &t, skb->ifindex, skb->ingress_ifindex,
-			     wan ? wan_circuit(data, l3_off, data_end, 1, 1)
-				 : lan_circuit(1, k.k6.daddr));
-	} else {
+		rp.t.segs = skb->gso_segs;
+	if (h.iph)
+		rtt_pkt_of(&rp, &h.iph->saddr, &h.iph->daddr, 0, h.th);
+	else if (h.ip6h)
+		rtt_pkt_of(&rp, h.ip6h->saddr.in6_u.u6_addr32,
+			   h.ip6h->daddr.in6_u.u6_addr32, 1, h.th);
+	else
 		return TC_PASS;
-	}
-	if (s)
-		rtt_departure(s, &t, coarse_now());
+	bpfqos_rtt_departure(&rp, skb->ifindex, skb->ingress_ifindex);
 	return TC_PASS;
 }
 
@@ -967,7 +1008,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 ingress = ctx->ingress_ifindex;
 	struct flow_ref f = {};
-	struct rtt_tcp rt = {};
+	struct rtt_pkt rt = {};
 	struct pkt p = {};
 	struct cursor c;
 	__u16 addr_delta, port_delta;
@@ -1010,7 +1051,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	if (rewrite_l3(&c, &p, &f, HOOK_XDP, &addr_delta, &port_delta))
 		return XDP_DROP;
 	count(&f, p.ip_len);
-	rtt_xdp_departure(&f, p.ipv6, ingress, egress, &rt);
+	rtt_xdp_departure(&f, &rt, ingress, egress);
 	stat_inc(act == XDP_TX ? BPFQOS_STAT_TX : BPFQOS_STAT_REDIRECT);
 	return act;
 }
@@ -1058,7 +1099,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	__be16 tpid = skb->vlan_present ? (__be16)skb->vlan_proto : 0;
 	struct flow_ref f = {};
-	struct rtt_tcp rt = {};
+	struct rtt_pkt rt = {};
 	struct pkt p = {};
 	struct cursor c;
 	__u16 addr_delta = 0, port_delta = 0;

@@ -659,10 +659,27 @@ fn offloaded_flows_are_timed_in_the_fast_path_with_nat_circuits_and_histograms()
         let r = run_xdp(rig.obj(), &frame(&up, seg(1000, 100).ts(40, 9)), lan, 1);
         assert_eq!(r.ret, XDP_REDIRECT);
         let h = rig.half(&c.w2s).expect("a half for the offloaded upload");
+        // Leaving by the WAN after NAT, the half is the circuit host's only through its
+        // WAN-side tuple, which the daemon records once conntrack tells it (after the first
+        // packets): not known yet, looked up again at the first sample.
         assert_eq!(
             (h.ifindex, h.slot_out, h.slot_in, h.circuit),
-            (wan, WAN_SLOT, LAN_SLOT, circuit),
+            (wan, WAN_SLOT, LAN_SLOT, 0),
             "v6={v6}"
+        );
+        let nat = bpfqos::dataplane::circuits::nat_key(&bpfqos::dataplane::circuits::WanTuple {
+            proto: 6,
+            local: c.w2s.src,
+            local_port: c.w2s.sport,
+            remote: c.w2s.dst,
+            remote_port: c.w2s.dport,
+        })
+        .unwrap();
+        map_update(
+            rig.obj(),
+            abi::CIRCUIT_NAT_MAP,
+            abi::bytes_of(&nat),
+            &circuit.to_ne_bytes(),
         );
         gap();
         let r = run_xdp(
@@ -674,6 +691,7 @@ fn offloaded_flows_are_timed_in_the_fast_path_with_nat_circuits_and_histograms()
         assert_eq!(r.ret, XDP_REDIRECT, "the echo is forwarded too");
         let h = rig.half(&c.w2s).unwrap();
         assert_eq!(h.samples, 1, "WAN sample from offloaded packets");
+        assert_eq!(h.circuit, circuit, "the circuit found at the sample");
         assert_timed("offloaded wan", &h);
         // The download data started the LAN half; the client's ACK answers it.
         let l = rig

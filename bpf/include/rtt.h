@@ -109,6 +109,29 @@ union rtt_key {
 	struct bpfqos_rtt6_key k6;
 };
 
+/*
+ * One TCP packet as the RTT code sees it, copied out of its headers by the
+ * caller: the tuple (IPv4 in word 0 of the addresses) and the TCP fields.
+ */
+struct rtt_pkt {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u32 ipv6;
+	struct rtt_tcp t;
+};
+
+/*
+ * The two entry points, global (non-static, not inlined) functions: the
+ * verifier checks each once, on its own, instead of once per path of every
+ * caller (the parser has dozens); a call costs a few ns. Defined in the
+ * program's source, after the maps they use.
+ */
+__noinline int bpfqos_rtt_arrival(struct rtt_pkt *p);
+__noinline int bpfqos_rtt_departure(struct rtt_pkt *p, __u32 out_ifindex,
+				    __u32 in_ifindex);
+
 /* a is before b in sequence space (RFC 1982 arithmetic). */
 static __always_inline int seq_before(__u32 a, __u32 b)
 {
@@ -280,51 +303,89 @@ static __always_inline struct bpfqos_rtt_state *rtt_half(int ipv6,
 }
 
 /*
- * A packet arriving with tuple (saddr, daddr, sport, dport): does it answer
- * the probe of the half going the other way? addr points at the IP header's
- * source address (the destination follows it).
+ * A packet arriving: does it answer the probe of the half going the other way
+ * (the half of its reversed tuple, whose key is left in k)? Returns that half
+ * with the sample in *us when it does (the caller records it: rtt_sample()),
+ * NULL otherwise.
  */
-static __always_inline void rtt_arrival(int ipv6, const __be32 *saddr,
-					const __be32 *daddr, __be16 sport,
-					__be16 dport, const struct rtt_tcp *t)
+static __always_inline struct bpfqos_rtt_state *
+rtt_answered(const struct rtt_pkt *p, union rtt_key *k, __u32 *us)
 {
+	const struct rtt_tcp *t = &p->t;
 	struct bpfqos_rtt_state *s;
-	union rtt_key k;
 
-	if (ipv6) {
-		__builtin_memcpy(k.k6.saddr, daddr, 16);
-		__builtin_memcpy(k.k6.daddr, saddr, 16);
-		k.k6.sport = dport;
-		k.k6.dport = sport;
+	if (p->ipv6) {
+		__builtin_memcpy(k->k6.saddr, p->daddr, 16);
+		__builtin_memcpy(k->k6.daddr, p->saddr, 16);
+		k->k6.sport = p->dport;
+		k->k6.dport = p->sport;
 	} else {
-		k.k4.saddr = daddr[0];
-		k.k4.daddr = saddr[0];
-		k.k4.sport = dport;
-		k.k4.dport = sport;
+		k->k4.saddr = p->daddr[0];
+		k->k4.daddr = p->saddr[0];
+		k->k4.sport = p->dport;
+		k->k4.dport = p->sport;
 	}
-	s = rtt_half(ipv6, &k);
+	s = rtt_half(p->ipv6, k);
 	if (!s || !s->t_sent)
-		return;
+		return NULL;
 	if (s->flags & BPFQOS_RTT_F_PROBE_TS) {
 		if (!t->has_ts)
-			return;
+			return NULL;
 		if (t->tsecr == s->tsval) {
-			rtt_sample(s, rtt_ticks_to_us(rtt_ticks() - s->t_sent));
+			*us = rtt_ticks_to_us(rtt_ticks() - s->t_sent);
 			s->t_sent = 0;
-		} else if (seq_before(s->tsval, t->tsecr)) {
+			return s;
+		}
+		if (seq_before(s->tsval, t->tsecr)) {
 			/* A later TSval echoed: ours never will be. */
 			rtt_stat_inc(BPFQOS_RTT_STAT_DISCARDED);
 			s->t_sent = 0;
 		}
-		return;
+		return NULL;
 	}
-	if ((t->flags & RTT_TCP_ACK) && !seq_before(t->ack, s->seq_end)) {
-		if (s->flags & BPFQOS_RTT_F_KARN)
-			rtt_stat_inc(BPFQOS_RTT_STAT_DISCARDED);
-		else
-			rtt_sample(s, rtt_ticks_to_us(rtt_ticks() - s->t_sent));
-		s->t_sent = 0;
+	if (!(t->flags & RTT_TCP_ACK) || seq_before(t->ack, s->seq_end))
+		return NULL;
+	*us = rtt_ticks_to_us(rtt_ticks() - s->t_sent);
+	s->t_sent = 0;
+	if (s->flags & BPFQOS_RTT_F_KARN) {
+		rtt_stat_inc(BPFQOS_RTT_STAT_DISCARDED);
+		return NULL;
 	}
+	return s;
+}
+
+/* The key of the half a packet leaving with p's tuple belongs to. */
+static __always_inline void rtt_key_of(const struct rtt_pkt *p,
+				       union rtt_key *k)
+{
+	if (p->ipv6) {
+		__builtin_memcpy(k->k6.saddr, p->saddr, 16);
+		__builtin_memcpy(k->k6.daddr, p->daddr, 16);
+		k->k6.sport = p->sport;
+		k->k6.dport = p->dport;
+	} else {
+		k->k4.saddr = p->saddr[0];
+		k->k4.daddr = p->daddr[0];
+		k->k4.sport = p->sport;
+		k->k4.dport = p->dport;
+	}
+}
+
+/* Copies what the RTT code needs out of a parsed TCP packet. */
+static __always_inline void rtt_pkt_of(struct rtt_pkt *r, const __be32 *saddr,
+				       const __be32 *daddr, int ipv6,
+				       const struct tcphdr *th)
+{
+	if (ipv6) {
+		__builtin_memcpy(r->saddr, saddr, 16);
+		__builtin_memcpy(r->daddr, daddr, 16);
+	} else {
+		r->saddr[0] = saddr[0];
+		r->daddr[0] = daddr[0];
+	}
+	r->sport = th->source;
+	r->dport = th->dest;
+	r->ipv6 = ipv6;
 }
 
 /*

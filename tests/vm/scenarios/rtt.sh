@@ -26,7 +26,7 @@ config interface 'wan'
 # ping_ms NS DST: median ping RTT in ms (20 pings).
 ping_ms() {
     nsx "$1" ping -c 20 -i 0.1 -W 2 "$2" |
-        $PY -c 'import re,statistics,sys; v=[float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())]; print(statistics.median(v) if v else 9999)'
+        $PY -c 'import re,statistics,sys; v=[float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())]; print(round(statistics.median(v), 2) if v else 9999)'
 }
 
 # transfer NAME ARGS...: a paced iperf3 transfer lan1 -> server (ARGS: -R for a download) of
@@ -43,8 +43,8 @@ transfer() {
 
 # check_rtt NAME: the transfer's WAN and LAN RTT against ping (WAN_PING, LAN_PING in ms).
 check_rtt() {
-    check "$1: WAN RTT within 2 ms or 5 % of ping ($WAN_PING ms), LAN RTT within 1 ms ($LAN_PING ms)" \
-        $PY - "$WORK/status-$1.json" "$WAN_PING" "$LAN_PING" "$SRV4" <<'PY'
+    local out rc
+    out=$($PY - "$WORK/status-$1.json" "$WAN_PING" "$LAN_PING" "$SRV4" 2>&1 <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 wan_ping, lan_ping, srv = float(sys.argv[2]) * 1000, float(sys.argv[3]) * 1000, sys.argv[4]
@@ -72,12 +72,26 @@ for name in ("wan", "lan"):
     assert 0.85 * lan_ping <= l["median_us"] <= lan_ping + 3000, ("lan median", l, lan_ping)
 assert i["wan"]["wan"] is True and i["lan"]["wan"] is False, "WAN side from the default route"
 # Offloaded connections report the same per flow.
+flows = 0
 for f in d["flows"]:
     if f["proto"] == "tcp" and f["rtt"] and f["rtt"]["samples"] > 20:
         print("flow", f["orig"], f["rtt"])
         assert f["rtt"]["wan_min_us"] is not None and f["rtt"]["lan_min_us"] is not None, f
         assert abs(f["rtt"]["wan_min_us"] - wan_ping) <= max(2000, 0.05 * wan_ping), f
+        flows += 1
+w = i["wan"]["rtt"]["wan"]
+l = i["lan"]["rtt"]["lan"]
+print(f"WAN min {wan['min_us']} us srtt {wan['srtt_us']} ({wan['samples']} samples), "
+      f"LAN min {lan['min_us']} us srtt {lan['srtt_us']} ({lan['samples']}); interface medians "
+      f"WAN {w['median_us']} LAN {l['median_us']} us; offloaded flows checked: {flows}; "
+      f"retransmits {wan['retransmits']}/{lan['retransmits']}")
 PY
+    )
+    rc=$?
+    note "$1: $(tail -n 1 <<<"$out")"
+    echo "$out"
+    check "$1: WAN RTT within 2 ms or 5 % of ping ($WAN_PING ms), LAN RTT within 1 ms ($LAN_PING ms)" \
+        test "$rc" = 0
 }
 
 scenario_main() {
@@ -141,16 +155,23 @@ NFT
     after=$(nsx srv awk '/^Tcp:/ && ++n == 2 {print $13}' /proc/net/snmp)
     daemon_status >"$WORK/status-loss.json"
     note "sender (server) RetransSegs: $before -> $after"
-    check "retransmits counted at the router within 10 % of the sender's ($((after - before)))" \
-        $PY - "$WORK/status-loss.json" "$((after - before))" "$SRV4" <<'PY'
+    local out rc
+    out=$($PY - "$WORK/status-loss.json" "$((after - before))" "$SRV4" 2>&1 <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 sent, srv = int(sys.argv[2]), sys.argv[3]
 halves = [h for h in d["rtt"]["top"] if h["side"] == "lan" and h["src"] == srv + ":5201"]
+print(halves)
 seen = max(h["retransmits"] for h in halves)
-print("router:", seen, "sender:", sent, halves)
+print(f"router counted {seen} retransmits, the sender {sent}")
 assert sent >= 20, "netem loss made retransmits"
 assert abs(seen - sent) <= 0.1 * sent, (seen, sent)
 PY
+    )
+    rc=$?
+    note "$(tail -n 1 <<<"$out")"
+    echo "$out"
+    check "retransmits counted at the router within 10 % of the sender's ($((after - before)))" \
+        test "$rc" = 0
     daemon_stop
 }
