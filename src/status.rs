@@ -412,6 +412,8 @@ mod tests {
             median_us: median,
             p95_us: median.map(|m| m + 4000),
             samples,
+            packets: 100,
+            retransmits: 1,
         };
         let st = Status {
             interfaces: vec![InterfaceStatus {

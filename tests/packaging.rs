@@ -705,7 +705,8 @@ fn luci_status_view_renders_whatever_the_daemon_sends() {
         "lat.json",
         r#"{"version": "0.1.0", "offload": {"enabled": true},
             "interfaces": [{"name": "wan", "device": "wan0", "offload": true, "wan": true,
-              "rtt": {"wan": {"min_us": 40100, "median_us": 41000, "p95_us": 45000, "samples": 120},
+              "rtt": {"wan": {"min_us": 40100, "median_us": 41000, "p95_us": 45000, "samples": 120,
+                              "packets": 1000, "retransmits": 20},
                       "lan": {"min_us": null, "median_us": null, "p95_us": null, "samples": 0}}}],
             "flows": [{"proto": "tcp", "orig": "tcp 198.18.1.11:40000 -> 198.19.0.1:443",
               "bytes": 10, "packets_orig": 1, "packets_reply": 1,
@@ -720,7 +721,7 @@ fn luci_status_view_renders_whatever_the_daemon_sends() {
     );
     let text = render_status_view(&[lat.to_str().unwrap_or_default()]);
     assert!(
-        text.contains("wan (WAN)") && text.contains("40.1 / 41.0 / 45.0 ms (120)"),
+        text.contains("wan (WAN)") && text.contains("40.1 / 41.0 / 45.0 ms (120), 2% resent"),
         "{text}"
     );
     assert!(text.contains("40.5 ms / 5.20 ms"), "per connection: {text}");

@@ -579,7 +579,15 @@ impl Daemon {
 
     /// The status document, from the sections each module builds.
     fn status(&mut self) -> Status {
-        let interfaces = self.interface_status();
+        let halves = self
+            .net
+            .dp
+            .as_ref()
+            .filter(|d| d.rtt_enabled())
+            .map(Dataplane::rtt_halves)
+            .unwrap_or_default();
+        let totals = rtt::Totals::of(&halves);
+        let interfaces = self.interface_status(&totals);
         let shapers: Vec<&crate::status::ShaperStatus> = interfaces
             .iter()
             .filter_map(|i| i.shaper.as_ref())
@@ -587,7 +595,7 @@ impl Daemon {
         let mut circuits = qos::status::circuits_status(self.qos.circuits(), &shapers);
         let dp = self.net.dp.as_ref();
         if dp.is_some_and(Dataplane::rtt_enabled) {
-            let by_id = self.rtt.circuits(dp);
+            let by_id = self.rtt.circuits(dp, &totals);
             for c in &mut circuits {
                 let id = self.qos.circuit_id(&c.name);
                 c.rtt = Some(
@@ -629,7 +637,7 @@ impl Daemon {
             attach,
             interfaces,
             flows: self.flows.flow_status(table, &|c| rtt::flow_rtt(dp, c)),
-            rtt: self.rtt.status(dp),
+            rtt: self.rtt.status(dp, &halves),
             datapath: dp.map(Dataplane::stats).unwrap_or_default(),
             shaping: crate::status::ShapingStatus {
                 datapath: dp.map(Dataplane::shape_stats).unwrap_or_default(),
@@ -643,10 +651,10 @@ impl Daemon {
 
     /// The `interfaces` section: every configured interface, its device, what keeps it (partly)
     /// out of use, and its shapers.
-    fn interface_status(&mut self) -> Vec<InterfaceStatus> {
+    fn interface_status(&mut self, totals: &rtt::Totals) -> Vec<InterfaceStatus> {
         let mut out = Vec::new();
         let dp = self.net.dp.as_ref().filter(|d| d.rtt_enabled());
-        let mut rtt = self.rtt.interfaces(dp);
+        let mut rtt = self.rtt.interfaces(dp, totals);
         for i in &self.config.interfaces {
             out.push(InterfaceStatus {
                 name: i.name.clone(),

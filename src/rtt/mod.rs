@@ -58,16 +58,66 @@ pub struct SideRtt {
     pub p95_us: Option<u64>,
     /// Samples in the window.
     pub samples: u64,
+    /// Data packets the connections tracked now sent out on this side (their lifetime).
+    pub packets: u64,
+    /// How many of those were sent again (retransmits; reordering before the router too).
+    pub retransmits: u64,
 }
 
 impl SideRtt {
-    fn of(c: &[u64]) -> Self {
+    fn of(c: &[u64], sent: Sent) -> Self {
         Self {
             min_us: hist::quantile(c, 0.0),
             median_us: hist::quantile(c, 0.5),
             p95_us: hist::quantile(c, 0.95),
             samples: hist::total(c),
+            packets: sent.packets,
+            retransmits: sent.retransmits,
         }
+    }
+}
+
+/// Data packets and retransmits of a set of flow halves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Data packets seen leaving.
+    pub packets: u64,
+    /// Of which sent again.
+    pub retransmits: u64,
+}
+
+impl Sent {
+    fn add(&mut self, s: &abi::RttState) {
+        self.packets += u64::from(s.packets);
+        self.retransmits += u64::from(s.retrans);
+    }
+}
+
+/// What the halves tracked now sent, per (interface slot, WAN side) and per (circuit, WAN
+/// side): a half counts for the interface it leaves by and the one it came in by.
+#[derive(Debug, Default)]
+pub struct Totals {
+    slots: HashMap<(u8, bool), Sent>,
+    circuits: HashMap<(u32, bool), Sent>,
+}
+
+impl Totals {
+    /// Sums `halves`.
+    pub fn of(halves: &[(RttKey, abi::RttState)]) -> Self {
+        let mut t = Self::default();
+        for (_, s) in halves {
+            let wan = s.flags & abi::RTT_F_WAN != 0;
+            if s.slot_out != 0 {
+                t.slots.entry((s.slot_out, wan)).or_default().add(s);
+            }
+            if s.slot_in != 0 && s.slot_in != s.slot_out {
+                t.slots.entry((s.slot_in, wan)).or_default().add(s);
+            }
+            if s.circuit != 0 {
+                t.circuits.entry((s.circuit, wan)).or_default().add(s);
+            }
+        }
+        t
     }
 }
 
@@ -319,17 +369,30 @@ impl Monitor {
         Some((base, Snapshot::read(dp, Instant::now())))
     }
 
-    /// Per interface name, its summary over the window; `None` when RTT is off.
-    pub fn interfaces(&self, dp: Option<&Dataplane>) -> HashMap<String, RttSummary> {
+    /// Per interface name, its summary over the window (empty when RTT is off); `totals`
+    /// from the halves tracked now.
+    pub fn interfaces(
+        &self,
+        dp: Option<&Dataplane>,
+        totals: &Totals,
+    ) -> HashMap<String, RttSummary> {
         let Some((base, now)) = dp.filter(|d| d.rtt_enabled()).and_then(|d| self.window(d)) else {
             return HashMap::new();
         };
         let side = |slot: usize, wan: bool| {
             let i = slot * 2 + usize::from(wan);
+            let sent = u8::try_from(slot)
+                .ok()
+                .and_then(|s| totals.slots.get(&(s, wan)).copied())
+                .unwrap_or_default();
             match (now.slots.get(i), base.slots.get(i)) {
-                (Some(n), Some(b)) => SideRtt::of(&hist::diff(n, b)),
-                (Some(n), None) => SideRtt::of(n),
-                _ => SideRtt::default(),
+                (Some(n), Some(b)) => SideRtt::of(&hist::diff(n, b), sent),
+                (Some(n), None) => SideRtt::of(n, sent),
+                _ => SideRtt {
+                    packets: sent.packets,
+                    retransmits: sent.retransmits,
+                    ..Default::default()
+                },
             }
         };
         self.slots
@@ -348,7 +411,7 @@ impl Monitor {
     }
 
     /// Per circuit id, its summary over the window (circuits without samples are absent).
-    pub fn circuits(&self, dp: Option<&Dataplane>) -> HashMap<u16, RttSummary> {
+    pub fn circuits(&self, dp: Option<&Dataplane>, totals: &Totals) -> HashMap<u16, RttSummary> {
         let Some((base, now)) = dp.filter(|d| d.rtt_enabled()).and_then(|d| self.window(d)) else {
             return HashMap::new();
         };
@@ -361,18 +424,24 @@ impl Monitor {
                 Some(b) => hist::diff(counts, b),
                 None => counts.clone(),
             };
+            let wan = key & 1 == 1;
+            let sent = totals
+                .circuits
+                .get(&(u32::from(id), wan))
+                .copied()
+                .unwrap_or_default();
             let e = out.entry(id).or_default();
-            if key & 1 == 1 {
-                e.wan = SideRtt::of(&c);
+            if wan {
+                e.wan = SideRtt::of(&c, sent);
             } else {
-                e.lan = SideRtt::of(&c);
+                e.lan = SideRtt::of(&c, sent);
             }
         }
         out
     }
 
-    /// The `rtt` section.
-    pub fn status(&self, dp: Option<&Dataplane>) -> RttStatus {
+    /// The `rtt` section, from `halves` (the flow halves tracked now).
+    pub fn status(&self, dp: Option<&Dataplane>, halves: &[(RttKey, abi::RttState)]) -> RttStatus {
         let Some(dp) = dp.filter(|d| d.rtt_enabled()) else {
             return RttStatus {
                 window_s: WINDOW.as_secs(),
@@ -381,7 +450,6 @@ impl Monitor {
                 ..Default::default()
             };
         };
-        let halves = dp.rtt_halves();
         let RttCounters {
             samples,
             probes,
@@ -568,11 +636,12 @@ mod tests {
 
     #[test]
     fn a_side_without_samples_is_null_not_zero() {
-        let s = SideRtt::of(&vec![0; abi::RTT_BUCKETS]);
+        let s = SideRtt::of(&vec![0; abi::RTT_BUCKETS], Sent::default());
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"min_us": null, "median_us": null, "p95_us": null, "samples": 0})
+            serde_json::json!({"min_us": null, "median_us": null, "p95_us": null, "samples": 0,
+                               "packets": 0, "retransmits": 0})
         );
     }
 }

@@ -30,11 +30,14 @@ ping_ms() {
 }
 
 # transfer NAME ARGS...: a paced iperf3 transfer lan1 -> server (ARGS: -R for a download) of
-# 10 s; the daemon's status 7 s in, in $WORK/status-NAME.json.
+# 10 s from client port $CPORT (a new one each time: halves of earlier transfers stay in the
+# status for a while); the daemon's status 7 s in, in $WORK/status-NAME.json.
+CPORT=41000
 transfer() {
     local name=$1
     shift
-    nsx lan1 timeout 40 iperf3 -c "$SRV4" -p 5201 -t 10 -b 4M "$@" -J >"$WORK/iperf-$name.json" &
+    CPORT=$((CPORT + 1))
+    nsx lan1 timeout 40 iperf3 -c "$SRV4" -p 5201 --cport "$CPORT" -t 10 -b 4M "$@" -J >"$WORK/iperf-$name.json" &
     local pid=$!
     sleep 7
     daemon_status >"$WORK/status-$name.json"
@@ -44,18 +47,20 @@ transfer() {
 # check_rtt NAME: the transfer's WAN and LAN RTT against ping (WAN_PING, LAN_PING in ms).
 check_rtt() {
     local out rc
-    out=$($PY - "$WORK/status-$1.json" "$WAN_PING" "$LAN_PING" "$SRV4" 2>&1 <<'PY'
+    out=$($PY - "$WORK/status-$1.json" "$WAN_PING" "$LAN_PING" "$SRV4" "$CPORT" 2>&1 <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 wan_ping, lan_ping, srv = float(sys.argv[2]) * 1000, float(sys.argv[3]) * 1000, sys.argv[4]
+cport = sys.argv[5]
 r = d["rtt"]
 assert r["enabled"], r
-# The data connection's halves: the most sampled one towards the server (WAN side) and from
-# it (LAN side); the iperf3 control connection is the other.
-wan = max((h for h in r["top"] if h["side"] == "wan" and h["dst"] == srv + ":5201"),
-          key=lambda h: h["samples"])
-lan = max((h for h in r["top"] if h["side"] == "lan" and h["src"] == srv + ":5201"),
-          key=lambda h: h["samples"])
+# The data connection's halves: leaving by the WAN from the client's port (masquerade keeps
+# it here), and leaving by the LAN to it.
+wan = [h for h in r["top"] if h["side"] == "wan" and h["dst"] == srv + ":5201"
+       and h["src"].endswith(":" + cport)]
+lan = [h for h in r["top"] if h["side"] == "lan" and h["dst"].endswith(":" + cport)]
+assert wan and lan, ("the transfer's halves", cport, r["top"])
+wan, lan = wan[0], lan[0]
 print("WAN half", wan)
 print("LAN half", lan)
 assert abs(wan["min_us"] - wan_ping) <= max(2000, 0.05 * wan_ping), ("WAN", wan["min_us"], wan_ping)
@@ -151,16 +156,18 @@ NFT
     daemon_start rtr "$(rtt_config 1)"
     local before after
     before=$(nsx srv awk '/^Tcp:/ && ++n == 2 {print $13}' /proc/net/snmp)
-    nsx lan1 timeout 60 iperf3 -c "$SRV4" -p 5201 -t 15 -b 8M -R -J >"$WORK/iperf-loss.json" || true
+    CPORT=$((CPORT + 1))
+    nsx lan1 timeout 60 iperf3 -c "$SRV4" -p 5201 --cport "$CPORT" -t 15 -b 8M -R -J >"$WORK/iperf-loss.json" || true
     after=$(nsx srv awk '/^Tcp:/ && ++n == 2 {print $13}' /proc/net/snmp)
     daemon_status >"$WORK/status-loss.json"
     note "sender (server) RetransSegs: $before -> $after"
     local out rc
-    out=$($PY - "$WORK/status-loss.json" "$((after - before))" "$SRV4" 2>&1 <<'PY'
+    out=$($PY - "$WORK/status-loss.json" "$((after - before))" "$SRV4" "$CPORT" 2>&1 <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-sent, srv = int(sys.argv[2]), sys.argv[3]
-halves = [h for h in d["rtt"]["top"] if h["side"] == "lan" and h["src"] == srv + ":5201"]
+sent, srv, cport = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+halves = [h for h in d["rtt"]["top"] if h["side"] == "lan" and h["src"] == srv + ":5201"
+          and h["dst"].endswith(":" + cport)]
 print(halves)
 seen = max(h["retransmits"] for h in halves)
 print(f"router counted {seen} retransmits, the sender {sent}")

@@ -76,7 +76,10 @@ function rttText(side) {
 		return '?';
 	});
 
-	return '%s / %s / %s ms (%s)'.format(parts[0], parts[1], parts[2], count(side.samples));
+	var text = '%s / %s / %s ms (%s)'.format(parts[0], parts[1], parts[2], count(side.samples));
+	if (num(side.packets))
+		text += ', %s %s'.format(percent(side.retransmits, side.packets), _('resent'));
+	return text;
 }
 
 // A connection's latency ({wan_us, lan_us, ...}) as "WAN / LAN".
