@@ -824,13 +824,14 @@ fn rtt_cost(dev: &[u32], bench: Object) {
         total += b;
         parts.push(format!("{name} {} KiB", b / 1024));
     }
-    let per_half = memlock(&on.obj, abi::RTT4_MAP) as f64 / f64::from(abi::RTT_FLOWS);
+    let per4 = memlock(&on.obj, abi::RTT4_MAP) as f64 / f64::from(abi::RTT_FLOWS);
+    let per6 = memlock(&on.obj, abi::RTT6_MAP) as f64 / f64::from(abi::RTT_FLOWS);
     println!(
-        "RTT maps' memory (memlock): {} KiB in all: {}; preallocated, so the same at 64k flows \
-         (the LRU then keeps the {} most recently active halves per family, {:.0} bytes each)",
+        "RTT maps' memory (memlock): {} KiB in all: {}; fixed arrays, so the same at 64k flows \
+         ({} slots per family, {per4:.0} bytes per IPv4 half, {per6:.0} per IPv6 half; more \
+         halves than slots: the newcomers wait for idle slots)",
         total / 1024,
         parts.join(", "),
         abi::RTT_FLOWS,
-        per_half
     );
 }

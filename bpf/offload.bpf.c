@@ -777,6 +777,16 @@ static __always_inline __u32 rtt_circuit(int ipv6, const union rtt_key *k,
 	return lan_circuit(ipv6, ipv6 ? k->k6.saddr : &k->k4.saddr);
 }
 
+/* The seed of the halves' hash (bpfqos_abi.h): the flow tables' first. */
+static __always_inline __u32 rtt_seed(void)
+{
+	struct bpfqos_control *ctl;
+	__u32 zero = 0;
+
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	return ctl ? ctl->seed[0] : 0;
+}
+
 __noinline int bpfqos_rtt_arrival(struct rtt_pkt *p)
 {
 	struct bpfqos_rtt_state *s;
@@ -785,7 +795,7 @@ __noinline int bpfqos_rtt_arrival(struct rtt_pkt *p)
 
 	if (!p || !p->t.valid)
 		return 0;
-	s = rtt_answered(p, &k, &us);
+	s = rtt_answered(p, &k, rtt_seed(), &us);
 	if (!s)
 		return 0;
 	/*
@@ -809,26 +819,28 @@ __noinline int bpfqos_rtt_departure(struct rtt_pkt *p, __u32 out_ifindex,
 {
 	struct bpfqos_rtt_state *s;
 	struct bpfqos_iface *o, *i;
+	__u64 now = coarse_now();
+	__u32 wan, first;
 	union rtt_key k;
-	__u32 wan;
 
 	if (!p || !p->t.valid)
 		return 0;
 	rtt_key_of(p, &k);
-	s = rtt_half(p->ipv6, &k);
+	s = rtt_half(p->ipv6, &k, rtt_seed(), &first);
 	if (!s) {
 		if (!rtt_worth_a_half(&p->t))
 			return 0;
 		o = iface_cfg(out_ifindex);
 		i = iface_cfg(in_ifindex);
 		wan = o && (o->flags & BPFQOS_IFACE_F_WAN);
-		s = rtt_new_half(p->ipv6, &k, out_ifindex, o ? o->rtt_slot : 0,
+		s = rtt_new_half(p->ipv6, &k, first, (__u32)(now >> 30),
+				 out_ifindex, o ? o->rtt_slot : 0,
 				 i ? i->rtt_slot : 0, wan,
 				 rtt_circuit(p->ipv6, &k, wan));
 		if (!s)
 			return 0;
 	}
-	rtt_departure(s, &p->t, coarse_now());
+	rtt_departure(s, &p->t, now);
 	return 0;
 }
 

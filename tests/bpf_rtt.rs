@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bpfqos::dataplane::abi;
+use bpfqos::dataplane::rtt::RttKey;
 use bpfqos::rtt::hist;
 use common::bpf::run_tc;
 use common::bpf::run_xdp;
@@ -282,44 +283,42 @@ fn run_egress(obj: &mut Object, frame: &[u8], ifindex: u32, ingress: u32) -> u32
         .return_value
 }
 
-fn rtt_key(t: &Tuple) -> (&'static str, Vec<u8>) {
-    match (t.src, t.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (
-            abi::RTT4_MAP,
-            abi::bytes_of(&abi::RttKey4 {
-                saddr: abi::ip4(s),
-                daddr: abi::ip4(d),
-                sport: t.sport.to_be(),
-                dport: t.dport.to_be(),
-            })
-            .to_vec(),
-        ),
-        (IpAddr::V6(s), IpAddr::V6(d)) => (
-            abi::RTT6_MAP,
-            abi::bytes_of(&abi::RttKey6 {
-                saddr: abi::ip6(s),
-                daddr: abi::ip6(d),
-                sport: t.sport.to_be(),
-                dport: t.dport.to_be(),
-            })
-            .to_vec(),
-        ),
-        _ => panic!("mixed"),
-    }
+/// The slot of the half of packets leaving with tuple `t`, found the data path's way (the
+/// hash of bpfqos_abi.h over the key, seeded with the test's seed): (map, index, state).
+fn find(obj: &Object, t: &Tuple) -> Option<(&'static str, u32, abi::RttState)> {
+    let key = RttKey::new(t.src, t.sport, t.dst, t.dport).unwrap();
+    let (map, v6) = match key {
+        RttKey::V4(_) => (abi::RTT4_MAP, false),
+        RttKey::V6(_) => (abi::RTT6_MAP, true),
+    };
+    let first = key.bucket(common::frames::TEST_SEED[0]);
+    (first..first + 2).find_map(|i| {
+        let v = find_map(obj, map)
+            .lookup(&i.to_ne_bytes(), MapFlags::ANY)
+            .unwrap()?;
+        let (k, s) = if v6 {
+            let x = abi::from_bytes::<abi::RttSlot6>(&v).unwrap();
+            (RttKey::V6(x.key), x.s)
+        } else {
+            let x = abi::from_bytes::<abi::RttSlot4>(&v).unwrap();
+            (RttKey::V4(x.key), x.s)
+        };
+        (s.flags & abi::RTT_F_USED != 0 && k == key).then_some((map, i, s))
+    })
 }
 
 /// The half of packets leaving with tuple `t`.
 fn half(obj: &Object, t: &Tuple) -> Option<abi::RttState> {
-    let (map, k) = rtt_key(t);
-    find_map(obj, map)
-        .lookup(&k, MapFlags::ANY)
-        .unwrap()
-        .map(|v| abi::from_bytes(&v).unwrap())
+    find(obj, t).map(|(_, _, s)| s)
 }
 
+/// Frees the half's slot, as the daemon does.
 fn forget(obj: &Object, t: &Tuple) {
-    let (map, k) = rtt_key(t);
-    let _ = find_map(obj, map).delete(&k);
+    if let Some((map, i, _)) = find(obj, t) {
+        let m = find_map(obj, map);
+        let zero = vec![0u8; m.value_size() as usize];
+        m.update(&i.to_ne_bytes(), &zero, MapFlags::ANY).unwrap();
+    }
 }
 
 fn gap() {
@@ -762,4 +761,52 @@ fn rtt_is_measured_with_offload_off_and_nothing_is_measured_with_rtt_off() {
     );
     rig.arrive(wan, &p, &d.s2w(), ack(11).ts(2, 5));
     assert_eq!(rig.half(&d.w2s).unwrap().samples, 1);
+}
+
+#[test]
+fn a_full_pair_of_slots_refuses_a_third_half_until_one_is_idle() {
+    let Some(mut rig) = Rig::new(
+        "a_full_pair_of_slots_refuses_a_third_half_until_one_is_idle",
+        true,
+    ) else {
+        return;
+    };
+    let (lan, wan, p) = (rig.lan, rig.wan, Encap::plain());
+    // Three tuples whose halves hash to the same pair of slots (bounded search).
+    let base = Conn::new(false).w2s;
+    let bucket = |t: &Tuple| {
+        RttKey::new(t.src, t.sport, t.dst, t.dport)
+            .unwrap()
+            .bucket(common::frames::TEST_SEED[0])
+    };
+    let want = bucket(&base);
+    let mut same = vec![base];
+    for sport in 1u16..=u16::MAX {
+        let t = Tuple { sport, ..base };
+        if sport != base.sport && bucket(&t) == want {
+            same.push(t);
+            if same.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(same.len(), 3, "three colliding tuples among 65535 ports");
+    rig.out(wan, lan, &p, &same[0], seg(1, 10).ts(1, 1));
+    rig.out(wan, lan, &p, &same[1], seg(1, 10).ts(1, 1));
+    let no_room = rig.stat(abi::RttStat::BPFQOS_RTT_STAT_NO_ROOM);
+    rig.out(wan, lan, &p, &same[2], seg(1, 10).ts(1, 1));
+    assert!(rig.half(&same[0]).is_some() && rig.half(&same[1]).is_some());
+    assert!(rig.half(&same[2]).is_none(), "both slots busy: no half");
+    assert_eq!(rig.stat(abi::RttStat::BPFQOS_RTT_STAT_NO_ROOM), no_room + 1);
+    // The first half goes idle (its last packet long ago): the newcomer takes its slot.
+    let (map, i, mut s) = find(&rig.env.obj, &same[0]).unwrap();
+    s.seen = s.seen.wrapping_sub(10);
+    let m = find_map(&rig.env.obj, map);
+    let mut v = m.lookup(&i.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+    let off = std::mem::offset_of!(abi::RttSlot4, s);
+    v[off..off + std::mem::size_of::<abi::RttState>()].copy_from_slice(abi::bytes_of(&s));
+    m.update(&i.to_ne_bytes(), &v, MapFlags::ANY).unwrap();
+    rig.out(wan, lan, &p, &same[2], seg(1, 10).ts(1, 1));
+    assert!(rig.half(&same[2]).is_some(), "the idle slot was taken");
+    assert!(rig.half(&same[0]).is_none() && rig.half(&same[1]).is_some());
 }

@@ -403,8 +403,18 @@ enum bpfqos_shape_stat {
  * its packets carry on that wire (after NAT), so that the answers, which
  * arrive on the same wire, find it by their reversed tuple whatever NAT did
  * in between; each direction arrives on one side only, so the tuple alone
- * tells the halves apart. LRU hashes: a full map forgets the least recently
- * used halves. `ifindex` is the device the half leaves by (informational).
+ * tells the halves apart.
+ *
+ * The halves live in two-way set-associative arrays (`rtt4`, `rtt6`, slots
+ * of key + state): a key may sit in slot b or b + 1, b the even index
+ *   h = seed[0]; for each 32-bit word w of the key (native-endian loads of
+ *   its bytes: 3 for IPv4, 9 for IPv6): h = (h ^ w) * BPFQOS_RTT_HASH_MUL;
+ *   h ^= h >> 16; b = (h & (BPFQOS_RTT_FLOWS / 2 - 1)) * 2
+ * (seed: the flow tables' first seed word, in `control`). Array lookups are
+ * inlined by the verifier: no hash-map helper call per packet. A new half
+ * takes a free slot of its pair or one idle for BPFQOS_RTT_IDLE_S; with both
+ * busy it is not made (fewer samples). A slot is free when its state lacks
+ * BPFQOS_RTT_F_USED; user space frees one by zeroing it.
  */
 struct bpfqos_rtt4_key {
 	__be32 saddr;
@@ -421,8 +431,10 @@ struct bpfqos_rtt6_key {
 };
 
 enum bpfqos_rtt_consts {
-	BPFQOS_RTT_FLOWS = 16384, /* halves per family (LRU) */
-	BPFQOS_RTT_SLOTS = 64,	  /* interface slots, 1..63 used */
+	BPFQOS_RTT_FLOWS = 16384, /* slots per family (two per bucket) */
+	BPFQOS_RTT_HASH_MUL = 0x9E3779B1,
+	BPFQOS_RTT_IDLE_S = 3, /* in `seen` units (~1.07 s): a slot to reuse */
+	BPFQOS_RTT_SLOTS = 64, /* interface slots, 1..63 used */
 	BPFQOS_RTT_SUB_BITS = 3,  /* 8 buckets per octave (~9 % wide) */
 	BPFQOS_RTT_BUCKETS = 160, /* 0..15 µs exact, then up to ~4.2 s */
 	BPFQOS_RTT_CIRCUIT_HISTS = 4096, /* (circuit, side) histograms */
@@ -435,6 +447,7 @@ enum bpfqos_rtt_flags {
 	BPFQOS_RTT_F_KARN = 1 << 2,	 /* its range was sent again */
 	BPFQOS_RTT_F_SEQ_VALID = 1 << 3, /* max_seq holds a value */
 	BPFQOS_RTT_F_TS_VALID = 1 << 4,	 /* last_tsval holds a value */
+	BPFQOS_RTT_F_USED = 1 << 5,	 /* the slot holds a half */
 };
 
 /*
@@ -460,6 +473,17 @@ struct bpfqos_rtt_state {
 	__u8 slot_out; /* rtt_slot of the interface it leaves by (0: none) */
 	__u8 slot_in;  /* rtt_slot of the interface it came in by */
 	__u16 flags;   /* enum bpfqos_rtt_flags */
+};
+
+/* A slot of `rtt4` / `rtt6`. */
+struct bpfqos_rtt4_slot {
+	struct bpfqos_rtt4_key key;
+	struct bpfqos_rtt_state s;
+};
+
+struct bpfqos_rtt6_slot {
+	struct bpfqos_rtt6_key key;
+	struct bpfqos_rtt_state s;
 };
 
 /* Per-CPU event counters of the RTT code (`rtt_stats`). */
@@ -513,6 +537,8 @@ struct bpfqos_btf_anchor {
 	enum bpfqos_rtt_stat rtt_stat;
 	struct bpfqos_rtt_state rtt_state;
 	struct bpfqos_rtt_hist rtt_hist;
+	struct bpfqos_rtt4_slot rtt4_slot;
+	struct bpfqos_rtt6_slot rtt6_slot;
 };
 
 /*
@@ -541,6 +567,9 @@ _Static_assert(BPFQOS_CIRCUIT_MINOR_BASE + BPFQOS_MAX_CIRCUITS <= 0xffff,
 _Static_assert(sizeof(struct bpfqos_rtt4_key) == 12, "rtt4 key layout");
 _Static_assert(sizeof(struct bpfqos_rtt6_key) == 36, "rtt6 key layout");
 _Static_assert(sizeof(struct bpfqos_rtt_state) == 60, "rtt state layout");
+_Static_assert(sizeof(struct bpfqos_rtt4_slot) == 72 &&
+		       sizeof(struct bpfqos_rtt6_slot) == 96,
+	       "rtt slot layouts");
 _Static_assert(BPFQOS_RTT_BUCKETS == (21 - BPFQOS_RTT_SUB_BITS + 2)
 					     << BPFQOS_RTT_SUB_BITS,
 	       "buckets reach 2^22 us");

@@ -40,18 +40,19 @@
 
 #include "bpfqos_abi.h"
 
+/* Two-way set-associative tables of halves (see bpfqos_abi.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BPFQOS_RTT_FLOWS);
-	__type(key, struct bpfqos_rtt4_key);
-	__type(value, struct bpfqos_rtt_state);
+	__type(key, __u32);
+	__type(value, struct bpfqos_rtt4_slot);
 } rtt4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BPFQOS_RTT_FLOWS);
-	__type(key, struct bpfqos_rtt6_key);
-	__type(value, struct bpfqos_rtt_state);
+	__type(key, __u32);
+	__type(value, struct bpfqos_rtt6_slot);
 } rtt6 SEC(".maps");
 
 /* Per (interface slot, side): index slot * 2 + (WAN side). */
@@ -206,7 +207,7 @@ static __always_inline __u32 rtt_ticks_to_us(__u32 t)
  * octave (bucket = (e - 2) * 8 + the 3 bits below the top one, e = its top
  * bit), the last one holding everything from ~3.9 s on.
  */
-static __always_inline __u32 rtt_bucket(__u32 us)
+static __always_inline __u32 rtt_hist_bucket(__u32 us)
 {
 	__u32 e = 0, v = us, b;
 
@@ -256,7 +257,7 @@ static __always_inline void rtt_slot_add(__u32 slot, __u32 wan, __u32 b)
 static __always_inline void rtt_sample(struct bpfqos_rtt_state *s, __u32 us)
 {
 	struct bpfqos_rtt_hist *h;
-	__u32 b = rtt_bucket(us), key;
+	__u32 b = rtt_hist_bucket(us), key;
 	__u32 wan = s->flags & BPFQOS_RTT_F_WAN ? 1 : 0;
 
 	s->last_us = us;
@@ -295,11 +296,80 @@ static __always_inline void rtt_sample(struct bpfqos_rtt_state *s, __u32 us)
 	}
 }
 
-/* The half named by key (IPv6 or not), if it exists. */
-static __always_inline struct bpfqos_rtt_state *rtt_half(int ipv6,
-							 union rtt_key *key)
+/* The first slot of the pair key k may sit in (the hash of bpfqos_abi.h). */
+static __always_inline __u32 rtt_bucket(int ipv6, const union rtt_key *k,
+					__u32 seed)
 {
-	return bpf_map_lookup_elem(ipv6 ? (void *)&rtt6 : (void *)&rtt4, key);
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = seed;
+
+	h = (h ^ w[0]) * BPFQOS_RTT_HASH_MUL;
+	h = (h ^ w[1]) * BPFQOS_RTT_HASH_MUL;
+	h = (h ^ w[2]) * BPFQOS_RTT_HASH_MUL;
+	if (ipv6) {
+		h = (h ^ w[3]) * BPFQOS_RTT_HASH_MUL;
+		h = (h ^ w[4]) * BPFQOS_RTT_HASH_MUL;
+		h = (h ^ w[5]) * BPFQOS_RTT_HASH_MUL;
+		h = (h ^ w[6]) * BPFQOS_RTT_HASH_MUL;
+		h = (h ^ w[7]) * BPFQOS_RTT_HASH_MUL;
+		h = (h ^ w[8]) * BPFQOS_RTT_HASH_MUL;
+	}
+	h ^= h >> 16;
+	return (h & (BPFQOS_RTT_FLOWS / 2 - 1)) * 2;
+}
+
+static __always_inline int rtt_key_eq(int ipv6, const void *slot_key,
+				      const union rtt_key *k)
+{
+	const __u32 *a = slot_key, *b = (const __u32 *)k;
+
+	if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2])
+		return 0;
+	if (!ipv6)
+		return 1;
+	return a[3] == b[3] && a[4] == b[4] && a[5] == b[5] && a[6] == b[6] &&
+	       a[7] == b[7] && a[8] == b[8];
+}
+
+/* Slot i of the family's table: its key and state. */
+static __always_inline void *rtt_slot(int ipv6, __u32 i,
+				      struct bpfqos_rtt_state **s)
+{
+	if (ipv6) {
+		struct bpfqos_rtt6_slot *x = bpf_map_lookup_elem(&rtt6, &i);
+
+		if (!x)
+			return NULL;
+		*s = &x->s;
+		return &x->key;
+	} else {
+		struct bpfqos_rtt4_slot *x = bpf_map_lookup_elem(&rtt4, &i);
+
+		if (!x)
+			return NULL;
+		*s = &x->s;
+		return &x->key;
+	}
+}
+
+/* The half with key k, if there is one; *first: its pair's first slot. */
+static __always_inline struct bpfqos_rtt_state *
+rtt_half(int ipv6, const union rtt_key *k, __u32 seed, __u32 *first)
+{
+	struct bpfqos_rtt_state *s = NULL;
+	__u32 i = rtt_bucket(ipv6, k, seed);
+	void *key;
+
+	*first = i;
+	key = rtt_slot(ipv6, i, &s);
+	if (key && s && (s->flags & BPFQOS_RTT_F_USED) &&
+	    rtt_key_eq(ipv6, key, k))
+		return s;
+	key = rtt_slot(ipv6, i + 1, &s);
+	if (key && s && (s->flags & BPFQOS_RTT_F_USED) &&
+	    rtt_key_eq(ipv6, key, k))
+		return s;
+	return NULL;
 }
 
 /*
@@ -309,10 +379,11 @@ static __always_inline struct bpfqos_rtt_state *rtt_half(int ipv6,
  * NULL otherwise.
  */
 static __always_inline struct bpfqos_rtt_state *
-rtt_answered(const struct rtt_pkt *p, union rtt_key *k, __u32 *us)
+rtt_answered(const struct rtt_pkt *p, union rtt_key *k, __u32 seed, __u32 *us)
 {
 	const struct rtt_tcp *t = &p->t;
 	struct bpfqos_rtt_state *s;
+	__u32 first;
 
 	if (p->ipv6) {
 		__builtin_memcpy(k->k6.saddr, p->daddr, 16);
@@ -325,7 +396,7 @@ rtt_answered(const struct rtt_pkt *p, union rtt_key *k, __u32 *us)
 		k->k4.sport = p->dport;
 		k->k4.dport = p->sport;
 	}
-	s = rtt_half(p->ipv6, k);
+	s = rtt_half(p->ipv6, k, seed, &first);
 	if (!s || !s->t_sent)
 		return NULL;
 	if (s->flags & BPFQOS_RTT_F_PROBE_TS) {
@@ -389,32 +460,46 @@ static __always_inline void rtt_pkt_of(struct rtt_pkt *r, const __be32 *saddr,
 }
 
 /*
- * Makes the half of a packet leaving with key k. The caller found none and
- * passes what only it knows: the slots, side and circuit. NULL when the map
- * has no room (an LRU map makes room; a failure is counted).
+ * Makes the half of a packet leaving with key k in the pair starting at
+ * `first` (the caller found none there): in a free slot, or one whose half
+ * has been idle for BPFQOS_RTT_IDLE_S. The caller passes what only it knows:
+ * the slots, side and circuit. NULL when both slots are busy (counted).
+ * Two CPUs making halves in the same slot at once may mix them: the race is
+ * as rare as the collision, and costs at most a wrong sample.
  */
 static __always_inline struct bpfqos_rtt_state *
-rtt_new_half(int ipv6, union rtt_key *k, __u32 ifindex, __u8 slot_out,
-	     __u8 slot_in, __u32 wan, __u32 circuit)
+rtt_new_half(int ipv6, const union rtt_key *k, __u32 first, __u32 seen,
+	     __u32 ifindex, __u8 slot_out, __u8 slot_in, __u32 wan,
+	     __u32 circuit)
 {
-	struct bpfqos_rtt_state s = {};
+	struct bpfqos_rtt_state *s = NULL;
+	void *key = rtt_slot(ipv6, first, &s);
 
-	s.ifindex = ifindex;
-	s.slot_out = slot_out;
-	s.slot_in = slot_in;
-	s.circuit = circuit;
-	s.flags = wan ? BPFQOS_RTT_F_WAN : 0;
-	if (bpf_map_update_elem(ipv6 ? (void *)&rtt6 : (void *)&rtt4, k, &s,
-				BPF_NOEXIST)) {
-		/* Another CPU made it first, or no room. */
-		struct bpfqos_rtt_state *got = rtt_half(ipv6, k);
-
-		if (!got)
+	if (!key || !s ||
+	    ((s->flags & BPFQOS_RTT_F_USED) &&
+	     seen - s->seen < BPFQOS_RTT_IDLE_S)) {
+		key = rtt_slot(ipv6, first + 1, &s);
+		if (!key || !s ||
+		    ((s->flags & BPFQOS_RTT_F_USED) &&
+		     seen - s->seen < BPFQOS_RTT_IDLE_S)) {
 			rtt_stat_inc(BPFQOS_RTT_STAT_NO_ROOM);
-		return got;
+			return NULL;
+		}
 	}
+	/* The state first, the key and the USED flag last. */
+	__builtin_memset(s, 0, sizeof(*s));
+	s->ifindex = ifindex;
+	s->slot_out = slot_out;
+	s->slot_in = slot_in;
+	s->circuit = circuit;
+	s->seen = seen;
+	if (ipv6)
+		__builtin_memcpy(key, &k->k6, sizeof(k->k6));
+	else
+		__builtin_memcpy(key, &k->k4, sizeof(k->k4));
+	s->flags = BPFQOS_RTT_F_USED | (wan ? BPFQOS_RTT_F_WAN : 0);
 	rtt_stat_inc(BPFQOS_RTT_STAT_HALVES);
-	return rtt_half(ipv6, k);
+	return s;
 }
 
 /*

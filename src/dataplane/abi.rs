@@ -50,9 +50,9 @@ pub const SHAPE_RETURN_PROG: &str = "bpfqos_dl_back";
 pub const UP_CLASSIFY_PROG: &str = "bpfqos_up_classify";
 /// TC-egress program of every lowest device the data path runs on: times departures (RTT).
 pub const RTT_OUT_PROG: &str = "bpfqos_rtt_out";
-/// `LRU_HASH` of [`RttKey4`] → [`RttState`]: IPv4 flow halves.
+/// `ARRAY[RTT_FLOWS]` of [`RttSlot4`]: IPv4 flow halves, two-way set-associative.
 pub const RTT4_MAP: &str = "rtt4";
-/// `LRU_HASH` of [`RttKey6`] → [`RttState`]: IPv6 flow halves.
+/// `ARRAY[RTT_FLOWS]` of [`RttSlot6`]: IPv6 flow halves.
 pub const RTT6_MAP: &str = "rtt6";
 /// `ARRAY[2 * RTT_SLOTS]` of [`RttHist`]: per interface slot and side (`slot * 2 + wan`).
 pub const RTT_HIST_MAP: &str = "rtt_hist";
@@ -160,6 +160,14 @@ pub type RttKey4 = types::bpfqos_rtt4_key;
 pub type RttKey6 = types::bpfqos_rtt6_key;
 /// A flow half's RTT state (`struct bpfqos_rtt_state`).
 pub type RttState = types::bpfqos_rtt_state;
+/// A slot of `rtt4` (`struct bpfqos_rtt4_slot`).
+pub type RttSlot4 = types::bpfqos_rtt4_slot;
+/// A slot of `rtt6` (`struct bpfqos_rtt6_slot`).
+pub type RttSlot6 = types::bpfqos_rtt6_slot;
+/// The multiplier of the halves' hash (`BPFQOS_RTT_HASH_MUL`).
+pub const RTT_HASH_MUL: u32 = types::bpfqos_rtt_consts::BPFQOS_RTT_HASH_MUL.0;
+/// `rtt_state.flags`: the slot holds a half.
+pub const RTT_F_USED: u16 = types::bpfqos_rtt_flags::BPFQOS_RTT_F_USED.0 as u16;
 /// A log-scale RTT histogram (`struct bpfqos_rtt_hist`).
 pub type RttHist = types::bpfqos_rtt_hist;
 /// Index into the `rtt_stats` map (`enum bpfqos_rtt_stat`).
@@ -238,6 +246,10 @@ unsafe impl Pod for RttKey6 {}
 unsafe impl Pod for RttState {}
 // SAFETY: see above.
 unsafe impl Pod for RttHist {}
+// SAFETY: see above.
+unsafe impl Pod for RttSlot4 {}
+// SAFETY: see above.
+unsafe impl Pod for RttSlot6 {}
 // SAFETY: see above.
 unsafe impl Pod for FlowKey4 {}
 // SAFETY: see above.

@@ -85,11 +85,29 @@ impl RttKey {
         }
     }
 
-    fn from_bytes(b: &[u8]) -> Option<Self> {
-        abi::from_bytes::<abi::RttKey4>(b)
-            .map(RttKey::V4)
-            .or_else(|| abi::from_bytes::<abi::RttKey6>(b).map(RttKey::V6))
+    /// The first slot of the pair the key may sit in: the data path's `rtt_bucket()` (the
+    /// hash is specified in `bpfqos_abi.h`).
+    pub fn bucket(&self, seed: u32) -> u32 {
+        let mut h = seed;
+        for w in self.bytes().chunks_exact(4) {
+            let w = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+            h = (h ^ w).wrapping_mul(abi::RTT_HASH_MUL);
+        }
+        h ^= h >> 16;
+        (h & (abi::RTT_FLOWS / 2 - 1)) * 2
     }
+}
+
+/// A slot read from a table: its key (if any) and state.
+fn slot_of(ipv6: bool, v: &[u8]) -> Option<(RttKey, abi::RttState)> {
+    let (k, s) = if ipv6 {
+        let x = abi::from_bytes::<abi::RttSlot6>(v)?;
+        (RttKey::V6(x.key), x.s)
+    } else {
+        let x = abi::from_bytes::<abi::RttSlot4>(v)?;
+        (RttKey::V4(x.key), x.s)
+    };
+    (s.flags & abi::RTT_F_USED != 0).then_some((k, s))
 }
 
 /// The RTT code's counters, summed over CPUs.
@@ -110,40 +128,52 @@ pub struct RttCounters {
 }
 
 /// Entries fetched per `bpf_map_lookup_batch` call.
-const BATCH: u32 = 256;
+const BATCH: u32 = 1024;
 
 impl Dataplane {
-    /// The half named by `key`, if the data path keeps one.
-    pub fn rtt_half(&self, key: &RttKey) -> Option<abi::RttState> {
+    /// The half named by `key`, if the data path keeps one (and its slot).
+    fn rtt_find(&self, key: &RttKey) -> Option<(u32, abi::RttState)> {
         let map = self.object.map(key.map()).ok()?;
-        let v = map.lookup(key.bytes(), MapFlags::ANY).ok()??;
-        abi::from_bytes(&v)
+        let first = key.bucket(self.tables.borrow().seed()[0]);
+        let v6 = matches!(key, RttKey::V6(_));
+        (first..first + 2).find_map(|i| {
+            let v = map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok()??;
+            let (k, s) = slot_of(v6, &v)?;
+            (k == *key).then_some((i, s))
+        })
     }
 
-    /// Every flow half of both families (batched reads; an unreadable map reads as empty).
+    /// The half named by `key`, if the data path keeps one.
+    pub fn rtt_half(&self, key: &RttKey) -> Option<abi::RttState> {
+        self.rtt_find(key).map(|(_, s)| s)
+    }
+
+    /// Every flow half of both families (batched reads of the slot tables; an unreadable map
+    /// reads as empty).
     pub fn rtt_halves(&self) -> Vec<(RttKey, abi::RttState)> {
         let mut out = Vec::new();
-        for name in [abi::RTT4_MAP, abi::RTT6_MAP] {
+        for (name, v6) in [(abi::RTT4_MAP, false), (abi::RTT6_MAP, true)] {
             let Ok(map) = self.object.map(name) else {
                 continue;
             };
             let Ok(iter) = map.lookup_batch(BATCH, MapFlags::ANY, MapFlags::ANY) else {
                 continue;
             };
-            for (k, v) in iter {
-                if let (Some(k), Some(v)) = (RttKey::from_bytes(&k), abi::from_bytes(&v)) {
-                    out.push((k, v));
-                }
-            }
+            out.extend(iter.filter_map(|(_, v)| slot_of(v6, &v)));
         }
         out
     }
 
-    /// Forgets flow halves (gone from the map already: nothing to do).
+    /// Forgets flow halves (gone already: nothing to do): their slots are zeroed, free for
+    /// new halves.
     pub fn rtt_forget(&self, keys: &[RttKey]) {
         for k in keys {
+            let Some((i, _)) = self.rtt_find(k) else {
+                continue;
+            };
             if let Ok(map) = self.object.map(k.map()) {
-                let _ = map.delete(k.bytes());
+                let zero = vec![0u8; map.value_size() as usize];
+                let _ = map.update(&i.to_ne_bytes(), &zero, MapFlags::ANY);
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The data path's log-scale RTT histograms (`struct bpfqos_rtt_hist`, filled by
-//! `rtt_bucket()` in `bpf/include/rtt.h`) as numbers: bucket bounds, differences between two
+//! `rtt_hist_bucket()` in `bpf/include/rtt.h`) as numbers: bucket bounds, differences between two
 //! reads (a sliding window), quantiles.
 //!
 //! Buckets: one per microsecond below 16 µs, then `2^RTT_SUB_BITS` per octave: bucket
@@ -28,7 +28,7 @@ pub fn upper_us(b: usize) -> u64 {
     lower_us(b + 1)
 }
 
-/// The bucket the data path puts `us` in (its `rtt_bucket()`, for tests and tools).
+/// The bucket the data path puts `us` in (its `rtt_hist_bucket()`, for tests and tools).
 pub fn bucket_of(us: u32) -> usize {
     if us < 16 {
         return us as usize;

@@ -6,8 +6,9 @@
 //! The data path keeps cumulative histograms; [`Monitor`] reads them every
 //! [`SNAPSHOT_EVERY`] and reports the difference between now and the read closest to
 //! [`WINDOW`] ago (or the first one, just after start). Its other job is housekeeping: flow
-//! halves nobody sent on for [`STALE_AFTER`] are deleted (the LRU would also evict them, but
-//! only under pressure), and it decides which devices belong to which interface slot.
+//! halves nobody sent on for [`STALE_AFTER`] are deleted (the data path would also reuse their
+//! slots, but only when a new half collides with them), and it decides which devices belong
+//! to which interface slot.
 //!
 //! Sides: a sample timed on a WAN-facing device (`option wan`; by default an interface that
 //! is shaped or whose L3 device holds a default route) is a WAN-side RTT (router → Internet host → router), any other a LAN-side RTT
