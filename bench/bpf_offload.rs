@@ -694,24 +694,22 @@ fn ts_frame(e: &Encap, t: &Tuple, tsval: u32) -> Vec<u8> {
     opts.extend(7u32.to_be_bytes());
     let mut ip = Vec::new();
     let payload = [0u8; 18];
+    macro_rules! tcp {
+        ($b:expr) => {
+            $b.tcp(t.sport, t.dport, 1000, 64240)
+                .ack(1)
+                .options_raw(&opts)
+                .unwrap()
+                .write(&mut ip, &payload)
+                .unwrap()
+        };
+    }
     match (t.src, t.dst) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            etherparse::PacketBuilder::ipv4(a.octets(), b.octets(), 255)
-                .tcp(t.sport, t.dport, 1000, 64240)
-                .ack(1)
-                .options_raw(&opts)
-                .unwrap()
-                .write(&mut ip, &payload)
-                .unwrap()
+            tcp!(etherparse::PacketBuilder::ipv4(a.octets(), b.octets(), 255))
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
-            etherparse::PacketBuilder::ipv6(a.octets(), b.octets(), 255)
-                .tcp(t.sport, t.dport, 1000, 64240)
-                .ack(1)
-                .options_raw(&opts)
-                .unwrap()
-                .write(&mut ip, &payload)
-                .unwrap()
+            tcp!(etherparse::PacketBuilder::ipv6(a.octets(), b.octets(), 255))
         }
         _ => panic!("mixed families"),
     }

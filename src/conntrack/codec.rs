@@ -166,6 +166,23 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection of these two tuples with nothing else known yet (no status bits, state,
+    /// mark, zone, timeout, helper or counters).
+    pub fn new(id: u32, orig: Tuple, reply: Tuple) -> Self {
+        Self {
+            id,
+            orig,
+            reply,
+            status: 0,
+            tcp_state: None,
+            mark: 0,
+            zone: 0,
+            timeout: None,
+            helper: None,
+            packets: None,
+        }
+    }
+
     /// Whether the entry is in the state where bpfqos may offload it: confirmed, not dying, no
     /// helper or sequence adjustment, and TCP established / UDP assured.
     pub fn offloadable_state(&self) -> bool {
@@ -260,30 +277,14 @@ fn parse_tuple(b: &[u8]) -> Result<Tuple, DecodeError> {
 
 fn parse_conn(b: &[u8]) -> Result<Conn, DecodeError> {
     let (mut orig, mut reply) = (None, None);
-    let mut c = Conn {
-        id: 0,
-        orig: Tuple {
-            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            proto: 0,
-            sport: 0,
-            dport: 0,
-        },
-        reply: Tuple {
-            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            proto: 0,
-            sport: 0,
-            dport: 0,
-        },
-        status: 0,
-        tcp_state: None,
-        mark: 0,
-        zone: 0,
-        timeout: None,
-        helper: None,
-        packets: None,
+    let unspecified = Tuple {
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        proto: 0,
+        sport: 0,
+        dport: 0,
     };
+    let mut c = Conn::new(0, unspecified, unspecified);
     for a in attrs(b) {
         let (ty, v) = a?;
         match ty {

@@ -326,15 +326,26 @@ impl Dataplane {
         ifindex: u32,
         f: impl FnOnce(&mut abi::Shaping),
     ) -> anyhow::Result<()> {
+        self.update_device_entry(abi::SHAPING_MAP, ifindex, f)
+    }
+
+    /// Changes entry `ifindex` of the per-device array `name` (`ifaces`, `shaping`) with `f`,
+    /// keeping what `f` does not touch (a missing or unreadable entry starts from zero).
+    fn update_device_entry<T: abi::Pod>(
+        &self,
+        name: &str,
+        ifindex: u32,
+        f: impl FnOnce(&mut T),
+    ) -> anyhow::Result<()> {
         if ifindex >= abi::MAX_IFACES {
             anyhow::bail!(
-                "ifindex {ifindex} beyond the shaping table ({})",
+                "ifindex {ifindex} beyond the {name} table ({})",
                 abi::MAX_IFACES
             );
         }
-        let map = self.object.map(abi::SHAPING_MAP)?;
+        let map = self.object.map(name)?;
         let key = ifindex.to_ne_bytes();
-        let mut v: abi::Shaping = map
+        let mut v: T = map
             .lookup(&key, MapFlags::ANY)
             .ok()
             .flatten()
@@ -342,7 +353,7 @@ impl Dataplane {
             .unwrap_or_default();
         f(&mut v);
         map.update(&key, abi::bytes_of(&v), MapFlags::ANY)
-            .with_context(|| format!("setting the shaping role of ifindex {ifindex}"))
+            .with_context(|| format!("writing the {name} entry of ifindex {ifindex}"))
     }
 
     /// The download steering's counters: (steered, returned, passed).
@@ -448,23 +459,7 @@ impl Dataplane {
 
     /// Changes the `ifaces` entry of `ifindex` with `f`, keeping what `f` does not touch.
     fn update_iface(&self, ifindex: u32, f: impl FnOnce(&mut abi::Iface)) -> anyhow::Result<()> {
-        if ifindex >= abi::MAX_IFACES {
-            anyhow::bail!(
-                "ifindex {ifindex} beyond the ifaces table ({})",
-                abi::MAX_IFACES
-            );
-        }
-        let map = self.object.map(abi::IFACES_MAP)?;
-        let key = ifindex.to_ne_bytes();
-        let mut v: abi::Iface = map
-            .lookup(&key, MapFlags::ANY)
-            .ok()
-            .flatten()
-            .and_then(|b| abi::from_bytes(&b))
-            .unwrap_or_default();
-        f(&mut v);
-        map.update(&key, abi::bytes_of(&v), MapFlags::ANY)
-            .with_context(|| format!("writing the ifaces entry of ifindex {ifindex}"))
+        self.update_device_entry(abi::IFACES_MAP, ifindex, f)
     }
 
     /// Writes a flow entry (replacing one with the same key keeps its counters). An error

@@ -223,18 +223,7 @@ mod tests {
     }
 
     fn conn(orig: Tuple, reply: Tuple) -> Conn {
-        Conn {
-            id: 1,
-            orig,
-            reply,
-            status: 0,
-            tcp_state: None,
-            mark: 0,
-            zone: 0,
-            timeout: None,
-            helper: None,
-            packets: None,
-        }
+        Conn::new(1, orig, reply)
     }
 
     #[test]

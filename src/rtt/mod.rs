@@ -595,30 +595,23 @@ mod tests {
     }
 
     fn conn() -> Conn {
-        Conn {
-            id: 1,
-            orig: Tuple {
+        Conn::new(
+            1,
+            Tuple {
                 src: ip("198.18.1.2"),
                 dst: ip("198.19.0.9"),
                 proto: IPPROTO_TCP,
                 sport: 40000,
                 dport: 443,
             },
-            reply: Tuple {
+            Tuple {
                 src: ip("198.19.0.9"),
                 dst: ip("198.18.0.1"),
                 proto: IPPROTO_TCP,
                 sport: 443,
                 dport: 61000,
             },
-            status: 0,
-            tcp_state: None,
-            mark: 0,
-            zone: 0,
-            timeout: None,
-            helper: None,
-            packets: None,
-        }
+        )
     }
 
     #[test]
