@@ -115,12 +115,14 @@ nsx "$RTR" bpftool map update pinned "$BB/maps/bare_tx" key 0 0 0 0 value $(le32
 # ---- the daemon and the admitted flow ------------------------------------------------------
 say "starting bpfqos ($BIN)"
 mkdir -p "$WORK/etc"
-# write_config [UPLOAD_KBIT]: the daemon's config, the WAN's upload shaped when given.
+# write_config [UPLOAD_KBIT] [RTT]: the daemon's config, the WAN's upload shaped when given,
+# passive RTT on unless RTT is 0.
 write_config() {
 	cat >"$WORK/etc/bpfqos" <<UCI
 config globals 'globals'
 	option enabled '1'
 	option offload '1'
+	option rtt '${2:-1}'
 	option log_level 'info'
 
 config interface 'lan'
@@ -261,6 +263,72 @@ for ((r = 0; r < ROUNDS; r++)); do
 		measure "${VARIANTS[$(((i + r) % ${#VARIANTS[@]}))]}" $((r + 1))
 	done
 done
+
+# ---- passive RTT: an offloaded TCP connection, RTT on vs off ---------------------------------
+# One real TCP connection is held open (conntrack ESTABLISHED, offloaded by the daemon); the
+# generator then sends frames of its tuple carrying the timestamp option and data
+# (bench_gen_tcp), which the XDP fast path forwards and passive RTT parses, looks up and
+# books. The daemon is reloaded with `option rtt` on and off in turn (the flow is re-admitted
+# from the conntrack dump each time), interleaved per round.
+TSPORT=40001 TDPORT=9001
+RTT_RESULTS=$WORK/rtt-results
+: >"$RTT_RESULTS"
+say "passive RTT: an offloaded TCP connection's frames (timestamps, 12 bytes of data), RTT on vs off"
+use_variant xdp
+set_mode plain
+nsx "$SRV" "$PY" "$HELPER" tcp-hold --listen --bind 198.19.0.2 --port "$TDPORT" --seconds 300 &
+BG_PIDS+=($!)
+sleep 0.3
+before=$(status | jget offload.connections)
+nsx "$LAN" "$PY" "$HELPER" tcp-hold --bind 198.18.1.2 --sport "$TSPORT" --dst 198.19.0.2 \
+	--port "$TDPORT" --seconds 300 &
+BG_PIDS+=($!)
+for _ in $(seq 50); do
+	[ "$(status | jget offload.connections)" -gt "$before" ] && break
+	sleep 0.1
+done
+[ "$(status | jget offload.connections)" -gt "$before" ] || die "the TCP connection was not offloaded"
+WANT=$(status | jget offload.connections)
+RTT_NOW=1
+set_rtt() { # 1|0: reload the daemon with passive RTT on or off; wait for re-admission
+	[ "$RTT_NOW" = "$1" ] && return
+	write_config "" "$1"
+	"$BIN" reload --socket "$SOCK" >/dev/null || die "reload with rtt $1 failed"
+	RTT_NOW=$1
+	for _ in $(seq 50); do
+		[ "$(status | jget offload.connections)" -ge "$WANT" ] && break
+		sleep 0.1
+	done
+	[ "$(status | jget offload.connections)" -ge "$WANT" ] || die "rtt $1: the flows were not re-admitted"
+	[ "$(status | jget rtt.enabled)" = "$([ "$1" = 1 ] && echo True || echo False)" ] ||
+		die "rtt $1: status says rtt.enabled=$(status | jget rtt.enabled)"
+}
+for ((r = 0; r < ROUNDS; r++)); do
+	for rtt in $([ $((r % 2)) = 0 ] && echo "1 0" || echo "0 1"); do
+		set_rtt "$rtt"
+		sleep 0.2
+		red0=$(forwarded)
+		out=$(nsx "$LAN" "$PY" "$HELPER" gen --tcp --prog "$BB/progs/bench_gen_tcp" \
+			--count-map "$BB/maps/sink_count" --frame-map "$BB/maps/gen_frame_tcp" --src-mac "$C0_MAC" \
+			--dst-mac "$BR_MAC" --src-ip 198.18.1.2 --dst-ip 198.19.0.2 --sport "$TSPORT" \
+			--dport "$TDPORT" --window "$WINDOW") || die "rtt $rtt: generator failed: $out"
+		red1=$(forwarded)
+		pps=$(jget pps <<<"$out")
+		rx=$(jget rx_total <<<"$out")
+		echo "$rtt $pps $((red1 - red0)) $rx" >>"$RTT_RESULTS"
+		printf '   round %d  xdp, TCP, rtt %s  %6.3f Mpps  (redirected %s of %s)\n' $((r + 1)) "$rtt" \
+			"$("$PY" -c "print($pps / 1e6)")" $((red1 - red0)) "$rx" >&2
+	done
+done
+set_rtt 1
+"$PY" - "$RTT_RESULTS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+med = {r: statistics.median(float(x[1]) for x in rows if x[0] == r) for r in ("1", "0")}
+print(f"passive RTT, offloaded TCP with timestamps through XDP: RTT on {med['1'] / 1e6:.3f} Mpps, "
+      f"off {med['0'] / 1e6:.3f} Mpps: on/off = {med['1'] / med['0']:.3f} "
+      f"(median of {len(rows) // 2} rounds each, interleaved)")
+PY
 
 # ---- admission latency ---------------------------------------------------------------------
 # Internal: the daemon's own figure (conntrack event handled -> both map entries written).

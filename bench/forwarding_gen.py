@@ -167,10 +167,62 @@ def udp_frame(src_mac, dst_mac, src_ip, dst_ip, sport, dport):
     return frame
 
 
+def tcp_frame(src_mac, dst_mac, src_ip, dst_ip, sport, dport):
+    """A 78-byte Ethernet frame: IPv4 (ID 0xb9f0, the sink's mark), TCP ACK with the timestamp
+    option (NOP NOP TS) and 12 bytes of data, checksums valid. The offload forwards it as a
+    packet of the established connection of the same tuple; passive RTT does its whole
+    per-packet work on it (timestamps read, arrival lookup, departure bookkeeping)."""
+    payload = b"bpfqos-bench"
+    opts = b"\x01\x01\x08\x0a" + struct.pack("!II", 1000, 2000)
+    src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, (20 + len(opts)) // 4 << 4, 0x10, 65535, 0, 0)
+    seg = tcp + opts + payload
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
+    seg = seg[:16] + struct.pack("!H", csum16(pseudo + seg)) + seg[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 0xB9F0, 0x4000, 64, socket.IPPROTO_TCP, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum16(ip)) + ip[12:]
+    eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+    frame = eth + b"\x08\x00" + ip + seg
+    assert len(frame) == 78, len(frame)
+    return frame
+
+
+def cmd_tcp_hold(a):
+    """Keeps one TCP connection open for --seconds (the server side with --listen), so that
+    conntrack has it ESTABLISHED and bpfqos offloads it; the bench's TCP frames use its tuple."""
+    if a.listen:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((a.bind, a.port))
+        srv.listen(1)
+        srv.settimeout(a.seconds)
+        c, _ = srv.accept()
+    else:
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind((a.bind, a.sport))
+        c.settimeout(5)
+        c.connect((a.dst, a.port))
+        # A little two-way traffic, then silence: ESTABLISHED, nothing else on the wire.
+        c.send(b"hello")
+    end = time.monotonic() + a.seconds
+    c.settimeout(0.5)
+    while time.monotonic() < end:
+        try:
+            data = c.recv(4096)
+            if a.listen and data:
+                c.send(data)
+        except socket.timeout:
+            pass
+    c.close()
+    return 0
+
+
 def cmd_gen(a):
     prog_fd = obj_get(a.prog)
     sink = PerCpuCounter(a.count_map)
-    frame = udp_frame(a.src_mac, a.dst_mac, a.src_ip, a.dst_ip, a.sport, a.dport)
+    make = tcp_frame if a.tcp else udp_frame
+    frame = make(a.src_mac, a.dst_mac, a.src_ip, a.dst_ip, a.sport, a.dport)
     # bench_gen copies this template over every frame (recycled pages come back rewritten).
     map_update(a.frame_map, 0, frame)
     buf = ctypes.create_string_buffer(frame, len(frame))
@@ -453,6 +505,7 @@ def main():
     g.add_argument("--tail", type=float, default=0.3)
     g.add_argument("--chunk", type=int, default=131072, help="frames per BPF_PROG_RUN call")
     g.add_argument("--max-calls", type=int, default=400)
+    g.add_argument("--tcp", action="store_true", help="TCP frames with timestamps (bench_gen_tcp)")
     e = sub.add_parser("udp-echo")
     e.add_argument("--bind", required=True)
     e.add_argument("--port", type=int, required=True)
@@ -473,6 +526,13 @@ def main():
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--interval-us", type=int, default=200)
     c.add_argument("--seconds", type=float, default=0.04)
+    h = sub.add_parser("tcp-hold")
+    h.add_argument("--listen", action="store_true", help="the server side")
+    h.add_argument("--bind", required=True)
+    h.add_argument("--port", type=int, required=True, help="the server's port")
+    h.add_argument("--sport", type=int, default=0, help="the client's port")
+    h.add_argument("--dst", default="")
+    h.add_argument("--seconds", type=float, default=60)
     r = sub.add_parser("report")
     r.add_argument("--results", required=True)
     lt = sub.add_parser("latency")
@@ -486,6 +546,7 @@ def main():
         "udp-ping": cmd_udp_ping,
         "tcp-sink": cmd_tcp_sink,
         "tcp-probe": cmd_tcp_probe,
+        "tcp-hold": cmd_tcp_hold,
         "report": cmd_report,
         "latency": cmd_latency,
     }[a.cmd](a)

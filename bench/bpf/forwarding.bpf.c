@@ -9,9 +9,13 @@
  *              it rewrites the frame from gen_frame every time, see below;
  *  bench_bare  the ceiling: redirect every frame to the devmap's only slot,
  *              without even parsing it;
- *  bench_sink  on the server's veth: count and drop IPv4 UDP (the bench
- *              traffic) so the server's stack costs nothing; everything else
- *              (ARP, the TCP of the admission-latency phase) passes.
+ *  bench_gen_tcp  the same with a TCP frame (gen_frame_tcp: 78 bytes, the
+ *              timestamp option and 12 bytes of data, IP ID BENCH_TCP_ID), for
+ *              the passive RTT phase;
+ *  bench_sink  on the server's veth: count and drop IPv4 UDP and the TCP
+ *              frames of bench_gen_tcp (the bench traffic) so the server's
+ *              stack costs nothing; everything else (ARP, real TCP of the
+ *              warm-up and admission-latency phases) passes.
  *
  * Configuration is written by the script with bpftool into pinned maps: ifindexes
  * only exist once the namespaces do.
@@ -44,6 +48,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct gen_frame);
 } gen_frame SEC(".maps");
+
+#define GEN_TCP_FRAME_LEN 78
+#define BENCH_TCP_ID 0xb9f0
+
+struct gen_tcp_frame {
+	__u8 bytes[GEN_TCP_FRAME_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_tcp_frame);
+} gen_frame_tcp SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP);
@@ -84,6 +102,23 @@ int bench_gen(struct xdp_md *ctx)
 }
 
 SEC("xdp")
+int bench_gen_tcp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	__u32 *ifindex = bpf_map_lookup_elem(&gen_target, &zero);
+	struct gen_tcp_frame *tmpl = bpf_map_lookup_elem(&gen_frame_tcp, &zero);
+
+	if (!ifindex || !*ifindex || !tmpl)
+		return XDP_DROP;
+	if (data + GEN_TCP_FRAME_LEN > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(data, tmpl->bytes, GEN_TCP_FRAME_LEN);
+	return bpf_redirect(*ifindex, 0);
+}
+
+SEC("xdp")
 int bench_bare(struct xdp_md *ctx)
 {
 	/* XDP_PASS when the slot is empty, so a misconfiguration shows as 0 pps. */
@@ -102,7 +137,11 @@ int bench_sink(struct xdp_md *ctx)
 
 	if ((void *)(iph + 1) > data_end)
 		return XDP_PASS;
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || iph->protocol != IPPROTO_UDP)
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	if (iph->protocol != IPPROTO_UDP &&
+	    !(iph->protocol == IPPROTO_TCP &&
+	      iph->id == bpf_htons(BENCH_TCP_ID)))
 		return XDP_PASS;
 	n = bpf_map_lookup_elem(&sink_count, &zero);
 	if (n)
