@@ -267,10 +267,12 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 	    !rtt_tcp_fields(h.th, data_end, p->ip_len, p->l4_off - p->l3_off,
 			    &rp->t)) {
 		if (h.iph)
-			rtt_pkt_of(rp, &h.iph->saddr, &h.iph->daddr, 0, h.th);
+			rtt_pkt_of(rp, &h.iph->saddr, &h.iph->daddr, 0, h.th,
+				   ctl->seed[0]);
 		else if (h.ip6h)
 			rtt_pkt_of(rp, h.ip6h->saddr.in6_u.u6_addr32,
-				   h.ip6h->daddr.in6_u.u6_addr32, 1, h.th);
+				   h.ip6h->daddr.in6_u.u6_addr32, 1, h.th,
+				   ctl->seed[0]);
 		if (hook == HOOK_XDP || !cfg ||
 		    !(cfg->flags & BPFQOS_IFACE_F_XDP))
 			bpfqos_rtt_arrival(rp);
@@ -660,6 +662,20 @@ static __always_inline __u32 lan_circuit(int ipv6, const __be32 *addr)
 }
 
 /*
+ * The circuit of the connection whose router-side end is k (WAN side, after
+ * NAT): a circuit host's NATed connection by its tuple, else the router-side
+ * address itself (no NAT: the host's own).
+ */
+static __always_inline __u32 nat_key_circuit(const struct bpfqos_nat_key *k,
+					     int ipv6)
+{
+	__u32 *id = bpf_map_lookup_elem(&circuit_nat, k);
+
+	/* ipv6 as the caller knows it (k->ipv6 too): a constant per path. */
+	return id ? *id : lan_circuit(ipv6, k->local);
+}
+
+/*
  * The circuit of a packet on the WAN side of a shaped interface, from its IP
  * header at data + l3_off (anything past end is not read): `upload` when it leaves by
  * the link, so that the router's end is the source. A connection NATed for a
@@ -672,7 +688,6 @@ static __always_inline __u32 wan_circuit(void *data, __u32 l3_off, void *end,
 	struct bpfqos_nat_key k = {};
 	__be16 *ports = NULL;
 	void *l3;
-	__u32 *id;
 
 	/*
 	 * Bounded for the verifier (a packet offset it can track). clang would
@@ -716,9 +731,7 @@ static __always_inline __u32 wan_circuit(void *data, __u32 l3_off, void *end,
 	    (void *)(ports + 2) <= end) {
 		k.local_port = upload ? ports[0] : ports[1];
 		k.remote_port = upload ? ports[1] : ports[0];
-		id = bpf_map_lookup_elem(&circuit_nat, &k);
-		if (id)
-			return *id;
+		return nat_key_circuit(&k, ipv6);
 	}
 	return lan_circuit(ipv6, k.local);
 }
@@ -754,7 +767,6 @@ static __always_inline __u32 rtt_circuit(int ipv6, const union rtt_key *k,
 					 int wan)
 {
 	struct bpfqos_nat_key n = {};
-	__u32 *id;
 
 	if (!wan)
 		return lan_circuit(ipv6, ipv6 ? k->k6.daddr : &k->k4.daddr);
@@ -771,20 +783,7 @@ static __always_inline __u32 rtt_circuit(int ipv6, const union rtt_key *k,
 		n.local_port = k->k4.sport;
 		n.remote_port = k->k4.dport;
 	}
-	id = bpf_map_lookup_elem(&circuit_nat, &n);
-	if (id)
-		return *id;
-	return lan_circuit(ipv6, ipv6 ? k->k6.saddr : &k->k4.saddr);
-}
-
-/* The seed of the halves' hash (bpfqos_abi.h): the flow tables' first. */
-static __always_inline __u32 rtt_seed(void)
-{
-	struct bpfqos_control *ctl;
-	__u32 zero = 0;
-
-	ctl = bpf_map_lookup_elem(&control, &zero);
-	return ctl ? ctl->seed[0] : 0;
+	return nat_key_circuit(&n, ipv6);
 }
 
 __noinline int bpfqos_rtt_arrival(struct rtt_pkt *p)
@@ -795,7 +794,7 @@ __noinline int bpfqos_rtt_arrival(struct rtt_pkt *p)
 
 	if (!p || !p->t.valid)
 		return 0;
-	s = rtt_answered(p, &k, rtt_seed(), &us);
+	s = rtt_answered(p, &k, p->seed, &us);
 	if (!s)
 		return 0;
 	/*
@@ -826,7 +825,7 @@ __noinline int bpfqos_rtt_departure(struct rtt_pkt *p, __u32 out_ifindex,
 	if (!p || !p->t.valid)
 		return 0;
 	rtt_key_of(p, &k);
-	s = rtt_half(p->ipv6, &k, rtt_seed(), &first);
+	s = rtt_half(p->ipv6, &k, p->seed, &first);
 	if (!s) {
 		if (!rtt_worth_a_half(&p->t))
 			return 0;
@@ -914,10 +913,12 @@ int bpfqos_rtt_out(struct __sk_buff *skb)
 	if (skb->gso_segs > 1)
 		rp.t.segs = skb->gso_segs;
 	if (h.iph)
-		rtt_pkt_of(&rp, &h.iph->saddr, &h.iph->daddr, 0, h.th);
+		rtt_pkt_of(&rp, &h.iph->saddr, &h.iph->daddr, 0, h.th,
+			   ctl->seed[0]);
 	else if (h.ip6h)
 		rtt_pkt_of(&rp, h.ip6h->saddr.in6_u.u6_addr32,
-			   h.ip6h->daddr.in6_u.u6_addr32, 1, h.th);
+			   h.ip6h->daddr.in6_u.u6_addr32, 1, h.th,
+			   ctl->seed[0]);
 	else
 		return TC_PASS;
 	bpfqos_rtt_departure(&rp, skb->ifindex, skb->ingress_ifindex);

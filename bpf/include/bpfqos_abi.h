@@ -497,7 +497,7 @@ enum bpfqos_rtt_stat {
 	BPFQOS_RTT_STAT_MAX,
 };
 
-/* Log-scale histogram of samples (see rtt_bucket()). */
+/* Log-scale histogram of samples (see rtt_hist_bucket() in rtt.h). */
 struct bpfqos_rtt_hist {
 	__u32 bucket[BPFQOS_RTT_BUCKETS];
 };

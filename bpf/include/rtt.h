@@ -10,8 +10,10 @@
  * XDP program or its TC twin), whose reversed tuple names the half it
  * answers. A sample is the time from the router sending a packet out of one
  * side to the router seeing the answer come back on that side: the RTT
- * beyond that side of the router (queueing in the router's own shapers is
- * not in it), with no probe sent.
+ * beyond that side of the router, with no probe sent. Queueing in the
+ * router's shapers above the lowest device is not in it; a root qdisc of the
+ * lowest device itself runs after TC egress, so its wait is in it
+ * (docs/latency.md).
  *
  * Two ways to time a packet, one outstanding probe per half (so at most one
  * sample per half and RTT):
@@ -112,7 +114,8 @@ union rtt_key {
 
 /*
  * One TCP packet as the RTT code sees it, copied out of its headers by the
- * caller: the tuple (IPv4 in word 0 of the addresses) and the TCP fields.
+ * caller: the tuple (IPv4 in word 0 of the addresses), the TCP fields, and
+ * the seed of the halves' hash (`control`, which the caller has read).
  */
 struct rtt_pkt {
 	__be32 saddr[4];
@@ -120,6 +123,7 @@ struct rtt_pkt {
 	__be16 sport;
 	__be16 dport;
 	__u32 ipv6;
+	__u32 seed;
 	struct rtt_tcp t;
 };
 
@@ -445,7 +449,7 @@ static __always_inline void rtt_key_of(const struct rtt_pkt *p,
 /* Copies what the RTT code needs out of a parsed TCP packet. */
 static __always_inline void rtt_pkt_of(struct rtt_pkt *r, const __be32 *saddr,
 				       const __be32 *daddr, int ipv6,
-				       const struct tcphdr *th)
+				       const struct tcphdr *th, __u32 seed)
 {
 	if (ipv6) {
 		__builtin_memcpy(r->saddr, saddr, 16);
@@ -457,6 +461,7 @@ static __always_inline void rtt_pkt_of(struct rtt_pkt *r, const __be32 *saddr,
 	r->sport = th->source;
 	r->dport = th->dest;
 	r->ipv6 = ipv6;
+	r->seed = seed;
 }
 
 /*
