@@ -587,7 +587,8 @@ impl Daemon {
             .map(Dataplane::rtt_halves)
             .unwrap_or_default();
         let totals = rtt::Totals::of(&halves);
-        let interfaces = self.interface_status(&totals);
+        let mut summaries = self.rtt.summaries(self.net.dp.as_ref(), &totals);
+        let interfaces = self.interface_status(&mut summaries.interfaces);
         let shapers: Vec<&crate::status::ShaperStatus> = interfaces
             .iter()
             .filter_map(|i| i.shaper.as_ref())
@@ -595,7 +596,7 @@ impl Daemon {
         let mut circuits = qos::status::circuits_status(self.qos.circuits(), &shapers);
         let dp = self.net.dp.as_ref();
         if dp.is_some_and(Dataplane::rtt_enabled) {
-            let by_id = self.rtt.circuits(dp, &totals);
+            let by_id = &summaries.circuits;
             for c in &mut circuits {
                 let id = self.qos.circuit_id(&c.name);
                 c.rtt = Some(
@@ -636,7 +637,11 @@ impl Daemon {
             ),
             attach,
             interfaces,
-            flows: self.flows.flow_status(table, &|c| rtt::flow_rtt(dp, c)),
+            flows: {
+                let index = dp.filter(|d| d.rtt_enabled()).map(|_| rtt::index(&halves));
+                self.flows
+                    .flow_status(table, &|c| rtt::flow_rtt(index.as_ref(), c))
+            },
             rtt: self.rtt.status(dp, &halves),
             datapath: dp.map(Dataplane::stats).unwrap_or_default(),
             shaping: crate::status::ShapingStatus {
@@ -651,10 +656,13 @@ impl Daemon {
 
     /// The `interfaces` section: every configured interface, its device, what keeps it (partly)
     /// out of use, and its shapers.
-    fn interface_status(&mut self, totals: &rtt::Totals) -> Vec<InterfaceStatus> {
+    /// `rtt`: the latency summaries per interface name (taken out as they are used).
+    fn interface_status(
+        &mut self,
+        rtt: &mut HashMap<String, rtt::RttSummary>,
+    ) -> Vec<InterfaceStatus> {
         let mut out = Vec::new();
         let dp = self.net.dp.as_ref().filter(|d| d.rtt_enabled());
-        let mut rtt = self.rtt.interfaces(dp, totals);
         for i in &self.config.interfaces {
             out.push(InterfaceStatus {
                 name: i.name.clone(),

@@ -61,7 +61,7 @@ impl RttKey {
     }
 }
 
-// Compared as the data path compares keys: byte for byte.
+// Compared and hashed as the data path compares keys: byte for byte.
 impl PartialEq for RttKey {
     fn eq(&self, other: &Self) -> bool {
         self.bytes() == other.bytes()
@@ -69,6 +69,12 @@ impl PartialEq for RttKey {
 }
 
 impl Eq for RttKey {}
+
+impl std::hash::Hash for RttKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
 
 impl RttKey {
     fn map(&self) -> &'static str {
@@ -131,7 +137,7 @@ pub struct RttCounters {
 const BATCH: u32 = 1024;
 
 impl Dataplane {
-    /// The half named by `key`, if the data path keeps one (and its slot).
+    /// The slot of the half named by `key`, with the half, if the data path keeps one.
     fn rtt_find(&self, key: &RttKey) -> Option<(u32, abi::RttState)> {
         let map = self.object.map(key.map()).ok()?;
         let first = key.bucket(self.tables.borrow().seed()[0]);
@@ -141,11 +147,6 @@ impl Dataplane {
             let (k, s) = slot_of(v6, &v)?;
             (k == *key).then_some((i, s))
         })
-    }
-
-    /// The half named by `key`, if the data path keeps one.
-    pub fn rtt_half(&self, key: &RttKey) -> Option<abi::RttState> {
-        self.rtt_find(key).map(|(_, s)| s)
     }
 
     /// Every flow half of both families (batched reads of the slot tables; an unreadable map
@@ -208,17 +209,6 @@ impl Dataplane {
             Some((k, abi::from_bytes(&v)?))
         })
         .collect()
-    }
-
-    /// Forgets every circuit histogram (circuits were renumbered by a reload).
-    pub fn rtt_clear_circuit_hists(&self) {
-        let Ok(map) = self.object.map(abi::RTT_CIRCUIT_HIST_MAP) else {
-            return;
-        };
-        let keys: Vec<Vec<u8>> = map.keys().collect();
-        for k in keys {
-            let _ = map.delete(&k);
-        }
     }
 
     /// The RTT code's counters.

@@ -78,6 +78,15 @@ impl SideRtt {
     }
 }
 
+/// The window's figures per interface name and per circuit id ([`Monitor::summaries`]).
+#[derive(Debug, Default)]
+pub struct Summaries {
+    /// Per configured interface (with a slot).
+    pub interfaces: HashMap<String, RttSummary>,
+    /// Per circuit id that has samples.
+    pub circuits: HashMap<u16, RttSummary>,
+}
+
 /// Data packets and retransmits of a set of flow halves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -356,30 +365,15 @@ impl Monitor {
         }
     }
 
-    /// Circuit histograms mean other hosts after circuits were renumbered: start afresh.
-    pub fn forget_circuits(&mut self, dp: &Dataplane) {
-        dp.rtt_clear_circuit_hists();
-        for s in &mut self.snapshots {
-            s.circuits.clear();
-        }
-    }
-
-    /// The window: (base read, current read). None before the first read.
-    fn window(&self, dp: &Dataplane) -> Option<(&Snapshot, Snapshot)> {
-        let base = self.snapshots.front()?;
-        Some((base, Snapshot::read(dp, Instant::now())))
-    }
-
-    /// Per interface name, its summary over the window (empty when RTT is off); `totals`
-    /// from the halves tracked now.
-    pub fn interfaces(
-        &self,
-        dp: Option<&Dataplane>,
-        totals: &Totals,
-    ) -> HashMap<String, RttSummary> {
-        let Some((base, now)) = dp.filter(|d| d.rtt_enabled()).and_then(|d| self.window(d)) else {
-            return HashMap::new();
+    /// The window's summaries per interface name and per circuit id (circuits without
+    /// samples are absent), from one read of the histograms; both empty when RTT is off.
+    /// `totals` from the halves tracked now.
+    pub fn summaries(&self, dp: Option<&Dataplane>, totals: &Totals) -> Summaries {
+        let (Some(dp), Some(base)) = (dp.filter(|d| d.rtt_enabled()), self.snapshots.front())
+        else {
+            return Summaries::default();
         };
+        let now = Snapshot::read(dp, Instant::now());
         let side = |slot: usize, wan: bool| {
             let i = slot * 2 + usize::from(wan);
             let sent = u8::try_from(slot)
@@ -396,7 +390,8 @@ impl Monitor {
                 },
             }
         };
-        self.slots
+        let interfaces = self
+            .slots
             .iter()
             .enumerate()
             .map(|(n, s)| {
@@ -408,15 +403,8 @@ impl Monitor {
                     },
                 )
             })
-            .collect()
-    }
-
-    /// Per circuit id, its summary over the window (circuits without samples are absent).
-    pub fn circuits(&self, dp: Option<&Dataplane>, totals: &Totals) -> HashMap<u16, RttSummary> {
-        let Some((base, now)) = dp.filter(|d| d.rtt_enabled()).and_then(|d| self.window(d)) else {
-            return HashMap::new();
-        };
-        let mut out: HashMap<u16, RttSummary> = HashMap::new();
+            .collect();
+        let mut circuits: HashMap<u16, RttSummary> = HashMap::new();
         for (&key, counts) in &now.circuits {
             let Ok(id) = u16::try_from(key >> 1) else {
                 continue;
@@ -431,14 +419,17 @@ impl Monitor {
                 .get(&(u32::from(id), wan))
                 .copied()
                 .unwrap_or_default();
-            let e = out.entry(id).or_default();
+            let e = circuits.entry(id).or_default();
             if wan {
                 e.wan = SideRtt::of(&c, sent);
             } else {
                 e.lan = SideRtt::of(&c, sent);
             }
         }
-        out
+        Summaries {
+            interfaces,
+            circuits,
+        }
     }
 
     /// The `rtt` section, from `halves` (the flow halves tracked now).
@@ -550,13 +541,22 @@ pub fn conn_halves(c: &Conn) -> Option<[RttKey; 2]> {
     ])
 }
 
-/// A connection's two sides. The half leaving by a WAN-facing device is the WAN side; when
-/// neither or both do (LAN to LAN), the original direction's (towards the responder) is
-/// reported as the WAN side. `None` for anything but TCP, or with RTT off.
-pub fn flow_rtt(dp: Option<&Dataplane>, c: &Conn) -> Option<FlowRtt> {
-    let dp = dp.filter(|d| d.rtt_enabled())?;
+/// The halves read from the data path, by key (for [`flow_rtt`]).
+pub type HalfIndex = HashMap<RttKey, abi::RttState>;
+
+/// Indexes `halves` by key.
+pub fn index(halves: &[(RttKey, abi::RttState)]) -> HalfIndex {
+    halves.iter().map(|(k, s)| (*k, *s)).collect()
+}
+
+/// A connection's two sides, from the halves read for this status (`None` when RTT is off:
+/// pass `None`). The half leaving by a WAN-facing device is the WAN side; when neither or
+/// both do (LAN to LAN), the original direction's (towards the responder) is reported as the
+/// WAN side. `None` for anything but TCP.
+pub fn flow_rtt(halves: Option<&HalfIndex>, c: &Conn) -> Option<FlowRtt> {
+    let halves = halves?;
     let [orig, reply] = conn_halves(c)?;
-    let (o, r) = (dp.rtt_half(&orig), dp.rtt_half(&reply));
+    let (o, r) = (halves.get(&orig).copied(), halves.get(&reply).copied());
     let wan_flag = |s: &Option<abi::RttState>| s.is_some_and(|s| s.flags & abi::RTT_F_WAN != 0);
     let (wan, lan) = if wan_flag(&r) && !wan_flag(&o) {
         (r, o)
