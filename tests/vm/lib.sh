@@ -317,6 +317,42 @@ NFT
     wait_until 10 "default route via pppoe-wan" sh -c "ip netns exec $SC-rtr ip route show default | grep -q pppoe-wan"
 }
 
+# ---- A plain Ethernet WAN: lan1, lan2 - br-lan [rtr] wan0 (NAT) - i0 [isp] s0 - e0 [srv] ----
+# eth_wan_topology: rtr's wan0 198.18.100.10/24 + fd00:100::10/64 (default routes via the ISP),
+# the server srv at $SRV4 and fd00:200::1 behind the ISP (198.19.0.254, fd00:200::254), the
+# LAN of lan_topology, IPv4 masqueraded on wan0, IPv6 routed. No delay: callers add netem.
+eth_wan_topology() {
+    ns_add isp rtr lan1 lan2 srv
+    DIAG_NS=$SC-rtr
+    veth rtr wan0 isp i0
+    veth isp s0 srv e0
+    nsx rtr ip addr add 198.18.100.10/24 dev wan0
+    nsx rtr ip addr add fd00:100::10/64 dev wan0 nodad
+    nsx rtr ip route add default via 198.18.100.1
+    nsx rtr ip -6 route add default via fd00:100::1
+    nsx isp ip addr add 198.18.100.1/24 dev i0
+    nsx isp ip addr add fd00:100::1/64 dev i0 nodad
+    nsx isp ip addr add 198.19.0.254/24 dev s0
+    nsx isp ip addr add fd00:200::254/64 dev s0 nodad
+    nsx isp ip -6 route add fd00:1::/64 via fd00:100::10
+    nsx isp sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    nsx srv ip addr add "$SRV4/24" dev e0
+    nsx srv ip addr add fd00:200::1/64 dev e0 nodad
+    nsx srv ip route add default via 198.19.0.254
+    nsx srv ip -6 route add default via fd00:200::254
+    host_nic isp i0
+    host_nic srv e0
+    lan_topology
+    nsx rtr nft -f - <<NFT
+table inet bpfqos_test_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" meta nfproto ipv4 masquerade
+    }
+}
+NFT
+}
+
 # tcp_xfer NS DST PORT UP DOWN: one bounded bidirectional TCP transfer with hash checks.
 tcp_xfer() { nsx "$1" timeout 60 $XFER client --connect "$2" --port "$3" --up "$4" --down "$5" "${@:6}"; }
 udp_echo() { nsx "$1" timeout 60 $XFER client --udp --connect "$2" --port "$3" --count "$4" --size "$5" "${@:6}"; }

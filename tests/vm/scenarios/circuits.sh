@@ -7,7 +7,6 @@
 UP_KBIT=3000
 DOWN_KBIT=5000
 OVERHEAD=18 # DOCSIS-like: CAKE's `docsis` keyword
-SRV4=198.19.0.1
 
 circuits_config() {
     printf '%s\n' "config globals 'globals'
@@ -34,35 +33,7 @@ share_kbit() {
 
 scenario_main() {
     step "topology: LAN bridge (lan1, lan2) - rtr - wan0 (Ethernet, NAT) - isp - srv, 20 ms base RTT"
-    ns_add isp rtr lan1 lan2 srv
-    DIAG_NS=$SC-rtr
-    veth rtr wan0 isp i0
-    veth isp s0 srv e0
-    nsx rtr ip addr add 198.18.100.10/24 dev wan0
-    nsx rtr ip addr add fd00:100::10/64 dev wan0 nodad
-    nsx rtr ip route add default via 198.18.100.1
-    nsx rtr ip -6 route add default via fd00:100::1
-    nsx isp ip addr add 198.18.100.1/24 dev i0
-    nsx isp ip addr add fd00:100::1/64 dev i0 nodad
-    nsx isp ip addr add 198.19.0.254/24 dev s0
-    nsx isp ip addr add fd00:200::254/64 dev s0 nodad
-    nsx isp ip -6 route add fd00:1::/64 via fd00:100::10
-    nsx isp sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-    nsx srv ip addr add "$SRV4/24" dev e0
-    nsx srv ip addr add fd00:200::1/64 dev e0 nodad
-    nsx srv ip route add default via 198.19.0.254
-    nsx srv ip -6 route add default via fd00:200::254
-    host_nic isp i0
-    host_nic srv e0
-    lan_topology
-    nsx rtr nft -f - <<NFT
-table inet bpfqos_test_nat {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" meta nfproto ipv4 masquerade
-    }
-}
-NFT
+    eth_wan_topology
     nsx isp tc qdisc add dev i0 root netem delay 10ms limit 10000
     nsx isp tc qdisc add dev s0 root netem delay 10ms limit 10000
     local h

@@ -5,7 +5,6 @@
 # on the LAN side, the per-interface median consistent with it; then 1 % loss on the ISP
 # side: the retransmits counted at the router within 10 % of what the sender counts.
 
-SRV4=198.19.0.1
 LAN1=198.18.1.11
 WAN_DELAY_MS=40
 LAN_DELAY_MS=5
@@ -101,28 +100,7 @@ PY
 
 scenario_main() {
     step "topology: lan1 - br-lan [rtr] wan0 (NAT, default route) - isp - srv; netem ${WAN_DELAY_MS} ms ISP side, ${LAN_DELAY_MS} ms LAN side"
-    ns_add isp rtr lan1 lan2 srv
-    DIAG_NS=$SC-rtr
-    veth rtr wan0 isp i0
-    veth isp s0 srv e0
-    nsx rtr ip addr add 198.18.100.10/24 dev wan0
-    nsx rtr ip route add default via 198.18.100.1
-    nsx isp ip addr add 198.18.100.1/24 dev i0
-    nsx isp ip addr add 198.19.0.254/24 dev s0
-    nsx isp sysctl -qw net.ipv4.ip_forward=1
-    nsx srv ip addr add "$SRV4/24" dev e0
-    nsx srv ip route add default via 198.19.0.254
-    host_nic isp i0
-    host_nic srv e0
-    lan_topology
-    nsx rtr nft -f - <<NFT
-table inet bpfqos_test_nat {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" meta nfproto ipv4 masquerade
-    }
-}
-NFT
+    eth_wan_topology
     nsx isp tc qdisc add dev i0 root netem delay "${WAN_DELAY_MS}ms" limit 10000
     nsx lan1 tc qdisc add dev e0 root netem delay "${LAN_DELAY_MS}ms" limit 10000
     bg iperf_s srv timeout 600 iperf3 -s -p 5201
