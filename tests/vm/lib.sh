@@ -188,7 +188,7 @@ daemon_status() { "$BPFQOS_BIN" status --json --socket "$BPFQOS_SOCK"; }
 daemon_stop() {
     kill -TERM "$PID_bpfqos_daemon" 2>/dev/null || true
     local _
-    for _ in $(seq 50); do kill -0 "$PID_bpfqos_daemon" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 200); do kill -0 "$PID_bpfqos_daemon" 2>/dev/null || break; sleep 0.1; done
 }
 # json_get JSON_FILE python-expression-on-d : print the value
 json_get() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
