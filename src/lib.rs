@@ -15,6 +15,7 @@
 //! - [`status`]: the status document; [`control`]: its socket; [`rpcd`]: the ubus plugin;
 //! - [`daemon`]: the event loop that owns all of the above; [`commands`], [`cli`], [`logger`].
 
+pub mod autorate;
 pub mod cli;
 pub mod commands;
 pub mod config;

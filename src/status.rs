@@ -102,6 +102,9 @@ pub struct InterfaceStatus {
     /// what is timed on its devices is WAN-side latency.
     #[serde(default)]
     pub wan: bool,
+    /// What autorate does on it (`null`: its rates are fixed).
+    #[serde(default)]
+    pub autorate: Option<crate::autorate::AutorateStatus>,
 }
 
 /// Configuration state.

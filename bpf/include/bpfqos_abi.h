@@ -470,6 +470,13 @@ struct bpfqos_rtt_state {
 	__u32 seen;    /* coarse CLOCK_MONOTONIC >> 30 (~1.07 s) of the last */
 	__u32 circuit; /* circuit of the LAN host, 0: none */
 	__u32 ifindex; /* device it leaves by */
+	/*
+	 * The path's delay without queues, for autorate's excess delay: the
+	 * smallest sample, creeping up by 1/2048 of each larger one (a path
+	 * that got longer is followed within a few thousand samples; a
+	 * queue of seconds moves it by a few percent).
+	 */
+	__u32 base_us;
 	__u8 slot_out; /* rtt_slot of the interface it leaves by (0: none) */
 	__u8 slot_in;  /* rtt_slot of the interface it came in by */
 	__u16 flags;   /* enum bpfqos_rtt_flags */
@@ -566,9 +573,9 @@ _Static_assert(BPFQOS_CIRCUIT_MINOR_BASE + BPFQOS_MAX_CIRCUITS <= 0xffff,
 	       "a circuit's class minor fits 16 bits");
 _Static_assert(sizeof(struct bpfqos_rtt4_key) == 12, "rtt4 key layout");
 _Static_assert(sizeof(struct bpfqos_rtt6_key) == 36, "rtt6 key layout");
-_Static_assert(sizeof(struct bpfqos_rtt_state) == 60, "rtt state layout");
-_Static_assert(sizeof(struct bpfqos_rtt4_slot) == 72 &&
-		       sizeof(struct bpfqos_rtt6_slot) == 96,
+_Static_assert(sizeof(struct bpfqos_rtt_state) == 64, "rtt state layout");
+_Static_assert(sizeof(struct bpfqos_rtt4_slot) == 76 &&
+		       sizeof(struct bpfqos_rtt6_slot) == 100,
 	       "rtt slot layouts");
 _Static_assert(BPFQOS_RTT_BUCKETS == (21 - BPFQOS_RTT_SUB_BITS + 2)
 					     << BPFQOS_RTT_SUB_BITS,

@@ -65,6 +65,17 @@ struct {
 	__type(value, struct bpfqos_rtt_hist);
 } rtt_hist SEC(".maps");
 
+/*
+ * Per interface slot: the WAN-side samples' excess delay (sample minus its
+ * half's base_us), what autorate reads to see queues building on the line.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFQOS_RTT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bpfqos_rtt_hist);
+} rtt_excess SEC(".maps");
+
 /* Per (circuit, side): circuit << 1 | WAN side, made on its first sample. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -257,6 +268,34 @@ static __always_inline void rtt_slot_add(__u32 slot, __u32 wan, __u32 b)
 		rtt_hist_add(h, b);
 }
 
+static __always_inline void rtt_excess_add(__u32 slot, __u32 b)
+{
+	struct bpfqos_rtt_hist *h = bpf_map_lookup_elem(&rtt_excess, &slot);
+
+	if (h)
+		rtt_hist_add(h, b);
+}
+
+/*
+ * A WAN-side sample's delay above its half's base (the queues it met), into
+ * the excess histograms of the interfaces it crossed.
+ */
+static __always_inline void rtt_excess_sample(struct bpfqos_rtt_state *s,
+					      __u32 us)
+{
+	__u32 b;
+
+	if (!s->base_us || us < s->base_us)
+		s->base_us = us;
+	else
+		s->base_us += (us - s->base_us) >> 11;
+	b = rtt_hist_bucket(us - s->base_us);
+	if (s->slot_out)
+		rtt_excess_add(s->slot_out, b);
+	if (s->slot_in && s->slot_in != s->slot_out)
+		rtt_excess_add(s->slot_in, b);
+}
+
 /* One sample of half s: per flow, per interface and side, per circuit. */
 static __always_inline void rtt_sample(struct bpfqos_rtt_state *s, __u32 us)
 {
@@ -267,6 +306,8 @@ static __always_inline void rtt_sample(struct bpfqos_rtt_state *s, __u32 us)
 	s->last_us = us;
 	if (!s->min_us || us < s->min_us)
 		s->min_us = us;
+	if (wan)
+		rtt_excess_sample(s, us);
 	/* Smoothed as TCP does (RFC 6298, alpha 1/8), kept x8. */
 	if (!s->srtt8_us)
 		s->srtt8_us = us << 3;

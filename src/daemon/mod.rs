@@ -23,6 +23,7 @@ use tokio::signal::unix::Signal;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
+use crate::autorate;
 use crate::cli::DaemonArgs;
 use crate::config;
 use crate::config::Config;
@@ -128,6 +129,9 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
     tokio::task::spawn_local(socket.serve(tx));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut autorate_tick =
+        tokio::time::interval(Duration::from_millis(autorate::controller::TICK_MS));
+    autorate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
         "bpfqos {} running, control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -142,6 +146,7 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
             _ = signals.term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = signals.int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = tick.tick() => daemon.tick().await,
+            _ = autorate_tick.tick(), if daemon.autorate.active() => daemon.autorate_tick(),
             Some((req, reply)) = rx.recv() => {
                 // The client may have gone away; its loss.
                 let _ = reply.send(daemon.handle(req).await);
@@ -257,6 +262,7 @@ struct Daemon {
     flows: FlowManager,
     qos: Shaping,
     rtt: rtt::Monitor,
+    autorate: autorate::Autorate,
     /// When the devices holding a default route (the default WAN side of passive RTT) were
     /// last read, and which they were.
     default_routes: (Instant, HashSet<u32>),
@@ -280,6 +286,7 @@ impl Daemon {
             flows: FlowManager::default(),
             qos: Shaping::default(),
             rtt: rtt::Monitor::default(),
+            autorate: autorate::Autorate::default(),
             default_routes: (Instant::now(), HashSet::new()),
             nat_stale: false,
             timeouts: Timeouts::read(),
@@ -290,8 +297,10 @@ impl Daemon {
         self.config.globals.enabled && self.config.globals.offload
     }
 
+    /// Passive RTT: `option rtt`, or autorate on an interface (it runs on the samples).
     fn rtt_on(&self) -> bool {
-        self.config.globals.enabled && self.config.globals.rtt
+        self.config.globals.enabled
+            && (self.config.globals.rtt || self.config.interfaces.iter().any(|i| i.autorate))
     }
 
     /// Brings the interfaces, attachments and shapers in line with the running config and
@@ -302,6 +311,7 @@ impl Daemon {
         self.interfaces = Interfaces::resolve(&self.config, &self.args.config_dir, &self.net.topo);
         self.interface_errors.clear();
         self.apply_offload();
+        self.autorate.configure(&self.config, &mut self.qos);
         self.apply_shaping().await;
         self.apply_rtt().await;
     }
@@ -561,6 +571,17 @@ impl Daemon {
         }
     }
 
+    /// Autorate's tick: reads the excess delay and the shapers' counters, moves the rates.
+    fn autorate_tick(&mut self) {
+        let rtt = &self.rtt;
+        self.autorate.tick(
+            Instant::now(),
+            self.net.dp.as_ref(),
+            &|name| rtt.slot_of(name),
+            &mut self.qos,
+        );
+    }
+
     async fn handle(&mut self, req: Request) -> Reply {
         match req {
             Request::Ping => Reply::ok(serde_json::json!({"pong": true})),
@@ -681,6 +702,7 @@ impl Daemon {
                 shaper: self.qos.status(&i.name),
                 rtt: dp.map(|_| rtt.remove(&i.name).unwrap_or_default()),
                 wan: self.rtt.is_wan_interface(&i.name).unwrap_or(false),
+                autorate: self.autorate.status(&i.name, Instant::now()),
             });
         }
         out

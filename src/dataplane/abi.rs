@@ -58,6 +58,9 @@ pub const RTT6_MAP: &str = "rtt6";
 pub const RTT_HIST_MAP: &str = "rtt_hist";
 /// `HASH` of `circuit << 1 | wan` → [`RttHist`].
 pub const RTT_CIRCUIT_HIST_MAP: &str = "rtt_circuit_hist";
+/// `ARRAY[RTT_SLOTS]` of [`RttHist`]: per interface slot, the WAN-side samples' delay above
+/// their half's base delay (what autorate reads).
+pub const RTT_EXCESS_MAP: &str = "rtt_excess";
 /// `PERCPU_ARRAY` of `u64`, indexed by [`RttStat`].
 pub const RTT_STATS_MAP: &str = "rtt_stats";
 /// `LPM_TRIE` of [`Lpm4Key`] → circuit id (`u32`).

@@ -195,6 +195,16 @@ impl Dataplane {
             .collect()
     }
 
+    /// The excess-delay histogram of interface slot `slot` (`None`: unreadable): the WAN-side
+    /// samples of the halves crossing it, each minus its half's base delay.
+    pub fn rtt_excess_hist(&self, slot: u8) -> Option<abi::RttHist> {
+        let map = self.object.map(abi::RTT_EXCESS_MAP).ok()?;
+        map.lookup(&u32::from(slot).to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|v| abi::from_bytes(&v))
+    }
+
     /// The histograms of every circuit and side that has had a sample: `(circuit << 1 | wan,
     /// histogram)`.
     pub fn rtt_circuit_hists(&self) -> Vec<(u32, abi::RttHist)> {

@@ -129,6 +129,19 @@ pub struct Shaping {
     lookup: Lookup,
     /// Why circuits are not (all) in use.
     circuit_error: Option<String>,
+    /// Rates autorate set, used instead of the configured ones (interface, direction).
+    overrides: HashMap<(String, Direction), u64>,
+}
+
+/// A shaper's counters ([`Shaping::shaper_counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShaperCounters {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Packets dropped.
+    pub drops: u64,
+    /// Bytes queued now.
+    pub backlog_bytes: u64,
 }
 
 /// The circuits limited in `direction`, as a shaper's classes.
@@ -191,6 +204,71 @@ impl Shaping {
         self.tc
             .as_ref()
             .ok_or_else(|| "tc netlink socket unavailable".to_string())
+    }
+
+    /// Makes the shapers of interface `name` use `kbit` for `direction` instead of the
+    /// configured rate from the next apply on (`None`: the configured rate again).
+    pub fn set_rate_override(&mut self, name: &str, direction: Direction, kbit: Option<u64>) {
+        let key = (name.to_string(), direction);
+        match kbit {
+            Some(k) => self.overrides.insert(key, k),
+            None => self.overrides.remove(&key),
+        };
+    }
+
+    /// Changes the rate of `name`'s `direction` shaper now, in place (a CAKE qdisc or HTB
+    /// link class change: the queues are kept), and keeps it for later applies. Errors when
+    /// the interface has no such shaper or the kernel refused (the change is then not
+    /// recorded as applied: the caller tries again).
+    pub fn set_rate(&mut self, name: &str, direction: Direction, kbit: u64) -> Result<(), String> {
+        self.overrides.insert((name.to_string(), direction), kbit);
+        let mut shaper = self
+            .shapers
+            .remove(name)
+            .ok_or_else(|| format!("interface '{name}' is not shaped"))?;
+        let slot = match direction {
+            Direction::Upload => shaper.upload.as_mut(),
+            Direction::Download => shaper.download.as_mut().map(|d| &mut d.applied),
+        };
+        let result = match slot {
+            None => Err(format!(
+                "interface '{name}' has no {} shaper",
+                status::DirectionStatus::direction_name(direction)
+            )),
+            Some(a) if a.params.rate_kbit == kbit && a.tree.is_some() => Ok(()),
+            Some(a) => {
+                let mut params = a.params.clone();
+                params.rate_kbit = kbit;
+                let (device, circuits) = (a.device.clone(), a.circuits.clone());
+                let before = a.clone();
+                match self.apply_tree(&device, params, circuits, Some(before)) {
+                    Ok(new) => {
+                        *a = new;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        self.shapers.insert(name.to_string(), shaper);
+        result
+    }
+
+    /// The root qdisc counters of `name`'s `direction` shaper (`None`: no such shaper, or
+    /// the dump failed).
+    pub fn shaper_counters(&mut self, name: &str, direction: Direction) -> Option<ShaperCounters> {
+        let s = self.shapers.get(name)?;
+        let ifindex = match direction {
+            Direction::Upload => s.upload.as_ref()?.device.ifindex,
+            Direction::Download => s.download.as_ref()?.applied.device.ifindex,
+        };
+        let qdiscs = self.socket().ok()?.qdiscs(ifindex).ok()?;
+        let root = qdiscs.iter().find(|d| d.item.parent == Handle::ROOT)?;
+        Some(ShaperCounters {
+            bytes: root.stats.bytes,
+            drops: root.stats.drops,
+            backlog_bytes: u64::from(root.stats.backlog),
+        })
     }
 
     /// The shaped interfaces by L3 ifindex, for flow admission.
@@ -413,7 +491,17 @@ impl Shaping {
         let down_limits = limits(&self.circuits, &self.ids, Direction::Download);
         let mut dp = dp;
         let result = async {
-            shaper.upload = match Params::of(i, Direction::Upload, l2_len) {
+            let with_override = |p: Option<Params>| {
+                p.map(|mut p| {
+                    if let Some(&k) = self.overrides.get(&(i.name.clone(), p.direction)) {
+                        p.rate_kbit = k;
+                    }
+                    p
+                })
+            };
+            let up_params = with_override(Params::of(i, Direction::Upload, l2_len));
+            let down_params = with_override(Params::of(i, Direction::Download, 14));
+            shaper.upload = match up_params {
                 Some(p) => {
                     let a = self.apply_tree(&l3.dev, p, up_limits, shaper.upload.take())?;
                     if let Some(dp) = dp.as_deref_mut() {
@@ -431,7 +519,7 @@ impl Shaping {
                     None
                 }
             };
-            shaper.download = match Params::of(i, Direction::Download, 14) {
+            shaper.download = match down_params {
                 Some(p) => Some(
                     self.apply_download(
                         &i.name,

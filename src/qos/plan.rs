@@ -48,7 +48,7 @@ pub const CLASS_LINK: u16 = 1;
 pub const CLASS_DEFAULT: u16 = 0x10;
 
 /// Which way a shaper limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Out of the router into the link.
     Upload,

@@ -325,6 +325,12 @@ impl Monitor {
         dp.set_rtt_codes(&codes);
     }
 
+    /// The histogram slot of interface `name` (as of the last [`Monitor::assign`]).
+    pub fn slot_of(&self, name: &str) -> Option<u8> {
+        let i = self.slots.iter().position(|s| s.interface == name)?;
+        u8::try_from(i + 1).ok()
+    }
+
     /// Whether interface `name` faces the Internet (as of the last [`Monitor::assign`]).
     pub fn is_wan_interface(&self, name: &str) -> Option<bool> {
         self.slots
