@@ -786,6 +786,29 @@ static __always_inline __u32 rtt_circuit(int ipv6, const union rtt_key *k,
 	return nat_key_circuit(&n, ipv6);
 }
 
+__noinline int bpfqos_rtt_excess(__u32 excess_us, __u32 slot_out, __u32 slot_in)
+{
+	__u32 b = rtt_hist_bucket(excess_us);
+	struct bpfqos_rtt_hist *h;
+
+	/* Bounded already, but clang drops a check it can prove: the verifier
+	 * cannot, so the bound is made opaque and checked again. */
+	asm volatile("" : "+r"(b));
+	if (b >= BPFQOS_RTT_BUCKETS)
+		return 0;
+	if (slot_out) {
+		h = bpf_map_lookup_elem(&rtt_excess, &slot_out);
+		if (h)
+			rtt_hist_add(h, b);
+	}
+	if (slot_in && slot_in != slot_out) {
+		h = bpf_map_lookup_elem(&rtt_excess, &slot_in);
+		if (h)
+			rtt_hist_add(h, b);
+	}
+	return 0;
+}
+
 __noinline int bpfqos_rtt_arrival(struct rtt_pkt *p)
 {
 	struct bpfqos_rtt_state *s;

@@ -147,6 +147,52 @@ fn render_shaper(s: &mut String, sh: &ShaperStatus) {
     }
 }
 
+fn render_autorate(s: &mut String, a: &crate::autorate::AutorateStatus) {
+    let _ = writeln!(
+        s,
+        "    autorate: {}  latency above base {} (median {}, threshold {})  changes {} (cuts {}){}",
+        if a.bloated { "BUFFERBLOAT" } else { "ok" },
+        ms(a.excess_p25_us),
+        ms(a.excess_median_us),
+        ms(Some(a.threshold_us)),
+        a.changes,
+        a.cuts,
+        if a.failures > 0 {
+            format!("  failed changes {}", a.failures)
+        } else {
+            String::new()
+        }
+    );
+    for (dir, d) in [("upload", &a.upload), ("download", &a.download)] {
+        let Some(d) = d else { continue };
+        let _ = writeln!(
+            s,
+            "      {dir:<8} {} (base {}, {}..{})  carrying {}{}",
+            kbit(d.rate_kbit),
+            kbit(d.base_kbit),
+            kbit(d.min_kbit),
+            kbit(d.max_kbit),
+            d.achieved_kbit
+                .map_or("-".into(), |k| if k == 0 { "0".into() } else { kbit(k) }),
+            d.load_pct.map_or(String::new(), |p| format!(" ({p} %)"))
+        );
+    }
+    if let Some(e) = &a.last_error {
+        let _ = writeln!(s, "      last error: {e}");
+    }
+    for d in a.decisions.iter().take(3) {
+        let _ = writeln!(
+            s,
+            "      {:>6.1} s ago {:<8} {} -> {}: {}",
+            d.ago_s,
+            d.direction,
+            kbit(d.from_kbit),
+            kbit(d.to_kbit),
+            d.why
+        );
+    }
+}
+
 fn render_circuits(s: &mut String, st: &Status) {
     if st.circuits.is_empty() {
         return;
@@ -352,6 +398,9 @@ impl Status {
             if let Some(sh) = &i.shaper {
                 render_shaper(&mut s, sh);
             }
+            if let Some(a) = &i.autorate {
+                render_autorate(&mut s, a);
+            }
         }
         render_circuits(&mut s, self);
         render_rtt(&mut s, &self.rtt);
@@ -450,5 +499,68 @@ mod tests {
         assert_eq!(kbit(0), "-");
         assert_eq!(kbit(40000), "40 Mbit/s");
         assert_eq!(kbit(1500), "1500 kbit/s");
+    }
+
+    #[test]
+    fn autorate_keeps_its_contract_in_json_and_text() {
+        use crate::autorate::AutorateDirection;
+        use crate::autorate::AutorateStatus;
+        use crate::autorate::DecisionStatus;
+        let st = Status {
+            interfaces: vec![
+                InterfaceStatus {
+                    name: "wan".into(),
+                    autorate: Some(AutorateStatus {
+                        download: Some(AutorateDirection {
+                            rate_kbit: 17_500,
+                            applied_kbit: Some(17_500),
+                            base_kbit: 20_000,
+                            min_kbit: 4_000,
+                            max_kbit: 24_000,
+                            achieved_kbit: Some(16_900),
+                            load_pct: Some(96),
+                        }),
+                        threshold_us: 8_000,
+                        bloated: true,
+                        excess_p25_us: Some(12_400),
+                        changes: 3,
+                        cuts: 1,
+                        decisions: vec![DecisionStatus {
+                            ago_s: 0.4,
+                            direction: "download".into(),
+                            from_kbit: 20_000,
+                            to_kbit: 17_500,
+                            reason: "bufferbloat".into(),
+                            why: "latency 12.4 ms above the connections' base".into(),
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                InterfaceStatus {
+                    name: "lan".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        let a = &v["interfaces"][0]["autorate"];
+        assert_eq!(a["download"]["rate_kbit"], 17_500);
+        assert_eq!(a["download"]["load_pct"], 96);
+        assert!(a["upload"].is_null(), "a fixed direction is null");
+        assert!(a["excess_median_us"].is_null() && a["samples"].is_null());
+        assert_eq!(a["decisions"][0]["reason"], "bufferbloat");
+        for k in ["upload_kbit", "download_kbit", "excess_us"] {
+            assert!(a["history"][k].is_array(), "{k}");
+        }
+        assert!(v["interfaces"][1]["autorate"].is_null());
+        let text = st.render();
+        assert!(text.contains("autorate: BUFFERBLOAT"), "{text}");
+        assert!(
+            text.contains("download 17500 kbit/s (base 20 Mbit/s"),
+            "{text}"
+        );
+        assert!(text.contains("20 Mbit/s -> 17500 kbit/s"), "{text}");
     }
 }

@@ -357,6 +357,7 @@ fn btf_layout_matches_the_rust_types() {
                     ("seen", offset_of!(S, seen)),
                     ("circuit", offset_of!(S, circuit)),
                     ("ifindex", offset_of!(S, ifindex)),
+                    ("base_us", offset_of!(S, base_us)),
                     ("slot_out", offset_of!(S, slot_out)),
                     ("slot_in", offset_of!(S, slot_in)),
                     ("flags", offset_of!(S, flags)),

@@ -810,3 +810,71 @@ fn a_full_pair_of_slots_refuses_a_third_half_until_one_is_idle() {
     assert!(rig.half(&same[2]).is_some(), "the idle slot was taken");
     assert!(rig.half(&same[0]).is_none() && rig.half(&same[1]).is_some());
 }
+
+#[test]
+fn excess_delay_is_each_connections_own_above_its_base() {
+    let Some(mut rig) = Rig::new("excess_delay_is_each_connections_own_above_its_base", false)
+    else {
+        return;
+    };
+    let (lan, wan, p) = (rig.lan, rig.wan, Encap::plain());
+    let excess = |rig: &Rig| {
+        let v = find_map(&rig.env.obj, abi::RTT_EXCESS_MAP)
+            .lookup(&u32::from(WAN_SLOT).to_ne_bytes(), MapFlags::ANY)
+            .unwrap()
+            .unwrap();
+        hist::counts(&abi::from_bytes::<abi::RttHist>(&v).unwrap())
+    };
+    // One exchange of `t` taking `wait`, with timestamps `n`.
+    let exchange = |rig: &mut Rig, t: &Tuple, n: u32, wait: Duration| {
+        rig.out(wan, lan, &p, t, seg(n * 10, 10).ts(n, 1));
+        std::thread::sleep(wait);
+        rig.arrive(wan, &p, &rev(t), ack(n * 10 + 10).ts(1, n));
+    };
+    let far = Conn::new(false).w2s;
+    let near = Tuple {
+        sport: 62001,
+        ..far
+    };
+    // A far server: every exchange long, none longer than the others but for scheduling.
+    for n in 1..=4 {
+        exchange(&mut rig, &far, n, Duration::from_millis(25));
+    }
+    let h = rig.half(&far).unwrap();
+    assert_eq!(h.samples, 4);
+    assert!(
+        h.base_us >= 25_000 && h.base_us <= h.min_us + h.min_us / 512 + 1,
+        "{h:?}"
+    );
+    let c = excess(&rig);
+    assert_eq!(hist::total(&c), 4, "one excess per WAN sample");
+    let worst = hist::quantile(&c, 1.0).unwrap();
+    assert!(worst < 15_000, "a long path is no queue: {worst} µs");
+    // A near server whose packets then meet a queue of 25 ms.
+    for n in 1..=3 {
+        exchange(&mut rig, &near, n, GAP);
+    }
+    for n in 4..=6 {
+        exchange(&mut rig, &near, n, GAP + Duration::from_millis(25));
+    }
+    let c = hist::diff(&excess(&rig), &c);
+    assert_eq!(hist::total(&c), 6);
+    let queued = c
+        .iter()
+        .enumerate()
+        .filter(|(b, _)| hist::lower_us(*b) >= 15_000)
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    assert_eq!(
+        queued, 3,
+        "the queued exchanges, above the near server's base: {c:?}"
+    );
+    // LAN-side samples are no line's queue: no excess.
+    let before = excess(&rig);
+    let s2c = rev(&Conn::new(false).c2s);
+    rig.out(lan, wan, &p, &s2c, seg(1, 10).ts(1, 1));
+    gap();
+    rig.arrive(lan, &p, &rev(&s2c), ack(11).ts(2, 1));
+    assert_eq!(rig.half(&s2c).unwrap().samples, 1);
+    assert_eq!(excess(&rig), before);
+}

@@ -145,6 +145,8 @@ struct rtt_pkt {
  * program's source, after the maps they use.
  */
 __noinline int bpfqos_rtt_arrival(struct rtt_pkt *p);
+__noinline int bpfqos_rtt_excess(__u32 excess_us, __u32 slot_out,
+				 __u32 slot_in);
 __noinline int bpfqos_rtt_departure(struct rtt_pkt *p, __u32 out_ifindex,
 				    __u32 in_ifindex);
 
@@ -268,32 +270,20 @@ static __always_inline void rtt_slot_add(__u32 slot, __u32 wan, __u32 b)
 		rtt_hist_add(h, b);
 }
 
-static __always_inline void rtt_excess_add(__u32 slot, __u32 b)
-{
-	struct bpfqos_rtt_hist *h = bpf_map_lookup_elem(&rtt_excess, &slot);
-
-	if (h)
-		rtt_hist_add(h, b);
-}
-
 /*
  * A WAN-side sample's delay above its half's base (the queues it met), into
- * the excess histograms of the interfaces it crossed.
+ * the excess histograms of the interfaces it crossed (bpfqos_rtt_excess(),
+ * a global function: inlined, its branches multiplied the arrival's paths
+ * for the verifier, 88k instructions to 274k).
  */
 static __always_inline void rtt_excess_sample(struct bpfqos_rtt_state *s,
 					      __u32 us)
 {
-	__u32 b;
-
 	if (!s->base_us || us < s->base_us)
 		s->base_us = us;
 	else
 		s->base_us += (us - s->base_us) >> 11;
-	b = rtt_hist_bucket(us - s->base_us);
-	if (s->slot_out)
-		rtt_excess_add(s->slot_out, b);
-	if (s->slot_in && s->slot_in != s->slot_out)
-		rtt_excess_add(s->slot_in, b);
+	bpfqos_rtt_excess(us - s->base_us, s->slot_out, s->slot_in);
 }
 
 /* One sample of half s: per flow, per interface and side, per circuit. */
