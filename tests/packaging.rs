@@ -731,4 +731,35 @@ fn luci_status_view_renders_whatever_the_daemon_sends() {
     );
     assert!(text.contains("2 (1%)"), "retransmit rate: {text}");
     assert!(text.contains("42.0 ms / -"), "per circuit: {text}");
+
+    // Autorate: one direction under it, the other fixed (null); its history and decisions;
+    // and a broken one (wrong types) that must not throw.
+    let ar = dir.write(
+        "ar.json",
+        r#"{"version": "0.1.0", "offload": {"enabled": true},
+            "interfaces": [{"name": "wan", "upload_kbit": 2000, "download_kbit": 8000,
+              "shaper": {"download": {"device": "bqd-wan", "qdisc": "cake", "rate_kbit": 7400}},
+              "autorate": {"upload": null, "download": {"rate_kbit": 7400, "applied_kbit": 7400,
+                "base_kbit": 8000, "min_kbit": 1600, "max_kbit": 9600, "achieved_kbit": 7100,
+                "load_pct": 95}, "bloated": true, "threshold_us": 8000, "excess_p25_us": 12500,
+                "excess_median_us": null, "samples": 4, "changes": 12, "cuts": 3, "failures": 0,
+                "decisions": [{"ago_s": 0.6, "direction": "download", "from_kbit": 8000,
+                  "to_kbit": 7400, "reason": "bufferbloat", "why": "latency 12.5 ms above base"}],
+                "history": {"step_s": 2, "download_kbit": [8000, null, 7400],
+                  "download_achieved_kbit": [7900, 7100, 7100], "excess_us": [null, 12500, 3000]}}},
+              {"name": "wan2", "upload_kbit": 1000, "download_kbit": 0,
+               "shaper": {"upload": {"device": "wan2", "qdisc": "cake", "rate_kbit": 1000}},
+               "autorate": {"upload": 5, "decisions": "x", "history": null}}]}"#,
+    );
+    let text = render_status_view(&[ar.to_str().unwrap_or_default()]);
+    assert!(text.contains("Autorate"), "{text}");
+    assert!(text.contains("bufferbloat: cutting"), "{text}");
+    assert!(text.contains("12.5 ms / -"), "excess, median null: {text}");
+    assert!(
+        text.contains("Download | 7.4 Mbit/s | 8.0 Mbit/s | 1.6 Mbit/s"),
+        "{text}"
+    );
+    assert!(text.contains("95 %"), "{text}");
+    assert!(text.contains("latency 12.5 ms above base"), "{text}");
+    assert!(text.contains("No direction under autorate"), "{text}");
 }

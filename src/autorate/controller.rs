@@ -170,6 +170,8 @@ pub struct Traffic {
     pub drops: u64,
     /// Bytes queued in it at the end of the tick.
     pub backlog_bytes: u64,
+    /// How long packets wait in it now, µs (CAKE's average sojourn; else backlog / rate).
+    pub queue_us: u64,
 }
 
 /// One tick's inputs.
@@ -278,7 +280,13 @@ pub struct Controller {
     /// The 25th-percentile excess of the last ticks with samples, oldest first.
     window: VecDeque<u64>,
     last_samples_ms: Option<u64>,
+    threshold_now_us: u64,
 }
+
+/// Bits of a full Ethernet frame.
+const FRAME_BITS: u64 = 1514 * 8;
+/// A download shaper holding packets this long is the download's bottleneck (not the line).
+const OWN_QUEUE_US: u64 = 1_000;
 
 impl Controller {
     /// A controller for the directions given (`None`: that direction is not controlled),
@@ -293,6 +301,7 @@ impl Controller {
             clean_above: 0,
         };
         Self {
+            threshold_now_us: tuning.threshold_us,
             tuning,
             dirs: [upload.map(state), download.map(state)],
             window: VecDeque::new(),
@@ -329,9 +338,15 @@ impl Controller {
     pub fn bloated(&self) -> bool {
         self.window
             .iter()
-            .filter(|&&e| e > self.tuning.threshold_us)
+            .filter(|&&e| e > self.threshold_now_us)
             .count()
             >= self.tuning.delayed
+    }
+
+    /// The threshold in use now, µs: [`Tuning::threshold_us`], or one and a half full
+    /// frames' time at the slower controlled direction's rate when that is longer.
+    pub fn threshold_us(&self) -> u64 {
+        self.threshold_now_us
     }
 
     /// The tuning in use.
@@ -350,6 +365,19 @@ impl Controller {
             }
             self.last_samples_ms = Some(input.now_ms);
         }
+        // One full frame takes 12 ms at 1 Mbit/s: a frame or two queued on a slow line is
+        // its normal state, not congestion; the threshold is at least one and a half frames.
+        let slowest = Dir::BOTH
+            .iter()
+            .filter_map(|d| self.dirs[d.index()].as_ref().map(|s| s.rate_kbit))
+            .min()
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.threshold_now_us = t.threshold_us.max(3 * FRAME_BITS * 1000 / 2 / slowest);
+        let t = Tuning {
+            threshold_us: self.threshold_now_us,
+            ..t
+        };
         let bloated = self.bloated();
         // The queue now: the latest tick with samples.
         let worst = self.window.back().copied().unwrap_or(0);
@@ -378,7 +406,11 @@ impl Controller {
             let resting = s
                 .last_cut_ms
                 .is_some_and(|at| input.now_ms.saturating_sub(at) < t.refractory_ms);
-            let blamed = bloated && load >= t.idle_load && load >= t.blame_share * busiest;
+            // A download shaper that holds a queue is where that direction's TCP meets its
+            // bottleneck: the line's download buffer is not filling (the upload one may be).
+            let exonerated = d == Dir::Download && traffic.queue_us >= OWN_QUEUE_US;
+            let blamed =
+                bloated && !exonerated && load >= t.idle_load && load >= t.blame_share * busiest;
             let (to, reason) = if blamed {
                 if resting {
                     continue;

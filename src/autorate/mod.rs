@@ -187,32 +187,45 @@ impl Autorate {
         }
     }
 
-    /// One tick ([`controller::TICK_MS`]): reads, decides, applies.
+    /// One tick ([`controller::TICK_MS`]): reads, decides, applies. `place(name)`: the
+    /// interface's RTT slot, and whether its upload shaper sits where departures are timed
+    /// (its device is also a lowest device: a plain Ethernet WAN, whose root qdisc comes after
+    /// TC egress), so that its samples include that shaper's own queue.
     pub fn tick(
         &mut self,
         now: Instant,
         dp: Option<&Dataplane>,
-        slot_of: &dyn Fn(&str) -> Option<u8>,
+        place: &dyn Fn(&str) -> (Option<u8>, bool),
         shaping: &mut Shaping,
     ) {
         self.ticks += 1;
         let tick_no = self.ticks;
         let ms = tick_no * controller::TICK_MS;
         for (name, line) in self.lines.iter_mut() {
-            let excess = read_excess(line, dp, slot_of(name));
-            if let Some(e) = excess {
-                line.last_excess = Some((e, tick_no));
-            }
+            let (slot, shaper_timed) = place(name);
+            let mut own_upload_us = 0;
             for d in Dir::BOTH {
                 let i = d.index();
                 let read = shaping
                     .shaper_counters(name, qos_dir(d))
                     .map(|counters| Read { at: now, counters });
+                if d == Dir::Upload && shaper_timed {
+                    own_upload_us = read.map_or(0, |r| r.counters.delay_us);
+                }
                 line.traffic[i] = match (line.prev[i], read) {
                     (Some(p), Some(r)) => Some(traffic(&p, &r)),
                     _ => None,
                 };
                 line.prev[i] = read;
+            }
+            // Samples timed before the upload shaper include its queue: not the line's.
+            let excess = read_excess(line, dp, slot).map(|e| Excess {
+                low_us: e.low_us.saturating_sub(own_upload_us),
+                median_us: e.median_us.saturating_sub(own_upload_us),
+                ..e
+            });
+            if let Some(e) = excess {
+                line.last_excess = Some((e, tick_no));
             }
             let input = Input {
                 now_ms: ms,
@@ -268,7 +281,7 @@ impl Autorate {
             upload: dir(Dir::Upload),
             download: dir(Dir::Download),
             bloated: c.bloated(),
-            threshold_us: c.tuning().threshold_us,
+            threshold_us: c.threshold_us(),
             excess_p25_us: recent.map(|e| e.low_us),
             excess_median_us: recent.map(|e| e.median_us),
             samples: recent.map(|e| e.samples),
@@ -331,6 +344,7 @@ fn traffic(prev: &Read, now: &Read) -> Traffic {
         },
         drops: now.counters.drops.saturating_sub(prev.counters.drops),
         backlog_bytes: now.counters.backlog_bytes,
+        queue_us: now.counters.delay_us,
     }
 }
 
@@ -340,7 +354,7 @@ fn apply(name: &str, line: &mut Line, shaping: &mut Shaping) {
         let Some(want) = line.controller.rate_kbit(d) else {
             continue;
         };
-        if line.applied[d.index()] == Some(want) {
+        if !worth_applying(line.applied[d.index()], want, line.controller.bounds(d)) {
             continue;
         }
         match shaping.set_rate(name, qos_dir(d), want) {
@@ -363,6 +377,21 @@ fn apply(name: &str, line: &mut Line, shaping: &mut Shaping) {
             }
         }
     }
+}
+
+/// Whether the kernel should be given `want` when it has `applied`: any first rate, any
+/// decrease of half a percent (cuts, drift down), increases once they add up to a percent
+/// (probing moves by fractions of one: a netlink change each tick would be most of the cost),
+/// and the bounds and base exactly.
+fn worth_applying(applied: Option<u64>, want: u64, bounds: Option<Bounds>) -> bool {
+    let Some(a) = applied else {
+        return true;
+    };
+    if want == a {
+        return false;
+    }
+    let exact = bounds.is_some_and(|b| [b.min_kbit, b.max_kbit, b.base_kbit].contains(&want));
+    exact || want * 200 <= a * 199 || want * 100 >= a * 101
 }
 
 /// Adds the tick to the history step, closing it every [`HISTORY_EVERY`] ticks.

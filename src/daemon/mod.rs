@@ -573,13 +573,19 @@ impl Daemon {
 
     /// Autorate's tick: reads the excess delay and the shapers' counters, moves the rates.
     fn autorate_tick(&mut self) {
-        let rtt = &self.rtt;
-        self.autorate.tick(
-            Instant::now(),
-            self.net.dp.as_ref(),
-            &|name| rtt.slot_of(name),
-            &mut self.qos,
-        );
+        let (rtt, interfaces) = (&self.rtt, &self.interfaces);
+        let place = |name: &str| {
+            let r = interfaces.get(name);
+            let l3 = r.and_then(|r| r.ifindex);
+            let shaper_timed = r.is_some_and(|r| {
+                r.lowest
+                    .as_ref()
+                    .is_ok_and(|l| l.iter().any(|d| Some(d.ifindex) == l3))
+            });
+            (rtt.slot_of(name), shaper_timed)
+        };
+        self.autorate
+            .tick(Instant::now(), self.net.dp.as_ref(), &place, &mut self.qos);
     }
 
     async fn handle(&mut self, req: Request) -> Reply {

@@ -142,6 +142,9 @@ pub struct ShaperCounters {
     pub drops: u64,
     /// Bytes queued now.
     pub backlog_bytes: u64,
+    /// How long packets wait in it now, µs: CAKE's average sojourn (its busiest tin), else
+    /// the backlog at the rate.
+    pub delay_us: u64,
 }
 
 /// The circuits limited in `direction`, as a shaper's classes.
@@ -258,16 +261,23 @@ impl Shaping {
     /// the dump failed).
     pub fn shaper_counters(&mut self, name: &str, direction: Direction) -> Option<ShaperCounters> {
         let s = self.shapers.get(name)?;
-        let ifindex = match direction {
-            Direction::Upload => s.upload.as_ref()?.device.ifindex,
-            Direction::Download => s.download.as_ref()?.applied.device.ifindex,
+        let a = match direction {
+            Direction::Upload => s.upload.as_ref()?,
+            Direction::Download => &s.download.as_ref()?.applied,
         };
+        let (ifindex, rate_kbit) = (a.device.ifindex, a.params.rate_kbit);
         let qdiscs = self.socket().ok()?.qdiscs(ifindex).ok()?;
         let root = qdiscs.iter().find(|d| d.item.parent == Handle::ROOT)?;
+        let backlog_bytes = u64::from(root.stats.backlog);
+        let delay_us = match root.stats.tins.iter().map(|t| t.avg_delay_us).max() {
+            Some(d) => d,
+            None => (backlog_bytes * 8000).checked_div(rate_kbit).unwrap_or(0),
+        };
         Some(ShaperCounters {
             bytes: root.stats.bytes,
             drops: root.stats.drops,
-            backlog_bytes: u64::from(root.stats.backlog),
+            backlog_bytes,
+            delay_us,
         })
     }
 

@@ -31,7 +31,10 @@ for sc in "$@"; do
         echo "no such scenario: $file" >"$work/log"
         rc=1
     else
-        SC=$sc WORK=$work RESULTS=$work/results timeout -k 10 "$SCENARIO_TIMEOUT" \
+        # A scenario may ask for more with a "# vm-timeout: SECONDS" line.
+        limit=$(sed -n 's/^# vm-timeout: \([0-9][0-9]*\)$/\1/p' "$file" | head -n1)
+        limit=${limit:-$SCENARIO_TIMEOUT}
+        SC=$sc WORK=$work RESULTS=$work/results timeout -k 10 "$limit" \
             bash -c 'source "$VMDIR/lib.sh" && source "$1" && scenario_main' _ "$file" \
             3>&1 >"$work/log" 2>&1
         rc=$?
@@ -46,7 +49,7 @@ for sc in "$@"; do
     if [ "$rc" -eq 0 ]; then
         line="PASS $sc"
     else
-        [ "$rc" -eq 124 ] && echo "scenario exceeded ${SCENARIO_TIMEOUT}s" >>"$work/log"
+        [ "$rc" -eq 124 ] && echo "scenario exceeded ${limit:-$SCENARIO_TIMEOUT}s" >>"$work/log"
         echo "---- log of $sc (last 120 lines) ----"
         tail -n 120 "$work/log"
         [ -f "$work/diag.txt" ] && cat "$work/diag.txt"

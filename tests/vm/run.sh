@@ -12,7 +12,7 @@
 #   BPFQOS_EXPECT_OFFLOAD  1 = also the strict "most of the transfer offloaded" check (off in CI: TCG admission is slow)
 #   BPFQOS_BPF_OBJ         BPF object for the verifier scenario (default: newest
 #                          target/*/build/bpfqos-*/out/offload.bpfel.o)
-#   VM_KERNEL VM_CPUS VM_MEMORY VM_TIMEOUT   (defaults: newest /boot/vmlinuz-6.12.*-amd64, 1, 2G, 900)
+#   VM_KERNEL VM_CPUS VM_MEMORY VM_TIMEOUT   (defaults: newest /boot/vmlinuz-6.12.*-amd64, 1, 2G, 1500)
 #                          (1 vCPU: measured faster than 2 under TCG on a shared 2-core host)
 # Output: one line per scenario (PASS name / FAIL name / PENDING name/part: reason), then exactly
 # "N passed, M failed". Exit status 0 only if nothing failed.
@@ -20,7 +20,7 @@ set -uo pipefail
 
 VMDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$VMDIR/../.." && pwd)
-ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc shaping circuits rtt)
+ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc shaping circuits rtt autorate)
 
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' "${ALL_SCENARIOS[@]}"
@@ -48,7 +48,7 @@ obj=${BPFQOS_BPF_OBJ:-$(ls -t "$REPO"/target/*/build/bpfqos-*/out/offload.bpfel.
 
 cpus=${VM_CPUS:-1}
 mem=${VM_MEMORY:-2G}
-vm_timeout=${VM_TIMEOUT:-900}
+vm_timeout=${VM_TIMEOUT:-1500}
 log=$(mktemp /tmp/bpfqos-vm-run.XXXXXX.log)
 
 q() { printf '%q' "$1"; }

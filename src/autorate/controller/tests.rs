@@ -84,6 +84,8 @@ impl Line {
                 achieved_kbit: achieved.round() as u64,
                 drops: u64::from(saturated),
                 backlog_bytes: if saturated { 3000 } else { 0 },
+                // CAKE holds a saturating bulk flow at about its 5 ms target.
+                queue_us: if saturated { 5_000 } else { 0 },
             };
         }
         let busy = [self.up.demand, self.down.demand]
@@ -336,6 +338,7 @@ fn heavy_load_without_samples_does_not_probe() {
                 achieved_kbit: 10_000,
                 drops: 5,
                 backlog_bytes: 30_000,
+                queue_us: 0,
             }),
         });
         assert!(out.is_empty(), "{out:?}");
@@ -425,6 +428,30 @@ fn bufferbloat_in_the_other_direction_does_not_cut_this_one() {
     );
     assert_eq!(c.rate_kbit(Dir::Download), Some(20_000));
     assert!(c.rate_kbit(Dir::Upload).unwrap_or(0) <= 2_200);
+
+    // Bulk both ways, the download shaped below its line (its shaper holds the queue: it is
+    // the download's bottleneck, so the line's download buffer is empty): only the upload
+    // is to blame, and the download is not cut for the upload's queue.
+    let mut c = Controller::new(
+        Tuning::default(),
+        Some(bounds(5_000, 1_000, 6_000)),
+        Some(bounds(18_000, 4_000, 18_000)),
+    );
+    let mut line = Line::new(
+        Path::new(2_000.0, Demand::Bulk),
+        Path::new(20_000.0, Demand::Bulk),
+    );
+    let mut t = Trace::default();
+    run(&mut c, &mut line, ticks(60), &mut t);
+    assert!(t.cuts() > 0);
+    assert!(
+        t.decisions
+            .iter()
+            .all(|d| d.dir == Dir::Upload || d.reason.kind() != "bufferbloat"),
+        "{:?}",
+        t.decisions
+    );
+    assert_eq!(c.rate_kbit(Dir::Download), Some(18_000));
 }
 
 #[test]
@@ -445,6 +472,7 @@ fn a_long_rtt_flow_is_not_congestion() {
                 achieved_kbit: c.rate_kbit(Dir::Download).unwrap_or(0),
                 drops: 1,
                 backlog_bytes: 1500,
+                queue_us: 0,
             }),
         }) {
             assert_eq!(d.reason.kind(), "load", "{d:?}");

@@ -169,16 +169,17 @@ function sample(st, now) {
 }
 
 // An SVG plot of sample series ([{ samples, colour }], newest last) on a 0..max scale, with
-// dashed horizontal lines at `limits` ([{ value, colour }]) and a legend.
-function plot(series, limits, max, legend) {
-	var w = 600, h = 120;
+// dashed horizontal lines at `limits` ([{ value, colour }]) and a legend; `n`: points across
+// (default: the page's own history length).
+function plot(series, limits, max, legend, n) {
+	var w = 600, h = 120, points = Math.max(2, n || HISTORY);
 
 	function line(samples, colour) {
 		var pts = [];
 		samples.forEach(function(v, i) {
 			if (num(v) === null)
 				return;
-			var x = (HISTORY - samples.length + i) * w / (HISTORY - 1),
+			var x = (points - samples.length + i) * w / (points - 1),
 			    y = h - (v / max) * (h - 4) - 2;
 			pts.push(x.toFixed(1) + ',' + y.toFixed(1));
 		});
@@ -275,6 +276,67 @@ function section(title, content) {
 	return E('div', { 'class': 'cbi-section' }, [ E('h3', {}, title) ].concat(content));
 }
 
+// Autorate on an interface (status `interfaces[].autorate`): rates against bounds, state,
+// the latest decisions, and its own 5-minute history (rates, throughput, excess delay).
+function autorateContent(a) {
+	var rows = [], decisions = [], hist = obj(a.history),
+	    n = Math.max(arr(hist.upload_kbit).length, arr(hist.download_kbit).length, 2),
+	    mins = Math.round(n * (num(hist.step_s) || 2) / 60), max = 1, emax = 1000;
+
+	[ [ _('Upload'), a.upload ], [ _('Download'), a.download ] ].forEach(function(d) {
+		var x = d[1];
+		if (x == null || typeof x !== 'object')
+			return;
+		rows.push([ d[0], kbitRate(x.rate_kbit), kbitRate(x.base_kbit),
+			kbitRate(x.min_kbit) + ' \u2013 ' + kbitRate(x.max_kbit),
+			(num(x.achieved_kbit) === null) ? '-' : bps(x.achieved_kbit * 1000),
+			(num(x.load_pct) === null) ? '-' : x.load_pct + ' %' ]);
+		max = Math.max(max, num(x.max_kbit) || 0);
+	});
+
+	arr(a.decisions).slice(0, 5).forEach(function(d) {
+		d = obj(d);
+		decisions.push([ (num(d.ago_s) === null) ? '-' : _('%.1f s ago').format(d.ago_s),
+			d.direction, kbitRate(d.from_kbit) + ' \u2192 ' + kbitRate(d.to_kbit), d.why || d.reason ]);
+	});
+
+	arr(hist.excess_us).concat([ num(a.threshold_us) || 0 ]).forEach(function(v) {
+		if (num(v) !== null && v > emax)
+			emax = v;
+	});
+
+	return [
+		E('h4', {}, _('Autorate')),
+		keyValues([
+			[ _('Line'), a.bloated ? _('bufferbloat: cutting') : _('ok') ],
+			[ _('Latency above the connections\' base (25th percentile / median)'),
+			  msText(a.excess_p25_us) + ' / ' + msText(a.excess_median_us) + ' \u2014 ' +
+			  _('threshold %s').format(msText(a.threshold_us)) ],
+			[ _('Rate changes (of which cuts for bufferbloat)'), count(a.changes) + ' (' + count(a.cuts) + ')' ],
+			[ _('Failed changes (retried)'), count(a.failures) + (a.last_error ? ': ' + a.last_error : '') ]
+		]),
+		table([ _('Direction'), _('Rate now'), _('Configured'), _('Range'), _('Carrying'), _('Load') ],
+		      rows, _('No direction under autorate')),
+		plot([ { samples: arr(hist.upload_kbit), colour: '#1f77b4' },
+		       { samples: arr(hist.download_kbit), colour: '#2ca02c' },
+		       { samples: arr(hist.upload_achieved_kbit), colour: '#aec7e8' },
+		       { samples: arr(hist.download_achieved_kbit), colour: '#98df8a' } ],
+		     [], max, [
+			E('span', { 'style': 'color:#1f77b4' }, '\u25a0 ' + _('Upload rate')), ' ',
+			E('span', { 'style': 'color:#2ca02c' }, '\u25a0 ' + _('Download rate')), ' ',
+			E('span', { 'style': 'color:#aec7e8' }, '\u25a0 ' + _('Upload carried')), ' ',
+			E('span', { 'style': 'color:#98df8a' }, '\u25a0 ' + _('Download carried')), ' \u2014 ',
+			_('last %d minutes, top: %s').format(mins, kbitRate(max))
+		], n),
+		plot([ { samples: arr(hist.excess_us), colour: '#d62728' } ],
+		     [ { value: num(a.threshold_us), colour: '#d62728' } ], emax, [
+			E('span', { 'style': 'color:#d62728' }, '\u25a0 ' + _('Latency above base (dashed: threshold)')), ' \u2014 ',
+			_('last %d minutes, top: %s').format(mins, msText(emax))
+		], n),
+		table([ _('When'), _('Direction'), _('Change'), _('Why') ], decisions, _('No change yet'))
+	];
+}
+
 function shaperSection(i, rates) {
 	var sh = obj(i.shaper),
 	    rows = [],
@@ -310,6 +372,9 @@ function shaperSection(i, rates) {
 	if (tins.length)
 		content.push(table([ _('Direction'), _('Tin'), _('Sent'), _('Drops'), _('ECN marks'),
 		                     _('Average delay'), _('Peak delay') ], tins, ''));
+
+	if (i.autorate != null && typeof i.autorate === 'object')
+		content = content.concat(autorateContent(i.autorate));
 
 	if (sh.error)
 		content.unshift(E('p', { 'class': 'alert-message warning' }, [
