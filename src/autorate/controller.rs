@@ -166,12 +166,11 @@ pub struct Excess {
 pub struct Traffic {
     /// Throughput out of the shaper, kbit/s.
     pub achieved_kbit: u64,
-    /// Packets it dropped during the tick.
+    /// Packets it dropped or ECN-marked during the tick (its AQM at work: it is where the
+    /// direction's TCP meets its bottleneck).
     pub drops: u64,
     /// Bytes queued in it at the end of the tick.
     pub backlog_bytes: u64,
-    /// How long packets wait in it now, µs (CAKE's average sojourn; else backlog / rate).
-    pub queue_us: u64,
 }
 
 /// One tick's inputs.
@@ -270,6 +269,8 @@ struct DirState {
     bloated_at: Option<(u64, u64)>,
     /// Ticks in a row above that throughput with no queue to speak of.
     clean_above: u64,
+    /// The last tick its shaper dropped or marked.
+    last_aqm_ms: Option<u64>,
 }
 
 /// One interface's controller: both directions, one delay window (an RTT crosses both).
@@ -285,8 +286,8 @@ pub struct Controller {
 
 /// Bits of a full Ethernet frame.
 const FRAME_BITS: u64 = 1514 * 8;
-/// A download shaper holding packets this long is the download's bottleneck (not the line).
-const OWN_QUEUE_US: u64 = 1_000;
+/// A download shaper whose AQM acted this recently is the download's bottleneck, ms.
+const AQM_RECENT_MS: u64 = 400;
 
 impl Controller {
     /// A controller for the directions given (`None`: that direction is not controlled),
@@ -299,6 +300,7 @@ impl Controller {
             last_drift_ms: None,
             bloated_at: None,
             clean_above: 0,
+            last_aqm_ms: None,
         };
         Self {
             threshold_now_us: tuning.threshold_us,
@@ -307,6 +309,11 @@ impl Controller {
             window: VecDeque::new(),
             last_samples_ms: None,
         }
+    }
+
+    /// Takes a new base threshold (a reload), µs.
+    pub fn set_threshold(&mut self, threshold_us: u64) {
+        self.tuning.threshold_us = threshold_us;
     }
 
     /// Takes new bounds (a reload), keeping the current rate where it is still inside them.
@@ -406,9 +413,16 @@ impl Controller {
             let resting = s
                 .last_cut_ms
                 .is_some_and(|at| input.now_ms.saturating_sub(at) < t.refractory_ms);
-            // A download shaper that holds a queue is where that direction's TCP meets its
-            // bottleneck: the line's download buffer is not filling (the upload one may be).
-            let exonerated = d == Dir::Download && traffic.queue_us >= OWN_QUEUE_US;
+            // A download shaper whose AQM dropped or marked within two ticks is where
+            // that direction's TCP meets its bottleneck: the line's download buffer is not
+            // what fills (the upload one may be). A shaper above the line's rate never holds
+            // the standing queue its AQM acts on.
+            if traffic.drops > 0 {
+                s.last_aqm_ms = Some(input.now_ms);
+            }
+            let exonerated = d == Dir::Download
+                && s.last_aqm_ms
+                    .is_some_and(|at| input.now_ms.saturating_sub(at) <= AQM_RECENT_MS);
             let blamed =
                 bloated && !exonerated && load >= t.idle_load && load >= t.blame_share * busiest;
             let (to, reason) = if blamed {

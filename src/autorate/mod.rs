@@ -167,15 +167,25 @@ impl Autorate {
         }
         for i in wanted {
             let (up, down) = (bounds_of(i, Dir::Upload), bounds_of(i, Dir::Download));
+            let threshold_us = u64::from(i.autorate_delay_ms) * 1000;
             let line = self.lines.entry(i.name.clone()).or_insert_with(|| {
                 info!(
-                    "interface '{}': autorate on (upload {}, download {})",
+                    "interface '{}': autorate on (upload {}, download {}, delay threshold {} ms)",
                     i.name,
                     describe(up),
-                    describe(down)
+                    describe(down),
+                    i.autorate_delay_ms
                 );
-                Line::new(Controller::new(Tuning::default(), up, down))
+                Line::new(Controller::new(
+                    Tuning {
+                        threshold_us,
+                        ..Tuning::default()
+                    },
+                    up,
+                    down,
+                ))
             });
+            line.controller.set_threshold(threshold_us);
             line.controller.set_bounds(Dir::Upload, up);
             line.controller.set_bounds(Dir::Download, down);
             for d in Dir::BOTH {
@@ -342,9 +352,9 @@ fn traffic(prev: &Read, now: &Read) -> Traffic {
         } else {
             0
         },
-        drops: now.counters.drops.saturating_sub(prev.counters.drops),
+        drops: (now.counters.drops + now.counters.marks)
+            .saturating_sub(prev.counters.drops + prev.counters.marks),
         backlog_bytes: now.counters.backlog_bytes,
-        queue_us: now.counters.delay_us,
     }
 }
 

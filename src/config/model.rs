@@ -144,7 +144,13 @@ pub struct Interface {
     pub min_download_kbit: Option<u64>,
     /// `option max_download` (kbit/s): autorate's upper bound for download.
     pub max_download_kbit: Option<u64>,
+    /// `option autorate_delay` (ms, default [`AUTORATE_DELAY_MS`]): excess latency from which
+    /// autorate sees the line as delayed.
+    pub autorate_delay_ms: u32,
 }
+
+/// Default of `option autorate_delay`, ms (docs/autorate.md says why).
+pub const AUTORATE_DELAY_MS: u32 = 8;
 
 /// `config circuit`: a set of hosts/subnets sharing one rate limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -356,6 +362,7 @@ pub const OPTIONS: &[(&str, &[&str])] = &[
             "max_upload",
             "min_download",
             "max_download",
+            "autorate_delay",
         ],
     ),
     ("circuit", &["name", "ip", "upload", "download"]),
@@ -411,6 +418,7 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
         max_upload_kbit: None,
         min_download_kbit: None,
         max_download_kbit: None,
+        autorate_delay_ms: AUTORATE_DELAY_MS,
     };
     let mut autorate_line = section.line;
     // Options whose value was rejected: checks that combine options skip them, so one mistake
@@ -437,6 +445,7 @@ fn interface(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> I
             "max_upload" => parse_bound(o.value).map(|v| i.max_upload_kbit = Some(v)),
             "min_download" => parse_bound(o.value).map(|v| i.min_download_kbit = Some(v)),
             "max_download" => parse_bound(o.value).map(|v| i.max_download_kbit = Some(v)),
+            "autorate_delay" => parse_delay_ms(o.value).map(|v| i.autorate_delay_ms = v),
             _ => return false,
         };
         if let Err(m) = result {
@@ -812,6 +821,13 @@ fn parse_bound(v: &str) -> Result<u64, String> {
     match parse_kbit(v)? {
         0 => Err("autorate bounds must be at least 1 kbit/s, got '0'".into()),
         n => Ok(n),
+    }
+}
+
+fn parse_delay_ms(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) && v.bytes().all(|c| c.is_ascii_digit()) => Ok(n),
+        _ => Err(format!("expected 1..=1000 ms, got '{v}'")),
     }
 }
 

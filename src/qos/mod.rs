@@ -140,6 +140,8 @@ pub struct ShaperCounters {
     pub bytes: u64,
     /// Packets dropped.
     pub drops: u64,
+    /// Packets ECN-marked (CAKE's, or the fq_codel leaves'; 0 where nothing marks).
+    pub marks: u64,
     /// Bytes queued now.
     pub backlog_bytes: u64,
     /// How long packets wait in it now, µs: CAKE's average sojourn (its busiest tin), else
@@ -273,9 +275,17 @@ impl Shaping {
             Some(d) => d,
             None => (backlog_bytes * 8000).checked_div(rate_kbit).unwrap_or(0),
         };
+        let marks = root.stats.ecn_marks.unwrap_or_else(|| {
+            qdiscs
+                .iter()
+                .filter(|d| d.item.parent != Handle::ROOT)
+                .filter_map(|d| d.stats.ecn_marks)
+                .sum()
+        });
         Some(ShaperCounters {
             bytes: root.stats.bytes,
             drops: root.stats.drops,
+            marks,
             backlog_bytes,
             delay_us,
         })

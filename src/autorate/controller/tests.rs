@@ -84,8 +84,6 @@ impl Line {
                 achieved_kbit: achieved.round() as u64,
                 drops: u64::from(saturated),
                 backlog_bytes: if saturated { 3000 } else { 0 },
-                // CAKE holds a saturating bulk flow at about its 5 ms target.
-                queue_us: if saturated { 5_000 } else { 0 },
             };
         }
         let busy = [self.up.demand, self.down.demand]
@@ -338,7 +336,6 @@ fn heavy_load_without_samples_does_not_probe() {
                 achieved_kbit: 10_000,
                 drops: 5,
                 backlog_bytes: 30_000,
-                queue_us: 0,
             }),
         });
         assert!(out.is_empty(), "{out:?}");
@@ -472,7 +469,6 @@ fn a_long_rtt_flow_is_not_congestion() {
                 achieved_kbit: c.rate_kbit(Dir::Download).unwrap_or(0),
                 drops: 1,
                 backlog_bytes: 1500,
-                queue_us: 0,
             }),
         }) {
             assert_eq!(d.reason.kind(), "load", "{d:?}");

@@ -157,6 +157,12 @@ return view.extend({
 			o.depends('autorate', '1');
 		});
 
+		o = s.taboption('autorate', form.Value, 'autorate_delay', _('Delay threshold (ms)'),
+			_('Latency above the connections\' own base from which the line counts as delayed. 8 ms suits cable, DSL and fibre; radio links (LTE/5G) with jitter of their own may need 15-30.'));
+		o.datatype = 'range(1,1000)';
+		o.placeholder = '8';
+		o.depends('autorate', '1');
+
 		s = m.section(form.GridSection, 'circuit', _('Circuits'),
 			_('Per-host or per-subnet limits inside every shaped link; busy circuits and the other hosts share the link in equal turns, each up to its limit. Hosts behind NAT are recognised by their own address. 0: no limit in that direction.'));
 		s.addremove = true;
