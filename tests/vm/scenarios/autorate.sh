@@ -156,8 +156,12 @@ a = [i for i in st["interfaces"] if i["name"] == "wan"][0]["autorate"]
 print("autorate: changes", a["changes"], "cuts", a["cuts"], "failures", a["failures"])
 hd = [x for x in a["history"]["download_kbit"] if x is not None]
 hu = [x for x in a["history"]["upload_kbit"] if x is not None]
-print("download rate history (kbit/s):", hd[-50:])
-print("upload rate history (kbit/s):", hu[-50:])
+print("history: download rate (kbit/s)", hd[-48:])
+print("history: download carried", [x for x in a["history"]["download_achieved_kbit"] if x is not None][-48:])
+print("history: upload rate (kbit/s)", hu[-48:])
+print("history: upload carried", [x for x in a["history"]["upload_achieved_kbit"] if x is not None][-48:])
+print("history: excess (ms)", [None if x is None else round(x / 1000, 1) for x in a["history"]["excess_us"]][-48:])
+print("history: decisions", {k: sum(1 for d in a["decisions"] if d["reason"] == k) for k in ("bufferbloat", "load", "drift")}, a["decisions"][:3])
 goals = all(ph["above_idle"] is not None and ph["above_idle"] <= 15 and ph["up"] >= 0.85 and ph["down"] >= 0.85
             for ph in res["autorate"][0])
 print("issue goals (p95 <= idle + 15 ms from 5 s after each change, goodput >= 85 % each phase):",
@@ -175,7 +179,7 @@ PY
     )
     rc=$?
     echo "$out"
-    while IFS= read -r l; do note "$l"; done < <(grep -E "phase|CPU|goals|changes" <<<"$out")
+    while IFS= read -r l; do note "$l"; done < <(grep -E "phase|CPU|goals|changes|history" <<<"$out")
     check "autorate follows the line down and up, latency far below static max, goodput far above static min" \
         test "$rc" = 0
 }
