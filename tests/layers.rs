@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "interfaces",
     "rtt",
     "qos",
+    "autorate",
     "offload",
     "status",
     "control",
