@@ -529,5 +529,111 @@ impl Controller {
     }
 }
 
+/// Prefix of [`trace_line`]'s lines.
+pub const TRACE_PREFIX: &str = "autorate-trace";
+
+/// One tick as a line of text, for the log at debug level and for replaying recorded runs
+/// ([`parse_trace_line`]): `autorate-trace NAME T ex=N/P25/MEDIAN|- up=KBIT/DROPS/BACKLOG|-
+/// down=... rates=UP|-/DOWN|- bounds=BASE/MIN/MAX|-,BASE/MIN/MAX|-` (the rates after the tick).
+pub fn trace_line(name: &str, input: &Input, c: &Controller) -> String {
+    let ex = input.excess.map_or("-".to_string(), |e| {
+        format!("{}/{}/{}", e.samples, e.low_us, e.median_us)
+    });
+    let tr = |t: Option<Traffic>| {
+        t.map_or("-".to_string(), |t| {
+            format!("{}/{}/{}", t.achieved_kbit, t.drops, t.backlog_bytes)
+        })
+    };
+    let rate = |d: Dir| c.rate_kbit(d).map_or("-".to_string(), |r| r.to_string());
+    let bounds = |d: Dir| {
+        c.bounds(d).map_or("-".to_string(), |b| {
+            format!("{}/{}/{}", b.base_kbit, b.min_kbit, b.max_kbit)
+        })
+    };
+    format!(
+        "{TRACE_PREFIX} {name} {} ex={ex} up={} down={} rates={}/{} bounds={},{}",
+        input.now_ms,
+        tr(input.upload),
+        tr(input.download),
+        rate(Dir::Upload),
+        rate(Dir::Download),
+        bounds(Dir::Upload),
+        bounds(Dir::Download)
+    )
+}
+
+/// A line of [`trace_line`] (anywhere in `line`) back as the tick's input, the rates after
+/// it and the bounds; `None` if it is not one.
+#[allow(clippy::type_complexity)]
+pub fn parse_trace_line(line: &str) -> Option<(Input, [Option<u64>; 2], [Option<Bounds>; 2])> {
+    let rest = &line[line.find(TRACE_PREFIX)? + TRACE_PREFIX.len()..];
+    let mut f = rest.split_whitespace().skip(1);
+    let now_ms = f.next()?.parse().ok()?;
+    let field =
+        |s: Option<&str>, key: &str| -> Option<String> { s?.strip_prefix(key).map(str::to_string) };
+    let nums = |s: &str| -> Option<Vec<u64>> { s.split('/').map(|x| x.parse().ok()).collect() };
+    let ex = field(f.next(), "ex=")?;
+    let excess = match ex.as_str() {
+        "-" => None,
+        v => match nums(v)?.as_slice() {
+            [n, p, m] => Some(Excess {
+                samples: *n,
+                low_us: *p,
+                median_us: *m,
+            }),
+            _ => return None,
+        },
+    };
+    let traffic = |v: String| -> Option<Option<Traffic>> {
+        if v == "-" {
+            return Some(None);
+        }
+        match nums(&v)?.as_slice() {
+            [k, d, b] => Some(Some(Traffic {
+                achieved_kbit: *k,
+                drops: *d,
+                backlog_bytes: *b,
+            })),
+            _ => None,
+        }
+    };
+    let upload = traffic(field(f.next(), "up=")?)?;
+    let download = traffic(field(f.next(), "down=")?)?;
+    let rates = field(f.next(), "rates=")?;
+    let (ru, rd) = rates.split_once('/')?;
+    let rate = |v: &str| {
+        if v == "-" {
+            Some(None)
+        } else {
+            v.parse().ok().map(Some)
+        }
+    };
+    let bounds = field(f.next(), "bounds=")?;
+    let (bu, bd) = bounds.split_once(',')?;
+    let bound = |v: &str| -> Option<Option<Bounds>> {
+        if v == "-" {
+            return Some(None);
+        }
+        match nums(v)?.as_slice() {
+            [base, min, max] => Some(Some(Bounds {
+                base_kbit: *base,
+                min_kbit: *min,
+                max_kbit: *max,
+            })),
+            _ => None,
+        }
+    };
+    Some((
+        Input {
+            now_ms,
+            excess,
+            upload,
+            download,
+        },
+        [rate(ru)?, rate(rd)?],
+        [bound(bu)?, bound(bd)?],
+    ))
+}
+
 #[cfg(test)]
 mod tests;

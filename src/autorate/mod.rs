@@ -140,7 +140,13 @@ impl Line {
 pub struct Autorate {
     lines: BTreeMap<String, Line>,
     ticks: u64,
+    /// Every tick logged at info level ([`TRACE_ENV`] set): for recording runs.
+    trace: bool,
 }
+
+/// Set in the daemon's environment, every tick's inputs and rates are logged at info level
+/// (`autorate-trace` lines, [`controller::trace_line`]); at debug level they always are.
+pub const TRACE_ENV: &str = "BPFQOS_AUTORATE_TRACE";
 
 impl Autorate {
     /// Whether any interface is controlled (the tick is needed).
@@ -152,6 +158,7 @@ impl Autorate {
     /// others lose theirs. `shaping` is told each controlled direction's current rate, so
     /// that a reload re-applies that rather than the configured base.
     pub fn configure(&mut self, config: &config::Config, shaping: &mut Shaping) {
+        self.trace = std::env::var_os(TRACE_ENV).is_some();
         let enabled = config.globals.enabled;
         let wanted: Vec<&config::Interface> = config
             .interfaces
@@ -257,6 +264,11 @@ impl Autorate {
                 }
                 line.decisions.push_front((now, decision));
                 line.decisions.truncate(DECISIONS_KEPT);
+            }
+            if self.trace {
+                info!("{}", controller::trace_line(name, &input, &line.controller));
+            } else if log::log_enabled!(log::Level::Debug) {
+                log::debug!("{}", controller::trace_line(name, &input, &line.controller));
             }
             apply(name, line, shaping);
             record(line, excess);

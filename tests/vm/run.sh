@@ -52,7 +52,7 @@ vm_timeout=${VM_TIMEOUT:-1500}
 log=$(mktemp /tmp/bpfqos-vm-run.XXXXXX.log)
 
 q() { printf '%q' "$1"; }
-guest_cmd="env BPFQOS_BIN=$(q "$bin") BPFQOS_BPF_OBJ=$(q "$obj") BPFQOS_EXPECT_OFFLOAD=$(q "${BPFQOS_EXPECT_OFFLOAD:-0}")"
+guest_cmd="env BPFQOS_BIN=$(q "$bin") BPFQOS_BPF_OBJ=$(q "$obj") BPFQOS_EXPECT_OFFLOAD=$(q "${BPFQOS_EXPECT_OFFLOAD:-0}") BPFQOS_VM_TRACE=$(q "${BPFQOS_VM_TRACE:-0}")"
 guest_cmd+=" SCENARIO_TIMEOUT=$(q "${SCENARIO_TIMEOUT:-240}") bash $(q "$VMDIR/guest.sh")"
 for sc in "${scenarios[@]}"; do guest_cmd+=" $(q "$sc")"; done
 

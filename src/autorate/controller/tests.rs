@@ -524,3 +524,38 @@ fn is_deterministic() {
     };
     assert_eq!(go(), go());
 }
+
+#[test]
+fn trace_lines_read_back_as_written() {
+    let mut c = Controller::new(Tuning::default(), None, Some(bounds(8_000, 1_600, 9_600)));
+    let inputs = [
+        Input {
+            now_ms: 200,
+            excess: Some(Excess {
+                samples: 7,
+                low_us: 1_234,
+                median_us: 5_678,
+            }),
+            upload: None,
+            download: Some(Traffic {
+                achieved_kbit: 7_900,
+                drops: 2,
+                backlog_bytes: 4_500,
+            }),
+        },
+        Input {
+            now_ms: 400,
+            ..Default::default()
+        },
+    ];
+    for input in inputs {
+        c.tick(&input);
+        let line = format!("[  12.5] info: {}", trace_line("wan", &input, &c));
+        let (back, rates, b) = parse_trace_line(&line).expect("a trace line");
+        assert_eq!(back, input, "{line}");
+        assert_eq!(rates, [None, c.rate_kbit(Dir::Download)]);
+        assert_eq!(b, [None, c.bounds(Dir::Download)]);
+    }
+    assert!(parse_trace_line("autorate-trace wan 200 ex=1/2 up=- down=-").is_none());
+    assert!(parse_trace_line("something else").is_none());
+}

@@ -106,13 +106,23 @@ scenario_main() {
     for mode in static-max static-min autorate; do
         step "$mode: bpfqos with CAKE$([ $mode = autorate ] && echo ", autorate")"
         case $mode in
-            static-max | autorate) daemon_start rtr "$(autorate_config $mode $UP_HI $DOWN_HI)" ;;
+            static-max) daemon_start rtr "$(autorate_config $mode $UP_HI $DOWN_HI)" ;;
             static-min) daemon_start rtr "$(autorate_config $mode $UP_LO $DOWN_LO)" ;;
+            autorate)
+                export BPFQOS_AUTORATE_TRACE=1
+                daemon_start rtr "$(autorate_config $mode $UP_HI $DOWN_HI)"
+                unset BPFQOS_AUTORATE_TRACE
+                ;;
         esac
         wait_until 20 "download shaper device bqd-wan" nsx rtr ip link show dev bqd-wan
         run_line "$mode"
         daemon_stop
     done
+    # Every tick of the autorate run (inputs and rates): in this log, and on the console with
+    # BPFQOS_VM_TRACE=1, for recording (tests/data/autorate/, docs/autorate.md).
+    grep -o 'autorate-trace .*' "$DAEMON_LOG" >"$WORK/autorate-trace.txt" || true
+    echo "autorate trace: $(wc -l <"$WORK/autorate-trace.txt") ticks"
+    if [ "${BPFQOS_VM_TRACE:-0}" = 1 ]; then sed 's/^/TRACE /' "$WORK/autorate-trace.txt" >&3; fi
 
     local out rc
     out=$($PY - "$WORK" "$PHASE_S" "$UP_HI $DOWN_HI $UP_LO $DOWN_LO" "$(getconf CLK_TCK)" 2>&1 <<'PY'
