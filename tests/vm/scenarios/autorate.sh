@@ -82,7 +82,9 @@ run_line() {
     c1=$(daemon_cpu_ticks)
     echo "$((c1 - c0))" >"$WORK/$name-cpu"
     daemon_status >"$WORK/$name-status.json"
-    wait "$(eval echo "\$PID_up_$name")" "$(eval echo "\$PID_dn_$name")" "$(eval echo "\$PID_ping_$name")" 2>/dev/null || true
+    # bg() names its PID variables with anything but [A-Za-z0-9_] made "_".
+    local key=${name//[^A-Za-z0-9_]/_}
+    eval "wait \$PID_up_$key \$PID_dn_$key \$PID_ping_$key" 2>/dev/null || true
     cp "$WORK/up_$name.log" "$WORK/$name-up.json"
     cp "$WORK/dn_$name.log" "$WORK/$name-dn.json"
     cp "$WORK/ping_$name.log" "$WORK/$name-ping.txt"
