@@ -223,8 +223,12 @@ impl Autorate {
             let mut own_upload_us = 0;
             for d in Dir::BOTH {
                 let i = d.index();
-                let read = shaping
-                    .shaper_counters(name, qos_dir(d))
+                // A fixed direction is read only for its queue's delay (below).
+                let needed =
+                    line.controller.rate_kbit(d).is_some() || (d == Dir::Upload && shaper_timed);
+                let read = needed
+                    .then(|| shaping.shaper_counters(name, qos_dir(d)))
+                    .flatten()
                     .map(|counters| Read { at: now, counters });
                 if d == Dir::Upload && shaper_timed {
                     own_upload_us = read.map_or(0, |r| r.counters.delay_us);
