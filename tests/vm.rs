@@ -95,13 +95,18 @@ fn vm_scenarios() {
             cmd.env("BPFQOS_BPF_OBJ", obj);
         }
     }
+    // The failed checks' own words, for the panic message (a CI excerpt shows the end only).
+    let why_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-why.txt");
+    let _ = std::fs::remove_file(&why_file);
+    cmd.env("BPFQOS_VM_WHY", &why_file);
     // stdout/stderr are inherited: the per-scenario lines stream as the VM runs.
     let status = match cmd.status() {
         Ok(s) => s,
         Err(e) => panic!("vm: cannot run tests/vm/run.sh: {e}"),
     };
+    let why = std::fs::read_to_string(&why_file).unwrap_or_default();
     assert!(
         status.success(),
-        "vm: tests/vm/run.sh failed ({status}); the FAIL lines and diagnostics are above"
+        "vm: tests/vm/run.sh failed ({status}); the FAIL lines and diagnostics are above\n{why}"
     );
 }

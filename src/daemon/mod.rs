@@ -339,6 +339,10 @@ impl Daemon {
             .collect();
         self.rtt
             .assign(&self.config, &self.interfaces, &extra, &default_routes, dp);
+        // The window's base now, before the control socket answers: samples taken before the
+        // first one-second tick (a connection's handshake, often all a data-free half has)
+        // belong to the window, whichever of the tick and the first packets comes first.
+        self.rtt.tick(dp, Instant::now());
     }
 
     /// The shapers of every interface with a rate (none when bpfqos is disabled).

@@ -14,7 +14,8 @@
 #                          target/*/build/bpfqos-*/out/offload.bpfel.o)
 #   VM_KERNEL VM_CPUS VM_MEMORY VM_TIMEOUT   (defaults: newest /boot/vmlinuz-6.12.*-amd64, 1, 2G, 1500)
 #                          (1 vCPU: measured faster than 2 under TCG on a shared 2-core host)
-# Output: one line per scenario (PASS name / FAIL name / PENDING name/part: reason), then exactly
+# Output: one line per scenario (PASS name / FAIL name / PENDING name/part: reason), the failed
+# checks' own words again ("---- why"; also written to $BPFQOS_VM_WHY if set), then exactly
 # "N passed, M failed". Exit status 0 only if nothing failed.
 set -uo pipefail
 
@@ -89,5 +90,19 @@ pend=$(grep -c '^PENDING ' <<<"$results")
 echo "==== VM results ($(basename "$kernel"), $((t1 - t0)) s wall including boot)"
 [ -n "$results" ] && printf '%s\n' "$results"
 [ "$pend" -gt 0 ] && echo "$pend pending (not counted as passed)"
+if [ "$failed" -gt 0 ]; then
+    # The failed checks in their own words, once more at the end (where a CI excerpt looks),
+    # and for the caller (tests/vm.rs puts them in its panic message).
+    # Per failed scenario: its last console lines (notes, the check that failed, the command's
+    # last words).
+    why=$(for sc in $(sed -n 's/^FAIL \([^ :]*\).*/\1/p' <<<"$results" | sort -u); do
+        grep -E "^  \[$sc( [^]]*)?\] |^      \| " "$log" | grep -v '\] daemon: libbpf: ' | tail -n 6
+    done | tail -n 24)
+    if [ -n "$why" ]; then
+        echo "---- why"
+        printf '%s\n' "$why"
+    fi
+    if [ -n "${BPFQOS_VM_WHY:-}" ]; then printf '%s\n' "$why" >"$BPFQOS_VM_WHY"; fi
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
