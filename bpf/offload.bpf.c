@@ -28,6 +28,7 @@
 #include "flowtable.h"
 #include "parse.h"
 #include "rtt.h"
+#include "steer.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -225,16 +226,23 @@ static __always_inline void request_teardown(struct flow_ref *f,
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* Where a frame for the kernel should be processed (XDP only, steer.h). */
+struct steer_ref {
+	__u32 hash; /* 0: where it arrived */
+	__u32 n;    /* CPUs in steer_cpus */
+};
+
 /*
  * Parse, look the flow up and apply every "hand it to the kernel" rule.
  * Returns 0 with *f filled when the packet is to be forwarded; the packet
- * has not been touched either way.
+ * has not been touched either way. `st` (XDP only, else NULL) gets the CPU
+ * steering hash of a frame that goes to the kernel, when this device steers.
  */
 static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 				    __be16 vlan0_tpid, __be16 vlan0_tci,
 				    enum hook hook, __u32 gso_size,
 				    struct pkt *p, struct flow_ref *f,
-				    struct rtt_pkt *rp)
+				    struct rtt_pkt *rp, struct steer_ref *st)
 {
 	struct pkt_hdrs h = {};
 	struct bpfqos_control *ctl;
@@ -247,13 +255,21 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 
 	/* No "seen" counter: every outcome is counted, user space sums them. */
 	ctl = bpf_map_lookup_elem(&control, &zero);
-	if (!ctl || !(ctl->flags & (BPFQOS_CTL_F_OFFLOAD | BPFQOS_CTL_F_RTT))) {
+	if (!ctl ||
+	    (!(ctl->flags & (BPFQOS_CTL_F_OFFLOAD | BPFQOS_CTL_F_RTT)) &&
+	     (!st || ctl->steer_cpus < 2))) {
 		stat_inc(BPFQOS_STAT_PASS_DISABLED);
 		return -1;
 	}
 	if (parse_packet(data, data_end, cfg ? cfg->dsa_proto : BPFQOS_DSA_NONE,
 			 vlan0_tpid, vlan0_tci, p, &h))
 		goto not_parsed;
+	/* Whatever happens below, a frame for the kernel goes there. */
+	if (st && cfg && (cfg->flags & BPFQOS_IFACE_F_STEER) &&
+	    ctl->steer_cpus >= 2) {
+		st->hash = steer_hash(&h, ctl->seed[1]);
+		st->n = ctl->steer_cpus;
+	}
 
 	if (ft_key_words(p, &h, &l2w, &ports, &protow))
 		goto not_parsed; /* cannot happen: the parser found TCP or UDP */
@@ -1043,6 +1059,7 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 ingress = ctx->ingress_ifindex;
+	struct steer_ref st = {};
 	struct flow_ref f = {};
 	struct rtt_pkt rt = {};
 	struct pkt p = {};
@@ -1051,8 +1068,9 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	__u32 egress, new_l2;
 	int act;
 
-	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, 0, &p, &f, &rt))
-		return XDP_PASS;
+	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, 0, &p, &f, &rt,
+		     &st))
+		return st.hash ? xdp_steer(st.hash, st.n) : XDP_PASS;
 	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED)
 		return xdp_to_shaper(ctx, &p, &f);
 
@@ -1090,6 +1108,22 @@ int bpfqos_xdp(struct xdp_md *ctx)
 	rtt_xdp_departure(&f, &rt, ingress, egress);
 	stat_inc(act == XDP_TX ? BPFQOS_STAT_TX : BPFQOS_STAT_REDIRECT);
 	return act;
+}
+
+/*
+ * Runs on the CPU a frame was steered to, as cpu_map takes it off its queue,
+ * before the kernel builds the skb: counts the arrival (the proof that the
+ * work moved, and with `steered` the queue's losses) and passes it on.
+ */
+SEC("xdp/cpumap")
+int bpfqos_cpumap(struct xdp_md *ctx)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct bpfqos_steer_stat *s = bpf_map_lookup_elem(&steer_stats, &cpu);
+
+	if (s)
+		s->delivered++;
+	return XDP_PASS;
 }
 
 /* ---- TC ------------------------------------------------------------------- */
@@ -1148,7 +1182,7 @@ int bpfqos_tc(struct __sk_buff *skb)
 	/* At TC ingress skb->ifindex is the device the hook runs on. */
 	if (classify(data, data_end, skb->ifindex, tpid,
 		     bpf_htons(skb->vlan_tci), HOOK_TC, skb->gso_size, &p, &f,
-		     &rt))
+		     &rt, NULL))
 		return TC_PASS;
 
 	l3_only = f.e->action == BPFQOS_ACT_FORWARD_L3;

@@ -9,6 +9,7 @@
 //!   devices; [`conntrack`]: ctnetlink;
 //! - [`dataplane`]: the BPF objects, their maps, where they are attached, their counters;
 //! - [`interfaces`]: configured interfaces to devices and attach points, with reasons;
+//! - [`steering`]: CPU steering: which devices spread the kernel's receive work over which CPUs;
 //! - [`rtt`]: passive latency: per flow, interface and circuit, from the data path's maps;
 //! - [`qos`]: shaping (upload, download, circuits);
 //! - [`offload`]: the flow-table manager (admission, invalidation, teardown);
@@ -31,4 +32,5 @@ pub mod qos;
 pub mod rpcd;
 pub mod rtt;
 pub mod status;
+pub mod steering;
 pub mod topology;

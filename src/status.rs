@@ -58,6 +58,9 @@ pub struct Status {
     /// Passive latency monitoring as a whole: counters and the slowest flow halves.
     #[serde(default)]
     pub rtt: RttStatus,
+    /// CPU steering: the CPU set, per device whether it steers and why, frames per CPU.
+    #[serde(default)]
+    pub steering: crate::steering::SteeringStatus,
 }
 
 /// Shaping as a whole.

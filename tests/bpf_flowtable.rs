@@ -60,7 +60,7 @@ fn control(obj: &Object, t: &FlowTables) {
         obj,
         abi::CONTROL_MAP,
         &0u32.to_ne_bytes(),
-        &abi::control_value(now_ns(), true, false, t.seed()),
+        &abi::control_value(now_ns(), true, false, 0, t.seed()),
     );
 }
 

@@ -159,8 +159,18 @@ fn btf_layout_matches_the_rust_types() {
             &[
                 ("heartbeat_ns", offset_of!(Control, heartbeat_ns)),
                 ("flags", offset_of!(Control, flags)),
-                ("pad", offset_of!(Control, pad)),
+                ("steer_cpus", offset_of!(Control, steer_cpus)),
                 ("seed", offset_of!(Control, seed)),
+            ],
+        );
+        check_struct(
+            &btf,
+            "bpfqos_steer_stat",
+            size_of::<abi::SteerStat>(),
+            &[
+                ("steered", offset_of!(abi::SteerStat, steered)),
+                ("kept", offset_of!(abi::SteerStat, kept)),
+                ("delivered", offset_of!(abi::SteerStat, delivered)),
             ],
         );
         check_struct(

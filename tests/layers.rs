@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "conntrack",
     "dataplane",
     "interfaces",
+    "steering",
     "rtt",
     "qos",
     "autorate",

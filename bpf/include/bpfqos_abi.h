@@ -39,6 +39,9 @@ enum bpfqos_iface_flags {
 	BPFQOS_IFACE_F_XDP = 1 << 0,
 	/* Faces the Internet: RTTs timed here are WAN-side RTTs. */
 	BPFQOS_IFACE_F_WAN = 1 << 1,
+	/* CPU steering: frames XDP hands to the kernel here go to the CPU their
+	 * flow hashes to (cpu_map), see steer.h. */
+	BPFQOS_IFACE_F_STEER = 1 << 2,
 };
 
 /*
@@ -238,6 +241,7 @@ enum bpfqos_sizes {
 	BPFQOS_MAX_IFACES =
 		4096, /* `ifaces` entries: the largest ifindex + 1 */
 	BPFQOS_MAX_TX_PORTS = 256, /* `tx_ports` entries */
+	BPFQOS_MAX_CPUS = 256,	   /* `cpu_map`, `steer_cpus`, `steer_stats` */
 };
 
 /* The hash's odd 64-bit multiplier, in two halves (enums are 32-bit). */
@@ -268,8 +272,18 @@ enum bpfqos_heartbeat {
 struct bpfqos_control {
 	__u64 heartbeat_ns; /* CLOCK_MONOTONIC (= bpf_ktime_get_ns) */
 	__u32 flags;	    /* BPFQOS_CTL_F_* */
-	__u32 pad;
+	__u32 steer_cpus;   /* CPU steering: entries of `steer_cpus` in use */
 	__u32 seed[BPFQOS_HASH_SEEDS]; /* flow-table hash seeds, never change */
+};
+
+/*
+ * CPU steering counters (`steer_stats`, per CPU, indexed by the CPU a frame
+ * was steered to; user space sums the per-CPU copies).
+ */
+struct bpfqos_steer_stat {
+	__u64 steered; /* sent there through cpu_map (counted where received) */
+	__u64 kept;    /* its hash chose the receiving CPU: passed in place */
+	__u64 delivered; /* arrived there through cpu_map (the cpumap program) */
 };
 
 /* Ring-buffer events (`events`). */
@@ -537,6 +551,7 @@ struct bpfqos_btf_anchor {
 	struct bpfqos_lpm6_key lpm6_key;
 	struct bpfqos_nat_key nat_key;
 	enum bpfqos_iface_flags iface_flags;
+	struct bpfqos_steer_stat steer_stat;
 	struct bpfqos_rtt4_key rtt4_key;
 	struct bpfqos_rtt6_key rtt6_key;
 	enum bpfqos_rtt_consts rtt_consts;
@@ -563,6 +578,7 @@ _Static_assert(__builtin_offsetof(struct bpfqos_flow4, nat) == 64 &&
 		       __builtin_offsetof(struct bpfqos_flow6, nat) == 64,
 	       "both entry layouts share their first 64 bytes");
 _Static_assert(sizeof(struct bpfqos_control) == 72, "control layout");
+_Static_assert(sizeof(struct bpfqos_steer_stat) == 24, "steer stat layout");
 _Static_assert(BPFQOS_MAX_FLOWS <= 65536, "entry indexes are 16 bits");
 _Static_assert(sizeof(struct bpfqos_event) == 96, "event layout");
 _Static_assert(sizeof(struct bpfqos_shaping) == 8, "shaping layout");

@@ -42,7 +42,11 @@ pub use model::Diffserv;
 pub use model::Globals;
 pub use model::Interface;
 pub use model::LinkLayer;
+pub use model::parse_cpu_list;
 pub use model::Qdisc;
+pub use model::Steering;
+pub use model::STEERING_MAX_CPU;
+pub use model::STEERING_QUEUE;
 pub use model::OPTIONS;
 pub use prefix::IpPrefix;
 

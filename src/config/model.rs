@@ -45,6 +45,12 @@ pub struct Globals {
     /// `option log_level` (default `info`).
     #[serde(serialize_with = "serialize_level")]
     pub log_level: LevelFilter,
+    /// `option steering` (default `auto`): CPU steering of the frames the kernel handles.
+    pub steering: Steering,
+    /// `option steering_cpus` (default: every online CPU): the CPUs steering spreads over.
+    pub steering_cpus: Option<Vec<u32>>,
+    /// `option steering_queue` (default [`STEERING_QUEUE`]): frames queued per CPU.
+    pub steering_queue: u32,
 }
 
 impl Default for Globals {
@@ -54,9 +60,33 @@ impl Default for Globals {
             offload: true,
             rtt: true,
             log_level: LevelFilter::Info,
+            steering: Steering::Auto,
+            steering_cpus: None,
+            steering_queue: STEERING_QUEUE,
         }
     }
 }
+
+/// `option steering`: whether frames the kernel handles are spread over the CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Steering {
+    /// Where it helps: a device with one receive queue, or one carrying PPPoE (which NICs do
+    /// not hash), with no RPS configured, on a router with more than one CPU.
+    #[default]
+    Auto,
+    /// On every device the XDP program runs on (still not with one CPU or without XDP).
+    On,
+    /// Never.
+    Off,
+}
+
+/// Default of `option steering_queue`: frames each CPU's queue holds (cpumap's qsize). A
+/// queued frame holds a page: 1024 is at most 4 MB per CPU, about what the kernel's own
+/// backlog (netdev_max_backlog, 1000) allows.
+pub const STEERING_QUEUE: u32 = 1024;
+/// Largest CPU number steering can use (`BPFQOS_MAX_CPUS` - 1).
+pub const STEERING_MAX_CPU: u32 = 255;
 
 fn serialize_level<S: Serializer>(level: &LevelFilter, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&level.as_str().to_ascii_lowercase())
@@ -342,7 +372,18 @@ fn for_each_single<'s>(
 
 /// The options of each section type (anything else is warned about and ignored).
 pub const OPTIONS: &[(&str, &[&str])] = &[
-    ("globals", &["enabled", "offload", "rtt", "log_level"]),
+    (
+        "globals",
+        &[
+            "enabled",
+            "offload",
+            "rtt",
+            "log_level",
+            "steering",
+            "steering_cpus",
+            "steering_queue",
+        ],
+    ),
     (
         "interface",
         &[
@@ -385,6 +426,17 @@ fn globals(report: &mut Report<'_>, sref: &SectionRef, section: &Section) -> Glo
                 match parse_log_level(o.value) {
                     Ok(l) => g.log_level = l,
                     Err(m) => report.error(o.line, sref, Some(o.name), m),
+                }
+                return true;
+            }
+            "steering" | "steering_cpus" | "steering_queue" => {
+                let r = match o.name {
+                    "steering" => parse_steering(o.value).map(|v| g.steering = v),
+                    "steering_cpus" => parse_cpu_list(o.value).map(|v| g.steering_cpus = Some(v)),
+                    _ => parse_steering_queue(o.value).map(|v| g.steering_queue = v),
+                };
+                if let Err(m) = r {
+                    report.error(o.line, sref, Some(o.name), m);
                 }
                 return true;
             }
@@ -882,6 +934,63 @@ fn parse_overhead(v: &str) -> Result<i32, String> {
         Ok(n) if OVERHEAD_RANGE.contains(&n) => Ok(n),
         _ => Err(format!(
             "overhead must be within {lo}..={hi} bytes, got '{v}'"
+        )),
+    }
+}
+
+fn parse_steering(v: &str) -> Result<Steering, String> {
+    if v == "auto" {
+        return Ok(Steering::Auto);
+    }
+    match parse_bool(v) {
+        Ok(true) => Ok(Steering::On),
+        Ok(false) => Ok(Steering::Off),
+        Err(_) => Err(format!("expected auto, 1 or 0, got '{v}'")),
+    }
+}
+
+/// A CPU list as the kernel writes them (`0-3,6`), or numbers separated by spaces (`0 1 2`);
+/// sorted, without duplicates.
+pub fn parse_cpu_list(v: &str) -> Result<Vec<u32>, String> {
+    let mut cpus = Vec::new();
+    let bad = || format!("expected CPU numbers such as '0-3' or '0 2 3', got '{v}'");
+    for part in v.split([',', ' ', '\t']).filter(|p| !p.is_empty()) {
+        let number = |s: &str| -> Result<u32, String> {
+            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(bad());
+            }
+            match s.parse::<u32>() {
+                Ok(n) if n <= STEERING_MAX_CPU => Ok(n),
+                _ => Err(format!(
+                    "CPU {s} is beyond what steering supports (0-{STEERING_MAX_CPU})"
+                )),
+            }
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => {
+                let n = number(part)?;
+                (n, n)
+            }
+        };
+        if a > b {
+            return Err(format!("'{part}': a range goes upwards"));
+        }
+        cpus.extend(a..=b);
+    }
+    if cpus.is_empty() {
+        return Err(bad());
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+fn parse_steering_queue(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if (8..=16384).contains(&n) && v.bytes().all(|c| c.is_ascii_digit()) => Ok(n),
+        _ => Err(format!(
+            "expected a queue length of 8 to 16384 frames (the kernel's cpumap limit), got '{v}'"
         )),
     }
 }

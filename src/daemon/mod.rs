@@ -49,6 +49,7 @@ use crate::rtt;
 use crate::status::ConfigStatus;
 use crate::status::InterfaceStatus;
 use crate::status::Status;
+use crate::steering;
 use crate::topology;
 use crate::topology::LinkKind;
 use crate::topology::Topology;
@@ -263,6 +264,8 @@ struct Daemon {
     qos: Shaping,
     rtt: rtt::Monitor,
     autorate: autorate::Autorate,
+    /// CPU steering as last applied.
+    steering: steering::Plan,
     /// When the devices holding a default route (the default WAN side of passive RTT) were
     /// last read, and which they were.
     default_routes: (Instant, HashSet<u32>),
@@ -287,6 +290,7 @@ impl Daemon {
             qos: Shaping::default(),
             rtt: rtt::Monitor::default(),
             autorate: autorate::Autorate::default(),
+            steering: steering::Plan::default(),
             default_routes: (Instant::now(), HashSet::new()),
             nat_stale: false,
             timeouts: Timeouts::read(),
@@ -412,12 +416,23 @@ impl Daemon {
             Default::default()
         };
         let mut wanted = offloading.clone();
-        if rtt {
-            let (all, _) = self.interfaces.lowest_devices(|_| true);
-            for d in all {
-                if !wanted.iter().any(|w| w.ifindex == d.ifindex) {
-                    wanted.push(d);
-                }
+        // Passive RTT looks at every lowest device; so does steering where it would steer
+        // (XDP assumed: whether it got XDP is known after the attach).
+        let (all, _) = self.interfaces.lowest_devices(|_| true);
+        let steer_plan = steering_plan(
+            &self.config.globals,
+            &self.interfaces,
+            &self.net.topo,
+            &all,
+            |_| true,
+        );
+        for d in all {
+            let steers = steer_plan
+                .devices
+                .iter()
+                .any(|s| s.ifindex == d.ifindex && s.steering);
+            if (rtt || steers) && !wanted.iter().any(|w| w.ifindex == d.ifindex) {
+                wanted.push(d);
             }
         }
         self.interface_errors.extend(errors);
@@ -428,6 +443,16 @@ impl Daemon {
                 .iter()
                 .any(|i| i.upload_kbit > 0 || i.download_kbit > 0);
         let failed = dp.sync_offload(&wanted, shaping);
+        let (all, _) = self.interfaces.lowest_devices(|_| true);
+        let plan = steering_plan(
+            &self.config.globals,
+            &self.interfaces,
+            &self.net.topo,
+            &all,
+            |d| dp.has_xdp(d),
+        );
+        dp.set_steering(&plan.cpus, plan.queue, &plan.steering_devices());
+        self.steering = plan;
         for (dev, msg) in &failed {
             for owner in self.interfaces.owners_of(dev).filter(|i| i.offload) {
                 self.interface_errors
@@ -682,6 +707,14 @@ impl Daemon {
             },
             circuits,
             circuits_total: self.qos.circuits().len(),
+            steering: {
+                let online = steering::online_cpus(self.net.topo.fs());
+                let ncpus = online.iter().max().map_or(0, |m| m + 1);
+                let counters = dp
+                    .map(|d| d.steering_counters(ncpus))
+                    .unwrap_or_default();
+                steering::SteeringStatus::of(&self.config.globals, &self.steering, &counters)
+            },
         }
     }
 
@@ -729,3 +762,44 @@ impl Daemon {
         }
     }
 }
+
+/// Where CPU steering would run on `devices` (`xdp`: whether XDP runs on a device), from
+/// the config and sysfs; nothing when bpfqos is disabled.
+fn steering_plan(
+    g: &config::Globals,
+    interfaces: &Interfaces,
+    topo: &Topology,
+    devices: &[crate::dataplane::OffloadDevice],
+    xdp: impl Fn(&str) -> bool,
+) -> steering::Plan {
+    if !g.enabled {
+        return steering::Plan::default();
+    }
+    let fs = topo.fs();
+    // The lowest devices of PPP interfaces carry PPPoE.
+    let pppoe: HashSet<u32> = interfaces
+        .iter()
+        .filter(|i| {
+            i.device
+                .as_ref()
+                .ok()
+                .and_then(|d| topo.link_by_name(d))
+                .is_some_and(|l| l.kind == LinkKind::Ppp)
+        })
+        .flat_map(|i| i.lowest.iter().flatten().map(|d| d.ifindex))
+        .collect();
+    let facts: Vec<steering::DeviceFacts> = devices
+        .iter()
+        .map(|d| {
+            steering::DeviceFacts::read(
+                fs,
+                &d.name,
+                d.ifindex,
+                pppoe.contains(&d.ifindex),
+                xdp(&d.name),
+            )
+        })
+        .collect();
+    steering::plan(g, &steering::online_cpus(fs), &facts)
+}
+

@@ -189,6 +189,20 @@ pub const RTT_F_WAN: u16 = types::bpfqos_rtt_flags::BPFQOS_RTT_F_WAN.0 as u16;
 pub const IFACE_F_XDP: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_XDP.0;
 /// `iface.flags`: the device faces the Internet (its RTTs are WAN-side RTTs).
 pub const IFACE_F_WAN: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_WAN.0;
+/// `iface.flags`: CPU steering of the frames XDP hands to the kernel on this device.
+pub const IFACE_F_STEER: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_STEER.0;
+/// The cpumap program (`SEC("xdp/cpumap")`): counts frames where they were steered to.
+pub const CPUMAP_PROG: &str = "bpfqos_cpumap";
+/// `CPUMAP[MAX_CPUS]`: CPU number → `struct bpf_cpumap_val` (queue size, cpumap program).
+pub const CPU_MAP: &str = "cpu_map";
+/// `ARRAY[MAX_CPUS]` of CPU numbers: the steering set (the first `control.steer_cpus`).
+pub const STEER_CPUS_MAP: &str = "steer_cpus";
+/// `PERCPU_ARRAY[MAX_CPUS]` of [`SteerStat`], by the CPU frames were steered to.
+pub const STEER_STATS_MAP: &str = "steer_stats";
+/// CPU numbers steering can use are below this (`BPFQOS_MAX_CPUS`).
+pub const MAX_CPUS: u32 = types::bpfqos_sizes::BPFQOS_MAX_CPUS.0;
+/// A CPU's steering counters (`struct bpfqos_steer_stat`).
+pub type SteerStat = types::bpfqos_steer_stat;
 /// Handle major of every qdisc and class of bpfqos' shapers (`BPFQOS_SHAPER_MAJOR`).
 pub const SHAPER_MAJOR: u16 = types::bpfqos_circuit_limits::BPFQOS_SHAPER_MAJOR.0 as u16;
 /// A circuit's HTB class minor is this plus its id (`BPFQOS_CIRCUIT_MINOR_BASE`).
@@ -273,6 +287,8 @@ unsafe impl Pod for Lpm4Key {}
 unsafe impl Pod for Lpm6Key {}
 // SAFETY: see above.
 unsafe impl Pod for NatKey {}
+// SAFETY: see above.
+unsafe impl Pod for SteerStat {}
 
 /// The bytes of an ABI struct, as a map key or value.
 pub fn bytes_of<T: Pod>(v: &T) -> &[u8] {
@@ -297,12 +313,13 @@ pub fn control_value(
     heartbeat_ns: u64,
     enabled: bool,
     rtt: bool,
+    steer_cpus: u32,
     seed: &[u32; HASH_SEEDS],
 ) -> Vec<u8> {
     let c = Control {
         heartbeat_ns,
         flags: if enabled { CTL_F_OFFLOAD } else { 0 } | if rtt { CTL_F_RTT } else { 0 },
-        pad: 0,
+        steer_cpus,
         seed: *seed,
     };
     bytes_of(&c).to_vec()
@@ -549,11 +566,12 @@ mod tests {
     fn control_value_layout() {
         let mut seed = [0u32; super::HASH_SEEDS];
         seed[13] = 0xdead_beef;
-        let v = control_value(0x0102_0304_0506_0708, true, false, &seed);
+        let v = control_value(0x0102_0304_0506_0708, true, false, 3, &seed);
         assert_eq!(v.len(), 72);
         assert_eq!(&v[0..8], &0x0102_0304_0506_0708u64.to_ne_bytes());
         assert_eq!(&v[8..12], &1u32.to_ne_bytes());
-        let v = control_value(0, false, true, &seed);
+        assert_eq!(&v[12..16], &3u32.to_ne_bytes());
+        let v = control_value(0, false, true, 0, &seed);
         assert_eq!(&v[8..12], &super::CTL_F_RTT.to_ne_bytes());
         assert_eq!(&v[68..72], &0xdead_beefu32.to_ne_bytes());
     }

@@ -19,6 +19,7 @@ pub mod flowtable;
 pub mod object;
 pub mod rtt;
 pub mod stats;
+pub mod steering;
 
 use std::cell::RefCell;
 use std::os::fd::AsFd;
@@ -73,12 +74,15 @@ pub struct Dataplane {
     shape_return: OwnedFd,
     up_classify: OwnedFd,
     rtt_out: OwnedFd,
+    cpumap: OwnedFd,
     hooks: Attachments,
     enabled: bool,
     /// Passive RTT switched on (`control` flag, and the egress hooks).
     rtt: bool,
     /// Devices whose `ifaces` entry carries an RTT slot or side.
     rtt_coded: std::collections::BTreeSet<u32>,
+    /// CPU steering as the maps hold it.
+    steer: steering::SteerState,
     /// Interior mutability: the daemon hands `&Dataplane` around; one thread, never re-entered.
     tables: RefCell<FlowTables>,
     /// What the circuit prefix tries hold (prefix → circuit id), once read.
@@ -97,6 +101,7 @@ impl Dataplane {
         let shape_return = object.prog_fd(abi::SHAPE_RETURN_PROG)?;
         let up_classify = object.prog_fd(abi::UP_CLASSIFY_PROG)?;
         let rtt_out = object.prog_fd(abi::RTT_OUT_PROG)?;
+        let cpumap = object.prog_fd(abi::CPUMAP_PROG)?;
         let tables = open_tables(&object)?;
         Ok(Self {
             object,
@@ -106,10 +111,12 @@ impl Dataplane {
             shape_return,
             up_classify,
             rtt_out,
+            cpumap,
             hooks: Attachments::default(),
             enabled: false,
             rtt: false,
             rtt_coded: Default::default(),
+            steer: Default::default(),
             tables: RefCell::new(tables),
             circuit_prefixes: RefCell::default(),
         })
@@ -431,7 +438,7 @@ impl Dataplane {
             .context("reading CLOCK_MONOTONIC")?;
         let ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
         let mut tables = self.tables.borrow_mut();
-        let value = abi::control_value(ns, self.enabled, self.rtt, tables.seed());
+        let value = abi::control_value(ns, self.enabled, self.rtt, self.steer.n(), tables.seed());
         self.object
             .map(abi::CONTROL_MAP)?
             .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
@@ -503,6 +510,11 @@ impl Dataplane {
             Ok(map) => DatapathStats::read(&map),
             Err(_) => DatapathStats::default(),
         }
+    }
+
+    /// Whether the XDP program runs on `device` (native or generic).
+    pub fn has_xdp(&self, device: &str) -> bool {
+        self.hooks.get(device).is_some_and(|h| h.xdp.is_some())
     }
 
     /// Attach points of the offload, for `bpfqos status` (device counters are the flow

@@ -598,7 +598,7 @@ pub fn set_control(obj: &Object, age_ns: u64, enabled: bool) {
 
 /// [`set_control`], with passive RTT on or off.
 pub fn set_control_rtt(obj: &Object, age_ns: u64, enabled: bool, rtt: bool) {
-    let v = abi::control_value(now_ns().saturating_sub(age_ns), enabled, rtt, &TEST_SEED);
+    let v = abi::control_value(now_ns().saturating_sub(age_ns), enabled, rtt, 0, &TEST_SEED);
     map_update(obj, abi::CONTROL_MAP, &0u32.to_ne_bytes(), &v);
 }
 

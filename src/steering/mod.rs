@@ -1,0 +1,261 @@
+//! CPU steering: which lowest devices spread the receive work of the frames the kernel handles
+//! over which CPUs (`option steering`, `steering_cpus`, `steering_queue`), and its status.
+//!
+//! The data path is `bpf/include/steer.h`: the XDP program hashes the inner 5-tuple of a
+//! frame it hands to the kernel and redirects it to that CPU through a cpumap. This module
+//! decides where that runs, from facts about each device ([`DeviceFacts`], read from sysfs):
+//!
+//! - `auto` (the default) steers a device when it is likely the only thing spreading its
+//!   work: it has one receive queue (veth, most SoC Ethernet, a DSA conduit), or it carries
+//!   PPPoE (NIC RSS hashes on the outer header, which for PPPoE is the same for every frame),
+//!   and nobody configured RPS on it (then the kernel already spreads it, and doing it twice
+//!   only costs). A multi-queue NIC carrying plain IP is left to its RSS.
+//! - `1` steers every device the XDP program runs on; `0` none.
+//! - Never with fewer than two CPUs in the set, and never where the offload fell back to TC
+//!   (no XDP: no cpumap; said so in status).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::config::Globals;
+use crate::config::Steering;
+use crate::dataplane::abi;
+pub use crate::dataplane::steering::CpuCounters;
+use crate::topology::hostfs::HostFs;
+
+/// What decides whether a device steers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// Device name.
+    pub name: String,
+    /// Its ifindex.
+    pub ifindex: u32,
+    /// Receive queues (`/sys/class/net/<dev>/queues/rx-*`).
+    pub rx_queues: u32,
+    /// Some receive queue has a non-empty `rps_cpus` mask.
+    pub rps: bool,
+    /// The device carries PPPoE (the lowest device of a PPP interface).
+    pub pppoe: bool,
+    /// The XDP program runs on it (native or generic); `false`: TC fallback or nothing.
+    pub xdp: bool,
+}
+
+impl DeviceFacts {
+    /// Reads the queue facts of `name` from sysfs.
+    pub fn read(fs: &HostFs, name: &str, ifindex: u32, pppoe: bool, xdp: bool) -> Self {
+        let dir = format!("sys/class/net/{name}/queues");
+        let rx: Vec<String> = fs
+            .list(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|q| q.starts_with("rx-"))
+            .collect();
+        let rps = rx.iter().any(|q| {
+            fs.read(&format!("{dir}/{q}/rps_cpus"))
+                .is_ok_and(|m| m.trim().chars().any(|c| c.is_ascii_hexdigit() && c != '0'))
+        });
+        DeviceFacts {
+            name: name.to_string(),
+            ifindex,
+            rx_queues: u32::try_from(rx.len()).unwrap_or(u32::MAX).max(1),
+            rps,
+            pppoe,
+            xdp,
+        }
+    }
+}
+
+/// The online CPUs (`/sys/devices/system/cpu/online`), empty if unreadable.
+pub fn online_cpus(fs: &HostFs) -> Vec<u32> {
+    fs.read("sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| crate::config::parse_cpu_list(s.trim()).ok())
+        .unwrap_or_default()
+}
+
+/// One device's decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceDecision {
+    /// Device name.
+    pub device: String,
+    /// Its ifindex.
+    #[serde(skip)]
+    pub ifindex: u32,
+    /// Whether it steers.
+    pub steering: bool,
+    /// Why (or why not), in words.
+    pub reason: String,
+}
+
+/// Where steering runs and over which CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The CPU set (configured ∩ online, ascending); empty when steering is off everywhere.
+    pub cpus: Vec<u32>,
+    /// Frames each CPU's queue holds.
+    pub queue: u32,
+    /// Per device.
+    pub devices: Vec<DeviceDecision>,
+    /// Why the CPU set is unusable, if it is.
+    pub cpus_problem: Option<String>,
+}
+
+impl Plan {
+    /// The ifindexes that steer.
+    pub fn steering_devices(&self) -> Vec<u32> {
+        self.devices
+            .iter()
+            .filter(|d| d.steering)
+            .map(|d| d.ifindex)
+            .collect()
+    }
+}
+
+/// Decides, from the config, the online CPUs and each device's facts. Pure.
+pub fn plan(g: &Globals, online: &[u32], devices: &[DeviceFacts]) -> Plan {
+    let configured = g.steering_cpus.clone();
+    let cpus: Vec<u32> = match &configured {
+        Some(list) => list
+            .iter()
+            .copied()
+            .filter(|c| online.contains(c) && *c < abi::MAX_CPUS)
+            .collect(),
+        None => online
+            .iter()
+            .copied()
+            .filter(|c| *c < abi::MAX_CPUS)
+            .collect(),
+    };
+    let cpus_problem = if g.steering == Steering::Off {
+        None
+    } else if cpus.len() < 2 {
+        Some(match &configured {
+            Some(list) if cpus.len() < list.len() => format!(
+                "steering_cpus {list:?}: only {:?} of them online, two are needed",
+                cpus
+            ),
+            Some(list) => format!("steering_cpus {list:?}: two CPUs are needed"),
+            None => format!("{} online CPU: nothing to spread over", cpus.len()),
+        })
+    } else {
+        None
+    };
+    let decisions: Vec<DeviceDecision> = devices
+        .iter()
+        .map(|d| {
+            let (steering, reason) = decide(g.steering, cpus_problem.as_deref(), d);
+            DeviceDecision {
+                device: d.name.clone(),
+                ifindex: d.ifindex,
+                steering,
+                reason,
+            }
+        })
+        .collect();
+    let any = decisions.iter().any(|d| d.steering);
+    Plan {
+        cpus: if any { cpus } else { Vec::new() },
+        queue: g.steering_queue,
+        devices: decisions,
+        cpus_problem,
+    }
+}
+
+fn decide(mode: Steering, cpus_problem: Option<&str>, d: &DeviceFacts) -> (bool, String) {
+    if mode == Steering::Off {
+        return (false, "off (option steering '0')".into());
+    }
+    if let Some(p) = cpus_problem {
+        return (false, format!("off: {p}"));
+    }
+    if !d.xdp {
+        return (
+            false,
+            "off: no XDP on this device (TC fallback or not attached); steering needs XDP".into(),
+        );
+    }
+    if mode == Steering::On {
+        return (true, "on (option steering '1')".into());
+    }
+    if d.rps {
+        return (
+            false,
+            "off: RPS is configured on it (the kernel spreads its work already)".into(),
+        );
+    }
+    if d.pppoe {
+        return (
+            true,
+            "on: carries PPPoE, which NIC receive hashing does not look into".into(),
+        );
+    }
+    if d.rx_queues == 1 {
+        return (
+            true,
+            "on: one receive queue, all its work would land on one CPU".into(),
+        );
+    }
+    (
+        false,
+        format!(
+            "off: {} receive queues (its RSS spreads the work)",
+            d.rx_queues
+        ),
+    )
+}
+
+/// `steering` in the status JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SteeringStatus {
+    /// The configured mode: `auto`, `on`, `off`.
+    pub mode: String,
+    /// Whether some device steers.
+    pub active: bool,
+    /// The CPU set in use (empty when inactive).
+    pub cpus: Vec<u32>,
+    /// Frames each CPU's queue holds.
+    pub queue: u32,
+    /// Why the CPU set is unusable, if it is (`null` otherwise).
+    pub problem: Option<String>,
+    /// Per device: steering or not, and why.
+    pub devices: Vec<DeviceDecision>,
+    /// Per CPU that has counted something or is in the set.
+    pub per_cpu: Vec<CpuCounters>,
+}
+
+impl SteeringStatus {
+    /// The status from the plan in force and the counters read now.
+    pub fn of(g: &Globals, plan: &Plan, counters: &BTreeMap<u32, CpuCounters>) -> Self {
+        let mut per_cpu: Vec<CpuCounters> = counters.values().copied().collect();
+        for &c in &plan.cpus {
+            if !counters.contains_key(&c) {
+                per_cpu.push(CpuCounters {
+                    cpu: c,
+                    ..Default::default()
+                });
+            }
+        }
+        per_cpu.sort_by_key(|c| c.cpu);
+        SteeringStatus {
+            mode: match g.steering {
+                Steering::Auto => "auto",
+                Steering::On => "on",
+                Steering::Off => "off",
+            }
+            .into(),
+            active: !plan.cpus.is_empty(),
+            cpus: plan.cpus.clone(),
+            queue: plan.queue,
+            problem: plan.cpus_problem.clone(),
+            devices: plan.devices.clone(),
+            per_cpu,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
