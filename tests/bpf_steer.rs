@@ -1,0 +1,352 @@
+//! CPU steering in the data path, frame by frame, through BPF_PROG_TEST_RUN (root only).
+//!
+//! The steering set is CPUs 0 and 1 with real cpumap entries (queues with the counting
+//! cpumap program, which the kernel checks when the entry is written). A test run does not
+//! perform the redirect; the CPU the program chose is read from its counters (`steered` or
+//! `kept` of that CPU went up) and the return code must agree (XDP_PASS when it chose the
+//! CPU the run happened on, XDP_REDIRECT otherwise).
+//!
+//! Checked: the choice is a function of the inner 5-tuple only: the same for both directions
+//! of a connection and under every encapsulation of the offload's matrix (plain, VLAN, QinQ,
+//! PPPoE, VLAN+PPPoE, DSA mtk/qca/gswip), whatever the MACs; it spreads; frames the parser
+//! does not take (ARP, PPPoE discovery and LCP, ICMP, fragments, truncated) and frames on a
+//! device that does not steer pass unchanged and uncounted; offloaded frames keep the fast
+//! path; with the set below two CPUs nothing is steered.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+
+use bpfqos::dataplane::abi;
+use common::bpf::run_xdp;
+use common::bpf::Env;
+use common::bpf::XDP_PASS;
+use common::bpf::XDP_REDIRECT;
+use common::frames::find_map;
+use common::frames::ip_packet;
+use common::frames::map_update;
+use common::frames::wrap;
+use common::frames::Dir;
+use common::frames::Encap;
+use common::frames::FlowSpec;
+use common::frames::Tcp;
+use common::frames::Tuple;
+use libbpf_rs::MapCore;
+use libbpf_rs::MapFlags;
+use libbpf_rs::Object;
+
+const PAYLOAD: &[u8] = b"steering test payload";
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 1];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 2];
+
+/// One veth (two for the offload case), steering over CPUs 0 and 1 on dev[0], `offload` on
+/// or off; None when skipped (not root) .
+fn setup(test: &str, offload: bool) -> Option<Env> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        assert!(
+            !common::in_ci(),
+            "{test}: steering needs two CPUs to test, this machine has {cpus}"
+        );
+        eprintln!("{test}: SKIPPED (one CPU)");
+        return None;
+    }
+    let env = common::bpf::setup(test, 2)?;
+    set_control(&env.obj, offload, 2);
+    let prog = env
+        .obj
+        .progs()
+        .find(|p| p.name() == abi::CPUMAP_PROG)
+        .expect("cpumap program");
+    let fd = prog.as_fd().as_raw_fd();
+    for cpu in [0u32, 1] {
+        let mut v = [0u8; 8];
+        v[..4].copy_from_slice(&64u32.to_ne_bytes());
+        v[4..].copy_from_slice(&fd.to_ne_bytes());
+        map_update(&env.obj, abi::CPU_MAP, &cpu.to_ne_bytes(), &v);
+        map_update(
+            &env.obj,
+            abi::STEER_CPUS_MAP,
+            &cpu.to_ne_bytes(),
+            &cpu.to_ne_bytes(),
+        );
+    }
+    set_steer(&env.obj, env.dev[0], true, 0);
+    Some(env)
+}
+
+fn set_control(obj: &Object, offload: bool, n: u32) {
+    let v = abi::control_value(
+        common::frames::now_ns(),
+        offload,
+        false,
+        n,
+        &common::frames::TEST_SEED,
+    );
+    map_update(obj, abi::CONTROL_MAP, &0u32.to_ne_bytes(), &v);
+}
+
+/// The `ifaces` entry of `ifindex`: steering on or off, the DSA tagger.
+fn set_steer(obj: &Object, ifindex: u32, on: bool, dsa: u8) {
+    let mut cfg: abi::Iface = find_map(obj, abi::IFACES_MAP)
+        .lookup(&ifindex.to_ne_bytes(), MapFlags::ANY)
+        .unwrap()
+        .and_then(|v| abi::from_bytes(&v))
+        .unwrap_or_default();
+    cfg.dsa_proto = dsa;
+    if on {
+        cfg.flags |= abi::IFACE_F_STEER;
+    } else {
+        cfg.flags &= !abi::IFACE_F_STEER;
+    }
+    map_update(
+        obj,
+        abi::IFACES_MAP,
+        &ifindex.to_ne_bytes(),
+        abi::bytes_of(&cfg),
+    );
+}
+
+/// steered + kept of CPUs 0 and 1, summed over the CPUs that counted.
+fn chosen_counts(obj: &Object) -> [u64; 2] {
+    let map = find_map(obj, abi::STEER_STATS_MAP);
+    let mut out = [0u64; 2];
+    for (cpu, slot) in out.iter_mut().enumerate() {
+        let per_cpu = map
+            .lookup_percpu(&(cpu as u32).to_ne_bytes(), MapFlags::ANY)
+            .unwrap()
+            .unwrap_or_default();
+        for v in per_cpu {
+            let s: abi::SteerStat = abi::from_bytes(&v).expect("steer stat layout");
+            *slot += s.steered + s.kept;
+        }
+    }
+    out
+}
+
+/// Runs `frame` on `ingress`; the CPU the program chose (None: not steered), checked against
+/// the return code; a steered frame leaves the program unchanged.
+fn choice(env: &mut Env, frame: &[u8], ingress: u32, what: &str) -> Option<usize> {
+    let before = chosen_counts(&env.obj);
+    let r = run_xdp(&mut env.obj, frame, ingress, 1);
+    let after = chosen_counts(&env.obj);
+    let moved: Vec<usize> = (0..2).filter(|&c| after[c] != before[c]).collect();
+    assert_eq!(r.data, frame, "{what}: the frame changed");
+    match moved.as_slice() {
+        [] => {
+            assert_eq!(r.ret, XDP_PASS, "{what}: not counted but returned {}", r.ret);
+            None
+        }
+        [c] => {
+            assert_eq!(after[*c], before[*c] + 1, "{what}");
+            assert!(
+                r.ret == XDP_PASS || r.ret == XDP_REDIRECT,
+                "{what}: returned {}",
+                r.ret
+            );
+            Some(*c)
+        }
+        _ => panic!("{what}: two CPUs counted one frame: {before:?} -> {after:?}"),
+    }
+}
+
+/// Connection `i`: addresses and ports that vary with `i`, both families, TCP and UDP.
+fn connection(i: u32) -> Tuple {
+    let udp = i % 3 == 0;
+    let (src, dst) = if i % 2 == 0 {
+        (
+            IpAddr::V4(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8)),
+            IpAddr::V4(Ipv4Addr::new(198, 19, 3, (i * 7) as u8)),
+        )
+    } else {
+        (
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, (i >> 16) as u16, i as u16)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, (i * 13) as u16)),
+        )
+    };
+    Tuple {
+        udp,
+        src,
+        dst,
+        sport: 32768 + (i as u16).wrapping_mul(97),
+        dport: [443, 53, 80, 8080][(i % 4) as usize],
+    }
+}
+
+fn reversed(t: &Tuple) -> Tuple {
+    Tuple {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+        ..*t
+    }
+}
+
+#[test]
+fn the_cpu_is_a_function_of_the_inner_5_tuple_in_both_directions_under_every_encapsulation() {
+    let Some(mut env) = setup(
+        "the_cpu_is_a_function_of_the_inner_5_tuple_in_both_directions_under_every_encapsulation",
+        false,
+    ) else {
+        return;
+    };
+    let dev = env.dev[0];
+    let mut per_cpu = [0usize; 2];
+    let mut checked = 0;
+    for i in 0..48u32 {
+        let t = connection(i);
+        let mut first: Option<usize> = None;
+        for e in Encap::matrix() {
+            set_steer(&env.obj, dev, true, e.dsa_proto());
+            for (dir, tuple, (dst, src)) in [
+                ("there", t, (MAC_A, MAC_B)),
+                ("back", reversed(&t), (MAC_B, MAC_A)),
+            ] {
+                let frame = wrap(
+                    dst,
+                    src,
+                    &e,
+                    Dir::Rx,
+                    &ip_packet(&tuple, 64, Tcp::Ack, PAYLOAD),
+                );
+                let what = format!("connection {i} {t:?} {dir} under {}", e.name);
+                let c = choice(&mut env, &frame, dev, &what)
+                    .unwrap_or_else(|| panic!("{what}: not steered"));
+                match first {
+                    None => first = Some(c),
+                    Some(f) => assert_eq!(c, f, "{what}: another CPU than before"),
+                }
+                checked += 1;
+            }
+        }
+        if let Some(f) = first {
+            per_cpu[f] += 1;
+        }
+    }
+    assert_eq!(checked, 48 * Encap::matrix().len() * 2);
+    // 48 connections on two CPUs: a hash that does not spread (or ignores the tuple) puts
+    // them all on one; a fair one leaves each at least 12 (binomial: p < 1e-4 to fail).
+    assert!(
+        per_cpu.iter().all(|&n| n >= 12),
+        "connections per CPU {per_cpu:?}"
+    );
+}
+
+#[test]
+fn frames_the_parser_does_not_take_stay_where_they_arrived_unchanged() {
+    let Some(mut env) = setup(
+        "frames_the_parser_does_not_take_stay_where_they_arrived_unchanged",
+        false,
+    ) else {
+        return;
+    };
+    let dev = env.dev[0];
+    let eth = |ethertype: u16, body: &[u8]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    };
+    let tcp = ip_packet(&connection(2), 64, Tcp::Ack, PAYLOAD);
+    // IPv4 fragment: MF set (first fragment of a UDP datagram).
+    let mut frag = ip_packet(&connection(3), 64, Tcp::Ack, PAYLOAD);
+    frag[6] |= 0x20;
+    let mut icmp = vec![
+        0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0, 198, 18, 0, 1, 198, 19, 0, 1,
+    ];
+    icmp.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    let ns = {
+        // ICMPv6 neighbour solicitation, fd00::1 -> ff02::1:ff00:2
+        let mut p = vec![0x60, 0, 0, 0, 0, 8, 58, 255];
+        p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        p.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2]);
+        p.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+        p
+    };
+    let pppoe = |code: u8, sid: u16, payload: &[u8]| {
+        let mut b = vec![0x11, code];
+        b.extend_from_slice(&sid.to_be_bytes());
+        b.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ARP", eth(0x0806, &[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0xaa, 1])),
+        (
+            "PPPoE discovery (PADI)",
+            eth(0x8863, &pppoe(0x09, 0, &[1, 1, 0, 0])),
+        ),
+        (
+            "PPPoE LCP echo",
+            eth(0x8864, &pppoe(0, 7, &[0xc0, 0x21, 9, 1, 0, 8, 0, 0, 0, 0])),
+        ),
+        ("ICMP echo", eth(0x0800, &icmp)),
+        ("ICMPv6 neighbour solicitation", eth(0x86dd, &ns)),
+        ("IPv4 fragment", eth(0x0800, &frag)),
+        ("truncated TCP", eth(0x0800, &tcp[..30])),
+        ("unknown ethertype", eth(0x88b5, &tcp)),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(choice(&mut env, frame, dev, what), None, "{what}: steered");
+    }
+    // The same TCP frame is steered (the cases above are not passed for a dull reason).
+    let ok = eth(0x0800, &tcp);
+    assert!(choice(&mut env, &ok, dev, "plain TCP").is_some());
+    // A device that does not steer, and a set below two CPUs, steer nothing.
+    set_steer(&env.obj, dev, false, 0);
+    assert_eq!(choice(&mut env, &ok, dev, "device off"), None);
+    set_steer(&env.obj, dev, true, 0);
+    set_control(&env.obj, false, 1);
+    assert_eq!(choice(&mut env, &ok, dev, "one CPU"), None);
+    set_control(&env.obj, false, 2);
+    assert!(choice(&mut env, &ok, dev, "on again").is_some());
+}
+
+#[test]
+fn offloaded_frames_keep_the_fast_path_and_kernel_frames_are_steered() {
+    let Some(mut env) = setup(
+        "offloaded_frames_keep_the_fast_path_and_kernel_frames_are_steered",
+        true,
+    ) else {
+        return;
+    };
+    let (din, dout) = (env.dev[0], env.dev[1]);
+    for e in [Encap::plain(), Encap::vlan_pppoe(7, 0x1234)] {
+        let orig = Tuple::v4(false);
+        let spec = FlowSpec::new(din, e.clone(), orig, dout, Encap::plain(), orig.snat());
+        spec.install(&env.obj);
+        set_steer(&env.obj, din, true, 0);
+        let (input, expected) = spec.frames(Tcp::Ack, PAYLOAD);
+        let before = chosen_counts(&env.obj);
+        let r = run_xdp(&mut env.obj, &input, din, 1);
+        assert_eq!(r.ret, XDP_REDIRECT, "{}: offloaded", e.name);
+        assert_eq!(r.data, expected, "{}: rewritten for the egress", e.name);
+        assert_eq!(chosen_counts(&env.obj), before, "{}: not steered", e.name);
+        // The connection's FIN goes to the kernel, and so to its CPU.
+        let (fin, _) = spec.frames(Tcp::Fin, PAYLOAD);
+        assert!(
+            choice(&mut env, &fin, din, "FIN of an offloaded flow").is_some(),
+            "{}: the FIN was not steered",
+            e.name
+        );
+        // Another connection, not offloaded: steered.
+        let other = wrap(
+            MAC_A,
+            MAC_B,
+            &e,
+            Dir::Rx,
+            &ip_packet(&connection(5), 64, Tcp::Ack, PAYLOAD),
+        );
+        assert!(choice(&mut env, &other, din, "kernel-path frame").is_some());
+        spec.remove(&env.obj);
+    }
+}
