@@ -312,6 +312,32 @@ fn render_rtt(s: &mut String, r: &RttStatus) {
     }
 }
 
+fn render_steering(s: &mut String, st: &crate::steering::SteeringStatus) {
+    let _ = write!(
+        s,
+        "\nCPU steering: {} (option steering '{}')",
+        if st.active { "on" } else { "off" },
+        st.mode
+    );
+    if st.active {
+        let _ = write!(s, "  CPUs {:?}  queue {} frames", st.cpus, st.queue);
+    }
+    if let Some(p) = &st.problem {
+        let _ = write!(s, "  ({p})");
+    }
+    s.push('\n');
+    for d in &st.devices {
+        let _ = writeln!(s, "  {:<16} {}", d.device, d.reason);
+    }
+    for c in &st.per_cpu {
+        let _ = writeln!(
+            s,
+            "  cpu {:<3} steered to it {}  kept where received {}  delivered {}",
+            c.cpu, c.steered, c.kept, c.delivered
+        );
+    }
+}
+
 impl Status {
     /// Renders the human-readable view.
     pub fn render(&self) -> String {
@@ -407,6 +433,7 @@ impl Status {
         }
         render_circuits(&mut s, self);
         render_rtt(&mut s, &self.rtt);
+        render_steering(&mut s, &self.steering);
         let _ = writeln!(
             s,
             "\nconfig: {} (reloads: {})",
