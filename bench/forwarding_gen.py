@@ -218,6 +218,32 @@ def cmd_tcp_hold(a):
     return 0
 
 
+def cpu_stat():
+    """Per CPU: (busy, softirq, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if not parts[0].startswith("cpu") or parts[0] == "cpu":
+                continue
+            v = [int(x) for x in parts[1:]]
+            total = sum(v[:8])
+            idle = v[3] + v[4]
+            out[parts[0][3:]] = (total - idle, v[6], total)
+    return out
+
+
+def cpu_shares(s0, s1):
+    """Per CPU over a window: busy and softirq, as fractions of the CPU."""
+    out = {}
+    for cpu, (b1, si1, t1) in s1.items():
+        b0, si0, t0 = s0.get(cpu, (b1, si1, t1))
+        dt = t1 - t0
+        if dt > 0:
+            out[cpu] = {"busy": round((b1 - b0) / dt, 3), "softirq": round((si1 - si0) / dt, 3)}
+    return out
+
+
 def cmd_gen(a):
     prog_fd = obj_get(a.prog)
     sink = PerCpuCounter(a.count_map)
@@ -253,12 +279,13 @@ def cmd_gen(a):
 
     rx0 = sink.read()
     t_start = time.monotonic()
+    stat0 = None
     th = threading.Thread(target=run, daemon=True)
     th.start()
     time.sleep(a.lead)
-    c0, t0 = sink.read(), time.monotonic()
+    c0, t0, stat0 = sink.read(), time.monotonic(), cpu_stat()
     time.sleep(a.window)
-    c1, t1 = sink.read(), time.monotonic()
+    c1, t1, stat1 = sink.read(), time.monotonic(), cpu_stat()
     th.join(timeout=total_s + 5)
     gen_s = time.monotonic() - t_start
     time.sleep(0.05)  # let the rings drain before the final count
@@ -270,6 +297,7 @@ def cmd_gen(a):
         "rx_total": rx_total,
         "sent": sent[0],
         "gen_pps": sent[0] / gen_s if gen_s > 0 else 0.0,
+        "cpus": cpu_shares(stat0, stat1),
         "error": errors[0] if errors else None,
     }
     if th.is_alive():

@@ -7,6 +7,10 @@
  *              the test frame out of the veth named in gen_target (the frame
  *              is then received by the veth's peer, the router's LAN port);
  *              it rewrites the frame from gen_frame every time, see below;
+ *  bench_gen_flows  bench_gen over gen_flows[0] flows: the UDP source port
+ *              of each frame is the template's plus a per-CPU counter modulo
+ *              the flow count (UDP checksum 0: no fix-up), for the CPU
+ *              steering bench (bench/steering.sh);
  *  bench_bare  the ceiling: redirect every frame to the devmap's only slot,
  *              without even parsing it;
  *  bench_gen_tcp  the same with a TCP frame (gen_frame_tcp: 78 bytes, the
@@ -98,6 +102,46 @@ int bench_gen(struct xdp_md *ctx)
 	 * every frame is written afresh: 60 bytes, a few stores.
 	 */
 	__builtin_memcpy(data, tmpl->bytes, GEN_FRAME_LEN);
+	return bpf_redirect(*ifindex, 0);
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen_seq SEC(".maps");
+
+SEC("xdp")
+int bench_gen_flows(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	__u32 *ifindex = bpf_map_lookup_elem(&gen_target, &zero);
+	struct gen_frame *tmpl = bpf_map_lookup_elem(&gen_frame, &zero);
+	__u32 *flows = bpf_map_lookup_elem(&gen_flows, &zero);
+	__u32 *seq = bpf_map_lookup_elem(&gen_seq, &zero);
+	__u16 *sport;
+	__u32 n;
+
+	if (!ifindex || !*ifindex || !tmpl || !flows || !seq)
+		return XDP_DROP;
+	if (data + GEN_FRAME_LEN > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(data, tmpl->bytes, GEN_FRAME_LEN);
+	n = *flows ? *flows : 1;
+	/* Ethernet 14 + IPv4 20: the UDP source port. */
+	sport = data + 34;
+	*sport = bpf_htons(bpf_ntohs(*sport) + (__u16)(*seq % n));
+	*seq += 1;
 	return bpf_redirect(*ifindex, 0);
 }
 

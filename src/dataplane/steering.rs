@@ -1,6 +1,6 @@
 //! The data path's side of CPU steering (`bpf/include/steer.h`): the cpumap entries (a queue
 //! and the counting program per CPU of the set), the set itself, the per-device switch, and
-//! the per-CPU counters. What to steer is decided in [`crate::steering`].
+//! the per-CPU counters. What to steer is decided a layer up (the `steering` module).
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;

@@ -67,6 +67,26 @@ return view.extend({
 		o.default = o.enabled;
 		o.rmempty = false;
 
+		o = s.option(form.ListValue, 'steering', _('CPU steering'),
+			_('Spread the receive work of traffic the offload does not take (new connections, PPPoE, the kernel path) over the CPUs. Automatic: where one receive queue or PPPoE would put it all on one CPU.'));
+		o.value('auto', _('Automatic'));
+		o.value('1', _('On'));
+		o.value('0', _('Off'));
+		o.default = 'auto';
+
+		o = s.option(form.Value, 'steering_cpus', _('Steering CPUs'),
+			_('CPUs to spread over, e.g. 0-3 or 1 2 3. Empty: every online CPU.'));
+		o.optional = true;
+		o.placeholder = _('all');
+		o.depends({ steering: '0', '!reverse': true });
+
+		o = s.option(form.Value, 'steering_queue', _('Steering queue'),
+			_('Frames queued per CPU (8-16384). Each may hold a page of memory.'));
+		o.datatype = 'range(8,16384)';
+		o.optional = true;
+		o.placeholder = '1024';
+		o.depends({ steering: '0', '!reverse': true });
+
 		o = s.option(form.ListValue, 'log_level', _('Log level'));
 		[ 'off', 'error', 'warn', 'info', 'debug', 'trace' ].forEach(function(l) { o.value(l); });
 		o.default = 'info';
