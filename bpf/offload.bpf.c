@@ -257,7 +257,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 	ctl = bpf_map_lookup_elem(&control, &zero);
 	if (!ctl ||
 	    (!(ctl->flags & (BPFQOS_CTL_F_OFFLOAD | BPFQOS_CTL_F_RTT)) &&
-	     (!st || ctl->steer_cpus < 2))) {
+	     (!st || !ctl->steer_cpus))) {
 		stat_inc(BPFQOS_STAT_PASS_DISABLED);
 		return -1;
 	}
@@ -266,7 +266,7 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		goto not_parsed;
 	/* Whatever happens below, a frame for the kernel goes there. */
 	if (st && cfg && (cfg->flags & BPFQOS_IFACE_F_STEER) &&
-	    ctl->steer_cpus >= 2) {
+	    ctl->steer_cpus) {
 		st->hash = steer_hash(&h, ctl->seed[1]);
 		st->n = ctl->steer_cpus;
 	}

@@ -11,7 +11,7 @@
 //! PPPoE, VLAN+PPPoE, DSA mtk/qca/gswip), whatever the MACs; it spreads; frames the parser
 //! does not take (ARP, PPPoE discovery and LCP, ICMP, fragments, truncated) and frames on a
 //! device that does not steer pass unchanged and uncounted; offloaded frames keep the fast
-//! path; with the set below two CPUs nothing is steered.
+//! path; an empty set steers nothing, a set of one CPU sends everything there.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -301,12 +301,18 @@ fn frames_the_parser_does_not_take_stay_where_they_arrived_unchanged() {
     // The same TCP frame is steered (the cases above are not passed for a dull reason).
     let ok = eth(0x0800, &tcp);
     assert!(choice(&mut env, &ok, dev, "plain TCP").is_some());
-    // A device that does not steer, and a set below two CPUs, steer nothing.
+    // A device that does not steer, and an empty set, steer nothing.
     set_steer(&env.obj, dev, false, 0);
     assert_eq!(choice(&mut env, &ok, dev, "device off"), None);
     set_steer(&env.obj, dev, true, 0);
+    set_control(&env.obj, false, 0);
+    assert_eq!(choice(&mut env, &ok, dev, "no CPU set"), None);
+    // A set of one CPU takes everything.
     set_control(&env.obj, false, 1);
-    assert_eq!(choice(&mut env, &ok, dev, "one CPU"), None);
+    for i in 0..8 {
+        let f = eth(0x0800, &ip_packet(&connection(i * 2), 64, Tcp::Ack, PAYLOAD));
+        assert_eq!(choice(&mut env, &f, dev, "set of CPU 0"), Some(0));
+    }
     set_control(&env.obj, false, 2);
     assert!(choice(&mut env, &ok, dev, "on again").is_some());
 }

@@ -19,7 +19,8 @@
  *
  * The CPU set is `steer_cpus[0 .. control.steer_cpus)` (CPU numbers); the
  * frame's share of it is (hash * n) >> 32. When the hash names the receiving
- * CPU itself the frame is simply passed (no queue, no extra copy).
+ * CPU itself the frame is simply passed (no queue, no extra copy). A set of
+ * one CPU moves all of that work off the CPUs that receive.
  */
 #ifndef BPFQOS_STEER_H
 #define BPFQOS_STEER_H
@@ -114,7 +115,7 @@ static __always_inline __u32 steer_hash(const struct pkt_hdrs *h, __u32 seed)
 
 /*
  * Sends the frame to the CPU `hash` picks among the first `n` of steer_cpus
- * (n >= 2, checked by the caller), or passes it in place: the hash picked
+ * (n >= 1, checked by the caller), or passes it in place: the hash picked
  * this CPU, or that CPU has no cpu_map entry (bpf_redirect_map's XDP_PASS
  * default: the frame stays here, never lost).
  */

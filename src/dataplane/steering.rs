@@ -42,7 +42,7 @@ pub(super) struct SteerState {
 }
 
 impl SteerState {
-    /// Entries of `steer_cpus` in use (the data path steers only with two or more).
+    /// Entries of `steer_cpus` in use (0: the data path steers nothing).
     pub(super) fn n(&self) -> u32 {
         u32::try_from(self.cpus.len()).unwrap_or(0)
     }
@@ -52,7 +52,7 @@ impl Dataplane {
     /// Steers the frames XDP hands to the kernel on `devices` (ifindexes) over `cpus`, each
     /// with a queue of `queue` frames; empty `cpus` or `devices`: no steering anywhere.
     pub fn set_steering(&mut self, cpus: &[u32], queue: u32, devices: &[u32]) {
-        let cpus: Vec<u32> = if devices.is_empty() || cpus.len() < 2 {
+        let cpus: Vec<u32> = if devices.is_empty() {
             Vec::new()
         } else {
             cpus.to_vec()
@@ -61,7 +61,7 @@ impl Dataplane {
             warn!("CPU steering: {e:#}; steering stays off");
             let _ = self.write_cpus(&[], queue);
         }
-        let want: BTreeSet<u32> = if self.steer.n() >= 2 {
+        let want: BTreeSet<u32> = if self.steer.n() >= 1 {
             devices.iter().copied().collect()
         } else {
             BTreeSet::new()

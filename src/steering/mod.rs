@@ -11,8 +11,9 @@
 //!   and nobody configured RPS on it (then the kernel already spreads it, and doing it twice
 //!   only costs). A multi-queue NIC carrying plain IP is left to its RSS.
 //! - `1` steers every device the XDP program runs on; `0` none.
-//! - Never with fewer than two CPUs in the set, and never where the offload fell back to TC
-//!   (no XDP: no cpumap; said so in status).
+//! - Never on a one-CPU router (a configured `steering_cpus` may name one CPU: all of the
+//!   work moved off the receiving CPUs), and never where the offload fell back to TC (no XDP:
+//!   no cpumap; said so in status).
 
 use std::collections::BTreeMap;
 
@@ -129,19 +130,14 @@ pub fn plan(g: &Globals, online: &[u32], devices: &[DeviceFacts]) -> Plan {
             .filter(|c| *c < abi::MAX_CPUS)
             .collect(),
     };
-    let cpus_problem = if g.steering == Steering::Off {
-        None
-    } else if cpus.len() < 2 {
-        Some(match &configured {
-            Some(list) if cpus.len() < list.len() => format!(
-                "steering_cpus {list:?}: only {:?} of them online, two are needed",
-                cpus
-            ),
-            Some(list) => format!("steering_cpus {list:?}: two CPUs are needed"),
-            None => format!("{} online CPU: nothing to spread over", cpus.len()),
-        })
-    } else {
-        None
+    // The default set needs two CPUs to spread over; a configured one may name a single CPU
+    // (all the kernel's receive work moved off the CPUs that receive, as with RPS on a
+    // two-core router).
+    let cpus_problem = match (&configured, cpus.len()) {
+        _ if g.steering == Steering::Off => None,
+        (Some(list), 0) => Some(format!("steering_cpus {list:?}: none of them is online")),
+        (None, n) if n < 2 => Some(format!("{n} online CPU: nothing to spread over")),
+        _ => None,
     };
     let decisions: Vec<DeviceDecision> = devices
         .iter()

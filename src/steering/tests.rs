@@ -88,12 +88,16 @@ fn the_cpu_set_is_the_configured_cpus_that_are_online() {
         &devs,
     );
     assert_eq!(p.cpus, vec![1, 2, 3]);
-    // Only one of them online: nothing to spread over, and status says which.
+    // One of them online: all the work goes there.
     let p = plan(&globals(Steering::Auto, Some(vec![3, 7])), &[0, 1, 2, 3], &devs);
+    assert_eq!(p.cpus, vec![3]);
+    assert!(decision(&p, "eth0").steering);
+    // None online: nothing, and status says why.
+    let p = plan(&globals(Steering::Auto, Some(vec![7, 9])), &[0, 1, 2, 3], &devs);
     assert!(p.cpus.is_empty());
     assert!(!decision(&p, "eth0").steering);
     let why = p.cpus_problem.unwrap_or_default();
-    assert!(why.contains("[3, 7]") && why.contains("[3]"), "{why}");
+    assert!(why.contains("[7, 9]") && why.contains("none"), "{why}");
 }
 
 #[test]
