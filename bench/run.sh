@@ -15,3 +15,7 @@ cargo bench --locked --bench circuits
 echo
 echo "== 64-byte UDP forwarding through a namespace router (kernel vs bpfqos XDP/TC vs bare redirect; through a shaper that never limits)"
 bash bench/forwarding.sh target/release/bpfqos
+
+echo
+echo "== CPU steering: kernel-path forwarding of 256 UDP flows received on one CPU (off vs RPS vs bpfqos steering)"
+bash bench/steering.sh target/release/bpfqos

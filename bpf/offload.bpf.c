@@ -228,8 +228,9 @@ static __always_inline void request_teardown(struct flow_ref *f,
 
 /* Where a frame for the kernel should be processed (XDP only, steer.h). */
 struct steer_ref {
-	__u32 hash; /* 0: where it arrived */
-	__u32 n;    /* CPUs in steer_cpus */
+	__u32 hash;    /* 0: where it arrived */
+	__u32 n;       /* CPUs in steer_cpus */
+	__u32 here_ok; /* BPFQOS_IFACE_F_STEER_HERE */
 };
 
 /*
@@ -262,13 +263,17 @@ static __always_inline int classify(void *data, void *data_end, __u32 ifindex,
 		return -1;
 	}
 	if (parse_packet(data, data_end, cfg ? cfg->dsa_proto : BPFQOS_DSA_NONE,
-			 vlan0_tpid, vlan0_tci, p, &h))
+			 vlan0_tpid, vlan0_tci, p, &h)) {
+		if (st && cfg && (cfg->flags & BPFQOS_IFACE_F_STEER))
+			ppp_hold(ifindex, p);
 		goto not_parsed;
+	}
 	/* Whatever happens below, a frame for the kernel goes there. */
 	if (st && cfg && (cfg->flags & BPFQOS_IFACE_F_STEER) &&
-	    ctl->steer_cpus) {
+	    ctl->steer_cpus && !ppp_is_held(ifindex, p)) {
 		st->hash = steer_hash(&h, ctl->seed[1]);
 		st->n = ctl->steer_cpus;
+		st->here_ok = cfg->flags & BPFQOS_IFACE_F_STEER_HERE;
 	}
 
 	if (ft_key_words(p, &h, &l2w, &ports, &protow))
@@ -1070,7 +1075,8 @@ int bpfqos_xdp(struct xdp_md *ctx)
 
 	if (classify(data, data_end, ingress, 0, 0, HOOK_XDP, 0, &p, &f, &rt,
 		     &st))
-		return st.hash ? xdp_steer(st.hash, st.n) : XDP_PASS;
+		return st.hash ? xdp_steer(st.hash, st.n, st.here_ok)
+			       : XDP_PASS;
 	if (f.e->action == BPFQOS_ACT_FORWARD_SHAPED)
 		return xdp_to_shaper(ctx, &p, &f);
 

@@ -94,16 +94,23 @@ fn set_control(obj: &Object, offload: bool, n: u32) {
 
 /// The `ifaces` entry of `ifindex`: steering on or off, the DSA tagger.
 fn set_steer(obj: &Object, ifindex: u32, on: bool, dsa: u8) {
+    set_steer_here(obj, ifindex, on, false, dsa);
+}
+
+/// [`set_steer`], and whether a frame hashed to the receiving CPU may stay in place.
+fn set_steer_here(obj: &Object, ifindex: u32, on: bool, here: bool, dsa: u8) {
     let mut cfg: abi::Iface = find_map(obj, abi::IFACES_MAP)
         .lookup(&ifindex.to_ne_bytes(), MapFlags::ANY)
         .unwrap()
         .and_then(|v| abi::from_bytes(&v))
         .unwrap_or_default();
     cfg.dsa_proto = dsa;
+    cfg.flags &= !(abi::IFACE_F_STEER | abi::IFACE_F_STEER_HERE);
     if on {
         cfg.flags |= abi::IFACE_F_STEER;
-    } else {
-        cfg.flags &= !abi::IFACE_F_STEER;
+    }
+    if here {
+        cfg.flags |= abi::IFACE_F_STEER_HERE;
     }
     map_update(
         obj,
@@ -113,10 +120,10 @@ fn set_steer(obj: &Object, ifindex: u32, on: bool, dsa: u8) {
     );
 }
 
-/// steered + kept of CPUs 0 and 1, summed over the CPUs that counted.
-fn chosen_counts(obj: &Object) -> [u64; 2] {
+/// (steered, kept) of CPUs 0 and 1, summed over the CPUs that counted.
+fn counters(obj: &Object) -> [(u64, u64); 2] {
     let map = find_map(obj, abi::STEER_STATS_MAP);
-    let mut out = [0u64; 2];
+    let mut out = [(0u64, 0u64); 2];
     for (cpu, slot) in out.iter_mut().enumerate() {
         let per_cpu = map
             .lookup_percpu(&(cpu as u32).to_ne_bytes(), MapFlags::ANY)
@@ -124,10 +131,16 @@ fn chosen_counts(obj: &Object) -> [u64; 2] {
             .unwrap_or_default();
         for v in per_cpu {
             let s: abi::SteerStat = abi::from_bytes(&v).expect("steer stat layout");
-            *slot += s.steered + s.kept;
+            slot.0 += s.steered;
+            slot.1 += s.kept;
         }
     }
     out
+}
+
+/// steered + kept of CPUs 0 and 1.
+fn chosen_counts(obj: &Object) -> [u64; 2] {
+    counters(obj).map(|(s, k)| s + k)
 }
 
 /// Runs `frame` on `ingress`; the CPU the program chose (None: not steered), checked against
@@ -140,7 +153,11 @@ fn choice(env: &mut Env, frame: &[u8], ingress: u32, what: &str) -> Option<usize
     assert_eq!(r.data, frame, "{what}: the frame changed");
     match moved.as_slice() {
         [] => {
-            assert_eq!(r.ret, XDP_PASS, "{what}: not counted but returned {}", r.ret);
+            assert_eq!(
+                r.ret, XDP_PASS,
+                "{what}: not counted but returned {}",
+                r.ret
+            );
             None
         }
         [c] => {
@@ -166,7 +183,16 @@ fn connection(i: u32) -> Tuple {
         )
     } else {
         (
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, (i >> 16) as u16, i as u16)),
+            IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                1,
+                0,
+                0,
+                0,
+                0,
+                (i >> 16) as u16,
+                i as u16,
+            )),
             IpAddr::V6(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, (i * 13) as u16)),
         )
     };
@@ -280,7 +306,10 @@ fn frames_the_parser_does_not_take_stay_where_they_arrived_unchanged() {
         b
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("ARP", eth(0x0806, &[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0xaa, 1])),
+        (
+            "ARP",
+            eth(0x0806, &[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0xaa, 1]),
+        ),
         (
             "PPPoE discovery (PADI)",
             eth(0x8863, &pppoe(0x09, 0, &[1, 1, 0, 0])),
@@ -310,7 +339,10 @@ fn frames_the_parser_does_not_take_stay_where_they_arrived_unchanged() {
     // A set of one CPU takes everything.
     set_control(&env.obj, false, 1);
     for i in 0..8 {
-        let f = eth(0x0800, &ip_packet(&connection(i * 2), 64, Tcp::Ack, PAYLOAD));
+        let f = eth(
+            0x0800,
+            &ip_packet(&connection(i * 2), 64, Tcp::Ack, PAYLOAD),
+        );
         assert_eq!(choice(&mut env, &f, dev, "set of CPU 0"), Some(0));
     }
     set_control(&env.obj, false, 2);
@@ -355,4 +387,118 @@ fn offloaded_frames_keep_the_fast_path_and_kernel_frames_are_steered() {
         assert!(choice(&mut env, &other, din, "kernel-path frame").is_some());
         spec.remove(&env.obj);
     }
+}
+
+#[test]
+fn a_frame_stays_on_the_receiving_cpu_only_where_receive_is_pinned() {
+    let Some(mut env) = setup(
+        "a_frame_stays_on_the_receiving_cpu_only_where_receive_is_pinned",
+        false,
+    ) else {
+        return;
+    };
+    // Run on CPU 0, and find connections whose hash picks CPU 0.
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    let dev = env.dev[0];
+    let frame = |i: u32| {
+        wrap(
+            MAC_A,
+            MAC_B,
+            &Encap::plain(),
+            Dir::Rx,
+            &ip_packet(&connection(i), 64, Tcp::Ack, PAYLOAD),
+        )
+    };
+    let mine: Vec<u32> = (0..32)
+        .filter(|&i| choice(&mut env, &frame(i), dev, "probe") == Some(0))
+        .collect();
+    assert!(mine.len() >= 4, "connections hashed to CPU 0: {mine:?}");
+    for &i in &mine {
+        // A device whose receive moves between CPUs (veth): through CPU 0's own queue.
+        set_steer_here(&env.obj, dev, true, false, 0);
+        let before = counters(&env.obj);
+        let r = run_xdp(&mut env.obj, &frame(i), dev, 1);
+        let after = counters(&env.obj);
+        assert_eq!(r.ret, XDP_REDIRECT, "connection {i}: queued");
+        assert_eq!((after[0].0 - before[0].0, after[0].1 - before[0].1), (1, 0));
+        // A NIC (receive pinned by its interrupt): passed in place.
+        set_steer_here(&env.obj, dev, true, true, 0);
+        let before = counters(&env.obj);
+        let r = run_xdp(&mut env.obj, &frame(i), dev, 1);
+        let after = counters(&env.obj);
+        assert_eq!(r.ret, XDP_PASS, "connection {i}: in place");
+        assert_eq!((after[0].0 - before[0].0, after[0].1 - before[0].1), (0, 1));
+    }
+}
+
+#[test]
+fn a_pppoe_session_with_a_stateful_ppp_stream_is_never_steered() {
+    let Some(mut env) = setup(
+        "a_pppoe_session_with_a_stateful_ppp_stream_is_never_steered",
+        false,
+    ) else {
+        return;
+    };
+    let (dev, other) = (env.dev[0], env.dev[1]);
+    set_steer(&env.obj, other, true, 0);
+    let ip = |sid: u16, i: u32| {
+        wrap(
+            MAC_A,
+            MAC_B,
+            &Encap::pppoe(sid),
+            Dir::Rx,
+            &ip_packet(&connection(i), 64, Tcp::Ack, PAYLOAD),
+        )
+    };
+    let ppp = |sid: u16, proto: u16| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&0x8864u16.to_be_bytes());
+        f.extend_from_slice(&[0x11, 0]);
+        f.extend_from_slice(&sid.to_be_bytes());
+        f.extend_from_slice(&22u16.to_be_bytes());
+        f.extend_from_slice(&proto.to_be_bytes());
+        f.extend_from_slice(&[0x5a; 20]);
+        f
+    };
+    // Before: session 7's IP frames are steered like any.
+    for i in 0..4 {
+        assert!(choice(&mut env, &ip(7, i), dev, "session 7 before").is_some());
+    }
+    // A VJ-compressed frame: passed unchanged, not steered; it marks session 7 on dev.
+    assert_eq!(choice(&mut env, &ppp(7, 0x002d), dev, "VJ frame"), None);
+    for i in 0..4 {
+        assert_eq!(choice(&mut env, &ip(7, i), dev, "session 7 held"), None);
+        // Another session on the same device, and session 7 on another device, still steer.
+        assert!(choice(&mut env, &ip(8, i), dev, "session 8").is_some());
+        assert!(choice(&mut env, &ip(7, i), other, "session 7 elsewhere").is_some());
+    }
+    // CCP-compressed datagrams and multilink mark their sessions too; LCP does not.
+    assert_eq!(choice(&mut env, &ppp(9, 0xc021), dev, "LCP"), None);
+    assert!(choice(&mut env, &ip(9, 1), dev, "session 9 after LCP").is_some());
+    for (sid, proto) in [(10u16, 0x00fdu16), (11, 0x003d), (12, 0x00fb), (13, 0x002f)] {
+        assert_eq!(
+            choice(&mut env, &ppp(sid, proto), dev, "stateful frame"),
+            None
+        );
+        assert_eq!(
+            choice(&mut env, &ip(sid, 1), dev, "held session"),
+            None,
+            "session {sid} after PPP protocol {proto:#06x}"
+        );
+    }
+    let held: Vec<u32> = (0..abi::PPP_HELD)
+        .filter_map(|i| {
+            find_map(&env.obj, abi::PPP_HELD_MAP)
+                .lookup(&i.to_ne_bytes(), MapFlags::ANY)
+                .unwrap()
+                .map(|v| u32::from_ne_bytes(v[..4].try_into().unwrap()))
+        })
+        .filter(|&v| v != 0)
+        .collect();
+    assert_eq!(held.len(), 5, "held sessions {held:x?}");
+    assert!(held.contains(&(dev << 16 | 7)));
 }

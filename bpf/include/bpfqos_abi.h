@@ -42,6 +42,11 @@ enum bpfqos_iface_flags {
 	/* CPU steering: frames XDP hands to the kernel here go to the CPU their
 	 * flow hashes to (cpu_map), see steer.h. */
 	BPFQOS_IFACE_F_STEER = 1 << 2,
+	/* Steering: a frame whose hash picks the CPU that received it is passed
+	 * in place. Only where receive runs on one fixed CPU (a NIC's interrupt):
+	 * on a device whose receive moves between CPUs (veth: the sender's CPU)
+	 * that shortcut would overtake the flow's frames still queued. */
+	BPFQOS_IFACE_F_STEER_HERE = 1 << 3,
 };
 
 /*
@@ -242,6 +247,7 @@ enum bpfqos_sizes {
 		4096, /* `ifaces` entries: the largest ifindex + 1 */
 	BPFQOS_MAX_TX_PORTS = 256, /* `tx_ports` entries */
 	BPFQOS_MAX_CPUS = 256,	   /* `cpu_map`, `steer_cpus`, `steer_stats` */
+	BPFQOS_PPP_HELD = 256,	   /* `ppp_held` slots (a power of two) */
 };
 
 /* The hash's odd 64-bit multiplier, in two halves (enums are 32-bit). */

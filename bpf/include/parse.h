@@ -83,6 +83,9 @@ struct pkt {
 	__u8 l4_proto;
 	__u8 tcp_flags; /* flags byte (13) of the TCP header, 0 for UDP */
 	__u8 pad;
+	__be16 ppp_proto; /* PPP protocol of a PPPoE session frame (even one
+			   * the parser then refused), 0 without PPPoE */
+	__u16 pad2;
 };
 
 #define TCP_FLAG_FIN 0x01
@@ -229,7 +232,7 @@ static __always_inline __u32 wire_len16(__be16 v)
 
 /* PPPoE session: returns ETH_P_IP / ETH_P_IPV6 (network order) or -1. */
 static __always_inline int parse_pppoe(struct cursor *c, __be16 *sid,
-				       __u16 *len)
+				       __u16 *len, __be16 *ppp_proto)
 {
 	struct pppoe_ses_hdr *ph = cursor_pull(c, sizeof(*ph));
 
@@ -239,6 +242,7 @@ static __always_inline int parse_pppoe(struct cursor *c, __be16 *sid,
 		return -1;
 	*sid = ph->sid;
 	*len = wire_len16(ph->length);
+	*ppp_proto = ph->ppp_proto;
 	if (ph->ppp_proto == bpf_htons(PPP_IP))
 		return bpf_htons(ETH_P_IP);
 	if (ph->ppp_proto == bpf_htons(PPP_IPV6))
@@ -400,7 +404,8 @@ static __always_inline int parse_packet_dir(void *data, void *data_end,
 	if (proto_is_vlan(proto))
 		return -1;
 	if (proto == bpf_htons(ETH_P_PPP_SES)) {
-		proto = parse_pppoe(&c, &p->l2.pppoe_sid, &p->pppoe_len);
+		proto = parse_pppoe(&c, &p->l2.pppoe_sid, &p->pppoe_len,
+				    &p->ppp_proto);
 		if (proto < 0)
 			return -1;
 		p->l2.pppoe = 1;

@@ -19,8 +19,12 @@
  *
  * The CPU set is `steer_cpus[0 .. control.steer_cpus)` (CPU numbers); the
  * frame's share of it is (hash * n) >> 32. When the hash names the receiving
- * CPU itself the frame is simply passed (no queue, no extra copy). A set of
- * one CPU moves all of that work off the CPUs that receive.
+ * CPU itself the frame is simply passed (no queue, no extra copy), if the
+ * device receives on one fixed CPU (BPFQOS_IFACE_F_STEER_HERE: a NIC's
+ * interrupt); elsewhere every frame goes through its CPU's queue, which keeps
+ * a flow's order even when receive moves between CPUs (one receive queue's
+ * NAPI runs on one CPU at a time and flushes its redirects before it ends).
+ * A set of one CPU moves all of that work off the CPUs that receive.
  */
 #ifndef BPFQOS_STEER_H
 #define BPFQOS_STEER_H
@@ -114,12 +118,81 @@ static __always_inline __u32 steer_hash(const struct pkt_hdrs *h, __u32 seed)
 }
 
 /*
+ * PPPoE sessions whose PPP stream carries state across frames: compression
+ * (CCP: Deflate, BSD, MPPC; the receiver's history follows every frame, the
+ * uncompressed ones included), Van Jacobson header compression, multilink
+ * fragments, encryption. Their frames must reach ppp_input() in order, so
+ * they are never steered: a session is marked here the first time one of
+ * those frames arrives, and its frames then stay where they arrive. Indexed
+ * by a hash of (ifindex, session id); a collision only keeps an innocent
+ * session unsteered. Value: ifindex << 16 | session id (host order).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFQOS_PPP_HELD);
+	__type(key, __u32);
+	__type(value, __u32);
+} ppp_held SEC(".maps");
+
+static __always_inline int ppp_proto_stateful(__be16 proto)
+{
+	switch (bpf_ntohs(proto)) {
+	case 0x002d: /* VJ compressed TCP/IP */
+	case 0x002f: /* VJ uncompressed TCP/IP */
+	case 0x003d: /* multilink */
+	case 0x0053: /* encrypted datagram (ECP) */
+	case 0x0055: /* individual link encrypted */
+	case 0x00fb: /* individual link compressed */
+	case 0x00fd: /* compressed datagram (CCP) */
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 ppp_held_key(__u32 ifindex, __be16 sid)
+{
+	return ifindex << 16 | bpf_ntohs(sid);
+}
+
+static __always_inline __u32 ppp_held_slot(__u32 key)
+{
+	return steer_mix(key) & (BPFQOS_PPP_HELD - 1);
+}
+
+/* A PPPoE frame the parser refused: mark its session if its stream is stateful. */
+static __always_inline void ppp_hold(__u32 ifindex, const struct pkt *p)
+{
+	__u32 key, slot, *v;
+
+	if (!p->ppp_proto || !ppp_proto_stateful(p->ppp_proto))
+		return;
+	key = ppp_held_key(ifindex, p->l2.pppoe_sid);
+	slot = ppp_held_slot(key);
+	v = bpf_map_lookup_elem(&ppp_held, &slot);
+	if (v && *v != key)
+		*v = key;
+}
+
+/* Whether a parsed PPPoE frame belongs to a session marked by ppp_hold(). */
+static __always_inline int ppp_is_held(__u32 ifindex, const struct pkt *p)
+{
+	__u32 key, slot, *v;
+
+	if (!p->l2.pppoe)
+		return 0;
+	key = ppp_held_key(ifindex, p->l2.pppoe_sid);
+	slot = ppp_held_slot(key);
+	v = bpf_map_lookup_elem(&ppp_held, &slot);
+	return v && *v == key;
+}
+
+/*
  * Sends the frame to the CPU `hash` picks among the first `n` of steer_cpus
  * (n >= 1, checked by the caller), or passes it in place: the hash picked
- * this CPU, or that CPU has no cpu_map entry (bpf_redirect_map's XDP_PASS
- * default: the frame stays here, never lost).
+ * this CPU and `here_ok`, or that CPU has no cpu_map entry
+ * (bpf_redirect_map's XDP_PASS default: the frame stays here, never lost).
  */
-static __always_inline int xdp_steer(__u32 hash, __u32 n)
+static __always_inline int xdp_steer(__u32 hash, __u32 n, int here_ok)
 {
 	__u32 idx, here = bpf_get_smp_processor_id();
 	struct bpfqos_steer_stat *s;
@@ -133,7 +206,7 @@ static __always_inline int xdp_steer(__u32 hash, __u32 n)
 	if (!cpu)
 		return XDP_PASS;
 	s = bpf_map_lookup_elem(&steer_stats, cpu);
-	if (*cpu == here) {
+	if (*cpu == here && here_ok) {
 		if (s)
 			s->kept++;
 		return XDP_PASS;

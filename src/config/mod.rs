@@ -36,18 +36,18 @@ use std::path::Path;
 pub use diagnostic::ConfigErrors;
 pub use diagnostic::Diagnostic;
 pub use diagnostic::SectionRef;
+pub use model::parse_cpu_list;
 pub use model::Circuit;
 pub use model::Config;
 pub use model::Diffserv;
 pub use model::Globals;
 pub use model::Interface;
 pub use model::LinkLayer;
-pub use model::parse_cpu_list;
 pub use model::Qdisc;
 pub use model::Steering;
+pub use model::OPTIONS;
 pub use model::STEERING_MAX_CPU;
 pub use model::STEERING_QUEUE;
-pub use model::OPTIONS;
 pub use prefix::IpPrefix;
 
 /// The name of our config file (UCI package) inside the config directory.

@@ -710,10 +710,12 @@ impl Daemon {
             steering: {
                 let online = steering::online_cpus(self.net.topo.fs());
                 let ncpus = online.iter().max().map_or(0, |m| m + 1);
-                let counters = dp
-                    .map(|d| d.steering_counters(ncpus))
+                let counters = dp.map(|d| d.steering_counters(ncpus)).unwrap_or_default();
+                let held = dp
+                    .filter(|_| !self.steering.cpus.is_empty())
+                    .map(Dataplane::ppp_held_sessions)
                     .unwrap_or_default();
-                steering::SteeringStatus::of(&self.config.globals, &self.steering, &counters)
+                steering::SteeringStatus::of(&self.config.globals, &self.steering, &counters, &held)
             },
         }
     }
@@ -797,9 +799,11 @@ fn steering_plan(
                 d.ifindex,
                 pppoe.contains(&d.ifindex),
                 xdp(&d.name),
+                topology::ethtool::vlan_rx_offload(&d.name)
+                    .map_err(|e| debug!("{}: features: {e:#}", d.name))
+                    .ok(),
             )
         })
         .collect();
     steering::plan(g, &steering::online_cpus(fs), &facts)
 }
-

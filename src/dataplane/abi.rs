@@ -191,12 +191,19 @@ pub const IFACE_F_XDP: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_XDP.0;
 pub const IFACE_F_WAN: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_WAN.0;
 /// `iface.flags`: CPU steering of the frames XDP hands to the kernel on this device.
 pub const IFACE_F_STEER: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_STEER.0;
+/// `iface.flags`: steering may pass a frame in place when its hash picks the receiving CPU.
+pub const IFACE_F_STEER_HERE: u32 = types::bpfqos_iface_flags::BPFQOS_IFACE_F_STEER_HERE.0;
 /// The cpumap program (`SEC("xdp/cpumap")`): counts frames where they were steered to.
 pub const CPUMAP_PROG: &str = "bpfqos_cpumap";
 /// `CPUMAP[MAX_CPUS]`: CPU number → `struct bpf_cpumap_val` (queue size, cpumap program).
 pub const CPU_MAP: &str = "cpu_map";
 /// `ARRAY[MAX_CPUS]` of CPU numbers: the steering set (the first `control.steer_cpus`).
 pub const STEER_CPUS_MAP: &str = "steer_cpus";
+/// `ARRAY[PPP_HELD]`: PPPoE sessions with a stateful PPP stream, never steered
+/// (`ifindex << 16 | session id`, 0: empty).
+pub const PPP_HELD_MAP: &str = "ppp_held";
+/// Slots of [`PPP_HELD_MAP`] (`BPFQOS_PPP_HELD`).
+pub const PPP_HELD: u32 = types::bpfqos_sizes::BPFQOS_PPP_HELD.0;
 /// `PERCPU_ARRAY[MAX_CPUS]` of [`SteerStat`], by the CPU frames were steered to.
 pub const STEER_STATS_MAP: &str = "steer_stats";
 /// CPU numbers steering can use are below this (`BPFQOS_MAX_CPUS`).

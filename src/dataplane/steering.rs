@@ -49,9 +49,10 @@ impl SteerState {
 }
 
 impl Dataplane {
-    /// Steers the frames XDP hands to the kernel on `devices` (ifindexes) over `cpus`, each
-    /// with a queue of `queue` frames; empty `cpus` or `devices`: no steering anywhere.
-    pub fn set_steering(&mut self, cpus: &[u32], queue: u32, devices: &[u32]) {
+    /// Steers the frames XDP hands to the kernel on `devices` (ifindex, and whether a frame
+    /// whose hash picks the receiving CPU may stay in place) over `cpus`, each with a queue of
+    /// `queue` frames; empty `cpus` or `devices`: no steering anywhere.
+    pub fn set_steering(&mut self, cpus: &[u32], queue: u32, devices: &[(u32, bool)]) {
         let cpus: Vec<u32> = if devices.is_empty() {
             Vec::new()
         } else {
@@ -61,17 +62,19 @@ impl Dataplane {
             warn!("CPU steering: {e:#}; steering stays off");
             let _ = self.write_cpus(&[], queue);
         }
-        let want: BTreeSet<u32> = if self.steer.n() >= 1 {
+        let want: BTreeMap<u32, bool> = if self.steer.n() >= 1 {
             devices.iter().copied().collect()
         } else {
-            BTreeSet::new()
+            BTreeMap::new()
         };
+        let both = abi::IFACE_F_STEER | abi::IFACE_F_STEER_HERE;
         let old = std::mem::take(&mut self.steer.devices);
-        for &ifindex in old.difference(&want) {
-            let _ = self.update_iface(ifindex, |v| v.flags &= !abi::IFACE_F_STEER);
+        for &ifindex in old.iter().filter(|i| !want.contains_key(i)) {
+            let _ = self.update_iface(ifindex, |v| v.flags &= !both);
         }
-        for &ifindex in &want {
-            match self.update_iface(ifindex, |v| v.flags |= abi::IFACE_F_STEER) {
+        for (&ifindex, &here) in &want {
+            let flags = abi::IFACE_F_STEER | if here { abi::IFACE_F_STEER_HERE } else { 0 };
+            match self.update_iface(ifindex, |v| v.flags = (v.flags & !both) | flags) {
                 Ok(()) => {
                     self.steer.devices.insert(ifindex);
                 }
@@ -120,6 +123,21 @@ impl Dataplane {
             info!("CPU steering over CPUs {cpus:?}, {queue} frames queued per CPU");
         }
         Ok(())
+    }
+
+    /// The PPPoE sessions the data path holds on their receiving CPU because their PPP stream
+    /// is stateful (compression, VJ, multilink, encryption): (ifindex, session id).
+    pub fn ppp_held_sessions(&self) -> Vec<(u32, u16)> {
+        let Ok(map) = self.object.map(abi::PPP_HELD_MAP) else {
+            return Vec::new();
+        };
+        (0..abi::PPP_HELD)
+            .filter_map(|i| map.lookup(&i.to_ne_bytes(), MapFlags::ANY).ok().flatten())
+            .filter_map(|v| v.get(..4).and_then(|b| b.try_into().ok()))
+            .map(u32::from_ne_bytes)
+            .filter(|&v| v != 0)
+            .map(|v| (v >> 16, (v & 0xffff) as u16))
+            .collect()
     }
 
     /// The steering counters of CPUs `0..cpus`, summed over the CPUs that counted them; CPUs

@@ -5,12 +5,16 @@
 //! frame it hands to the kernel and redirects it to that CPU through a cpumap. This module
 //! decides where that runs, from facts about each device ([`DeviceFacts`], read from sysfs):
 //!
-//! - `auto` (the default) steers a device when it is likely the only thing spreading its
-//!   work: it has one receive queue (veth, most SoC Ethernet, a DSA conduit), or it carries
-//!   PPPoE (NIC RSS hashes on the outer header, which for PPPoE is the same for every frame),
-//!   and nobody configured RPS on it (then the kernel already spreads it, and doing it twice
-//!   only costs). A multi-queue NIC carrying plain IP is left to its RSS.
-//! - `1` steers every device the XDP program runs on; `0` none.
+//! - `auto` (the default) steers a NIC when it is likely the only thing spreading its
+//!   work: it has one receive queue (most SoC Ethernet, a DSA conduit), or it carries PPPoE
+//!   (NIC RSS hashes on the outer header, which for PPPoE is the same for every frame), and
+//!   nobody configured RPS on it (then the kernel already spreads it, and doing it twice only
+//!   costs). A multi-queue NIC carrying plain IP is left to its RSS.
+//! - Never a device that may take received VLAN tags out of the frame (receive VLAN offload
+//!   on, or its features unreadable): XDP does not see such a tag and a redirected frame is
+//!   rebuilt from its data, so the tag would be lost. Virtual devices (veth) only with `1`:
+//!   whether their frames carry tags outside the data depends on the sender, out of sight.
+//! - `1` steers every device the XDP program runs on, within the rule above; `0` none.
 //! - Never on a one-CPU router (a configured `steering_cpus` may name one CPU: all of the
 //!   work moved off the receiving CPUs), and never where the offload fell back to TC (no XDP:
 //!   no cpumap; said so in status).
@@ -41,11 +45,25 @@ pub struct DeviceFacts {
     pub pppoe: bool,
     /// The XDP program runs on it (native or generic); `false`: TC fallback or nothing.
     pub xdp: bool,
+    /// A NIC (`/sys/class/net/<dev>/device` exists): it receives on the CPU its interrupt is
+    /// bound to. Virtual devices (veth) receive where the sender ran.
+    pub nic: bool,
+    /// Whether it takes received VLAN tags out of the frame data (`rx-vlan-hw-parse` or
+    /// `rx-vlan-stag-hw-parse` active); `None`: its features could not be read.
+    pub vlan_offload: Option<bool>,
 }
 
 impl DeviceFacts {
-    /// Reads the queue facts of `name` from sysfs.
-    pub fn read(fs: &HostFs, name: &str, ifindex: u32, pppoe: bool, xdp: bool) -> Self {
+    /// Reads the queue facts of `name` from sysfs; `vlan_offload` comes from the caller
+    /// (`topology::ethtool::vlan_rx_offload`).
+    pub fn read(
+        fs: &HostFs,
+        name: &str,
+        ifindex: u32,
+        pppoe: bool,
+        xdp: bool,
+        vlan_offload: Option<bool>,
+    ) -> Self {
         let dir = format!("sys/class/net/{name}/queues");
         let rx: Vec<String> = fs
             .list(&dir)
@@ -64,6 +82,11 @@ impl DeviceFacts {
             rps,
             pppoe,
             xdp,
+            nic: fs
+                .root()
+                .join(format!("sys/class/net/{name}/device"))
+                .exists(),
+            vlan_offload,
         }
     }
 }
@@ -87,6 +110,10 @@ pub struct DeviceDecision {
     pub ifindex: u32,
     /// Whether it steers.
     pub steering: bool,
+    /// Frames whose hash picks the CPU that received them are passed there, no queue (a NIC:
+    /// it receives on one CPU, so this keeps a flow's order); otherwise every steered frame
+    /// goes through its CPU's queue.
+    pub in_place: bool,
     /// Why (or why not), in words.
     pub reason: String,
 }
@@ -105,12 +132,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The ifindexes that steer.
-    pub fn steering_devices(&self) -> Vec<u32> {
+    /// The devices that steer: ifindex and whether frames may stay in place.
+    pub fn steering_devices(&self) -> Vec<(u32, bool)> {
         self.devices
             .iter()
             .filter(|d| d.steering)
-            .map(|d| d.ifindex)
+            .map(|d| (d.ifindex, d.in_place))
             .collect()
     }
 }
@@ -147,6 +174,7 @@ pub fn plan(g: &Globals, online: &[u32], devices: &[DeviceFacts]) -> Plan {
                 device: d.name.clone(),
                 ifindex: d.ifindex,
                 steering,
+                in_place: steering && d.nic,
                 reason,
             }
         })
@@ -167,10 +195,51 @@ fn decide(mode: Steering, cpus_problem: Option<&str>, d: &DeviceFacts) -> (bool,
     if let Some(p) = cpus_problem {
         return (false, format!("off: {p}"));
     }
-    if !d.xdp {
+    let (steer, reason) = rule(mode, d);
+    // Checked last: where nothing else needs XDP, it is attached only if steering wants it.
+    if steer && !d.xdp {
         return (
             false,
-            "off: no XDP on this device (TC fallback or not attached); steering needs XDP".into(),
+            "off: no XDP on this device (TC fallback); steering needs XDP".into(),
+        );
+    }
+    (steer, reason)
+}
+
+/// Whether the device should steer, by its facts (XDP aside).
+fn rule(mode: Steering, d: &DeviceFacts) -> (bool, String) {
+    // A VLAN tag the device took out of the frame is invisible to XDP, and a redirected frame
+    // is rebuilt from its data: the tag would be lost (a tagged frame turned untagged, even one
+    // of a VLAN the router does not have, which the kernel would have dropped).
+    if d.nic {
+        match d.vlan_offload {
+            Some(false) => {}
+            Some(true) => {
+                return (
+                    false,
+                    format!(
+                        "off: receive VLAN offload is on, XDP cannot see a tag it strips and a \
+                         redirect would lose it (`ethtool -K {} rxvlan off` lets it steer)",
+                        d.name
+                    ),
+                )
+            }
+            None => {
+                return (
+                    false,
+                    "off: its features could not be read (ethtool netlink), so a VLAN tag \
+                     taken out of the frame cannot be ruled out"
+                        .into(),
+                )
+            }
+        }
+    } else if mode == Steering::Auto {
+        return (
+            false,
+            "off: a virtual device, whose frames may carry a VLAN tag outside the data \
+             depending on the sender (veth: the peer's tx VLAN offload), which bpfqos cannot \
+             see from here; option steering '1' steers it"
+                .into(),
         );
     }
     if mode == Steering::On {
@@ -221,11 +290,29 @@ pub struct SteeringStatus {
     pub devices: Vec<DeviceDecision>,
     /// Per CPU that has counted something or is in the set.
     pub per_cpu: Vec<CpuCounters>,
+    /// PPPoE sessions kept on their receiving CPU because their PPP stream carries state
+    /// from frame to frame (compression, VJ, multilink, encryption: order matters).
+    pub held_pppoe_sessions: Vec<HeldSession>,
+}
+
+/// A PPPoE session steering leaves alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeldSession {
+    /// The device it arrives on.
+    pub ifindex: u32,
+    /// Its session id.
+    pub session: u16,
 }
 
 impl SteeringStatus {
     /// The status from the plan in force and the counters read now.
-    pub fn of(g: &Globals, plan: &Plan, counters: &BTreeMap<u32, CpuCounters>) -> Self {
+    pub fn of(
+        g: &Globals,
+        plan: &Plan,
+        counters: &BTreeMap<u32, CpuCounters>,
+        held: &[(u32, u16)],
+    ) -> Self {
         let mut per_cpu: Vec<CpuCounters> = counters.values().copied().collect();
         for &c in &plan.cpus {
             if !counters.contains_key(&c) {
@@ -249,6 +336,10 @@ impl SteeringStatus {
             problem: plan.cpus_problem.clone(),
             devices: plan.devices.clone(),
             per_cpu,
+            held_pppoe_sessions: held
+                .iter()
+                .map(|&(ifindex, session)| HeldSession { ifindex, session })
+                .collect(),
         }
     }
 }

@@ -8,6 +8,8 @@ fn dev(name: &str, rx_queues: u32, rps: bool, pppoe: bool, xdp: bool) -> DeviceF
         rps,
         pppoe,
         xdp,
+        nic: true,
+        vlan_offload: Some(false),
     }
 }
 
@@ -45,7 +47,7 @@ fn auto_steers_one_queue_devices_and_pppoe_not_rss_or_rps_or_tc() {
     assert!(decision(&p, "eth3").reason.contains("RPS"));
     assert!(!decision(&p, "eth4").steering, "TC: {p:?}");
     assert!(decision(&p, "eth4").reason.contains("XDP"));
-    assert_eq!(p.steering_devices(), vec![11, 14]);
+    assert_eq!(p.steering_devices(), vec![(11, true), (14, true)]);
     assert_eq!(p.queue, crate::config::STEERING_QUEUE);
 }
 
@@ -89,11 +91,19 @@ fn the_cpu_set_is_the_configured_cpus_that_are_online() {
     );
     assert_eq!(p.cpus, vec![1, 2, 3]);
     // One of them online: all the work goes there.
-    let p = plan(&globals(Steering::Auto, Some(vec![3, 7])), &[0, 1, 2, 3], &devs);
+    let p = plan(
+        &globals(Steering::Auto, Some(vec![3, 7])),
+        &[0, 1, 2, 3],
+        &devs,
+    );
     assert_eq!(p.cpus, vec![3]);
     assert!(decision(&p, "eth0").steering);
     // None online: nothing, and status says why.
-    let p = plan(&globals(Steering::Auto, Some(vec![7, 9])), &[0, 1, 2, 3], &devs);
+    let p = plan(
+        &globals(Steering::Auto, Some(vec![7, 9])),
+        &[0, 1, 2, 3],
+        &devs,
+    );
     assert!(p.cpus.is_empty());
     assert!(!decision(&p, "eth0").steering);
     let why = p.cpus_problem.unwrap_or_default();
@@ -114,12 +124,17 @@ fn facts_come_from_sysfs_queues_and_rps_masks() {
     std::fs::write(cpu.join("online"), "0-2,5\n").unwrap();
     let fs = HostFs::at(&root);
 
-    let f = DeviceFacts::read(&fs, "eth0", 3, false, true);
-    assert_eq!((f.rx_queues, f.rps), (2, false));
+    let f = DeviceFacts::read(&fs, "eth0", 3, false, true, Some(false));
+    assert_eq!((f.rx_queues, f.rps, f.nic), (2, false, false));
+    std::fs::create_dir_all(root.join("sys/class/net/eth0/device")).unwrap();
+    assert!(DeviceFacts::read(&fs, "eth0", 3, false, true, None).nic);
     std::fs::write(q.join("rx-1/rps_cpus"), "0000,00000006\n").unwrap();
-    assert!(DeviceFacts::read(&fs, "eth0", 3, false, true).rps);
+    assert!(DeviceFacts::read(&fs, "eth0", 3, false, true, None).rps);
     // A device without a queues directory (virtual devices may lack it) counts as one queue.
-    assert_eq!(DeviceFacts::read(&fs, "ppp0", 4, false, true).rx_queues, 1);
+    assert_eq!(
+        DeviceFacts::read(&fs, "ppp0", 4, false, true, None).rx_queues,
+        1
+    );
     assert_eq!(online_cpus(&fs), vec![0, 1, 2, 5]);
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -149,7 +164,7 @@ fn status_lists_the_set_and_every_cpu_that_counted() {
             delivered: 2,
         },
     );
-    let s = SteeringStatus::of(&g, &p, &counters);
+    let s = SteeringStatus::of(&g, &p, &counters, &[(2, 0x1234)]);
     assert!(s.active);
     assert_eq!(s.mode, "auto");
     let cpus: Vec<u32> = s.per_cpu.iter().map(|c| c.cpu).collect();
@@ -158,4 +173,36 @@ fn status_lists_the_set_and_every_cpu_that_counted() {
     assert_eq!(v["devices"][0]["device"], "eth0");
     assert_eq!(v["devices"][0]["steering"], true);
     assert!(v["problem"].is_null());
+    assert_eq!(v["held_pppoe_sessions"][0]["session"], 0x1234);
+}
+
+#[test]
+fn a_vlan_tag_outside_the_frame_rules_steering_out_even_when_forced() {
+    let nic = |name: &str, vlan: Option<bool>| DeviceFacts {
+        vlan_offload: vlan,
+        ..dev(name, 1, false, true, true)
+    };
+    let virt = |name: &str| DeviceFacts {
+        nic: false,
+        vlan_offload: Some(false),
+        ..dev(name, 1, false, true, true)
+    };
+    let devs = [
+        nic("eth0", Some(true)),
+        nic("eth1", None),
+        nic("eth2", Some(false)),
+        virt("veth0"),
+    ];
+    for mode in [Steering::Auto, Steering::On] {
+        let p = plan(&globals(mode, None), &[0, 1], &devs);
+        assert!(!decision(&p, "eth0").steering, "{mode:?}: {p:?}");
+        assert!(decision(&p, "eth0").reason.contains("rxvlan off"));
+        assert!(!decision(&p, "eth1").steering, "{mode:?}: {p:?}");
+        assert!(decision(&p, "eth1").reason.contains("could not be read"));
+        assert!(decision(&p, "eth2").steering, "{mode:?}: {p:?}");
+        assert!(decision(&p, "eth2").in_place);
+        // A veth: only when forced, and never in place (it receives where the sender ran).
+        assert_eq!(decision(&p, "veth0").steering, mode == Steering::On);
+        assert!(!decision(&p, "veth0").in_place);
+    }
 }

@@ -17,6 +17,7 @@
 //! Everything it cannot express exactly is refused with a reason ([`Unsupported`],
 //! [`Unresolved`]): such a flow stays in the kernel, which is slower but never wrong.
 
+pub mod ethtool;
 pub mod hostfs;
 pub mod netlink;
 pub mod pppoe;

@@ -12,7 +12,8 @@
 #   BPFQOS_EXPECT_OFFLOAD  1 = also the strict "most of the transfer offloaded" check (off in CI: TCG admission is slow)
 #   BPFQOS_BPF_OBJ         BPF object for the verifier scenario (default: newest
 #                          target/*/build/bpfqos-*/out/offload.bpfel.o)
-#   VM_KERNEL VM_CPUS VM_MEMORY VM_TIMEOUT   (defaults: newest /boot/vmlinuz-6.12.*-amd64, 1, 2G, 1500)
+#   VM_KERNEL VM_CPUS VM_MEMORY VM_TIMEOUT   (defaults: newest /boot/vmlinuz-6.12.*-amd64, 1, 2G, 1500
+#                          per boot; a scenario's "# vm-cpus: N" line boots it with N vCPUs)
 #                          (1 vCPU: measured faster than 2 under TCG on a shared 2-core host)
 # Output: one line per scenario (PASS name / FAIL name / PENDING name/part: reason), the failed
 # checks' own words again ("---- why"; also written to $BPFQOS_VM_WHY if set), then exactly
@@ -21,7 +22,7 @@ set -uo pipefail
 
 VMDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$VMDIR/../.." && pwd)
-ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc shaping circuits rtt autorate)
+ALL_SCENARIOS=(pppoe-vlan-nat qinq-ipv6 mtu pppoe-reconnect flowtable verifier qdisc shaping circuits rtt autorate steering)
 
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' "${ALL_SCENARIOS[@]}"
@@ -53,22 +54,41 @@ vm_timeout=${VM_TIMEOUT:-1500}
 log=$(mktemp /tmp/bpfqos-vm-run.XXXXXX.log)
 
 q() { printf '%q' "$1"; }
-guest_cmd="env BPFQOS_BIN=$(q "$bin") BPFQOS_BPF_OBJ=$(q "$obj") BPFQOS_EXPECT_OFFLOAD=$(q "${BPFQOS_EXPECT_OFFLOAD:-0}") BPFQOS_VM_TRACE=$(q "${BPFQOS_VM_TRACE:-0}")"
-guest_cmd+=" SCENARIO_TIMEOUT=$(q "${SCENARIO_TIMEOUT:-240}") bash $(q "$VMDIR/guest.sh")"
-for sc in "${scenarios[@]}"; do guest_cmd+=" $(q "$sc")"; done
+base_cmd="env BPFQOS_BIN=$(q "$bin") BPFQOS_BPF_OBJ=$(q "$obj") BPFQOS_EXPECT_OFFLOAD=$(q "${BPFQOS_EXPECT_OFFLOAD:-0}") BPFQOS_VM_TRACE=$(q "${BPFQOS_VM_TRACE:-0}")"
+base_cmd+=" SCENARIO_TIMEOUT=$(q "${SCENARIO_TIMEOUT:-240}") bash $(q "$VMDIR/guest.sh")"
 
-echo "run.sh: $(basename "$kernel"), --cpus $cpus --memory $mem, TCG (--disable-kvm); scenarios: ${scenarios[*]}"
+# One boot per vCPU count: a scenario asks for more than $cpus with a "# vm-cpus: N" line (CPU
+# steering needs two); the rest share the first boot.
+declare -A group
+for sc in "${scenarios[@]}"; do
+    n=$(sed -n 's/^# vm-cpus: \([0-9][0-9]*\)$/\1/p' "$VMDIR/scenarios/$sc.sh" | head -n1)
+    group[${n:-$cpus}]+=" $sc"
+done
+boots=$(printf '%s\n' "${!group[@]}" | sort -n)
+
+echo "run.sh: $(basename "$kernel"), --memory $mem, TCG (--disable-kvm); scenarios: ${scenarios[*]}"
 echo "run.sh: bpfqos binary: ${bin:-none}; BPF object: ${obj:-none}; log: $log"
 t0=$(date +%s)
-# No stdin: vng must not wait for a terminal. The VM sees the host's root filesystem read-only
-# with throw-away overlays (/etc, /tmp, /var, ...): nothing it does reaches the host.
-timeout -k 10 "$vm_timeout" vng --run "$kernel" --disable-kvm --user root \
-    --memory "$mem" --cpus "$cpus" -- "$guest_cmd" </dev/null 2>&1 | tee "$log"
-vm_rc=${PIPESTATUS[0]}
+: >"$log"
+vm_rc=0
+nboots=0
+for n in $boots; do
+    guest_cmd=$base_cmd
+    # shellcheck disable=SC2086 # the group is a space-separated list of names
+    for sc in ${group[$n]}; do guest_cmd+=" $(q "$sc")"; done
+    echo "run.sh: boot with --cpus $n:${group[$n]}" | tee -a "$log"
+    nboots=$((nboots + 1))
+    # No stdin: vng must not wait for a terminal. The VM sees the host's root filesystem
+    # read-only with throw-away overlays (/etc, /tmp, /var, ...): nothing it does reaches the host.
+    timeout -k 10 "$vm_timeout" vng --run "$kernel" --disable-kvm --user root \
+        --memory "$mem" --cpus "$n" -- "$guest_cmd" </dev/null 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -ne 0 ] && vm_rc=$rc
+done
 t1=$(date +%s)
 
 # Count the guest's result lines; a scenario without a result (VM died, timeout) fails.
-grep -q '^VM-DONE' "$log" || echo "run.sh: the guest did not finish (vng exit $vm_rc)"
+[ "$(grep -c '^VM-DONE' "$log")" -ge "$nboots" ] || echo "run.sh: a guest did not finish (vng exit $vm_rc)"
 results=$(grep -E '^(PASS|FAIL|PENDING) [^ ]+' "$log")
 passed=0
 failed=0
