@@ -502,3 +502,109 @@ fn a_pppoe_session_with_a_stateful_ppp_stream_is_never_steered() {
     assert_eq!(held.len(), 5, "held sessions {held:x?}");
     assert!(held.contains(&(dev << 16 | 7)));
 }
+
+/// Real frames, not test runs: the XDP program attached in generic mode (the skb path, where
+/// a cpumap redirect queues the skb itself) on bq0, frames of 32 connections sent into its
+/// veth peer through a packet socket. Every steered frame must come out of its CPU's queue
+/// (the cpumap program counts it there), and both CPUs must get some.
+#[test]
+fn generic_xdp_steers_live_frames_through_the_cpu_queues() {
+    let Some(env) = setup(
+        "generic_xdp_steers_live_frames_through_the_cpu_queues",
+        false,
+    ) else {
+        return;
+    };
+    for d in ["bq0", "bq0p"] {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", d, "up"])
+            .status()
+            .expect("ip link set up");
+        assert!(st.success(), "{d} up");
+    }
+    let prog = env
+        .obj
+        .progs()
+        .find(|p| p.name() == abi::XDP_PROG)
+        .expect("xdp program");
+    let xdp = libbpf_rs::Xdp::new(prog.as_fd());
+    // XDP_FLAGS_SKB_MODE
+    xdp.attach(env.dev[0] as i32, libbpf_rs::XdpFlags::SKB_MODE)
+        .expect("attach XDP generic");
+    let peer = nix::net::if_::if_nametoindex("bq0p").expect("bq0p") as i32;
+    // SAFETY: plain socket(2) call; the fd is owned by the OwnedFd right after.
+    let raw = unsafe {
+        nix::libc::socket(
+            nix::libc::AF_PACKET,
+            nix::libc::SOCK_RAW,
+            (nix::libc::ETH_P_ALL as u16).to_be() as i32,
+        )
+    };
+    assert!(raw >= 0, "packet socket");
+    // SAFETY: raw is a fresh, valid fd nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain integers and arrays: all zeroes is a valid value.
+    let mut addr: nix::libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = nix::libc::AF_PACKET as u16;
+    addr.sll_ifindex = peer;
+    addr.sll_halen = 6;
+    let before = counters(&env.obj);
+    let delivered = |obj: &Object| -> [u64; 2] {
+        let map = find_map(obj, abi::STEER_STATS_MAP);
+        let mut out = [0u64; 2];
+        for (cpu, slot) in out.iter_mut().enumerate() {
+            for v in map
+                .lookup_percpu(&(cpu as u32).to_ne_bytes(), MapFlags::ANY)
+                .unwrap()
+                .unwrap_or_default()
+            {
+                *slot += abi::from_bytes::<abi::SteerStat>(&v).unwrap().delivered;
+            }
+        }
+        out
+    };
+    let d0 = delivered(&env.obj);
+    let frames = 64u32;
+    for i in 0..frames {
+        let f = wrap(
+            MAC_A,
+            MAC_B,
+            &Encap::plain(),
+            Dir::Rx,
+            &ip_packet(&connection(i), 64, Tcp::Ack, PAYLOAD),
+        );
+        // SAFETY: sendto reads f.len() bytes from a live Vec and a sockaddr_ll on the stack.
+        let n = unsafe {
+            nix::libc::sendto(
+                sock.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&addr as *const nix::libc::sockaddr_ll).cast(),
+                std::mem::size_of::<nix::libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(n, f.len() as isize, "send frame {i}");
+    }
+    // The queues drain in microseconds; bounded wait.
+    let mut got = [0u64; 2];
+    for _ in 0..200 {
+        let d1 = delivered(&env.obj);
+        got = [d1[0] - d0[0], d1[1] - d0[1]];
+        if got[0] + got[1] >= u64::from(frames) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let after = counters(&env.obj);
+    let steered = [after[0].0 - before[0].0, after[1].0 - before[1].0];
+    xdp.detach(env.dev[0] as i32, libbpf_rs::XdpFlags::SKB_MODE)
+        .expect("detach");
+    assert_eq!(
+        steered[0] + steered[1],
+        u64::from(frames),
+        "every frame steered (a veth: through the queues)"
+    );
+    assert_eq!(got, steered, "delivered per CPU = steered per CPU");
+    assert!(got[0] > 0 && got[1] > 0, "both CPUs: {got:?}");
+}
