@@ -762,4 +762,33 @@ fn luci_status_view_renders_whatever_the_daemon_sends() {
     assert!(text.contains("95 %"), "{text}");
     assert!(text.contains("latency 12.5 ms above base"), "{text}");
     assert!(text.contains("No direction under autorate"), "{text}");
+
+    // CPU steering: the per-device decisions, per-CPU counters (queue losses), a held PPPoE
+    // session; and a broken section that must not throw.
+    let sg = dir.write(
+        "sg.json",
+        r#"{"version": "0.1.0", "offload": {"enabled": true},
+            "steering": {"mode": "auto", "active": true, "cpus": [0, 1], "queue": 1024,
+              "problem": null,
+              "devices": [{"device": "eth0", "steering": true, "in_place": true,
+                "reason": "on: carries PPPoE, which NIC receive hashing does not look into"},
+                {"device": "eth1", "steering": false, "in_place": false,
+                 "reason": "off: receive VLAN offload is on"}],
+              "per_cpu": [{"cpu": 0, "steered": 0, "kept": 500, "delivered": 0},
+                {"cpu": 1, "steered": 700, "kept": 0, "delivered": 690}],
+              "held_pppoe_sessions": [{"ifindex": 3, "session": 4660}]}}"#,
+    );
+    let text = render_status_view(&[sg.to_str().unwrap_or_default()]);
+    assert!(text.contains("CPU steering"), "{text}");
+    assert!(text.contains("yes (in place on its own CPU)"), "{text}");
+    assert!(text.contains("receive VLAN offload is on"), "{text}");
+    assert!(text.contains("1 | 700 | 0 | 690 | 10"), "per CPU: {text}");
+    assert!(text.contains("PPPoE session 0x1234"), "{text}");
+    let bad = dir.write(
+        "sg-bad.json",
+        r#"{"version": "0.1.0", "steering": {"devices": "x", "per_cpu": [null, 3], "cpus": 5,
+            "held_pppoe_sessions": [{"a": 1}, null]}}"#,
+    );
+    let text = render_status_view(&[bad.to_str().unwrap_or_default()]);
+    assert!(text.contains("CPU steering"), "{text}");
 }

@@ -508,6 +508,38 @@ function renderStatus(st, now) {
 		nodes.push(section(_('Latency'), lat));
 	}
 
+	// CPU steering (status `steering`; older daemons have none).
+	if (st.steering != null && typeof st.steering === 'object') {
+		var sg = obj(st.steering), sgNodes = [];
+		sgNodes.push(keyValues([
+			[ _('CPU steering'), sg.active ? _('on') : _('off') ],
+			[ _('Mode'), sg.mode ],
+			[ _('CPUs'), arr(sg.cpus).length ? arr(sg.cpus).join(' ') : '-' ],
+			[ _('Queue per CPU'), sg.active ? '%s %s'.format(count(sg.queue), _('frames')) : '-' ]
+		]));
+		if (sg.problem)
+			sgNodes.push(E('p', { 'class': 'alert-message warning' }, String(sg.problem)));
+		sgNodes.push(table([ _('Device'), _('Steering'), _('Why') ],
+			arr(sg.devices).map(function(d) {
+				d = obj(d);
+				return [ d.device, d.steering ? (d.in_place ? _('yes (in place on its own CPU)') : _('yes')) : _('no'), d.reason ];
+			}),
+			_('No device')));
+		if (arr(sg.per_cpu).length)
+			sgNodes.push(table([ _('CPU'), _('Steered to it'), _('Handled where received'), _('Delivered'), _('Dropped or queued') ],
+				arr(sg.per_cpu).map(function(c) {
+					c = obj(c);
+					var lost = num(c.steered) - num(c.delivered);
+					return [ c.cpu, count(c.steered), count(c.kept), count(c.delivered), count(lost > 0 ? lost : 0) ];
+				}),
+				_('Nothing steered yet')));
+		arr(sg.held_pppoe_sessions).forEach(function(h) {
+			h = obj(h);
+			sgNodes.push(E('p', {}, _('PPPoE session %s (ifindex %s) stays on its receiving CPU: its PPP stream carries state (compression, VJ, multilink).').format('0x' + (num(h.session) || 0).toString(16), h.ifindex)));
+		});
+		nodes.push(section(_('CPU steering'), sgNodes));
+	}
+
 	var dpRows = [
 		[ _('Forwarded by the data path'), count(dp.redirect) ],
 		[ _('Sent back out of the same port'), count(dp.tx) ],
