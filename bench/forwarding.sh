@@ -48,66 +48,17 @@ for t in ip tc nft ethtool bpftool tcpdump; do
 done
 
 P=bqfwd$$
-LAN=$P-lan RTR=$P-rtr SRV=$P-srv
 WORK=$(mktemp -d /tmp/bpfqos-fwd-XXXXXX) # no dot: libbpf 1.1 turns pin path dots into _
-BB=$WORK/bpffs/bench # the bench's pins: programs, maps, the daemon's programs by id
-DAEMON_PID=
-BG_PIDS=()
-
-cleanup() {
-	set +e
-	for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-	[ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
-	for ns in "$LAN" "$RTR" "$SRV"; do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
-	done
-	for ns in "$LAN" "$RTR" "$SRV"; do ip netns del "$ns" 2>/dev/null; done
-	umount "$WORK/bpffs" 2>/dev/null
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { printf '== %s\n' "$*" >&2; }
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-# Reads a dotted path (e.g. offload.connections) from the JSON on stdin.
-jget() { "$PY" -c 'import json,sys
-v = json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v = v[int(k)] if isinstance(v, list) else v.get(k, 0) if isinstance(v, dict) else 0
-print(v)' "$1"; }
-status() { "$BIN" status --json --socket "$SOCK"; }
-mac() { cat "/sys/class/net/$1/address"; }
-# A u32 as the four little-endian bytes bpftool takes.
-le32() { printf '%d %d %d %d' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24)); }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 # ---- topology ------------------------------------------------------------------------------
 say "namespace router $P"
-# shellcheck source=tests/demo/router.sh
-. "$ROOT/tests/demo/router.sh"
-router_build
-# Static neighbours everywhere: no ARP during a measurement, no neighbour events for the daemon.
-C0_MAC=$(nsx "$LAN" cat /sys/class/net/c0/address)
-BR_MAC=$(nsx "$RTR" cat /sys/class/net/br-lan/address)
-WAN_MAC=$(nsx "$RTR" cat /sys/class/net/wan0/address)
-S0_MAC=$(nsx "$SRV" cat /sys/class/net/s0/address)
-ip -n "$LAN" neigh replace 198.18.1.1 lladdr "$BR_MAC" dev c0 nud permanent
-ip -n "$RTR" neigh replace 198.18.1.2 lladdr "$C0_MAC" dev br-lan nud permanent
-ip -n "$RTR" neigh replace 198.19.0.2 lladdr "$S0_MAC" dev wan0 nud permanent
-ip -n "$SRV" neigh replace 198.19.0.1 lladdr "$WAN_MAC" dev s0 nud permanent
-C0_IDX=$(nsx "$LAN" cat /sys/class/net/c0/ifindex)
-WAN_IDX=$(nsx "$RTR" cat /sys/class/net/wan0/ifindex)
+bench_router
 
 # ---- the bench's BPF programs --------------------------------------------------------------
 say "loading bench/bpf/forwarding.bpf.c (built by build.rs)"
-mkdir -p "$WORK/bpffs"
-mount -t bpf bpf "$WORK/bpffs"
-FWD_OBJ=$(ls -t "$ROOT"/target/*/build/bpfqos-*/out/bench/forwarding.bpfel.o 2>/dev/null | head -n1)
-[ -n "$FWD_OBJ" ] || die "no forwarding.bpfel.o under target/: run cargo build first"
-mkdir -p "$BB/maps"
-bpftool prog loadall "$FWD_OBJ" "$BB/progs" pinmaps "$BB/maps"
-# shellcheck disable=SC2046 # le32 prints four separate byte arguments
-bpftool map update pinned "$BB/maps/gen_target" key 0 0 0 0 value $(le32 "$C0_IDX")
+bench_programs
 # A devmap resolves the ifindex in the caller's namespace.
 # shellcheck disable=SC2046
 nsx "$RTR" bpftool map update pinned "$BB/maps/bare_tx" key 0 0 0 0 value $(le32 "$WAN_IDX")

@@ -49,58 +49,14 @@ NCPU=$(nproc)
 [ "$NCPU" -ge 2 ] || die "one CPU: nothing to steer to"
 
 P=bqst$$
-LAN=$P-lan RTR=$P-rtr SRV=$P-srv
 WORK=$(mktemp -d /tmp/bpfqos-steer-XXXXXX)
-BB=$WORK/bpffs/bench
-DAEMON_PID=
-
-cleanup() {
-	set +e
-	[ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
-	for ns in "$LAN" "$RTR" "$SRV"; do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
-	done
-	for ns in "$LAN" "$RTR" "$SRV"; do ip netns del "$ns" 2>/dev/null; done
-	umount "$WORK/bpffs" 2>/dev/null
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { printf '== %s\n' "$*" >&2; }
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-jget() { "$PY" -c 'import json,sys
-v = json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v = v[int(k)] if isinstance(v, list) else v.get(k, 0) if isinstance(v, dict) else 0
-print(json.dumps(v) if isinstance(v, (dict, list)) else v)' "$1"; }
-status() { "$BIN" status --json --socket "$SOCK"; }
-le32() { printf '%d %d %d %d' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24)); }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 say "namespace router $P ($NCPU CPUs, $FLOWS flows)"
-# shellcheck source=tests/demo/router.sh
-. "$ROOT/tests/demo/router.sh"
-router_build
-C0_MAC=$(nsx "$LAN" cat /sys/class/net/c0/address)
-BR_MAC=$(nsx "$RTR" cat /sys/class/net/br-lan/address)
-WAN_MAC=$(nsx "$RTR" cat /sys/class/net/wan0/address)
-S0_MAC=$(nsx "$SRV" cat /sys/class/net/s0/address)
-ip -n "$LAN" neigh replace 198.18.1.1 lladdr "$BR_MAC" dev c0 nud permanent
-ip -n "$RTR" neigh replace 198.18.1.2 lladdr "$C0_MAC" dev br-lan nud permanent
-ip -n "$RTR" neigh replace 198.19.0.2 lladdr "$S0_MAC" dev wan0 nud permanent
-ip -n "$SRV" neigh replace 198.19.0.1 lladdr "$WAN_MAC" dev s0 nud permanent
-C0_IDX=$(nsx "$LAN" cat /sys/class/net/c0/ifindex)
-LAN1_IDX=$(nsx "$RTR" cat /sys/class/net/lan1/ifindex)
-
-mkdir -p "$WORK/bpffs"
-mount -t bpf bpf "$WORK/bpffs"
-FWD_OBJ=$(ls -t "$ROOT"/target/*/build/bpfqos-*/out/bench/forwarding.bpfel.o "$ROOT"/target/*/*/build/bpfqos-*/out/bench/forwarding.bpfel.o 2>/dev/null | head -n1)
-[ -n "$FWD_OBJ" ] || die "no forwarding.bpfel.o under target/: run cargo build first"
-mkdir -p "$BB/maps"
-bpftool prog loadall "$FWD_OBJ" "$BB/progs" pinmaps "$BB/maps"
+bench_router
+bench_programs
 # shellcheck disable=SC2046 # le32 prints four separate byte arguments
-bpftool map update pinned "$BB/maps/gen_target" key 0 0 0 0 value $(le32 "$C0_IDX")
-# shellcheck disable=SC2046
 bpftool map update pinned "$BB/maps/gen_flows" key 0 0 0 0 value $(le32 "$FLOWS")
 ip -n "$SRV" link set dev s0 xdpdrv pinned "$BB/progs/bench_sink"
 
