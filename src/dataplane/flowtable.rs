@@ -18,10 +18,11 @@ use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 
 use anyhow::anyhow;
 use anyhow::bail;
@@ -417,12 +418,14 @@ fn wait_grace_period(grace: &MapHandle, inner: &MapHandle) -> anyhow::Result<()>
 
 /// A thread that waits out grace periods for the event loop. Tickets are numbered from 1 in
 /// the order they are asked for; `completed` is the highest ticket covered by a grace period
-/// that began after the ticket was asked for (requests that queue up share one).
+/// that began after the ticket was asked for (requests that queue up share one). A mutex, not
+/// an `AtomicU64`: 32-bit MIPS and PowerPC have no 64-bit atomics, and it is touched a few
+/// times a second.
 struct GraceWorker {
     requests: Option<mpsc::Sender<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
     asked: u64,
-    completed: Arc<AtomicU64>,
+    completed: Arc<Mutex<u64>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -431,7 +434,7 @@ impl GraceWorker {
         let grace = MapHandle::try_from(grace).context("duplicating the grace map fd")?;
         let inner = MapHandle::try_from(inner).context("duplicating the grace map fd")?;
         let (tx, rx) = mpsc::channel::<u64>();
-        let completed = Arc::new(AtomicU64::new(0));
+        let completed = Arc::new(Mutex::new(0u64));
         let failed = Arc::new(AtomicBool::new(false));
         let (c, f) = (completed.clone(), failed.clone());
         let thread = std::thread::Builder::new()
@@ -443,8 +446,8 @@ impl GraceWorker {
                         ticket = t;
                     }
                     if wait_grace_period(&grace, &inner).is_ok() {
-                        // Release: the entries are reused only after this is seen.
-                        c.store(ticket, Ordering::Release);
+                        // The mutex orders it: the entries are reused only after this is seen.
+                        *c.lock().unwrap_or_else(PoisonError::into_inner) = ticket;
                     } else {
                         // Not retried here: the event loop's own wait reports the error.
                         f.store(true, Ordering::Relaxed);
@@ -470,7 +473,10 @@ impl GraceWorker {
     }
 
     fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Acquire)
+        *self
+            .completed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a wait failed since the last call.
