@@ -419,13 +419,24 @@ impl Daemon {
         // Passive RTT looks at every lowest device; so does steering where it would steer
         // (XDP assumed: whether it got XDP is known after the attach).
         let (all, _) = self.interfaces.lowest_devices(|_| true);
-        let steer_plan = steering_plan(
-            &self.config.globals,
-            &self.interfaces,
-            &self.net.topo,
-            &all,
-            |_| true,
-        );
+        // Read once (sysfs, ethtool netlink), planned twice: before the attach with XDP
+        // assumed, after it with what each device got.
+        let g = &self.config.globals;
+        let mut facts = if g.enabled {
+            steering_facts(&self.interfaces, &self.net.topo, &all)
+        } else {
+            Vec::new()
+        };
+        let online = steering::online_cpus(self.net.topo.fs());
+        // Nothing when bpfqos is disabled.
+        let plan_of = |facts: &[steering::DeviceFacts]| {
+            if g.enabled {
+                steering::plan(g, &online, facts)
+            } else {
+                steering::Plan::default()
+            }
+        };
+        let steer_plan = plan_of(&facts);
         for d in all {
             let steers = steer_plan
                 .devices
@@ -443,14 +454,10 @@ impl Daemon {
                 .iter()
                 .any(|i| i.upload_kbit > 0 || i.download_kbit > 0);
         let failed = dp.sync_offload(&wanted, shaping);
-        let (all, _) = self.interfaces.lowest_devices(|_| true);
-        let plan = steering_plan(
-            &self.config.globals,
-            &self.interfaces,
-            &self.net.topo,
-            &all,
-            |d| dp.has_xdp(d),
-        );
+        for f in &mut facts {
+            f.xdp = dp.has_xdp(&f.name);
+        }
+        let plan = plan_of(&facts);
         dp.set_steering(&plan.cpus, plan.queue, &plan.steering_devices());
         self.steering = plan;
         for (dev, msg) in &failed {
@@ -765,18 +772,13 @@ impl Daemon {
     }
 }
 
-/// Where CPU steering would run on `devices` (`xdp`: whether XDP runs on a device), from
-/// the config and sysfs; nothing when bpfqos is disabled.
-fn steering_plan(
-    g: &config::Globals,
+/// What steering decides by, for each of `devices` (XDP assumed; the caller corrects it once
+/// attached): sysfs queues and RPS, PPPoE from the interfaces, VLAN offload over ethtool netlink.
+fn steering_facts(
     interfaces: &Interfaces,
     topo: &Topology,
     devices: &[crate::dataplane::OffloadDevice],
-    xdp: impl Fn(&str) -> bool,
-) -> steering::Plan {
-    if !g.enabled {
-        return steering::Plan::default();
-    }
+) -> Vec<steering::DeviceFacts> {
     let fs = topo.fs();
     // The lowest devices of PPP interfaces carry PPPoE.
     let pppoe: HashSet<u32> = interfaces
@@ -790,7 +792,7 @@ fn steering_plan(
         })
         .flat_map(|i| i.lowest.iter().flatten().map(|d| d.ifindex))
         .collect();
-    let facts: Vec<steering::DeviceFacts> = devices
+    devices
         .iter()
         .map(|d| {
             steering::DeviceFacts::read(
@@ -798,12 +800,11 @@ fn steering_plan(
                 &d.name,
                 d.ifindex,
                 pppoe.contains(&d.ifindex),
-                xdp(&d.name),
+                true,
                 topology::ethtool::vlan_rx_offload(&d.name)
                     .map_err(|e| debug!("{}: features: {e:#}", d.name))
                     .ok(),
             )
         })
-        .collect();
-    steering::plan(g, &steering::online_cpus(fs), &facts)
+        .collect()
 }
