@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TARGET_DIR := $(shell pwd)/target
 BPF_OUT := $(TARGET_DIR)/bpf
 
-.PHONY: all deps build release bpf test test-host test-vm lint demo bench size clean
+.PHONY: all deps build release bpf test test-host test-vm test-cross cross lint demo bench size clean
 
 all: build
 
@@ -34,9 +34,10 @@ lint:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	clang-format --dry-run --Werror bpf/*.c bpf/include/*.h bench/bpf/*.c
 
-# Everything: lint, unit + integration tests (root-only tests run for real as root), then the
-# full-kernel VM scenarios (VLAN, PPPoE, CAKE, flowtable on Debian's 6.12).
-test: deps lint test-host test-vm
+# Everything: lint, unit + integration tests (root-only tests run for real as root), the
+# full-kernel VM scenarios (VLAN, PPPoE, CAKE, flowtable on Debian's 6.12), then the router
+# builds with their tests under emulation and on a big-endian kernel.
+test: deps lint test-host test-vm test-cross
 
 test-host:
 	$(CARGO) test --locked -- --test-threads=1
@@ -45,6 +46,18 @@ test-host:
 test-vm:
 	$(CARGO) test --locked --no-run
 	$(CARGO) test --locked --test vm -- --ignored --nocapture
+
+# The routers' builds (issue 16, docs/openwrt.md): static musl bpfqos for aarch64, armv7 and
+# big-endian MIPS with their sizes and .ipk packages (target/cross/ipk/); the tests that need no
+# kernel under qemu-user for each; the data-path tests on Debian's big-endian s390x kernel
+# (qemu-system-s390x). Incremental: target/cross and target/s390x keep what was built/fetched.
+cross:
+	bash .ci/cross-deps.sh
+	bash openwrt/cross/build.sh aarch64 armv7 mips
+
+test-cross:
+	bash .ci/cross-deps.sh
+	bash openwrt/cross/build.sh --tests aarch64 armv7 mips s390x
 
 # A demo router in network namespaces: daemon, config, attach, traffic, status.
 demo: deps release

@@ -516,11 +516,7 @@ fn generic_xdp_steers_live_frames_through_the_cpu_queues() {
         return;
     };
     for d in ["bq0", "bq0p"] {
-        let st = std::process::Command::new("ip")
-            .args(["link", "set", d, "up"])
-            .status()
-            .expect("ip link set up");
-        assert!(st.success(), "{d} up");
+        common::frames::set_up(d);
     }
     let prog = env
         .obj

@@ -792,3 +792,202 @@ fn luci_status_view_renders_whatever_the_daemon_sends() {
     let text = render_status_view(&[bad.to_str().unwrap_or_default()]);
     assert!(text.contains("CPU steering"), "{text}");
 }
+
+// --- the .ipk built from a cross binary (openwrt/cross/mkipk.py) ------------------------------
+
+/// `tar -tzv` of `archive` (GNU tar as the oracle): (mode string, owner/group, path) per entry.
+fn tar_listing(archive: &Path) -> Vec<(String, String, String)> {
+    let out = Command::new("tar")
+        .arg("-tzvf")
+        .arg(archive)
+        .arg("--numeric-owner")
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar -tzvf {}", archive.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[0].to_string(), w[1].to_string(), w[w.len() - 1].to_string())
+        })
+        .collect()
+}
+
+fn untar(archive: &Path, into: &Path) {
+    std::fs::create_dir_all(into).expect("mkdir");
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .expect("run tar");
+    assert!(st.success(), "tar -xzf {}", archive.display());
+}
+
+/// The .ipk holds exactly what the recipe's install block installs, with its macros' modes and
+/// root ownership, the control fields OpenWrt writes, the recipe's conffiles and postinst; and
+/// it is reproducible. Unpacked with tar, compared with this file's own reading of the recipe.
+#[test]
+fn ipk_holds_what_the_recipe_installs() {
+    let test = "ipk_holds_what_the_recipe_installs";
+    if which("tar").is_none() || which("python3").is_none() {
+        missing(test, "tar and python3");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bpfqos-ipk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let binary = dir.join("bpfqos-bin");
+    let bin_bytes = b"\x7fELF not really: the packaging test's stand-in binary\n".to_vec();
+    std::fs::write(&binary, &bin_bytes).expect("write binary");
+    let build = |out: &str| -> std::path::PathBuf {
+        let o = Command::new("python3")
+            .arg(repo().join("openwrt/cross/mkipk.py"))
+            .arg("--binary")
+            .arg(&binary)
+            .args(["--arch", "mips_24kc", "--out"])
+            .arg(dir.join(out))
+            .output()
+            .expect("run mkipk.py");
+        assert!(
+            o.status.success(),
+            "mkipk.py: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let ipk = build("a");
+    let again = build("b");
+    assert_eq!(
+        std::fs::read(&ipk).expect("read ipk"),
+        std::fs::read(&again).expect("read ipk"),
+        "two builds differ: not reproducible"
+    );
+
+    let mk = package_makefile();
+    let version = format!(
+        "{}-r{}",
+        required_var(&mk, "PKG_VERSION"),
+        required_var(&mk, "PKG_RELEASE")
+    );
+    assert_eq!(
+        ipk.file_name().and_then(|n| n.to_str()),
+        Some(format!("bpfqos_{version}_mips_24kc.ipk").as_str())
+    );
+    let outer: Vec<String> = tar_listing(&ipk).into_iter().map(|e| e.2).collect();
+    assert_eq!(
+        outer,
+        ["./debian-binary", "./data.tar.gz", "./control.tar.gz"],
+        "opkg's member order"
+    );
+    let unpacked = dir.join("unpacked");
+    untar(&ipk, &unpacked);
+    assert_eq!(read_path(&unpacked.join("debian-binary")), "2.0\n");
+
+    // data: exactly the recipe's files, modes by macro, owned by root, contents from the tree.
+    let listing = tar_listing(&unpacked.join("data.tar.gz"));
+    for (mode, owner, path) in &listing {
+        assert_eq!(owner, "0/0", "{path} is not owned by root");
+        if mode.starts_with('d') {
+            assert_eq!(mode, "drwxr-xr-x", "directory {path}");
+        }
+    }
+    let files: BTreeMap<String, String> = listing
+        .iter()
+        .filter(|e| e.0.starts_with('-'))
+        .map(|e| (e.2.trim_start_matches('.').to_string(), e.0.clone()))
+        .collect();
+    let installed = installed_files(&mk, "bpfqos");
+    let want: BTreeSet<String> = installed.iter().map(|f| f.dest.clone()).collect();
+    assert_eq!(
+        files.keys().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "the .ipk's files against the recipe's install list"
+    );
+    let data = dir.join("data");
+    untar(&unpacked.join("data.tar.gz"), &data);
+    let mut size = 0;
+    for f in &installed {
+        let mode = match f.how.as_str() {
+            "$(INSTALL_BIN)" => "-rwxr-xr-x",
+            "$(INSTALL_CONF)" => "-rw-------",
+            "$(INSTALL_DATA)" => "-rw-r--r--",
+            other => panic!("install macro {other}: teach this test its mode"),
+        };
+        assert_eq!(files[&f.dest], mode, "mode of {}", f.dest);
+        let got = std::fs::read(data.join(f.dest.trim_start_matches('/'))).expect("read file");
+        let expected = match origin(&f.source) {
+            Origin::File(rel) => std::fs::read(repo().join(rel)).expect("read source"),
+            Origin::CargoBin(_) => bin_bytes.clone(),
+        };
+        assert_eq!(got, expected, "content of {}", f.dest);
+        size += got.len();
+    }
+
+    // control: the fields OpenWrt's package-ipkg.mk writes, from the recipe.
+    let control_dir = dir.join("control");
+    untar(&unpacked.join("control.tar.gz"), &control_dir);
+    let control = read_path(&control_dir.join("control"));
+    let field = |name: &str| -> String {
+        control
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("control lacks {name}:\n{control}"))
+            .to_string()
+    };
+    assert_eq!(field("Package"), "bpfqos");
+    assert_eq!(field("Version"), version);
+    assert_eq!(field("Architecture"), "mips_24kc");
+    assert_eq!(field("License"), required_var(&mk, "PKG_LICENSE"));
+    assert_eq!(field("Installed-Size"), size.to_string());
+    let pkg_block = define_block(&mk, "Package/bpfqos")
+        .unwrap_or_else(|| panic!("no define Package/bpfqos"))
+        .join("\n");
+    let recipe_deps: BTreeSet<String> = pkg_block
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix('+'))
+        .map(str::to_string)
+        .collect();
+    let ipk_deps: BTreeSet<String> = field("Depends")
+        .split(',')
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    assert!(recipe_deps.contains("kmod-sched-bpf"));
+    assert_eq!(ipk_deps, recipe_deps, "Depends against the recipe's +packages");
+    let conffiles: Vec<String> = define_block(&mk, "Package/bpfqos/conffiles")
+        .unwrap_or_else(|| panic!("no conffiles"))
+        .iter()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let ipk_conffiles: Vec<String> = read_path(&control_dir.join("conffiles"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ipk_conffiles, conffiles);
+    let postinst_pkg = define_block(&mk, "Package/bpfqos/postinst")
+        .unwrap_or_else(|| panic!("no postinst"))
+        .join("\n")
+        .replace("$$", "$");
+    assert_eq!(
+        read_path(&control_dir.join("postinst-pkg")).trim_end(),
+        postinst_pkg.trim_end()
+    );
+    let scripts = tar_listing(&unpacked.join("control.tar.gz"));
+    for script in ["./postinst", "./postinst-pkg", "./prerm"] {
+        let e = scripts
+            .iter()
+            .find(|e| e.2 == script)
+            .unwrap_or_else(|| panic!("control.tar.gz lacks {script}"));
+        assert_eq!(e.0, "-rwxr-xr-x", "{script} must be executable");
+    }
+    assert!(read_path(&control_dir.join("postinst")).contains("default_postinst $0 $@"));
+    assert!(read_path(&control_dir.join("prerm")).contains("default_prerm $0 $@"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn read_path(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}

@@ -31,12 +31,12 @@ pub mod skel {
 
 use skel::types;
 
-/// The offload object for this machine's byte order.
+/// The offload object for this machine's byte order, as shipped (build.rs: no DWARF).
 #[cfg(target_endian = "little")]
-pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.o"));
-/// The offload object for this machine's byte order.
+pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfel.ship.o"));
+/// The offload object for this machine's byte order, as shipped (build.rs: no DWARF).
 #[cfg(target_endian = "big")]
-pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfeb.o"));
+pub const OFFLOAD_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/offload.bpfeb.ship.o"));
 
 /// XDP program (attach to the lowest ingress device).
 pub const XDP_PROG: &str = "bpfqos_xdp";

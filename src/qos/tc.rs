@@ -1059,6 +1059,10 @@ mod tests {
 
     /// An RTM_NEWQDISC of a CAKE root (bandwidth 40mbit, handle b9f:) as a 6.12 kernel dumps
     /// it, captured in the VM: options, basic and queue counters, one tin.
+    /// Little-endian only: netlink is in host byte order and the capture is an x86 kernel's
+    /// bytes, meaningless on a big-endian machine (found running the unit tests on MIPS under
+    /// qemu); the encode/decode round trips above cover big-endian.
+    #[cfg(target_endian = "little")]
     #[test]
     fn a_kernel_dump_of_cake_decodes() {
         let hex = include_str!("../../tests/data/tc/cake-root-6.12.hex").trim();

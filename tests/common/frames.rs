@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
 
 use bpfqos::dataplane::abi;
+use bpfqos::nl;
 use etherparse::PacketBuilder;
 use libbpf_rs::MapCore;
 use libbpf_rs::MapFlags;
@@ -689,25 +690,82 @@ pub fn table_remove(obj: &Object, entries: &str, key: &[u8]) -> bool {
 /// Moves the calling thread into a fresh network namespace with `n` veth pairs (`bqN` and its
 /// peer `bqNp`), returning the ifindexes of `bq0..bqN`. The namespace dies with the thread's last
 /// reference, so nothing is left behind even if the test fails.
+///
+/// The veths are made over rtnetlink here, not with `ip`: the data-path tests also run on a
+/// big-endian kernel booted with nothing but the test binaries (tests/s390x), where no iproute2
+/// is. Creating a veth is not what these tests test.
 pub fn fresh_netns(n: usize) -> Vec<u32> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
     let mut idx = Vec::new();
     for i in 0..n {
-        let st = std::process::Command::new("ip")
-            .args([
-                "link",
-                "add",
-                &format!("bq{i}"),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("bq{i}p"),
-            ])
-            .status()
-            .expect("run ip");
-        assert!(st.success(), "ip link add bq{i}");
+        add_veth(&format!("bq{i}"), &format!("bq{i}p"));
         idx.push(nix::net::if_::if_nametoindex(format!("bq{i}").as_str()).expect("ifindex"));
     }
     idx
+}
+
+/// RTM_NEWLINK / RTM_SETLINK, IFLA_IFNAME, IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_INFO_DATA,
+/// VETH_INFO_PEER (linux/rtnetlink.h, if_link.h, veth.h).
+const RTM_NEWLINK: u16 = 16;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+
+/// `struct ifinfomsg` with `index`, `flags` and `change` (native byte order).
+fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
+    let mut m = vec![0u8; 16];
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..12].copy_from_slice(&flags.to_ne_bytes());
+    m[12..16].copy_from_slice(&change.to_ne_bytes());
+    m
+}
+
+/// Sends one rtnetlink request and panics with the kernel's message unless it is acked.
+fn rtnl(ty: u16, flags: u16, build: impl FnOnce(&mut nl::Builder), fixed: &[u8], what: &str) {
+    let sock = nl::RequestSocket::open(0, "rtnetlink").expect("rtnetlink socket");
+    let seq = sock.next_seq();
+    let mut b = nl::Builder::new(ty, nl::NLM_F_REQUEST | nl::NLM_F_ACK | flags, seq, fixed);
+    build(&mut b);
+    let acks = sock.transact(&[(seq, b.finish())], 1).expect(what);
+    assert_eq!(acks[0].errno, 0, "{what}: {}", acks[0].describe());
+}
+
+/// Creates the veth pair `name` / `peer` in the current namespace (down).
+pub fn add_veth(name: &str, peer: &str) {
+    let what = format!("create veth {name}/{peer}");
+    rtnl(
+        RTM_NEWLINK,
+        nl::NLM_F_CREATE | nl::NLM_F_EXCL,
+        |b| {
+            b.attr_str(IFLA_IFNAME, name);
+            let info = b.nest(IFLA_LINKINFO);
+            b.attr_str(IFLA_INFO_KIND, "veth");
+            let data = b.nest(IFLA_INFO_DATA);
+            // VETH_INFO_PEER: an ifinfomsg, then the peer's attributes.
+            let mut p = ifinfomsg(0, 0, 0);
+            let mut name_attr = nl::Builder::new(0, 0, 0, &[]);
+            name_attr.attr_str(IFLA_IFNAME, peer);
+            p.extend_from_slice(&name_attr.finish()[16..]);
+            b.attr(VETH_INFO_PEER, &p);
+            b.end_nest(data);
+            b.end_nest(info);
+        },
+        &ifinfomsg(0, 0, 0),
+        &what,
+    );
+}
+
+/// Sets the device `name` up.
+pub fn set_up(name: &str) {
+    let index = nix::net::if_::if_nametoindex(name).expect("ifindex") as i32;
+    let up = nix::libc::IFF_UP as u32;
+    rtnl(
+        RTM_NEWLINK,
+        0,
+        |_| {},
+        &ifinfomsg(index, up, up),
+        &format!("set {name} up"),
+    );
 }
