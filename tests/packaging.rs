@@ -4,6 +4,9 @@
 //! No OpenWrt tree is needed: the Makefile is read as text. External linters (shellcheck, node,
 //! dash, busybox) are skipped with a message when missing, and fail the test under `CI=true`.
 
+// A test: a failure to set up is a test failure.
+#![allow(clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -302,6 +305,50 @@ fn recipe_has_the_required_parts() {
     ] {
         assert!(deps.contains(dep), "DEPENDS lacks {dep}");
     }
+}
+
+/// The recipe builds the way openwrt/cross/build.sh proves on aarch64, armv7 and MIPS musl: the
+/// same libbpf-rs features, the same elfutils-on-musl settings, panic=abort without unwind tables.
+#[test]
+fn recipe_uses_the_settings_the_cross_build_proves() {
+    let mk = package_makefile();
+    let script = read("openwrt/cross/build.sh");
+    let features = script
+        .lines()
+        .find_map(|l| l.strip_prefix("FEATURES="))
+        .expect("FEATURES= in build.sh");
+    let recipe_features = required_var(&mk, "RUST_PKG_FEATURES");
+    let recipe: BTreeSet<&str> = recipe_features
+        .split([' ', ','])
+        .filter(|f| !f.is_empty())
+        .collect();
+    let cross: BTreeSet<&str> = features.split(',').collect();
+    assert_eq!(
+        recipe, cross,
+        "RUST_PKG_FEATURES against build.sh's FEATURES"
+    );
+    for var in [
+        "ac_cv_search_argp_parse='none required'",
+        "ac_cv_search_fts_close='none required'",
+        "ac_cv_search__obstack_free='none required'",
+    ] {
+        assert!(script.contains(var), "build.sh lacks {var}");
+        assert!(mk.contains(var), "the recipe lacks {var}");
+    }
+    assert!(
+        script.contains("CFLAGS_$low=-I$HERE"),
+        "build.sh: argp.h include"
+    );
+    assert!(
+        mk.contains("-I$(PKG_BUILD_DIR)/openwrt/cross"),
+        "the recipe: argp.h include"
+    );
+    assert!(mk.contains("CARGO_PROFILE_RELEASE_PANIC=abort"));
+    assert!(
+        script.contains("-C force-unwind-tables=no") && mk.contains("-Cforce-unwind-tables=no")
+    );
+    let cargo = read("Cargo.toml");
+    assert!(cargo.contains("opt-level = \"z\"") && cargo.contains("panic = \"abort\""));
 }
 
 #[test]
@@ -808,7 +855,11 @@ fn tar_listing(archive: &Path) -> Vec<(String, String, String)> {
         .lines()
         .map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            (w[0].to_string(), w[1].to_string(), w[w.len() - 1].to_string())
+            (
+                w[0].to_string(),
+                w[1].to_string(),
+                w[w.len() - 1].to_string(),
+            )
         })
         .collect()
 }
@@ -955,7 +1006,10 @@ fn ipk_holds_what_the_recipe_installs() {
         .filter(|d| !d.is_empty())
         .collect();
     assert!(recipe_deps.contains("kmod-sched-bpf"));
-    assert_eq!(ipk_deps, recipe_deps, "Depends against the recipe's +packages");
+    assert_eq!(
+        ipk_deps, recipe_deps,
+        "Depends against the recipe's +packages"
+    );
     let conffiles: Vec<String> = define_block(&mk, "Package/bpfqos/conffiles")
         .unwrap_or_else(|| panic!("no conffiles"))
         .iter()

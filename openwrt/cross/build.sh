@@ -44,74 +44,84 @@ CARGO=/usr/bin/cargo
 export ac_cv_search_argp_parse='none required' ac_cv_search_fts_close='none required' \
 	ac_cv_search__obstack_free='none required'
 FEATURES=libbpf-rs/static,libbpf-rs/vendored
+# zig cc, unlike gcc and clang, turns on UBSan (trapping) when optimisation is off, as in the test
+# builds: libbpf's own offsetof-style member accesses through NULL then abort every test on the
+# first object it opens. That C is third-party (libbpf, elfutils, zlib) and OpenWrt's gcc
+# compiles it without sanitizers: so do we.
+CFLAGS_EXTRA=-fno-sanitize=undefined
 LINK="-C link-self-contained=no -C target-feature=+crt-static"
 
 # Runs cargo for the current target with the cross environment.
 xcargo() {
 	env ZIG_TARGET="$zig" ZIG_MCPU="$mcpu" \
-		"CC_$low=$HERE/zig-cc" "AR_$low=$HERE/zig-ar" "CFLAGS_$low=-I$HERE" \
+		"CC_$low=$HERE/zig-cc" "AR_$low=$HERE/zig-ar" "CFLAGS_$low=-I$HERE $CFLAGS_EXTRA" \
 		"CARGO_TARGET_${up}_LINKER=$HERE/zig-cc" \
 		"$CARGO" "$@" --locked --target "$triple" --features "$FEATURES" --target-dir target/cross
 }
 
-fail=0
-for t in "$@"; do
-	mcpu=
-	case $t in
-	aarch64) triple=aarch64-unknown-linux-musl zig=aarch64-linux-musl qemu=qemu-aarch64-static
-		arch=${BPFQOS_IPK_ARCH_AARCH64:-aarch64_cortex-a53} ;;
-	armv7) triple=armv7-unknown-linux-musleabihf zig=arm-linux-musleabihf mcpu=generic+v7a+vfp3d16 qemu=qemu-arm-static
-		arch=${BPFQOS_IPK_ARCH_ARMV7:-arm_cortex-a7_neon-vfpv4} ;;
-	mips) triple=mips-unknown-linux-musl zig=mips-linux-musleabi mcpu=mips32r2 qemu=qemu-mips-static
-		arch=${BPFQOS_IPK_ARCH_MIPS:-mips_24kc} ;;
-	s390x) triple=s390x-unknown-linux-musl zig=s390x-linux-musl qemu=qemu-s390x-static ;;
-	*) echo "build.sh: unknown target $t (aarch64 armv7 mips s390x)" >&2; exit 2 ;;
-	esac
-	up=$(echo "$triple" | tr 'a-z-' 'A-Z_')
-	low=$(echo "$triple" | tr '-' '_')
-	echo "== $t ($triple, zig $zig${mcpu:+ -mcpu=$mcpu})"
-	start=$(date +%s)
-	if [ "$t" != s390x ]; then
-		RUSTFLAGS="$LINK -C force-unwind-tables=no" xcargo build --release \
-			-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
-		bin=target/cross/$triple/release/bpfqos
-		llvm-strip -o "$bin.stripped" "$bin" 2>/dev/null ||
-			python3 -m ziglang objcopy --strip-all "$bin" "$bin.stripped"
-		echo "$t: $(stat -c %s "$bin.stripped") bytes stripped; under qemu: $("$qemu" "$bin" --version)" |
-			tee "target/cross/$triple/size.txt"
-		ipk=$(python3 "$HERE/mkipk.py" --binary "$bin.stripped" --arch "$arch" --out target/cross/ipk)
-		echo "$t: $ipk ($(stat -c %s "$ipk") bytes)"
-	fi
-	if [ "$tests" = 1 ]; then
-		want=$TESTS_USER
-		[ "$t" = s390x ] && want=$TESTS_KERNEL
-		args=()
-		[ "$t" = s390x ] || args+=(--lib)
-		for n in $want; do args+=(--test "$n"); done
-		# Test binaries: the dev profile, std with unwinding (the test harness catches panics).
-		RUSTFLAGS="$LINK" xcargo test --no-run -Zbuild-std "${args[@]}" --message-format=json \
-			>"target/cross/$triple/tests.json"
-		mapfile -t bins < <(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    m = json.loads(line)
+# The whole run is one function, read before it starts: editing this file while a build runs
+# cannot derail it.
+main() {
+	fail=0
+	for t in "$@"; do
+		mcpu=
+		case $t in
+		aarch64) triple=aarch64-unknown-linux-musl zig=aarch64-linux-musl qemu=qemu-aarch64-static
+			arch=${BPFQOS_IPK_ARCH_AARCH64:-aarch64_cortex-a53} ;;
+		armv7) triple=armv7-unknown-linux-musleabihf zig=arm-linux-musleabihf mcpu=generic+v7a+vfp3d16 qemu=qemu-arm-static
+			arch=${BPFQOS_IPK_ARCH_ARMV7:-arm_cortex-a7_neon-vfpv4} ;;
+		mips) triple=mips-unknown-linux-musl zig=mips-linux-musleabi mcpu=mips32r2 qemu=qemu-mips-static
+			arch=${BPFQOS_IPK_ARCH_MIPS:-mips_24kc} ;;
+		s390x) triple=s390x-unknown-linux-musl zig=s390x-linux-musl qemu=qemu-s390x-static ;;
+		*) echo "build.sh: unknown target $t (aarch64 armv7 mips s390x)" >&2; exit 2 ;;
+		esac
+		up=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+		low=$(echo "$triple" | tr '-' '_')
+		echo "== $t ($triple, zig $zig${mcpu:+ -mcpu=$mcpu})"
+		start=$(date +%s)
+		mkdir -p "target/cross/$triple"
+		if [ "$t" != s390x ]; then
+			RUSTFLAGS="$LINK -C force-unwind-tables=no" xcargo build --release \
+				-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
+			bin=target/cross/$triple/release/bpfqos
+			llvm-strip -o "$bin.stripped" "$bin" 2>/dev/null ||
+				python3 -m ziglang objcopy --strip-all "$bin" "$bin.stripped"
+			echo "$t: $(stat -c %s "$bin.stripped") bytes stripped; under qemu: $("$qemu" "$bin" --version)" |
+				tee "target/cross/$triple/size.txt"
+			ipk=$(python3 "$HERE/mkipk.py" --binary "$bin.stripped" --arch "$arch" --out target/cross/ipk)
+			echo "$t: $ipk ($(stat -c %s "$ipk") bytes)"
+		fi
+		if [ "$tests" = 1 ]; then
+			want=$TESTS_USER
+			[ "$t" = s390x ] && want=$TESTS_KERNEL
+			args=()
+			[ "$t" = s390x ] || args+=(--lib)
+			for n in $want; do args+=(--test "$n"); done
+			# Test binaries: the dev profile, std with unwinding (the test harness catches panics).
+			RUSTFLAGS="$LINK" xcargo test --no-run -Zbuild-std "${args[@]}" --message-format=json \
+				>"target/cross/$triple/tests.json"
+			mapfile -t bins < <(python3 -c 'import json, sys
+for m in map(json.loads, open(sys.argv[1])):
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["executable"])' "target/cross/$triple/tests.json")
-		echo "$t: ${#bins[@]} test binaries built in $(($(date +%s) - start)) s"
-		if [ "$t" = s390x ]; then
-			bash tests/s390x/run.sh "${bins[@]}" || fail=1
-		else
-			for b in "${bins[@]}"; do
-				echo "-- $t: $(basename "$b") under $qemu"
-				# Only tests that touch no kernel interface qemu-user cannot translate
-				# (bpf(), netlink): TESTS_USER. Host tools they run (clang, bash) run natively.
-				if ! CI=true "$qemu" "$b" --test-threads=2 -q 2>&1 | tail -n 25; then
-					echo "$t: $(basename "$b") FAILED"
-					fail=1
-				fi
-			done
+			echo "$t: ${#bins[@]} test binaries built in $(($(date +%s) - start)) s"
+			if [ "$t" = s390x ]; then
+				bash tests/s390x/run.sh "${bins[@]}" || fail=1
+			else
+				for b in "${bins[@]}"; do
+					echo "-- $t: $(basename "$b") under $qemu"
+					# Only tests that touch no kernel interface qemu-user cannot translate
+					# (bpf(), netlink): TESTS_USER. Host tools they run (clang, bash) run natively.
+					if ! CI=true "$qemu" "$b" --test-threads=2 -q 2>&1 | tail -n 25; then
+						echo "$t: $(basename "$b") FAILED"
+						fail=1
+					fi
+				done
+			fi
 		fi
-	fi
-	echo "== $t done in $(($(date +%s) - start)) s"
-done
-exit "$fail"
+		echo "== $t done in $(($(date +%s) - start)) s"
+	done
+	return "$fail"
+}
+
+main "$@"

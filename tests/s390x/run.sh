@@ -16,7 +16,12 @@ DIR=${BPFQOS_S390X_DIR:-$REPO/target/s390x}
 TIMEOUT=${BPFQOS_S390X_TIMEOUT:-1800}
 [ "$#" -gt 0 ] || { echo "usage: $0 TEST_BINARY..." >&2; exit 2; }
 for b in "$@"; do
-	file -L "$b" | grep -q 'IBM S/390' || { echo "s390x: $b is not an s390x binary" >&2; exit 2; }
+	# ELF, big-endian (EI_DATA 2), e_machine EM_S390 (22)
+	if [ "$(od -An -tx1 -N6 "$b" | tr -d ' \n')" != 7f454c460202 ] ||
+		[ "$(od -An -tx1 -j18 -N2 "$b" | tr -d ' \n')" != 0016 ]; then
+		echo "s390x: $b is not a 64-bit big-endian s390x ELF binary" >&2
+		exit 2
+	fi
 done
 
 kdeb=$(find "$DIR/debs" -name 'linux-image-*_s390x.deb' 2>/dev/null | sort | tail -n1)
