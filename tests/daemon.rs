@@ -400,3 +400,127 @@ fn version_matches_cargo() {
         format!("bpfqos {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// One raw request on the control socket: writes `bytes`, returns the reply line (or "" when
+/// the daemon closed without one). Bounded by a 10 s read timeout.
+fn raw_request(socket: &std::path::Path, bytes: &[u8]) -> String {
+    use std::io::BufRead;
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("read timeout: {e}"));
+    s.write_all(bytes)
+        .unwrap_or_else(|e| panic!("write request: {e}"));
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    line
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Hostile or broken clients of the control socket (issue 17): an oversized line, invalid JSON,
+/// bytes that are not UTF-8 and an unknown command get clear error replies; a pile of clients
+/// that connect and say nothing gets "busy" past the connection limit without starving a real
+/// client once they go; a flood of requests is answered with memory bounded. Pinned maps and
+/// their directory are root-only, the socket too.
+#[test]
+fn control_socket_survives_hostile_clients() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::require_root("control_socket_survives_hostile_clients") {
+        return;
+    }
+    let World {
+        ns,
+        work,
+        bpffs,
+        config_dir,
+    } = world("h", true, &config(&["lan0"]));
+    let pin_dir = bpffs.dir.join("bpfqos");
+    let d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    // The socket answers once the data plane is set up and its maps pinned.
+    assert_eq!(d.status()["attach"].as_array().map(Vec::len), Some(1));
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    assert_eq!(mode(&pin_dir), 0o700, "pin directory");
+    assert_eq!(mode(&pin_dir.join("control")), 0o600, "pinned map");
+    assert_eq!(mode(&d.socket), 0o600, "control socket");
+
+    let long = vec![b'x'; 70_000];
+    let r = raw_request(&d.socket, &long);
+    assert!(r.contains("longer than 65536 bytes"), "oversized line: {r}");
+    for (what, req) in [
+        ("invalid JSON", &b"{not json\n"[..]),
+        ("not UTF-8", &b"\xff\xfe\xfd\n"[..]),
+        ("unknown command", &b"{\"cmd\":\"format_disk\"}\n"[..]),
+        ("wrong type", &b"[1,2,3]\n"[..]),
+    ] {
+        let r = raw_request(&d.socket, req);
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap_or_default();
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("bad request")),
+            "{what}: {r}"
+        );
+    }
+
+    // 40 silent clients: the first 32 hold every slot, the rest are told "busy" at once.
+    let mut silent = Vec::new();
+    let mut busy = 0;
+    for _ in 0..40 {
+        let s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        silent.push(s);
+    }
+    for s in &silent {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
+        if line.contains("busy") {
+            busy += 1;
+        }
+    }
+    assert_eq!(
+        busy, 8,
+        "connections past the limit of 32 must be told busy"
+    );
+    drop(silent);
+    let answered = common::wait_for(Duration::from_secs(5), || {
+        raw_request(&d.socket, b"{\"cmd\":\"status\"}\n").contains("\"version\"")
+    });
+    assert!(
+        answered,
+        "status not answered after the silent clients left"
+    );
+
+    // A flood: 500 status requests back to back, all answered, memory flat.
+    let pid = d.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    for _ in 0..200 {
+        raw_request(&d.socket, b"{\"cmd\":\"status\"}\n");
+    }
+    let before = rss_kib(pid);
+    let mut ok = 0;
+    for _ in 0..500 {
+        if raw_request(&d.socket, b"{\"cmd\":\"status\"}\n").contains("\"version\"") {
+            ok += 1;
+        }
+    }
+    let after = rss_kib(pid);
+    assert_eq!(ok, 500, "every request of the flood answered");
+    assert!(
+        before > 0 && after < before + 2048,
+        "RSS grew from {before} KiB to {after} KiB over 500 requests"
+    );
+    assert!(d.log_text().lines().all(|l| !l.contains("panicked")));
+}

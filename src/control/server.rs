@@ -5,6 +5,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::bail;
 use anyhow::Context;
@@ -18,10 +20,19 @@ use tokio::net::UnixListener;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 
 use super::Reply;
 use super::Request;
-use super::MAX_LINE;
+
+/// Largest request line the daemon reads: requests are a few dozen bytes; a longer line gets an
+/// error reply, and no connection makes the daemon buffer more than this.
+pub const MAX_REQUEST: usize = 64 << 10;
+/// Connections served at once. One more gets a "busy" reply at once: a flood or a pile of stuck
+/// clients costs at most this many small buffers, and never the event loop's time.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A client has this long to send its request, and again to take its reply.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request together with the channel its reply goes back on.
 pub type Envelope = (Request, oneshot::Sender<Reply>);
@@ -64,18 +75,31 @@ impl ControlSocket {
         })
     }
 
-    /// Accepts connections forever, handing each to its own task.
+    /// Accepts connections forever, handing each to its own task (at most [`MAX_CONNECTIONS`]
+    /// at once; the one over gets a "busy" error reply).
     pub async fn serve(self, to_main: mpsc::Sender<Envelope>) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    let tx = to_main.clone();
-                    tokio::task::spawn_local(async move {
-                        if let Err(e) = handle(stream, tx).await {
-                            debug!("control connection: {e:#}");
-                        }
-                    });
-                }
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let tx = to_main.clone();
+                        tokio::task::spawn_local(async move {
+                            if let Err(e) = handle(stream, tx).await {
+                                debug!("control connection: {e:#}");
+                            }
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        tokio::task::spawn_local(async move {
+                            let busy = Reply::err(format!(
+                                "busy: {MAX_CONNECTIONS} control connections are open; try again"
+                            ));
+                            let _ = send_reply(stream, &busy).await;
+                        });
+                    }
+                },
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     warn!("control socket accept: {e}");
@@ -93,32 +117,43 @@ impl Drop for ControlSocket {
 }
 
 async fn handle(stream: UnixStream, to_main: mpsc::Sender<Envelope>) -> anyhow::Result<()> {
-    let (rd, mut wr) = stream.into_split();
-    let mut reader = BufReader::new(rd.take(MAX_LINE as u64));
-    let mut line = String::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        reader.read_line(&mut line),
-    )
-    .await
-    .context("request timed out")??;
+    let (rd, wr) = stream.into_split();
+    // One byte over the limit tells a too-long line from one exactly at it.
+    let mut reader = BufReader::new(rd.take(MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+        .context("request timed out")??;
     if read == 0 {
         return Ok(());
     }
-    let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => {
-            let (tx, rx) = oneshot::channel();
-            to_main
-                .send((req, tx))
-                .await
-                .context("daemon is shutting down")?;
-            rx.await
-                .unwrap_or_else(|_| Reply::err("daemon is shutting down"))
+    let reply = if line.len() > MAX_REQUEST {
+        Reply::err(format!(
+            "bad request: longer than {MAX_REQUEST} bytes (one JSON object per line)"
+        ))
+    } else {
+        match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => {
+                let (tx, rx) = oneshot::channel();
+                to_main
+                    .send((req, tx))
+                    .await
+                    .context("daemon is shutting down")?;
+                rx.await
+                    .unwrap_or_else(|_| Reply::err("daemon is shutting down"))
+            }
+            Err(e) => Reply::err(format!("bad request: {e}")),
         }
-        Err(e) => Reply::err(format!("bad request: {e}")),
     };
-    let mut out = serde_json::to_vec(&reply)?;
+    send_reply(wr, &reply).await
+}
+
+/// Writes `reply` as one line, giving the client [`CLIENT_TIMEOUT`] to take it.
+async fn send_reply(mut wr: impl AsyncWriteExt + Unpin, reply: &Reply) -> anyhow::Result<()> {
+    let mut out = serde_json::to_vec(reply)?;
     out.push(b'\n');
-    wr.write_all(&out).await?;
+    tokio::time::timeout(CLIENT_TIMEOUT, wr.write_all(&out))
+        .await
+        .context("reply timed out")??;
     Ok(())
 }

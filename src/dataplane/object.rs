@@ -2,8 +2,10 @@
 //! re-adopted from bpffs pins when their definitions still match (so a restarted daemon keeps its
 //! state), new maps pinned, and every map and program reachable by name.
 
+use std::fs::Permissions;
 use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -54,7 +56,14 @@ impl BpfObject {
             .open_memory(bytes)
             .with_context(|| format!("opening the embedded BPF object {name}"))?;
         let pin_dir = match std::fs::create_dir_all(pin_dir) {
-            Ok(()) => Some(pin_dir.to_path_buf()),
+            Ok(()) => {
+                // Root only: the maps steer and rewrite forwarded traffic, and read out every
+                // connection's addresses.
+                if let Err(e) = std::fs::set_permissions(pin_dir, Permissions::from_mode(0o700)) {
+                    warn!("chmod 0700 {}: {e}", pin_dir.display());
+                }
+                Some(pin_dir.to_path_buf())
+            }
             Err(e) => {
                 warn!(
                     "cannot create pin directory {} ({e}); maps will not survive a restart",
@@ -91,11 +100,14 @@ impl BpfObject {
             if map_is_internal(&name) || self.reused.contains(&name) {
                 continue;
             }
-            if let Err(e) = map.pin(dir.join(&name)) {
+            let path = dir.join(&name);
+            if let Err(e) = map.pin(&path) {
                 warn!(
                     "pinning map {name} in {}: {e}; is bpffs mounted?",
                     dir.display()
                 );
+            } else if let Err(e) = std::fs::set_permissions(&path, Permissions::from_mode(0o600)) {
+                warn!("chmod 0600 {}: {e}", path.display());
             }
         }
     }
