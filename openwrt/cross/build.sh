@@ -64,12 +64,14 @@ xcargo() {
 main() {
 	fail=0
 	for t in "$@"; do
-		mcpu=
+		mcpu='' size_flags=''
 		case $t in
 		aarch64) triple=aarch64-unknown-linux-musl zig=aarch64-linux-musl qemu=qemu-aarch64-static
 			arch=${BPFQOS_IPK_ARCH_AARCH64:-aarch64_cortex-a53} ;;
 		armv7) triple=armv7-unknown-linux-musleabihf zig=arm-linux-musleabihf mcpu=generic+v7a+vfp3d16 qemu=qemu-arm-static
-			arch=${BPFQOS_IPK_ARCH_ARMV7:-arm_cortex-a7_neon-vfpv4} ;;
+			arch=${BPFQOS_IPK_ARCH_ARMV7:-arm_cortex-a7_neon-vfpv4}
+			# Thumb-2: less code than ARM mode, as fast on Cortex-A7/A9/A15.
+			size_flags="-C target-feature=+thumb-mode" ;;
 		mips) triple=mips-unknown-linux-musl zig=mips-linux-musleabi mcpu=mips32r2 qemu=qemu-mips-static
 			arch=${BPFQOS_IPK_ARCH_MIPS:-mips_24kc} ;;
 		s390x) triple=s390x-unknown-linux-musl zig=s390x-linux-musl qemu=qemu-s390x-static ;;
@@ -81,7 +83,7 @@ main() {
 		start=$(date +%s)
 		mkdir -p "target/cross/$triple"
 		if [ "$t" != s390x ]; then
-			RUSTFLAGS="$LINK -C force-unwind-tables=no" xcargo build --release \
+			RUSTFLAGS="$LINK -C force-unwind-tables=no $size_flags" xcargo build --release \
 				-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
 			bin=target/cross/$triple/release/bpfqos
 			llvm-strip -o "$bin.stripped" "$bin" 2>/dev/null ||

@@ -94,6 +94,25 @@ bg() {
     eval "PID_${name//[^A-Za-z0-9_]/_}=$!"
 }
 WITH_PPP_DIR=$VMDIR/tools/with-ppp-dir.sh
+# listening NS FILE PORT: a socket of NS is bound to PORT, in /proc/net/FILE of the namespace
+# (tcp, tcp6: in LISTEN; udp, udp6: bound).
+listening() {
+    local ns=$1 file=$2 hex
+    hex=$(printf '%04X' "$3")
+    nsx "$ns" awk -v p=":$hex" -v tcp="${file%6}" \
+        'FNR > 1 && substr($2, length($2) - 4) == p && (tcp != "tcp" || $4 == "0A") {f = 1} END {exit !f}' \
+        "/proc/net/$file"
+}
+# serve NAME NS FILE PORT CMD...: `bg NAME NS CMD...`, then wait until it listens on PORT (FILE:
+# tcp, tcp6, udp or udp6, as for `listening`: the family the server binds). Every scenario starts
+# its servers this way: a client started before its server listens fails with "Connection
+# refused" on a loaded machine (seen once in qinq-ipv6), a fixed sleep only makes it rarer.
+serve() {
+    local name=$1 ns=$2 file=$3 port=$4
+    shift 4
+    bg "$name" "$ns" "$@"
+    wait_until 30 "$name listening ($file port $port in $ns)" listening "$ns" "$file" "$port"
+}
 
 # Capture: cap_start NAME NS DEV [filter...]; cap_stop NAME -> $WORK/NAME.pcap
 # --immediate-mode: libpcap's default TPACKET_V3 ring hands packets over only when a block

@@ -97,8 +97,8 @@ scenario_main() {
     nsx isp tc qdisc add dev s0 root netem delay 10ms rate "${UP_HI}kbit" limit $LINE_LIMIT
     local h
     for h in lan1 srv; do nsx "$h" sysctl -qw net.ipv4.tcp_ecn=1; done
-    bg iperf_up srv timeout 900 iperf3 -s -p 5201
-    bg iperf_dn srv timeout 900 iperf3 -s -p 5202
+    serve iperf_up srv tcp6 5201 timeout 900 iperf3 -s -p 5201
+    serve iperf_dn srv tcp6 5202 timeout 900 iperf3 -s -p 5202
     wait_until 10 "iperf3 servers up" sh -c "ip netns exec $SC-srv ss -Hltn 'sport = :5202' | grep -q 5202"
     wait_until 10 "lan1 reaches the server" nsx lan1 ping -c 1 -W 2 "$SRV4"
     local idle

@@ -38,8 +38,8 @@ scenario_main() {
     nsx isp tc qdisc add dev s0 root netem delay 10ms limit 10000
     local h
     for h in lan1 lan2 srv; do nsx "$h" sysctl -qw net.ipv4.tcp_ecn=1; done
-    bg iperf_a srv timeout 400 iperf3 -s -p 5201
-    bg iperf_b srv timeout 400 iperf3 -s -p 5202
+    serve iperf_a srv tcp6 5201 timeout 400 iperf3 -s -p 5201
+    serve iperf_b srv tcp6 5202 timeout 400 iperf3 -s -p 5202
     wait_until 10 "iperf3 servers up" sh -c "ip netns exec $SC-srv ss -Hltn 'sport = :5202' | grep -q 5202"
     wait_until 10 "lan1 reaches the server" nsx lan1 ping -c 1 -W 1 "$SRV4"
     wait_until 10 "lan2 reaches the server over IPv6" nsx lan2 ping -c 1 -W 1 fd00:200::1

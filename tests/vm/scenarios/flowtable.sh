@@ -24,9 +24,8 @@ scenario_main() {
 
     step "traffic through the flowtable; capture at the ISP"
     : >"$WORK/peers"
-    bg srv_tcp isp timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80 --peers "$WORK/peers"
-    bg srv_udp isp timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 60 --peers "$WORK/peers"
-    sleep 0.5
+    serve srv_tcp isp tcp 5201 timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80 --peers "$WORK/peers"
+    serve srv_udp isp udp 5202 timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 60 --peers "$WORK/peers"
     cap_start isp isp i0 -c 1200
     # A paced UDP flow that is still running while conntrack is inspected. It shares the link with
     # two bulk TCP transfers through a user-mode PPPoE server under software emulation: a

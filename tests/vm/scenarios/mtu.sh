@@ -28,12 +28,11 @@ oversize_traffic() {
         sh -c "ip netns exec $SC-lan1 ping -M do -s 1472 -c 2 -i 0.5 -W 2 $SRV4 2>&1 | grep -Eq 'mtu ?= ?1492'"
     check "ping -M do -s 1464 (1492 B) fits and is answered" \
         nsx lan1 ping -M "do" -s 1464 -c 2 -i 0.3 -W 2 "$SRV4"
-    bg srv_udp "$SRV_NS" timeout 60 $XFER server --udp --no-df --bind "$SRV4" --port 5202 --timeout 40
-    sleep 0.5
+    serve srv_udp "$SRV_NS" udp 5202 timeout 60 $XFER server --udp --no-df --bind "$SRV4" --port 5202 --timeout 40
     check "UDP 1472-byte payloads (1500 B IP, DF clear): fragmented by the router, echoed intact" \
         udp_echo lan2 "$SRV4" 5202 30 1472 --no-df
     kill "$PID_srv_udp" 2>/dev/null || true
-    bg srv_tcp "$SRV_NS" timeout 60 $XFER server --bind "$SRV4" --port 5201 --count 1 --timeout 50
+    serve srv_tcp "$SRV_NS" tcp 5201 timeout 60 $XFER server --bind "$SRV4" --port 5201 --count 1 --timeout 50
     # Forget the PMTU the pings taught lan1 (and the server), or the SYNs already say 1452.
     nsx lan1 ip route flush cache
     nsx srv ip route flush cache
@@ -66,9 +65,8 @@ scenario_main() {
     # during the first download, and would advertise MSS 1452 to every LAN host behind it.
     nsx lan2 ip route flush cache
     nsx srv ip route flush cache
-    bg srv_tcp_bh "$SRV_NS" timeout 60 $XFER server --bind "$SRV4" --port 5203 --count 1 --timeout 50
-    bg srv_tcp_cl "$SRV_NS" timeout 90 $XFER server --bind "$SRV4" --port 5204 --count 1 --timeout 80
-    sleep 0.5
+    serve srv_tcp_bh "$SRV_NS" tcp 5203 timeout 60 $XFER server --bind "$SRV4" --port 5203 --count 1 --timeout 50
+    serve srv_tcp_cl "$SRV_NS" tcp 5204 timeout 90 $XFER server --bind "$SRV4" --port 5204 --count 1 --timeout 80
     cap_start bh srv e0 -c 300 "tcp port 5203"
     cap_start bhl rtr l2 -c 300 "tcp port 5203 or icmp"
     local stalled=1

@@ -10,9 +10,8 @@
 reconnect_cycle() {
     OLD_SID=$(pppoe_sid rtr)
     WAN_BEFORE=$(ppp_addr rtr)
-    bg srv_udp isp timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 80
-    bg srv_tcp isp timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80
-    sleep 0.5
+    serve srv_udp isp udp 5202 timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 80
+    serve srv_tcp isp tcp 5201 timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80
     check "TCP before the reconnect: 512 KiB each way, hashes equal" tcp_xfer lan1 "$SRV4" 5201 524288 524288
     # ~40 s of paced UDP (5 datagrams/s), one socket, spanning the reconnect.
     bg udp_flow lan2 timeout 60 $XFER client --udp --connect "$SRV4" --port 5202 --count 200 --size 600 --io-timeout 0.3 --interval 0.2

@@ -6,9 +6,8 @@
 # Bulk both ways from both LAN ports, UDP echo, with every payload hash checked.
 wan_traffic() {
     : >"$WORK/peers"
-    bg srv_tcp isp timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80 --peers "$WORK/peers"
-    bg srv_udp isp timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 40 --peers "$WORK/peers"
-    sleep 0.5
+    serve srv_tcp isp tcp 5201 timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 2 --timeout 80 --peers "$WORK/peers"
+    serve srv_udp isp udp 5202 timeout 90 $XFER server --udp --bind "$SRV4" --port 5202 --timeout 40 --peers "$WORK/peers"
     check "lan1: 1 MiB up + 1 MiB down over PPPoE, hashes equal" tcp_xfer lan1 "$SRV4" 5201 1048576 1048576
     check "lan2: 256 KiB up + 2 MiB down over PPPoE, hashes equal" tcp_xfer lan2 "$SRV4" 5201 262144 2097152
     check "conntrack in rtr: lan1's flow NATed to $WAN4" \

@@ -18,7 +18,7 @@ scenario_main() {
     nsx b ip addr add 198.18.50.2/24 dev b0
     host_nic a a0
     host_nic b b0
-    bg srv b timeout 120 $XFER server --bind 198.18.50.2 --port 5201 --count 3 --timeout 110
+    serve srv b tcp 5201 timeout 120 $XFER server --bind 198.18.50.2 --port 5201 --count 3 --timeout 110
 
     step "CAKE bandwidth 2mbit on a0"
     nsx a tc qdisc add dev a0 root cake bandwidth 2mbit

@@ -11,10 +11,9 @@ QWAN4=198.18.200.2
 
 qinq_traffic() {
     : >"$WORK/peers"
-    bg srv_tcp4 isp timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 1 --timeout 80 --peers "$WORK/peers"
-    bg srv_tcp6 isp timeout 90 $XFER server --bind "$SRV6" --port 5201 --count 2 --timeout 80 --peers "$WORK/peers"
-    bg srv_udp6 isp timeout 90 $XFER server --udp --bind "$SRV6" --port 5202 --timeout 40 --peers "$WORK/peers"
-    sleep 0.5
+    serve srv_tcp4 isp tcp 5201 timeout 90 $XFER server --bind "$SRV4" --port 5201 --count 1 --timeout 80 --peers "$WORK/peers"
+    serve srv_tcp6 isp tcp6 5201 timeout 90 $XFER server --bind "$SRV6" --port 5201 --count 2 --timeout 80 --peers "$WORK/peers"
+    serve srv_udp6 isp udp6 5202 timeout 90 $XFER server --udp --bind "$SRV6" --port 5202 --timeout 40 --peers "$WORK/peers"
     check "IPv4 lan1: 1 MiB up + 1 MiB down over QinQ, hashes equal" tcp_xfer lan1 "$SRV4" 5201 1048576 1048576
     check "IPv6 lan2: 1 MiB up + 1 MiB down over QinQ, hashes equal" tcp_xfer lan2 "$SRV6" 5201 1048576 1048576
     check "IPv6 lan1: 256 KiB up + 1 MiB down, hashes equal" tcp_xfer lan1 "$SRV6" 5201 262144 1048576

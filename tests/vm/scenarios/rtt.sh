@@ -130,7 +130,7 @@ scenario_main() {
     eth_wan_topology
     nsx isp tc qdisc add dev i0 root netem delay "${WAN_DELAY_MS}ms" limit 10000
     nsx lan1 tc qdisc add dev e0 root netem delay "${LAN_DELAY_MS}ms" limit 10000
-    bg iperf_s srv timeout 600 iperf3 -s -p 5201
+    serve iperf_s srv tcp6 5201 timeout 600 iperf3 -s -p 5201
     wait_until 10 "iperf3 server up" sh -c "ip netns exec $SC-srv ss -Hltn 'sport = :5201' | grep -q 5201"
     wait_until 10 "lan1 reaches the server" nsx lan1 ping -c 1 -W 2 "$SRV4"
     WAN_PING=$(ping_ms rtr "$SRV4")

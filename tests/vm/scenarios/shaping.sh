@@ -42,7 +42,7 @@ scenario_main() {
     # End hosts negotiate ECN, as most do today: CAKE marks instead of dropping.
     local h
     for h in lan1 lan2 srv; do nsx "$h" sysctl -qw net.ipv4.tcp_ecn=1; done
-    bg iperf_a srv timeout 300 iperf3 -s -p 5201
+    serve iperf_a srv tcp6 5201 timeout 300 iperf3 -s -p 5201
     wait_until 10 "iperf3 server up" sh -c "ip netns exec $SC-srv ss -Hltn 'sport = :5201' | grep -q 5201"
     local idle
     idle=$(rtt_ms lan1 10)
@@ -88,9 +88,9 @@ scenario_main() {
     check "download goodput within 5 % of $want_down kbit/s (got $down)" within 5 "$down" "$want_down"
 
     step "latency under load: bulk both ways from lan1 and lan2, ping from lan1"
-    bg iperf_b srv timeout 300 iperf3 -s -p 5202
-    bg iperf_c srv timeout 300 iperf3 -s -p 5203
-    bg iperf_d srv timeout 300 iperf3 -s -p 5204
+    serve iperf_b srv tcp6 5202 timeout 300 iperf3 -s -p 5202
+    serve iperf_c srv tcp6 5203 timeout 300 iperf3 -s -p 5203
+    serve iperf_d srv tcp6 5204 timeout 300 iperf3 -s -p 5204
     sleep 1
     bg load_up1 lan1 timeout 40 iperf3 -c "$SRV4" -p 5201 -t 14 -P 1
     bg load_dn1 lan1 timeout 40 iperf3 -c "$SRV4" -p 5202 -t 14 -P 1 -R

@@ -55,7 +55,7 @@ run_phase() {
     : >"$WORK/peers"
     # One server per transfer (xfer.py serves one connection at a time): four at once.
     for i in 1 2 3 4; do
-        bg "srv_${name}_$i" isp taskset -c 0 timeout 120 $XFER server --bind "$SRV4" --port "521$i" --count 1 --timeout 110 --peers "$WORK/peers"
+        serve "srv_${name}_$i" isp tcp "521$i" taskset -c 0 timeout 120 $XFER server --bind "$SRV4" --port "521$i" --count 1 --timeout 110 --peers "$WORK/peers"
     done
     wait_until 10 "four transfer servers up" sh -c "[ \$(ip netns exec $SC-isp ss -Hltn 'sport >= :5211 and sport <= :5214' | wc -l) -eq 4 ]"
     local t0=$SECONDS
@@ -83,7 +83,7 @@ scenario_main() {
     step "topology: lan1,lan2 - br-lan [rtr] pppoe-wan/w0.7 - i0.7 [isp]; $(nproc) CPUs"
     check "two CPUs in the VM" test "$(nproc)" -ge 2
     pppoe_topology 7
-    bg iperf_s isp taskset -c 0 timeout 400 iperf3 -s -p 5203
+    serve iperf_s isp tcp6 5203 taskset -c 0 timeout 400 iperf3 -s -p 5203
     wait_until 10 "iperf3 server up" sh -c "ip netns exec $SC-isp ss -Hltn 'sport = :5203' | grep -q 5203"
 
     step "steering auto on veths: off, and why"
