@@ -347,6 +347,11 @@ fn recipe_uses_the_settings_the_cross_build_proves() {
     assert!(
         script.contains("-C force-unwind-tables=no") && mk.contains("-Cforce-unwind-tables=no")
     );
+    assert!(
+        script.contains("-C target-feature=+thumb-mode")
+            && mk.contains("-Ctarget-feature=+thumb-mode"),
+        "ARMv7 in Thumb-2 in both"
+    );
     let cargo = read("Cargo.toml");
     assert!(cargo.contains("opt-level = \"z\"") && cargo.contains("panic = \"abort\""));
 }
