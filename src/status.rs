@@ -61,6 +61,10 @@ pub struct Status {
     /// CPU steering: the CPU set, per device whether it steers and why, frames per CPU.
     #[serde(default)]
     pub steering: crate::steering::SteeringStatus,
+    /// How long single events kept the daemon's event loop (the longest, since start and over
+    /// the last minute, and of which kind): what every other event waited.
+    #[serde(default)]
+    pub event_loop: crate::daemon::EventLoopStatus,
 }
 
 /// Shaping as a whole.
@@ -434,6 +438,18 @@ impl Status {
         render_circuits(&mut s, self);
         render_rtt(&mut s, &self.rtt);
         render_steering(&mut s, &self.steering);
+        let ev = &self.event_loop;
+        if let (Some(max), Some(what)) = (ev.max_ms, &ev.max_what) {
+            let _ = write!(
+                s,
+                "\nevent loop: {} events, longest {max:.1} ms ({what})",
+                ev.handled
+            );
+            if let (Some(m), Some(w)) = (ev.max_last_minute_ms, &ev.max_last_minute_what) {
+                let _ = write!(s, ", last minute {m:.1} ms ({w})");
+            }
+            s.push('\n');
+        }
         let _ = writeln!(
             s,
             "\nconfig: {} (reloads: {})",

@@ -101,6 +101,13 @@ fn daemon_lifecycle_attach_status_reload_exit() {
     assert!(xdp_attached(&ns, "wan0").is_none());
     // Maps are pinned for re-adoption after a restart.
     assert!(pin_dir.join("control").exists(), "control map not pinned");
+    // The event loop reports its longest handler (the status request just answered counts).
+    let ev = d.status()["event_loop"].clone();
+    assert!(ev["handled"].as_u64().is_some_and(|n| n >= 1), "{ev}");
+    assert!(
+        ev["max_ms"].as_f64().is_some_and(|m| m >= 0.0) && ev["max_what"].is_string(),
+        "{ev}"
+    );
 
     // Human status names the attach point.
     let out = d.client(&["status"]);

@@ -6,6 +6,10 @@
 //! Everything mutable lives in [`Daemon`] and is touched only from the loop, so no locks: control
 //! connections are served on their own tasks and forward requests through a channel.
 
+mod stall;
+
+pub use stall::EventLoopStatus;
+
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -139,39 +143,69 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
         socket_path.display()
     );
     loop {
-        tokio::select! {
+        // Each branch returns what it was and when it started: the time it takes is the time
+        // every other event waits (status `event_loop`).
+        let (what, started) = tokio::select! {
             _ = signals.hup.recv() => {
+                let t = Instant::now();
                 info!("SIGHUP: reloading configuration");
                 let _ = daemon.reload().await;
+                ("reload", t)
             }
             _ = signals.term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = signals.int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = tick.tick() => daemon.tick().await,
-            _ = autorate_tick.tick(), if daemon.autorate.active() => daemon.autorate_tick(),
+            _ = tick.tick() => {
+                let t = Instant::now();
+                daemon.tick().await;
+                ("tick", t)
+            }
+            _ = autorate_tick.tick(), if daemon.autorate.active() => {
+                let t = Instant::now();
+                daemon.autorate_tick();
+                ("autorate", t)
+            }
             Some((req, reply)) = rx.recv() => {
+                let t = Instant::now();
                 // The client may have gone away; its loss.
                 let _ = reply.send(daemon.handle(req).await);
+                ("request", t)
             }
-            ev = recv_ct(&mut ct_events) => match ev {
-                Ok(conntrack::Recv::Messages(msgs)) => daemon.on_conntrack(msgs).await,
-                Ok(conntrack::Recv::Overflow) => {
-                    warn!("conntrack events lost (queue overflow): resynchronising");
-                    daemon.resync().await;
+            ev = recv_ct(&mut ct_events) => {
+                let t = Instant::now();
+                match ev {
+                    Ok(conntrack::Recv::Messages(msgs)) => daemon.on_conntrack(msgs).await,
+                    Ok(conntrack::Recv::Overflow) => {
+                        warn!("conntrack events lost (queue overflow): resynchronising");
+                        daemon.resync().await;
+                    }
+                    Err(e) => {
+                        error!("conntrack event socket failed, admission stops: {e:#}");
+                        ct_events = None;
+                    }
                 }
-                Err(e) => {
-                    error!("conntrack event socket failed, admission stops: {e:#}");
-                    ct_events = None;
+                ("conntrack", t)
+            }
+            ev = recv_teardown(&mut teardown) => {
+                let t = Instant::now();
+                match ev {
+                    Ok(keys) => daemon.on_teardown(&keys),
+                    Err(e) => {
+                        warn!("data-path events failed, teardown waits for refreshes: {e:#}");
+                        teardown = None;
+                    }
                 }
-            },
-            ev = recv_teardown(&mut teardown) => match ev {
-                Ok(keys) => daemon.on_teardown(&keys),
-                Err(e) => {
-                    warn!("data-path events failed, teardown waits for refreshes: {e:#}");
-                    teardown = None;
-                }
-            },
-            Some(ev) = topo_events.next() => daemon.on_netlink(ev).await,
-        }
+                ("teardown", t)
+            }
+            Some(ev) = topo_events.next() => {
+                let t = Instant::now();
+                daemon.on_netlink(ev).await;
+                ("netlink", t)
+            }
+        };
+        let now = Instant::now();
+        daemon
+            .loop_stats
+            .record(what, now.saturating_duration_since(started), now);
     }
     daemon.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
@@ -251,6 +285,8 @@ impl Net {
 struct Daemon {
     args: DaemonArgs,
     started: Instant,
+    /// The event loop's longest handlers (status `event_loop`).
+    loop_stats: stall::LoopStats,
     config: Config,
     warnings: Vec<String>,
     last_reload_error: Option<String>,
@@ -279,6 +315,7 @@ impl Daemon {
         Self {
             args,
             started: Instant::now(),
+            loop_stats: stall::LoopStats::new(Instant::now()),
             config: loaded.config,
             warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
             last_reload_error: None,
@@ -724,6 +761,7 @@ impl Daemon {
                     .unwrap_or_default();
                 steering::SteeringStatus::of(&self.config.globals, &self.steering, &counters, &held)
             },
+            event_loop: self.loop_stats.status(Instant::now()),
         }
     }
 

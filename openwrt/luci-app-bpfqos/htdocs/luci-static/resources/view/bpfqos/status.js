@@ -23,6 +23,18 @@ var HISTORY = 60;
 var last = null;
 var history = {};
 
+/* "12.3 ms (tick), last minute 4.0 ms (request)"; "-" before the daemon reports one. */
+function stall(ev) {
+	var max = num(ev.max_ms), recent = num(ev.max_last_minute_ms);
+	if (max == null)
+		return '-';
+	var s = '%.1f ms'.format(max) + (ev.max_what != null ? ' (' + String(ev.max_what) + ')' : '');
+	if (recent != null)
+		s += ', ' + _('last minute') + ' ' + '%.1f ms'.format(recent) +
+			(ev.max_last_minute_what != null ? ' (' + String(ev.max_last_minute_what) + ')' : '');
+	return s;
+}
+
 function num(v) {
 	return (typeof v === 'number' && isFinite(v)) ? v : null;
 }
@@ -408,7 +420,8 @@ function renderStatus(st, now) {
 		[ _('Offload'), off.enabled ? _('enabled') : _('disabled') ],
 		[ _('Offloaded connections'), off.connections ],
 		[ _('Offloaded now'), bps(rates['offload']) ],
-		[ _('Offloaded in total'), '%s, %s %s'.format(bytes(off.bytes), count(off.packets), _('packets')) ]
+		[ _('Offloaded in total'), '%s, %s %s'.format(bytes(off.bytes), count(off.packets), _('packets')) ],
+		[ _('Longest event-loop stall'), stall(obj(st.event_loop)) ]
 	])));
 
 	if (cfg.last_reload_error)
