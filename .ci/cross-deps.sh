@@ -11,7 +11,8 @@
 #   - for the s390x guest, downloaded (not installed) into target/s390x/debs: Debian's
 #     linux-image 6.12 for s390x and busybox-static:s390x.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CI_DIR=$(cd "$(dirname "$0")" && pwd)
+cd "$CI_DIR/.."
 
 ZIG_VERSION=0.15.2
 RUST_WEB_VERSION=1.96
@@ -20,15 +21,9 @@ log() { echo "cross-deps: $*"; }
 
 apt_pkgs=(rustc-web cargo-web rust-web-src qemu-user-static cpio xz-utils
 	autoconf automake libtool autopoint gettext pkg-config flex bison gawk)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-	log "installing ${missing[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=.ci/apt.sh
+source "$CI_DIR/apt.sh"
+apt_install "${apt_pkgs[@]}"
 v=$(/usr/bin/rustc --version | awk '{print $2}')
 case $v in
 "$RUST_WEB_VERSION".*) ;;

@@ -13,15 +13,9 @@ apt_pkgs=(
 	# init script and rpcd plugin run under POSIX shells
 	dash busybox-static shellcheck nodejs
 )
-missing=()
-for p in "${apt_pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-	echo "installing: ${missing[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=.ci/apt.sh
+source "$(cd "$(dirname "$0")" && pwd)/apt.sh"
+apt_install "${apt_pkgs[@]}"
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 	export PATH="$HOME/.cargo/bin:$PATH"
