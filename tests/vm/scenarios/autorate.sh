@@ -157,8 +157,9 @@ for mode in ("static-max", "static-min", "autorate"):
         gu = statistics.mean(gu) if gu else 0.0
         gd = statistics.mean(gd) if gd else 0.0
         cu, cd = caps[p]
+        late = [t for t, ms in pings if b - 5 <= t < b + 5]
         phases.append({"p95": p95, "above_idle": None if p95 is None else p95 - idle,
-                       "up": gu / cu, "down": gd / cd, "pings": len(lat)})
+                       "up": gu / cu, "down": gd / cd, "pings": len(lat), "late": len(late)})
     cpu_s = int(open(f"{work}/{mode}-cpu").read()) / clk
     res[mode] = (phases, cpu_s)
     for p, ph in enumerate(phases):
@@ -183,7 +184,11 @@ print("issue goals (p95 <= idle + 15 ms from 5 s after each change, goodput >= 8
       "met" if goals else "NOT met")
 ar, mx, mn = res["autorate"][0], res["static-max"][0], res["static-min"][0]
 for mode, (phases, _) in res.items():
-    assert all(ph["pings"] >= 100 for ph in phases), ("ping ran through every phase", mode, phases)
+    # Ping ran through every phase: replies up to its end, and at least 40 % of the 125 sent
+    # after the first 5 s. Not all of them: static-max overfills the line's 300-packet buffer
+    # after the drop (2.6 s of queue in CI), and a full tail-drop queue loses pings too.
+    assert all(ph["pings"] >= 0.4 * (phase_s - 5) / 0.2 and ph["late"] > 0 for ph in phases), \
+        ("ping ran through every phase", mode, phases)
 # What autorate must do whatever the emulator's speed.
 assert a["cuts"] > 0 and a["failures"] == 0, a
 assert min(hd) <= 1.2 * down_lo, ("the download rate followed the drop", min(hd))
