@@ -64,7 +64,7 @@ pub struct Status {
     /// How long single events kept the daemon's event loop (the longest, since start and over
     /// the last minute, and of which kind): what every other event waited.
     #[serde(default)]
-    pub event_loop: crate::daemon::EventLoopStatus,
+    pub event_loop: EventLoopStatus,
 }
 
 /// Shaping as a whole.
@@ -463,6 +463,22 @@ impl Status {
         }
         s
     }
+}
+
+/// The `event_loop` status section. Durations in milliseconds; `null` before anything ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventLoopStatus {
+    /// Events handled since start.
+    pub handled: u64,
+    /// Longest one event kept the loop since start.
+    pub max_ms: Option<f64>,
+    /// Which kind of event that was (`tick`, `conntrack`, `netlink`, `request`, ...).
+    pub max_what: Option<String>,
+    /// Longest over the last one to two minutes (the minute in progress and the one before).
+    pub max_last_minute_ms: Option<f64>,
+    /// Which kind of event that was.
+    pub max_last_minute_what: Option<String>,
 }
 
 #[cfg(test)]

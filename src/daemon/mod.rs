@@ -8,8 +8,6 @@
 
 mod stall;
 
-pub use stall::EventLoopStatus;
-
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;

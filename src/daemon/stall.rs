@@ -6,8 +6,7 @@
 use std::time::Duration;
 use std::time::Instant;
 
-use serde::Deserialize;
-use serde::Serialize;
+use crate::status::EventLoopStatus;
 
 /// Length of the window `max_last_minute_ms` covers.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -21,22 +20,6 @@ pub struct LoopStats {
     current: Option<(Duration, &'static str)>,
     previous: Option<(Duration, &'static str)>,
     window_start: Instant,
-}
-
-/// The `event_loop` status section. Durations in milliseconds; `null` before anything ran.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EventLoopStatus {
-    /// Events handled since start.
-    pub handled: u64,
-    /// Longest one event kept the loop since start.
-    pub max_ms: Option<f64>,
-    /// Which kind of event that was (`tick`, `conntrack`, `netlink`, `request`, ...).
-    pub max_what: Option<String>,
-    /// Longest over the last one to two minutes (the minute in progress and the one before).
-    pub max_last_minute_ms: Option<f64>,
-    /// Which kind of event that was.
-    pub max_last_minute_what: Option<String>,
 }
 
 fn bigger(
