@@ -101,16 +101,17 @@ for name in ("wan", "lan"):
     # for the side that carries no data when timestamps time it: its samples are the far end's
     # echoes, sent when that end next sends, so an application-limited sender's gaps are in
     # them (CI once: LAN median 215 ms, min 5.2 ms, for a 5 ms LAN during a paced upload; a
-    # known limit, docs/latency.md). There the smallest sample must match the path instead.
+    # known limit, docs/latency.md). There the smallest sample must match the path instead, to
+    # the window's resolution: a histogram bucket (<= 12 %) whose lower edge it reports.
     data_free = "lan" if up else "wan"
     if not (ts and data_free == "wan"):
         assert 0.9 * wan_ping <= w["median_us"] <= 1.3 * wan_ping, ("wan median", w, wan_ping)
     else:
-        assert wan_delay <= w["min_us"] <= wan_pmin + max(2000, 0.05 * wan_pmin), ("wan min", w)
+        assert 0.85 * wan_delay <= w["min_us"] <= wan_pmin + max(2000, 0.05 * wan_pmin), ("wan min", w)
     if not (ts and data_free == "lan"):
         assert 0.85 * lan_ping <= l["median_us"] <= lan_ping + 3000, ("lan median", l, lan_ping)
     else:
-        assert lan_delay <= l["min_us"] <= lan_pmin + 1000, ("lan min", l)
+        assert 0.85 * lan_delay <= l["min_us"] <= lan_pmin + 1000, ("lan min", l)
 assert i["wan"]["wan"] is True and i["lan"]["wan"] is False, "WAN side from the default route"
 # Offloaded connections report the same per flow.
 flows = 0
