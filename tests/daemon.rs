@@ -44,12 +44,28 @@ fn veth_pair(ns: &Netns) {
 }
 
 /// A test's world: a namespace (with the lan0/wan0 veth pairs if asked), a work directory
-/// holding the `bpfqos` config, and a private bpffs.
+/// holding the `bpfqos` config, and a private bpffs with the daemon's pin directory in it.
+/// Fields drop in declaration order: the namespace goes last.
 struct World {
-    ns: Netns,
-    work: TempDir,
-    bpffs: Bpffs,
+    pin_dir: std::path::PathBuf,
     config_dir: std::path::PathBuf,
+    /// Mounted while the world lives.
+    _bpffs: Bpffs,
+    work: TempDir,
+    ns: Netns,
+}
+
+impl World {
+    /// Starts `bpfqos daemon` in the namespace with the world's config and pin directory.
+    fn start(&self, extra: &[&str]) -> Daemon {
+        Daemon::start(
+            Some(&self.ns),
+            &self.config_dir,
+            &self.pin_dir,
+            &self.work.path,
+            extra,
+        )
+    }
 }
 
 fn world(tag: &str, veths: bool, bpfqos_config: &str) -> World {
@@ -61,11 +77,13 @@ fn world(tag: &str, veths: bool, bpfqos_config: &str) -> World {
     let bpffs = Bpffs::new();
     let cfg = work.write("bpfqos", bpfqos_config);
     let config_dir = cfg.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let pin_dir = bpffs.dir.join("bpfqos");
     World {
         ns,
         work,
-        bpffs,
+        _bpffs: bpffs,
         config_dir,
+        pin_dir,
     }
 }
 
@@ -74,15 +92,9 @@ fn daemon_lifecycle_attach_status_reload_exit() {
     if !common::require_root("daemon_lifecycle_attach_status_reload_exit") {
         return;
     }
-    let World {
-        ns,
-        work,
-        bpffs,
-        config_dir,
-    } = world("d", true, &config(&["lan0"]));
-    let pin_dir = bpffs.dir.join("bpfqos");
+    let w = world("d", true, &config(&["lan0"]));
 
-    let mut d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    let mut d = w.start(&[]);
     let st = d.status();
     assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
     assert!(st["uptime_s"].is_u64());
@@ -95,12 +107,12 @@ fn daemon_lifecycle_attach_status_reload_exit() {
         "veth supports native XDP: {st}"
     );
     assert!(
-        xdp_attached(&ns, "lan0").is_some(),
+        xdp_attached(&w.ns, "lan0").is_some(),
         "ip link shows no XDP on lan0"
     );
-    assert!(xdp_attached(&ns, "wan0").is_none());
+    assert!(xdp_attached(&w.ns, "wan0").is_none());
     // Maps are pinned for re-adoption after a restart.
-    assert!(pin_dir.join("control").exists(), "control map not pinned");
+    assert!(w.pin_dir.join("control").exists(), "control map not pinned");
     // The event loop reports its longest handler (the status request just answered counts).
     let ev = d.status()["event_loop"].clone();
     assert!(ev["handled"].as_u64().is_some_and(|n| n >= 1), "{ev}");
@@ -117,11 +129,11 @@ fn daemon_lifecycle_attach_status_reload_exit() {
 
     // A bad config is rejected by `reload`, with file, line and option; the running one stays.
     let bad = config(&["lan0"]).replace("option log_level 'debug'", "option log_level 'loud'");
-    work.write("bpfqos", &bad);
+    w.work.write("bpfqos", &bad);
     let out = d.client(&["reload"]);
     assert!(!out.status.success(), "bad reload must fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    let cfg = config_dir.join("bpfqos");
+    let cfg = w.config_dir.join("bpfqos");
     assert!(err.contains(&format!("{}:4:", cfg.display())), "{err}");
     assert!(err.contains("log_level"), "{err}");
     let st = d.status();
@@ -130,26 +142,26 @@ fn daemon_lifecycle_attach_status_reload_exit() {
         .as_str()
         .is_some_and(|e| e.contains("log_level")));
     assert!(
-        xdp_attached(&ns, "lan0").is_some(),
+        xdp_attached(&w.ns, "lan0").is_some(),
         "bad reload must not detach"
     );
 
     // A good config via SIGHUP: wan0 is attached too.
-    work.write("bpfqos", &config(&["lan0", "wan0"]));
+    w.work.write("bpfqos", &config(&["lan0", "wan0"]));
     d.signal("HUP");
     let ok = common::wait_for(Duration::from_secs(5), || {
         d.status()["attach"].as_array().map(Vec::len) == Some(2)
     });
     assert!(ok, "SIGHUP reload did not attach wan0: {}", d.status());
-    assert!(xdp_attached(&ns, "wan0").is_some());
+    assert!(xdp_attached(&w.ns, "wan0").is_some());
     assert_eq!(d.status()["config"]["reloads"], 1);
     assert!(d.status()["config"].get("last_reload_error").is_none());
 
     // Removing an interface from the config detaches it on `reload`.
-    work.write("bpfqos", &config(&["wan0"]));
+    w.work.write("bpfqos", &config(&["wan0"]));
     assert!(d.client(&["reload"]).status.success());
     assert!(
-        xdp_attached(&ns, "lan0").is_none(),
+        xdp_attached(&w.ns, "lan0").is_none(),
         "lan0 still attached after removal"
     );
 
@@ -162,10 +174,10 @@ fn daemon_lifecycle_attach_status_reload_exit() {
         d.log_text()
     );
     assert!(
-        xdp_attached(&ns, "wan0").is_none(),
+        xdp_attached(&w.ns, "wan0").is_none(),
         "XDP left attached after exit"
     );
-    assert!(!pin_dir.join("control").exists(), "pins left after exit");
+    assert!(!w.pin_dir.join("control").exists(), "pins left after exit");
     assert!(!d.socket.exists(), "socket left after exit");
 }
 
@@ -174,15 +186,9 @@ fn keep_leaves_attached_and_restart_readopts() {
     if !common::require_root("keep_leaves_attached_and_restart_readopts") {
         return;
     }
-    let World {
-        ns,
-        work,
-        bpffs,
-        config_dir,
-    } = world("k", true, &config(&["lan0"]));
-    let pin_dir = bpffs.dir.join("bpfqos");
+    let w = world("k", true, &config(&["lan0"]));
 
-    let mut d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &["--keep"]);
+    let mut d = w.start(&["--keep"]);
     d.signal("TERM");
     assert_eq!(
         d.wait_exit(Duration::from_secs(10)),
@@ -191,15 +197,15 @@ fn keep_leaves_attached_and_restart_readopts() {
         d.log_text()
     );
     assert!(
-        xdp_attached(&ns, "lan0").is_some(),
+        xdp_attached(&w.ns, "lan0").is_some(),
         "--keep must leave XDP attached"
     );
     assert!(
-        pin_dir.join("control").exists(),
+        w.pin_dir.join("control").exists(),
         "--keep must leave maps pinned"
     );
 
-    let mut d2 = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    let mut d2 = w.start(&[]);
     // The socket is bound before the data path is loaded; status answers once the loop runs.
     assert_eq!(d2.status()["attach"][0]["device"], "lan0");
     assert!(
@@ -216,7 +222,7 @@ fn keep_leaves_attached_and_restart_readopts() {
     assert_eq!(d2.status()["attach"][0]["device"], "lan0");
     d2.signal("TERM");
     assert_eq!(d2.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(xdp_attached(&ns, "lan0").is_none());
+    assert!(xdp_attached(&w.ns, "lan0").is_none());
 }
 
 #[test]
@@ -224,19 +230,8 @@ fn missing_device_is_reported_not_fatal() {
     if !common::require_root("missing_device_is_reported_not_fatal") {
         return;
     }
-    let World {
-        ns,
-        work,
-        bpffs,
-        config_dir,
-    } = world("m", false, &config(&["nosuch0"]));
-    let d = Daemon::start(
-        Some(&ns),
-        &config_dir,
-        &bpffs.dir.join("p"),
-        &work.path,
-        &[],
-    );
+    let w = world("m", false, &config(&["nosuch0"]));
+    let d = w.start(&[]);
     let st = d.status();
     assert_eq!(st["attach"].as_array().map(Vec::len), Some(0));
     assert!(
@@ -246,10 +241,10 @@ fn missing_device_is_reported_not_fatal() {
         "{st}"
     );
     // The device appears later (hotplug): it gets attached without a reload.
-    ns.ip(&[
+    w.ns.ip(&[
         "link", "add", "nosuch0", "type", "veth", "peer", "name", "nosuch0p",
     ]);
-    ns.ip(&["link", "set", "nosuch0", "up"]);
+    w.ns.ip(&["link", "set", "nosuch0", "up"]);
     let ok = common::wait_for(Duration::from_secs(5), || {
         d.status()["attach"].as_array().map(Vec::len) == Some(1)
     });
@@ -264,12 +259,7 @@ fn logical_networks_resolve_through_etc_config_network() {
     if !common::require_root("logical_networks_resolve_through_etc_config_network") {
         return;
     }
-    let World {
-        ns,
-        work,
-        bpffs,
-        config_dir,
-    } = world(
+    let w = world(
         "n",
         true,
         "config globals 'globals'\n\toption enabled '1'\n\toption offload '1'\n\
@@ -277,10 +267,10 @@ fn logical_networks_resolve_through_etc_config_network() {
          \nconfig interface 'wan'\n\toption network 'wan6'\n\
          \nconfig interface 'lte'\n\toption network 'lte'\n",
     );
-    ns.ip(&["link", "add", "br-lan", "type", "bridge"]);
-    ns.ip(&["link", "set", "lan0", "master", "br-lan"]);
-    ns.ip(&["link", "set", "br-lan", "up"]);
-    work.write(
+    w.ns.ip(&["link", "add", "br-lan", "type", "bridge"]);
+    w.ns.ip(&["link", "set", "lan0", "master", "br-lan"]);
+    w.ns.ip(&["link", "set", "br-lan", "up"]);
+    w.work.write(
         "network",
         "config device\n\toption name 'br-lan'\n\toption type 'bridge'\n\tlist ports 'lan0'\n\
          \nconfig interface 'lan'\n\toption device 'br-lan'\n\toption proto 'static'\n\
@@ -292,7 +282,7 @@ fn logical_networks_resolve_through_etc_config_network() {
     // check-config says what each network is, and warns about the one it cannot resolve.
     let out = std::process::Command::new(common::daemon::bpfqos_bin())
         .args(["check-config", "--config-dir"])
-        .arg(&config_dir)
+        .arg(&w.config_dir)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -312,13 +302,7 @@ fn logical_networks_resolve_through_etc_config_network() {
         "{stderr}"
     );
 
-    let d = Daemon::start(
-        Some(&ns),
-        &config_dir,
-        &bpffs.dir.join("p"),
-        &work.path,
-        &[],
-    );
+    let d = w.start(&[]);
     let st = d.status();
     let mut attached: Vec<&str> = st["attach"]
         .as_array()
@@ -327,7 +311,7 @@ fn logical_networks_resolve_through_etc_config_network() {
     attached.sort_unstable();
     // br-lan's port (the lowest device) and the alias's device.
     assert_eq!(attached, ["lan0", "wan0"], "{st}");
-    assert!(xdp_attached(&ns, "lan0").is_some() && xdp_attached(&ns, "wan0").is_some());
+    assert!(xdp_attached(&w.ns, "lan0").is_some() && xdp_attached(&w.ns, "wan0").is_some());
     let iface = |name: &str| {
         st["interfaces"]
             .as_array()
@@ -444,14 +428,8 @@ fn control_socket_survives_hostile_clients() {
     if !common::require_root("control_socket_survives_hostile_clients") {
         return;
     }
-    let World {
-        ns,
-        work,
-        bpffs,
-        config_dir,
-    } = world("h", true, &config(&["lan0"]));
-    let pin_dir = bpffs.dir.join("bpfqos");
-    let d = Daemon::start(Some(&ns), &config_dir, &pin_dir, &work.path, &[]);
+    let w = world("h", true, &config(&["lan0"]));
+    let d = w.start(&[]);
     // The socket answers once the data plane is set up and its maps pinned.
     assert_eq!(d.status()["attach"].as_array().map(Vec::len), Some(1));
     let mode = |p: &std::path::Path| {
@@ -459,8 +437,8 @@ fn control_socket_survives_hostile_clients() {
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0)
     };
-    assert_eq!(mode(&pin_dir), 0o700, "pin directory");
-    assert_eq!(mode(&pin_dir.join("control")), 0o600, "pinned map");
+    assert_eq!(mode(&w.pin_dir), 0o700, "pin directory");
+    assert_eq!(mode(&w.pin_dir.join("control")), 0o600, "pinned map");
     assert_eq!(mode(&d.socket), 0o600, "control socket");
 
     let long = vec![b'x'; 70_000];
