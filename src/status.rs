@@ -316,6 +316,21 @@ fn render_rtt(s: &mut String, r: &RttStatus) {
     }
 }
 
+/// `event loop: N events, longest X ms (kind), last minute Y ms (kind)`; nothing before any.
+fn render_event_loop(s: &mut String, ev: &EventLoopStatus) {
+    if let (Some(max), Some(what)) = (ev.max_ms, &ev.max_what) {
+        let _ = write!(
+            s,
+            "\nevent loop: {} events, longest {max:.1} ms ({what})",
+            ev.handled
+        );
+        if let (Some(m), Some(w)) = (ev.max_last_minute_ms, &ev.max_last_minute_what) {
+            let _ = write!(s, ", last minute {m:.1} ms ({w})");
+        }
+        s.push('\n');
+    }
+}
+
 fn render_steering(s: &mut String, st: &crate::steering::SteeringStatus) {
     let _ = write!(
         s,
@@ -438,18 +453,7 @@ impl Status {
         render_circuits(&mut s, self);
         render_rtt(&mut s, &self.rtt);
         render_steering(&mut s, &self.steering);
-        let ev = &self.event_loop;
-        if let (Some(max), Some(what)) = (ev.max_ms, &ev.max_what) {
-            let _ = write!(
-                s,
-                "\nevent loop: {} events, longest {max:.1} ms ({what})",
-                ev.handled
-            );
-            if let (Some(m), Some(w)) = (ev.max_last_minute_ms, &ev.max_last_minute_what) {
-                let _ = write!(s, ", last minute {m:.1} ms ({w})");
-            }
-            s.push('\n');
-        }
+        render_event_loop(&mut s, &self.event_loop);
         let _ = writeln!(
             s,
             "\nconfig: {} (reloads: {})",
