@@ -18,7 +18,7 @@
 # the OpenWrt architecture BPFQOS_IPK_ARCH_<AARCH64|ARMV7|MIPS> (defaults: aarch64_cortex-a53,
 # BPI-R64; arm_cortex-a7_neon-vfpv4, FritzBox 7530; mips_24kc, ath79 and lantiq). The binaries
 # are built for the generic CPU of each architecture, so one runs on every router of it (an
-# RB5009 is aarch64_cortex-a72: set the variable, or `opkg install --force-arch`). The release build is size-oriented beyond
+# RB5009 is aarch64_cortex-a72: set the variable). The release build is size-oriented beyond
 # Cargo.toml's profile: std rebuilt with `optimize_for_size` and without backtrace
 # symbolization (a stripped binary has no symbols to print), no unwind tables (panic=abort).
 set -euo pipefail

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use thiserror::Error;
 
-/// Largest request or reply line accepted (status of many flows stays well below).
+/// Largest reply line the client accepts (status of many flows stays well below); the
+/// server's own bound on requests is [`server::MAX_REQUEST`].
 pub const MAX_LINE: usize = 4 << 20;
 
 /// A request to the daemon.
