@@ -70,8 +70,8 @@ main() {
 			arch=${BPFQOS_IPK_ARCH_AARCH64:-aarch64_cortex-a53} ;;
 		armv7) triple=armv7-unknown-linux-musleabihf zig=arm-linux-musleabihf mcpu=generic+v7a+vfp3d16 qemu=qemu-arm-static
 			arch=${BPFQOS_IPK_ARCH_ARMV7:-arm_cortex-a7_neon-vfpv4}
-			# Thumb-2: a quarter less code than ARM mode (2,033,100 -> 1,569,180 B), and as fast
-			# on Cortex-A7/A9/A15. rustc calls the feature unstable (a warning); tests use it too.
+			# Thumb-2: a quarter less code than ARM mode (2,033,100 -> 1,569,180 B); its speed
+			# was not measured here. rustc calls the feature unstable (a warning); tests use it too.
 			size_flags="-C target-feature=+thumb-mode" ;;
 		mips) triple=mips-unknown-linux-musl zig=mips-linux-musleabi mcpu=mips32r2 qemu=qemu-mips-static
 			arch=${BPFQOS_IPK_ARCH_MIPS:-mips_24kc} ;;
