@@ -19,3 +19,7 @@ bash bench/forwarding.sh target/release/bpfqos
 echo
 echo "== CPU steering: kernel-path forwarding of 256 UDP flows received on one CPU (off vs RPS vs bpfqos steering)"
 bash bench/steering.sh target/release/bpfqos
+
+echo
+echo "== scale: the daemon with 10,000 and 65,536 conntrack connections (admission, idle CPU, RSS, stalls, a route change)"
+bash bench/scale.sh target/release/bpfqos

@@ -8,6 +8,7 @@
 pub mod codec;
 
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 
 use anyhow::bail;
 use anyhow::Context;
@@ -70,8 +71,17 @@ impl EventSocket {
                 "no nf_tables events ({e}): firewall reloads will not flush offloaded flows"
             );
         }
-        if let Err(e) = sock.set_rx_buf_sz(EVENT_RCVBUF) {
-            log::debug!("conntrack event buffer: {e}");
+        // As root the daemon may go past net.core.rmem_max (SO_RCVBUFFORCE), which on many
+        // systems is far below what a burst of new connections needs; SO_RCVBUF otherwise.
+        // SAFETY: the fd belongs to `sock`, which outlives this borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+        if let Err(e) =
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &EVENT_RCVBUF)
+        {
+            log::debug!("conntrack event buffer (SO_RCVBUFFORCE): {e}");
+            if let Err(e) = sock.set_rx_buf_sz(EVENT_RCVBUF) {
+                log::debug!("conntrack event buffer: {e}");
+            }
         }
         sock.set_non_blocking(true)
             .context("making the ctnetlink socket non-blocking")?;

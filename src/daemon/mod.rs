@@ -174,6 +174,7 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                     Ok(conntrack::Recv::Messages(msgs)) => daemon.on_conntrack(msgs).await,
                     Ok(conntrack::Recv::Overflow) => {
                         warn!("conntrack events lost (queue overflow): resynchronising");
+                        daemon.flows.events_lost();
                         daemon.resync().await;
                     }
                     Err(e) => {

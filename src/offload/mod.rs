@@ -32,6 +32,7 @@ use log::warn;
 use crate::conntrack;
 use crate::conntrack::Conn;
 use crate::conntrack::Tuple;
+use crate::dataplane::abi::FlowCounters;
 use crate::dataplane::entry::FlowKey;
 use crate::qos::ShapedDevice;
 use crate::topology::NextHop;
@@ -56,6 +57,9 @@ pub const READMIT_AFTER: Duration = Duration::from_secs(2);
 
 /// Longest a connection's next-hop resolution may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections listed in the status document's `flows` (the busiest, when there are more).
+pub const MAX_LISTED_FLOWS: usize = 256;
 
 /// Connections remembered per unresolved neighbour.
 const MAX_WAITING_PER_NEIGHBOUR: usize = 256;
@@ -332,6 +336,22 @@ impl FlowManager {
             };
             return Err(self.reject(why));
         };
+        for h in &hops {
+            if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
+                warn!("tx_ports: {e:#}");
+            }
+        }
+        // The entries go in before conntrack is touched: making the TCP tracking liberal is a
+        // ctnetlink update, which the kernel announces as an UPDATE event, and an UPDATE of a
+        // connection that is not offloaded is a reason to try again. Touching conntrack only
+        // for a connection that got its entries keeps one that cannot be placed (a full table,
+        // a crowded bucket) from feeding its own retries forever.
+        if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
+            dp.remove(&k0);
+            dp.remove(&k1);
+            debug!("installing {}: {e:#}", c.orig);
+            return Err(self.reject(Reject::MapFull));
+        }
         // Like the kernel's flowtable: conntrack must not judge the packets that take the
         // kernel path again later by a window it stopped tracking. This is also where a
         // connection destroyed while it was being resolved is found out: no entry, no flow.
@@ -341,21 +361,12 @@ impl FlowManager {
                 .map(|ct| ct.set_liberal(&[key_of(&c)]))
                 .is_some_and(|r| r.is_ok_and(|alive| alive.first() == Some(&true)));
             if !alive {
+                dp.remove(&k0);
+                dp.remove(&k1);
                 return Err(self.reject(Reject::Unresolved(
                     "could not make conntrack's TCP tracking liberal".into(),
                 )));
             }
-        }
-        for h in &hops {
-            if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
-                warn!("tx_ports: {e:#}");
-            }
-        }
-        if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
-            dp.remove(&k0);
-            dp.remove(&k1);
-            debug!("installing {}: {e:#}", c.orig);
-            return Err(self.reject(Reject::MapFull));
         }
         self.stats.admitted += 1;
         self.insert(
@@ -454,9 +465,23 @@ impl FlowManager {
             return;
         }
         debug!("{ev:?}: re-resolving {} flows", affected.len());
+        let flows = affected.len() as u64;
         for key in affected {
             self.reresolve(key, ev, ctx).await;
         }
+        self.stats.last_reresolution = Some(report::Reresolution {
+            flows,
+            us: Instant::now()
+                .saturating_duration_since(ctx.now)
+                .as_micros()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Conntrack events were lost (the caller resynchronises): counted for `bpfqos status`.
+    pub fn events_lost(&mut self) {
+        self.stats.conntrack_events_lost += 1;
     }
 
     /// A neighbour resolved: admit again the connections that waited for it (no conntrack event
@@ -603,13 +628,16 @@ impl FlowManager {
         }
     }
 
-    /// Per-flow status, sorted by original tuple; `rtt` gives a connection's latency.
+    /// Per-flow status of the [`MAX_LISTED_FLOWS`] connections that moved the most bytes (all
+    /// of them when there are fewer), sorted by original tuple; `rtt` gives a connection's
+    /// latency. Only the listed ones are formatted: at 64k connections the list is what people
+    /// and LuCI can use, and the document stays small (`offload.connections` has the count).
     pub fn flow_status(
         &self,
         dp: Option<&dyn FlowTable>,
         rtt: &dyn Fn(&conntrack::Conn) -> Option<crate::rtt::FlowRtt>,
     ) -> Vec<FlowStatus> {
-        let mut out: Vec<FlowStatus> = self
+        let mut counted: Vec<(&Offloaded, [FlowCounters; 2])> = self
             .flows
             .values()
             .map(|f| {
@@ -617,23 +645,32 @@ impl FlowManager {
                     dp.and_then(|dp| dp.counters(&f.keys[i]))
                         .unwrap_or_default()
                 };
-                let (c0, c1) = (c(0), c(1));
-                FlowStatus {
-                    proto: if f.conn.orig.proto == conntrack::codec::IPPROTO_TCP {
-                        "tcp"
-                    } else {
-                        "udp"
-                    }
-                    .to_string(),
-                    orig: f.conn.orig.to_string(),
-                    reply: f.conn.reply.to_string(),
-                    packets_orig: c0.packets,
-                    packets_reply: c1.packets,
-                    bytes: c0.bytes + c1.bytes,
-                    ingress_ifindex: f.hops[0].egress_ifindex,
-                    egress_ifindex: f.hops[1].egress_ifindex,
-                    rtt: rtt(&f.conn),
+                (f, [c(0), c(1)])
+            })
+            .collect();
+        if counted.len() > MAX_LISTED_FLOWS {
+            let bytes = |c: &[FlowCounters; 2]| c[0].bytes + c[1].bytes;
+            counted
+                .select_nth_unstable_by(MAX_LISTED_FLOWS - 1, |a, b| bytes(&b.1).cmp(&bytes(&a.1)));
+            counted.truncate(MAX_LISTED_FLOWS);
+        }
+        let mut out: Vec<FlowStatus> = counted
+            .into_iter()
+            .map(|(f, [c0, c1])| FlowStatus {
+                proto: if f.conn.orig.proto == conntrack::codec::IPPROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
                 }
+                .to_string(),
+                orig: f.conn.orig.to_string(),
+                reply: f.conn.reply.to_string(),
+                packets_orig: c0.packets,
+                packets_reply: c1.packets,
+                bytes: c0.bytes + c1.bytes,
+                ingress_ifindex: f.hops[0].egress_ifindex,
+                egress_ifindex: f.hops[1].egress_ifindex,
+                rtt: rtt(&f.conn),
             })
             .collect();
         out.sort_by(|a, b| a.orig.cmp(&b.orig));

@@ -25,6 +25,22 @@ pub struct ManagerStats {
     pub last_admit_us: u64,
     /// Connections torn down on a FIN/RST event from the data path.
     pub teardown_events: u64,
+    /// Times conntrack events were lost (the kernel's ENOBUFS on the event socket) and the
+    /// table was resynchronised from a dump.
+    pub conntrack_events_lost: u64,
+    /// The last topology change that touched offloaded flows: how many it re-resolved and how
+    /// long that took, microseconds from the event's arrival; `null` before the first.
+    pub last_reresolution: Option<Reresolution>,
+}
+
+/// One topology change's re-resolution (`offload.manager.last_reresolution`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reresolution {
+    /// Offloaded connections the change could affect, all re-resolved.
+    pub flows: u64,
+    /// From the event's arrival to the last of them written, microseconds.
+    pub us: u64,
 }
 
 /// The `offload` section of the status document.

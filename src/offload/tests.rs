@@ -735,3 +735,63 @@ async fn an_upload_arriving_encapsulated_stays_in_the_kernel() {
     assert_eq!(m.stats().rejected.get("shaped"), Some(&1));
     assert_eq!(w.table.len(), 0);
 }
+
+#[tokio::test]
+async fn the_status_lists_the_busiest_connections_when_there_are_many() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let n = super::MAX_LISTED_FLOWS + 44;
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let mut c = conn(1, IPPROTO_UDP);
+        let sport = 10000 + i as u16;
+        (c.orig.sport, c.reply.dport, c.id) = (sport, sport, i as u32);
+        w.ct.add(&c);
+        w.resolver.set(&c, Ok(hops(MAC_GW)));
+        m.on_conntrack(Message::New(c), &w.ctx()).await;
+        keys.push(
+            m.by_flow_key
+                .iter()
+                .find(|(_, v)| v.0.sport == sport)
+                .map(|(k, _)| *k),
+        );
+    }
+    assert_eq!(m.len(), n);
+    // Connection i moves i packets (100 bytes each): the busiest are the last ones.
+    for (i, k) in keys.iter().enumerate() {
+        w.table.count(
+            &k.unwrap_or_else(|| panic!("connection {i} installed")),
+            i as u64,
+            0,
+        );
+    }
+    let listed = m.flow_status(Some(&w.table), &|_| None);
+    assert_eq!(listed.len(), super::MAX_LISTED_FLOWS);
+    let least = (n - super::MAX_LISTED_FLOWS) as u64 * 100;
+    assert!(
+        listed.iter().all(|f| f.bytes >= least),
+        "only the busiest are listed"
+    );
+    let mut sorted = listed.clone();
+    sorted.sort_by(|a, b| a.orig.cmp(&b.orig));
+    assert_eq!(listed, sorted, "listed in tuple order");
+    // Fewer than the limit: all of them.
+    m.flush(Some(&w.table));
+    assert!(m.flow_status(Some(&w.table), &|_| None).is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_that_cannot_be_placed_leaves_conntrack_alone() {
+    // Making TCP tracking liberal is a ctnetlink update, which comes back as an UPDATE event:
+    // done for a connection that then found no room, every UPDATE would retry it and make the
+    // next one (found at 10k connections: 800,000 retries a minute for three of them).
+    let w = World::new();
+    w.table.capacity.set(0);
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_TCP);
+    m.on_conntrack(Message::New(c), &w.ctx()).await;
+    assert!(m.is_empty());
+    assert_eq!(m.stats().rejected.get("map_full"), Some(&1));
+    assert!(w.ct.liberal.borrow().is_empty(), "conntrack untouched");
+    assert_eq!(w.table.len(), 0);
+}
