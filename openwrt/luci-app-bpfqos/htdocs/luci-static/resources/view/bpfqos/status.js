@@ -464,6 +464,12 @@ function renderStatus(st, now) {
 	}
 
 	var flows = arr(st.flows);
+	// The daemon lists the busiest connections (at most 256); offload.connections counts all.
+	var shown = Math.min(flows.length, 50);
+	var total = num(obj(st.offload).connections);
+	if (total === null || total < flows.length)
+		total = flows.length;
+	flows.sort(function(a, b) { return (num(b.bytes) || 0) - (num(a.bytes) || 0); });
 	nodes.push(section(_('Offloaded connections'), [
 		table([ _('Protocol'), _('Connection'), _('Now'), _('Packets (out / back)'), _('Bytes'),
 		        _('RTT WAN / LAN'), _('Retransmits') ],
@@ -474,7 +480,7 @@ function renderStatus(st, now) {
 				         flowRttText(f.rtt), (f.rtt != null) ? count(r.retransmits) : '-' ];
 			}),
 			_('No connection offloaded')),
-		(flows.length > 50) ? E('p', {}, _('%d more (bpfqos status --json)').format(flows.length - 50)) : ''
+		(total > shown) ? E('p', {}, _('%d more; the busiest are shown.').format(total - shown)) : ''
 	]));
 
 	nodes.push(section(_('Interfaces'), table(
