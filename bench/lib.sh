@@ -24,7 +24,7 @@ cleanup() {
 	umount "$WORK/bpffs" 2>/dev/null
 	rm -rf "$WORK"
 }
-trap cleanup EXIT
+trap '[ -n "${KEEP_LOG:-}" ] && cp "$WORK/daemon.log" "$KEEP_LOG" 2>/dev/null; cleanup' EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '== %s\n' "$*" >&2; }

@@ -54,11 +54,11 @@ ip -n "$RTR" neigh replace fd00:2::2 lladdr "$S0_MAC" dev wan0 nud permanent
 bridge -n "$RTR" fdb replace "$C0_MAC" dev lan1 master static
 
 mkdir -p "$WORK/etc"
-cat >"$WORK/etc/bpfqos" <<'UCI'
+cat >"$WORK/etc/bpfqos" <<UCI
 config globals 'globals'
 	option enabled '1'
 	option offload '1'
-	option log_level 'info'
+	option log_level '${LOG_LEVEL:-info}'
 
 config interface 'lan'
 	option device 'br-lan'

@@ -356,10 +356,14 @@ impl FlowManager {
         // kernel path again later by a window it stopped tracking. This is also where a
         // connection destroyed while it was being resolved is found out: no entry, no flow.
         if c.orig.proto == conntrack::codec::IPPROTO_TCP {
-            let alive = ctx
-                .ct
-                .map(|ct| ct.set_liberal(&[key_of(&c)]))
-                .is_some_and(|r| r.is_ok_and(|alive| alive.first() == Some(&true)));
+            let alive = match ctx.ct.map(|ct| ct.set_liberal(&[key_of(&c)])) {
+                Some(Ok(alive)) => alive.first() == Some(&true),
+                Some(Err(e)) => {
+                    debug!("{}: liberal TCP tracking: {e:#}", c.orig);
+                    false
+                }
+                None => false,
+            };
             if !alive {
                 dp.remove(&k0);
                 dp.remove(&k1);
@@ -619,7 +623,10 @@ impl FlowManager {
         }
         for c in conns {
             if c.offloadable_state() && !self.flows.contains_key(&key_of(&c)) {
-                let _ = self.admit(c, ctx).await;
+                let orig = c.orig;
+                if let Err(r) = self.admit(c, ctx).await {
+                    debug!("{orig}: stays in the kernel: {r:?}");
+                }
             }
         }
         if let Some(dp) = ctx.dp {
