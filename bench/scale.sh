@@ -96,12 +96,12 @@ hz = os.sysconf("SC_CLK_TCK")
 print("%.3f" % ((c1 - c0) / hz * 1000 / (t1 - t0) * 100))' "$c0" "$c1" "$t0" "$t1"
 }
 
-# settle N SECONDS [STILL_MS]: until the daemon reports N offloaded connections, or the count has
+# settle N SECONDS [STILL_MS]: from T0 (ms, the phase's start; now if unset), until the daemon reports N offloaded connections, or the count has
 # not moved for STILL_MS (3000; a connection the hash index cannot place stays on the kernel path: counted in
 # offload.manager.rejected); prints "MS COUNT", MS when the count last moved.
 settle() {
 	local want=$1 limit=$2 still=${3:-3000} t0 n=-1 last=-1 moved
-	t0=$(now_ms) moved=$t0
+	t0=${T0:-$(now_ms)} moved=$t0
 	while [ $(($(now_ms) - t0)) -lt $((limit * 1000)) ]; do
 		n=$(connections)
 		[ "$n" != "$last" ] && { last=$n moved=$(now_ms); }
@@ -130,6 +130,7 @@ say "no connections: RSS $RSS0 KiB, idle CPU $CPU0 % of a core"
 half() { echo $(($1 / 2)) $(($1 - $1 / 2)); }
 read -r V4 V6 <<<"$(half "$SMALL")"
 say "phase 1: $SMALL connections ($V4 IPv4, $V6 IPv6)"
+T0=$(now_ms)
 nsx "$RTR" "$PY" "$CT" add --v4 "$V4" --v6 "$V6" >/dev/null
 read -r ADMIT1 N1 <<<"$(settle "$SMALL" 300)" || die "admission of $SMALL did not complete"
 STALL1=$(stall)
@@ -149,6 +150,7 @@ say "  re-resolution: $RERES; stall $STALL2"
 
 read -r V4 V6 <<<"$(half "$LARGE")"
 say "phase 3: up to $LARGE connections ($V4 IPv4, $V6 IPv6)"
+T0=$(now_ms)
 nsx "$RTR" "$PY" "$CT" add --v4 "$V4" --v6 "$V6" --skip $((SMALL / 2)) >/dev/null
 read -r ADMIT3 N3 <<<"$(settle "$LARGE" 600)" || die "admission of $LARGE did not complete"
 STALL3=$(stall)
@@ -158,6 +160,7 @@ RSS3=$(rss_kib)
 say "  $N3 admitted in $ADMIT3 ms; idle CPU $CPU3 %; RSS $RSS3 KiB; stall $STALL3"
 
 say "phase 4: every entry deleted"
+T0=$(now_ms)
 nsx "$RTR" "$PY" "$CT" delete --v4 "$V4" --v6 "$V6" >/dev/null
 # Deletions lost with the events are found by the refresh (every 10 s at most): wait for that.
 read -r DEL4 N4 <<<"$(settle 0 300 25000)" || die "the table did not empty"

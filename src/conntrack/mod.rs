@@ -187,6 +187,15 @@ impl Client {
             })
             .collect();
         let acks = self.sock.transact(&msgs, 64)?;
+        for (a, (t, _)) in acks.iter().zip(entries) {
+            if a.errno != 0 {
+                log::debug!(
+                    "conntrack request for {t}: errno {} {:?}",
+                    a.errno,
+                    a.message
+                );
+            }
+        }
         Ok(acks.iter().map(|a| a.errno != -nix::libc::ENOENT).collect())
     }
 }

@@ -57,6 +57,11 @@ use crate::topology::LinkKind;
 use crate::topology::Topology;
 use crate::topology::TopologyEvent;
 
+/// How long one turn of the event loop works through the flow manager's backlog: admissions after
+/// a resync cost ~30-100 us each, so a slice is a few hundred of them, and every other event
+/// waits at most this long for it.
+const BACKLOG_SLICE: Duration = Duration::from_millis(10);
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let loaded = config::load(&args.config_dir)
@@ -199,6 +204,14 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                 let t = Instant::now();
                 daemon.on_netlink(ev).await;
                 ("netlink", t)
+            }
+            // Admissions after a resync, re-resolutions after a topology change: a slice at a
+            // time, taking turns with everything above (select! picks among ready branches at
+            // random).
+            _ = std::future::ready(()), if daemon.flows.has_backlog() => {
+                let t = Instant::now();
+                daemon.work().await;
+                ("backlog", t)
             }
         };
         let now = Instant::now();
@@ -529,8 +542,9 @@ impl Daemon {
                 let ctx = self.net.ctx(&resolver);
                 self.flows.resync(conns, &ctx).await;
                 info!(
-                    "conntrack synchronised: {} flows offloaded",
-                    self.flows.len()
+                    "conntrack synchronised: {} connections offloaded, {} to admit",
+                    self.flows.len(),
+                    self.flows.backlog_len()
                 );
             }
             Err(e) => warn!("conntrack dump: {e:#}"),
@@ -560,6 +574,13 @@ impl Daemon {
             let ctx = self.net.ctx(&resolver);
             self.flows.on_conntrack(m, &ctx).await;
         }
+    }
+
+    /// One slice of the flow manager's backlog.
+    async fn work(&mut self) {
+        let resolver = self.net.resolver();
+        let ctx = self.net.ctx(&resolver);
+        self.flows.work(&ctx, BACKLOG_SLICE).await;
     }
 
     fn on_teardown(&mut self, keys: &[FlowKey]) {

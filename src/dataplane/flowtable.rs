@@ -34,6 +34,9 @@ use libbpf_rs::MapHandle;
 use super::abi;
 use super::abi::FlowCounters;
 
+/// Entries zeroed per bpf() call when their grace period is over.
+const ZERO_BATCH: usize = 1024;
+
 /// Why a flow could not be placed: the caller keeps it on the kernel path.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlaceError {
@@ -122,9 +125,9 @@ struct Placed {
 /// An entry unlinked from the index, not to be rewritten before a grace period.
 struct Unlinked {
     index: u32,
-    /// For a replaced entry: its key and the counters copied into the replacement, so that
-    /// what it counted meanwhile is carried over once it is final.
-    carry: Option<(Vec<u8>, u64, u64)>,
+    /// For a replaced entry: the key it was replaced for (its counts wait in
+    /// [`Table::replaced`] until it is final).
+    carry: Option<Vec<u8>>,
     /// Written by this process: zeroed on release, so that dumps show only live flows.
     dirty: bool,
     /// The grace period asked for after this entry was unlinked ([`GraceWorker`] ticket);
@@ -142,6 +145,10 @@ struct Table {
     unlinked: Vec<Unlinked>,
     /// Packets and bytes counted by replaced entries after their replacement was written.
     carried: HashMap<Vec<u8>, (u64, u64)>,
+    /// Replaced entries still counting, by the key of their live replacement: (entry index,
+    /// packets, bytes) copied into the replacement. Looked up by key, so that reading or
+    /// removing one flow costs the same with thousands of entries awaiting a grace period.
+    replaced: HashMap<Vec<u8>, Vec<(u32, u64, u64)>>,
 }
 
 impl Table {
@@ -158,6 +165,7 @@ impl Table {
             free: Vec::new(),
             unlinked: Vec::new(),
             carried: HashMap::new(),
+            replaced: HashMap::new(),
         })
     }
 
@@ -243,6 +251,7 @@ impl Table {
         }
         self.by_key.clear();
         self.carried.clear();
+        self.replaced.clear();
         self.free.clear();
         self.unlink_all_but(&[]);
     }
@@ -252,16 +261,15 @@ impl Table {
         abi::flow_counters(&self.read(index)?)
     }
 
-    /// For a replaced entry: its key, and the packets and bytes it counted after its
-    /// replacement was written (stragglers on other CPUs).
-    fn counted_since_replaced<'u>(&self, u: &'u Unlinked) -> Option<(&'u [u8], u64, u64)> {
-        let (key, before_p, before_b) = u.carry.as_ref()?;
-        let c = self.counters_at(u.index)?;
-        Some((
-            key.as_slice(),
-            c.packets.saturating_sub(*before_p),
-            c.bytes.saturating_sub(*before_b),
-        ))
+    /// What a replaced entry (index, packets and bytes copied into its replacement) counted
+    /// after its replacement was written (stragglers on other CPUs).
+    fn counted_since_replaced(&self, (index, before_p, before_b): (u32, u64, u64)) -> (u64, u64) {
+        self.counters_at(index).map_or((0, 0), |c| {
+            (
+                c.packets.saturating_sub(before_p),
+                c.bytes.saturating_sub(before_b),
+            )
+        })
     }
 
     fn counters(&self, key: &[u8]) -> Option<FlowCounters> {
@@ -272,13 +280,10 @@ impl Table {
             c.bytes += cb;
         }
         // Replaced entries still counting (no grace period since): what they added so far.
-        for u in &self.unlinked {
-            if let Some((k, dp, db)) = self.counted_since_replaced(u) {
-                if k == key {
-                    c.packets += dp;
-                    c.bytes += db;
-                }
-            }
+        for r in self.replaced.get(key).into_iter().flatten() {
+            let (dp, db) = self.counted_since_replaced(*r);
+            c.packets += dp;
+            c.bytes += db;
         }
         Some(c)
     }
@@ -327,7 +332,7 @@ impl Table {
                 let was = abi::flow_counters(&prev).unwrap_or_default();
                 let keep = abi::ENTRY_BPF_WRITTEN;
                 entry[keep.clone()].copy_from_slice(&prev[keep]);
-                carry = Some((key.clone(), was.packets, was.bytes));
+                carry = Some((p.index, was.packets, was.bytes));
             }
         }
         if let Err(e) = self.write(index, &entry) {
@@ -336,9 +341,12 @@ impl Table {
         }
         self.index.store(bucket, slot, abi::slot_word(tag, index));
         if let Some(p) = old {
+            if let Some(c) = carry {
+                self.replaced.entry(key.clone()).or_default().push(c);
+            }
             self.unlinked.push(Unlinked {
                 index: p.index,
-                carry,
+                carry: carry.map(|_| key.clone()),
                 dirty: true,
                 ticket: None,
             });
@@ -360,14 +368,8 @@ impl Table {
         };
         self.index.store(p.bucket, p.slot, 0);
         self.carried.remove(key);
-        for u in &mut self.unlinked {
-            if u.carry
-                .as_ref()
-                .is_some_and(|(k, _, _)| k.as_slice() == key)
-            {
-                u.carry = None;
-            }
-        }
+        // What replaced entries count from now on belongs to no live flow.
+        self.replaced.remove(key);
         self.unlinked.push(Unlinked {
             index: p.index,
             carry: None,
@@ -380,7 +382,6 @@ impl Table {
     /// entries are zeroed and free again. `done`: the last grace period that completed
     /// (ticket); None: one completed after every unlink so far.
     fn release_unlinked(&mut self, done: Option<u64>) {
-        let zero = vec![0u8; self.entry_size];
         let (ready, waiting) =
             std::mem::take(&mut self.unlinked)
                 .into_iter()
@@ -390,19 +391,54 @@ impl Table {
                     (Some(_), None) => false,
                 });
         self.unlinked = waiting;
+        let mut zero = Vec::new();
         for u in ready {
-            if let Some((key, dp, db)) = self.counted_since_replaced(&u) {
-                if self.by_key.contains_key(key) {
-                    let c = self.carried.entry(key.to_vec()).or_default();
-                    c.0 += dp;
-                    c.1 += db;
+            if let Some(key) = &u.carry {
+                let mut carried = None;
+                if let Some(list) = self.replaced.get_mut(key) {
+                    if let Some(at) = list.iter().position(|r| r.0 == u.index) {
+                        carried = Some(list.swap_remove(at));
+                    }
+                    if list.is_empty() {
+                        self.replaced.remove(key);
+                    }
+                }
+                if let Some(r) = carried {
+                    let (dp, db) = self.counted_since_replaced(r);
+                    if self.by_key.contains_key(key) {
+                        let c = self.carried.entry(key.clone()).or_default();
+                        c.0 += dp;
+                        c.1 += db;
+                    }
                 }
             }
             if u.dirty {
-                // Best effort: a stale entry is unreachable anyway; this is for dump readers.
-                let _ = self.write(u.index, &zero);
+                zero.push(u.index);
             }
             self.free.push(u.index);
+        }
+        self.zero_entries(&zero);
+    }
+
+    /// Zeroes entries (best effort: a stale entry is unreachable anyway; this is for dump
+    /// readers), [`ZERO_BATCH`] per bpf() call where the kernel has batch updates (5.6+).
+    fn zero_entries(&self, indexes: &[u32]) {
+        let zero = vec![0u8; self.entry_size * ZERO_BATCH];
+        for chunk in indexes.chunks(ZERO_BATCH) {
+            let keys: Vec<u8> = chunk.iter().flat_map(|i| i.to_ne_bytes()).collect();
+            let values = &zero[..chunk.len() * self.entry_size];
+            let batched = self.entries.update_batch(
+                &keys,
+                values,
+                chunk.len() as u32,
+                MapFlags::ANY,
+                MapFlags::ANY,
+            );
+            if batched.is_err() {
+                for &i in chunk {
+                    let _ = self.write(i, &zero[..self.entry_size]);
+                }
+            }
         }
     }
 }

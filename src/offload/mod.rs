@@ -21,6 +21,7 @@ pub mod report;
 
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Duration;
 use std::time::Instant;
@@ -185,6 +186,41 @@ pub struct FlowManager {
     /// it resolves (no conntrack event would bring them back).
     waiting_for_neighbour: HashMap<(u32, IpAddr), Vec<Conn>>,
     last_refresh: Option<Instant>,
+    /// The refresh round in progress: connections still to look at, and how many per tick.
+    refresh_round: VecDeque<ConnKey>,
+    refresh_slice: usize,
+    /// Work too big for one turn of the event loop, done a slice at a time ([`Self::work`]).
+    backlog: Backlog,
+}
+
+/// Admissions found by a resync and re-resolutions after a topology change, waiting for
+/// [`FlowManager::work`]. At 64k connections either is seconds of route lookups and ctnetlink
+/// requests; done in one go it would hold every other event (a FIN, a status request, the
+/// heartbeat) for that long.
+#[derive(Default)]
+struct Backlog {
+    /// Connections to admit, in the order found; `admit_conns` holds the ones still wanted (a
+    /// DESTROY meanwhile takes a connection out of it, so the order may name keys it no longer
+    /// has).
+    admit: VecDeque<ConnKey>,
+    admit_conns: HashMap<ConnKey, Conn>,
+    /// Offloaded connections to re-resolve, and the change that asked for it (the latest).
+    reresolve: VecDeque<ConnKey>,
+    reresolve_queued: HashSet<ConnKey>,
+    reresolve_event: Option<TopologyEvent>,
+    /// When the oldest change still being worked through arrived, and how many flows were queued
+    /// since (`last_reresolution` once the queue is empty).
+    reresolve_since: Option<(Instant, u64)>,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.admit.is_empty() && self.reresolve.is_empty()
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
 }
 
 fn key_of(c: &Conn) -> ConnKey {
@@ -236,6 +272,7 @@ impl FlowManager {
         match msg {
             conntrack::Message::New(c) | conntrack::Message::Update(c) => {
                 if !c.offloadable_state() {
+                    self.backlog.admit_conns.remove(&key_of(&c));
                     self.forget_waiting(&key_of(&c));
                     if self.flows.contains_key(&key_of(&c)) {
                         debug!("{}: left offloadable state, back to the kernel", c.orig);
@@ -246,6 +283,8 @@ impl FlowManager {
                 if self.flows.contains_key(&key_of(&c)) {
                     return;
                 }
+                // Tried now: the backlog (if it has it) need not try again.
+                self.backlog.admit_conns.remove(&key_of(&c));
                 let start = Instant::now();
                 match self.admit(c.clone(), ctx).await {
                     Ok(()) => {
@@ -256,6 +295,7 @@ impl FlowManager {
                 }
             }
             conntrack::Message::Destroy(c) => {
+                self.backlog.admit_conns.remove(&key_of(&c));
                 self.remove(&key_of(&c), ctx.dp);
                 self.forget_waiting(&key_of(&c));
             }
@@ -441,6 +481,7 @@ impl FlowManager {
 
     /// Drops every offloaded flow (they continue on the kernel path).
     pub fn flush(&mut self, dp: Option<&dyn FlowTable>) {
+        self.backlog.clear();
         let keys: Vec<ConnKey> = self.flows.keys().copied().collect();
         for k in &keys {
             self.remove(k, dp);
@@ -469,18 +510,76 @@ impl FlowManager {
             return;
         }
         debug!("{ev:?}: re-resolving {} flows", affected.len());
-        let flows = affected.len() as u64;
+        let b = &mut self.backlog;
+        let (since, queued) = b.reresolve_since.unwrap_or((ctx.now, 0));
+        let mut added = 0;
         for key in affected {
-            self.reresolve(key, ev, ctx).await;
+            if b.reresolve_queued.insert(key) {
+                b.reresolve.push_back(key);
+                added += 1;
+            }
         }
-        self.stats.last_reresolution = Some(report::Reresolution {
-            flows,
-            us: Instant::now()
-                .saturating_duration_since(ctx.now)
-                .as_micros()
-                .try_into()
-                .unwrap_or(u64::MAX),
-        });
+        b.reresolve_since = Some((since, queued + added));
+        b.reresolve_event = Some(ev.clone());
+    }
+
+    /// Whether admissions or re-resolutions are waiting for [`Self::work`].
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Connections waiting for admission or re-resolution.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.admit_conns.len() + self.backlog.reresolve.len()
+    }
+
+    /// Works through the backlog for about `budget`: re-resolutions first (their flows may be
+    /// forwarding on a stale next hop), then admissions. Returns with work left when the budget
+    /// is spent, so that the event loop serves everything else in between.
+    pub async fn work(&mut self, ctx: &Ctx<'_>, budget: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < budget {
+            if let Some(key) = self.backlog.reresolve.pop_front() {
+                self.backlog.reresolve_queued.remove(&key);
+                let ev = self
+                    .backlog
+                    .reresolve_event
+                    .clone()
+                    .unwrap_or(TopologyEvent::Route);
+                self.reresolve(key, &ev, ctx).await;
+                if self.backlog.reresolve.is_empty() {
+                    self.reresolution_done();
+                }
+            } else if let Some(key) = self.backlog.admit.pop_front() {
+                let Some(c) = self.backlog.admit_conns.remove(&key) else {
+                    continue; // destroyed meanwhile
+                };
+                if self.flows.contains_key(&key) {
+                    continue; // an event admitted it meanwhile
+                }
+                let orig = c.orig;
+                if let Err(r) = self.admit(c, ctx).await {
+                    debug!("{orig}: stays in the kernel: {r:?}");
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn reresolution_done(&mut self) {
+        let b = &mut self.backlog;
+        b.reresolve_event = None;
+        if let Some((since, flows)) = b.reresolve_since.take() {
+            self.stats.last_reresolution = Some(report::Reresolution {
+                flows,
+                us: Instant::now()
+                    .saturating_duration_since(since)
+                    .as_micros()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            });
+        }
     }
 
     /// Conntrack events were lost (the caller resynchronises): counted for `bpfqos status`.
@@ -524,24 +623,38 @@ impl FlowManager {
         }
     }
 
-    /// Periodic work, every [`Timeouts::refresh_every`]: refresh the conntrack timeouts of flows
-    /// with traffic, check that idle ones still exist, and remove flows whose teardown flag is
-    /// set (a FIN/RST whose event was lost). Between refreshes it reads nothing.
+    /// Periodic work, spread over each [`Timeouts::refresh_every`]: refresh the conntrack
+    /// timeouts of flows with traffic, check that idle ones still exist, and remove flows whose
+    /// teardown flag is set (a FIN/RST whose event was lost). Every flow is looked at once per
+    /// round, a slice per one-second tick, so that a tick's work stays a fraction of the table
+    /// (64k connections: ~6,500 per tick instead of all of them at once).
     pub fn tick(&mut self, ctx: &Ctx<'_>, timeouts: &Timeouts) {
         let (Some(dp), Some(ct)) = (ctx.dp, ctx.ct) else {
             return;
         };
-        let due = self
-            .last_refresh
-            .is_none_or(|t| ctx.now.saturating_duration_since(t) >= timeouts.refresh_every());
-        if !due {
-            return;
+        if self.refresh_round.is_empty() {
+            let every = timeouts.refresh_every();
+            let due = self
+                .last_refresh
+                .is_none_or(|t| ctx.now.saturating_duration_since(t) >= every);
+            if !due {
+                return;
+            }
+            self.last_refresh = Some(ctx.now);
+            self.refresh_round = self.flows.keys().copied().collect();
+            // One-second ticks: the round is done a little before the next one is due.
+            let ticks = every.as_secs().saturating_sub(1).max(1) as usize;
+            self.refresh_slice = self.refresh_round.len().div_ceil(ticks).max(1);
         }
-        self.last_refresh = Some(ctx.now);
+        let n = self.refresh_slice.min(self.refresh_round.len());
+        let slice: Vec<ConnKey> = self.refresh_round.drain(..n).collect();
         let mut teardown = Vec::new();
         let mut active = Vec::new();
         let mut idle = Vec::new();
-        for (key, f) in self.flows.iter_mut() {
+        for key in &slice {
+            let Some(f) = self.flows.get_mut(key) else {
+                continue; // gone since the round started
+            };
             let (mut packets, mut marked) = (0, false);
             for k in &f.keys {
                 if let Some(c) = dp.counters(k) {
@@ -621,17 +734,21 @@ impl FlowManager {
         for k in &stale {
             self.remove(k, ctx.dp);
         }
-        for c in conns {
-            if c.offloadable_state() && !self.flows.contains_key(&key_of(&c)) {
-                let orig = c.orig;
-                if let Err(r) = self.admit(c, ctx).await {
-                    debug!("{orig}: stays in the kernel: {r:?}");
-                }
-            }
-        }
+        // Entries nobody owns go first: what is admitted from here on is owned.
         if let Some(dp) = ctx.dp {
             let owned: Vec<&FlowKey> = self.flows.values().flat_map(|f| f.keys.iter()).collect();
             dp.retain(&owned);
+        }
+        // The admissions themselves are queued for [`Self::work`]: at tens of thousands of
+        // connections they are seconds of work.
+        self.backlog.admit.clear();
+        self.backlog.admit_conns.clear();
+        for c in conns {
+            let key = key_of(&c);
+            if c.offloadable_state() && !self.flows.contains_key(&key) {
+                self.backlog.admit.push_back(key);
+                self.backlog.admit_conns.insert(key, c);
+            }
         }
     }
 

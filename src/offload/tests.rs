@@ -308,6 +308,24 @@ fn hops(gw_mac: [u8; 6]) -> [NextHop; 2] {
     ]
 }
 
+/// Ticks once a second until the refresh round in progress is done.
+fn refresh_round(m: &mut FlowManager, w: &World, timeouts: &Timeouts) {
+    for _ in 0..100 {
+        if m.refresh_round.is_empty() {
+            return;
+        }
+        w.advance(Duration::from_secs(1));
+        m.tick(&w.ctx(), timeouts);
+    }
+    panic!("the refresh round did not end");
+}
+
+/// Works through the manager's backlog (what the event loop does between events).
+async fn drain(m: &mut FlowManager, w: &World) {
+    m.work(&w.ctx(), Duration::MAX).await;
+    assert!(!m.has_backlog());
+}
+
 fn keys_of(m: &FlowManager) -> Vec<FlowKey> {
     let mut k: Vec<FlowKey> = m.by_flow_key.keys().copied().collect();
     k.sort_by(|a, b| a.bytes().cmp(b.bytes()));
@@ -416,6 +434,7 @@ async fn a_neighbour_change_during_admission_is_followed_by_a_rewrite() {
         mac: Some(MAC_GW_NEW),
     };
     m.on_topology(&ev, &w.ctx()).await;
+    drain(&mut m, &w).await;
     assert_eq!(m.len(), 1);
     assert_eq!(w.table.dst_macs(), vec![MAC_HOST, MAC_GW_NEW]);
     assert_eq!(m.stats().reresolved, 1);
@@ -426,6 +445,7 @@ async fn a_neighbour_change_during_admission_is_followed_by_a_rewrite() {
         mac: Some(MAC_GW),
     };
     m.on_topology(&other, &w.ctx()).await;
+    drain(&mut m, &w).await;
     assert_eq!(m.stats().reresolved, 1);
 }
 
@@ -451,10 +471,12 @@ async fn a_connection_waiting_for_its_neighbour_is_admitted_when_it_resolves() {
         mac: Some(MAC_GW),
     };
     m.on_topology(&resolved, &w.ctx()).await;
+    drain(&mut m, &w).await;
     assert_eq!(m.len(), 1, "retried without a conntrack event");
     // Once admitted, it no longer waits: a second resolution event retries nothing.
     let calls = w.resolver.calls.get();
     m.on_topology(&resolved, &w.ctx()).await;
+    drain(&mut m, &w).await;
     assert_eq!(
         w.resolver.calls.get(),
         calls + 1,
@@ -519,8 +541,11 @@ async fn refreshes_run_when_due_and_catch_lost_teardowns_and_gone_entries() {
     for c in [&active, &idle, &flagged, &vanished] {
         m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
     }
-    // The first tick establishes the baseline (every flow has "new" packets: 0 -> counted).
+    // The first round establishes the baseline (every flow has "new" packets: 0 -> counted).
+    // A round is spread over the ticks of one refresh interval: 4 flows, 9 ticks, 1 per tick.
     m.tick(&w.ctx(), &timeouts);
+    assert_eq!(m.refresh_round.len(), 3, "one flow per tick");
+    refresh_round(&mut m, &w, &timeouts);
     w.ct.refreshed.borrow_mut().clear();
     w.ct.checked.borrow_mut().clear();
     // Before the next refresh is due, a tick reads nothing.
@@ -534,6 +559,7 @@ async fn refreshes_run_when_due_and_catch_lost_teardowns_and_gone_entries() {
     assert!(w.ct.refreshed.borrow().is_empty() && w.ct.checked.borrow().is_empty());
     w.advance(timeouts.refresh_every());
     m.tick(&w.ctx(), &timeouts);
+    refresh_round(&mut m, &w, &timeouts);
     assert_eq!(*w.ct.refreshed.borrow(), vec![((active.orig, 0), 300)]);
     let mut checked = w.ct.checked.borrow().clone();
     checked.sort();
@@ -619,7 +645,14 @@ async fn a_route_change_rewrites_changed_flows_and_drops_unroutable_ones() {
     w.resolver
         .set(&lost, Err(Unresolved::NoRoute("route deleted".into())));
     m.on_topology(&TopologyEvent::Route, &w.ctx()).await;
+    // Queued, not done yet: the event loop works through it between other events.
+    assert_eq!((m.stats().reresolved, m.backlog_len()), (0, 3));
+    assert_eq!(m.stats().last_reresolution, None);
+    m.work(&w.ctx(), Duration::ZERO).await;
+    assert_eq!(m.backlog_len(), 3, "no budget, no work");
+    drain(&mut m, &w).await;
     assert_eq!(m.stats().reresolved, 3);
+    assert_eq!(m.stats().last_reresolution.map(|r| r.flows), Some(3));
     assert_eq!(m.len(), 2);
     assert!(!m.flows.contains_key(&(lost.orig, 0)));
     assert_eq!(
@@ -652,6 +685,8 @@ async fn resync_matches_conntrack_and_drops_orphan_entries() {
     assert_eq!(w.table.len(), 5);
     let conns = w.ct.dump().unwrap_or_default();
     m.resync(conns, &w.ctx()).await;
+    assert!(m.has_backlog(), "admissions wait for the backlog");
+    drain(&mut m, &w).await;
     let mut left: Vec<Tuple> = m.flows.keys().map(|k| k.0).collect();
     left.sort();
     let mut want = vec![kept.orig, fresh.orig];
@@ -794,4 +829,30 @@ async fn a_connection_that_cannot_be_placed_leaves_conntrack_alone() {
     assert_eq!(m.stats().rejected.get("map_full"), Some(&1));
     assert!(w.ct.liberal.borrow().is_empty(), "conntrack untouched");
     assert_eq!(w.table.len(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_destroyed_while_waiting_for_admission_is_not_admitted() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let conns: Vec<Conn> = (1..=3).map(|n| w.connection(n, IPPROTO_UDP)).collect();
+    m.resync(conns.clone(), &w.ctx()).await;
+    assert_eq!((m.len(), m.backlog_len()), (0, 3));
+    m.on_conntrack(Message::Destroy(conns[1].clone()), &w.ctx())
+        .await;
+    // An event may admit a queued one first; the backlog then skips it.
+    m.on_conntrack(Message::Update(conns[2].clone()), &w.ctx())
+        .await;
+    assert_eq!((m.len(), m.backlog_len()), (1, 1));
+    drain(&mut m, &w).await;
+    assert_eq!(m.len(), 2);
+    assert!(
+        !m.flows.contains_key(&(conns[1].orig, 0)),
+        "destroyed: stays out"
+    );
+    assert_eq!(m.stats().admitted, 2);
+    // A flush forgets the backlog with the flows.
+    m.resync(vec![conns[1].clone()], &w.ctx()).await;
+    m.flush(Some(&w.table));
+    assert!(!m.has_backlog());
 }
