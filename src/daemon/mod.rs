@@ -130,6 +130,8 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
         }
     });
     let mut daemon = Daemon::new(args, loaded, Net::new(ct_client, topo, rtnl.handle, dp));
+    let mut dump: Option<Dump> = None;
+    let mut dump_again = false;
     daemon.apply().await;
     daemon.resync().await;
 
@@ -180,7 +182,13 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                     Ok(conntrack::Recv::Overflow) => {
                         warn!("conntrack events lost (queue overflow): resynchronising");
                         daemon.flows.events_lost();
-                        daemon.resync().await;
+                        // The dump of a big table takes long: it runs on a thread of its own
+                        // while the loop goes on. Losses during one mean one more afterwards.
+                        if dump.is_some() {
+                            dump_again = true;
+                        } else {
+                            dump = daemon.start_dump();
+                        }
                     }
                     Err(e) => {
                         error!("conntrack event socket failed, admission stops: {e:#}");
@@ -205,6 +213,19 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                 daemon.on_netlink(ev).await;
                 ("netlink", t)
             }
+            res = recv_dump(&mut dump) => {
+                let t = Instant::now();
+                let mark = dump.take().map(|(m, _)| m);
+                match (res, mark) {
+                    (Ok(conns), Some(mark)) => daemon.apply_dump(conns, mark),
+                    (Err(e), _) => warn!("conntrack dump after lost events: {e:#}"),
+                    (_, None) => {}
+                }
+                if std::mem::take(&mut dump_again) {
+                    dump = daemon.start_dump();
+                }
+                ("conntrack dump", t)
+            }
             // Admissions after a resync, re-resolutions after a topology change: a slice at a
             // time, taking turns with everything above (select! picks among ready branches at
             // random).
@@ -228,6 +249,20 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
 async fn recv_ct(ev: &mut Option<conntrack::EventSocket>) -> anyhow::Result<conntrack::Recv> {
     match ev {
         Some(ev) => ev.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A background conntrack dump: where it started, and the thread taking it.
+type Dump = (
+    crate::offload::DumpMark,
+    tokio::task::JoinHandle<anyhow::Result<Vec<conntrack::Conn>>>,
+);
+
+/// The background dump's connections, or never when none runs.
+async fn recv_dump(dump: &mut Option<Dump>) -> anyhow::Result<Vec<conntrack::Conn>> {
+    match dump {
+        Some((_, thread)) => thread.await.context("the dump thread")?,
         None => std::future::pending().await,
     }
 }
@@ -271,10 +306,7 @@ impl Net {
     }
 
     fn resolver(&self) -> KernelResolver<'_> {
-        KernelResolver {
-            topo: &self.topo,
-            handle: &self.handle,
-        }
+        KernelResolver::new(&self.topo, &self.handle)
     }
 
     fn ctx<'a>(&'a self, resolver: &'a dyn Resolver) -> Ctx<'a> {
@@ -551,6 +583,29 @@ impl Daemon {
         }
     }
 
+    /// Starts a conntrack dump on a thread of its own (with its own socket).
+    fn start_dump(&mut self) -> Option<Dump> {
+        self.net.ct.as_ref()?;
+        let mark = self.flows.dump_started();
+        let thread = tokio::task::spawn_blocking(|| conntrack::Client::new()?.dump());
+        Some((mark, thread))
+    }
+
+    /// Applies a background dump: circuits' NAT state, then the flow table (stale flows out,
+    /// the admissions queued).
+    fn apply_dump(&mut self, conns: Vec<conntrack::Conn>, mark: crate::offload::DumpMark) {
+        self.qos.rebuild_nat(&conns, self.net.dp.as_ref());
+        self.nat_stale = false;
+        let resolver = self.net.resolver();
+        let ctx = self.net.ctx(&resolver);
+        self.flows.resync_since(conns, mark, &ctx);
+        info!(
+            "conntrack synchronised: {} connections offloaded, {} to admit",
+            self.flows.len(),
+            self.flows.backlog_len()
+        );
+    }
+
     /// Looks at the connections of circuits' hosts again when the circuits changed (a reload
     /// that did not resynchronise the offload anyway).
     fn refresh_nat_if_stale(&mut self) {
@@ -569,10 +624,20 @@ impl Daemon {
 
     async fn on_conntrack(&mut self, msgs: Vec<conntrack::Message>) {
         let resolver = self.net.resolver();
+        let start = Instant::now();
         for m in msgs {
             self.qos.on_conntrack(&m, self.net.dp.as_ref());
-            let ctx = self.net.ctx(&resolver);
-            self.flows.on_conntrack(m, &ctx).await;
+            // A burst (a read holds up to ~1,000 events): admissions beyond one slice wait in
+            // the backlog, so that the loop serves everything else in between.
+            let m = if start.elapsed() < BACKLOG_SLICE {
+                Some(m)
+            } else {
+                self.flows.defer(m)
+            };
+            if let Some(m) = m {
+                let ctx = self.net.ctx(&resolver);
+                self.flows.on_conntrack(m, &ctx).await;
+            }
         }
     }
 
@@ -725,8 +790,14 @@ impl Daemon {
                 );
             }
         }
+        // Every flow's counters are read below (totals, the busiest connections): one batched
+        // read of the tables instead of a bpf() call per flow and direction.
+        let _snapshot = dp.map(Dataplane::counter_snapshot);
         let table = self.net.flow_table();
-        let counted = self.flows.counters(table);
+        let index = dp.filter(|d| d.rtt_enabled()).map(|_| rtt::index(&halves));
+        let (counted, flows) = self
+            .flows
+            .status_view(table, &|c| rtt::flow_rtt(index.as_ref(), c));
         let mut attach = dp.map(Dataplane::attach_points).unwrap_or_default();
         for a in &mut attach {
             if let Some(c) = counted.devices.get(&a.ifindex) {
@@ -757,11 +828,7 @@ impl Daemon {
             ),
             attach,
             interfaces,
-            flows: {
-                let index = dp.filter(|d| d.rtt_enabled()).map(|_| rtt::index(&halves));
-                self.flows
-                    .flow_status(table, &|c| rtt::flow_rtt(index.as_ref(), c))
-            },
+            flows,
             rtt: self.rtt.status(dp, &halves),
             datapath: dp.map(Dataplane::stats).unwrap_or_default(),
             shaping: crate::status::ShapingStatus {

@@ -34,6 +34,9 @@ use libbpf_rs::MapHandle;
 use super::abi;
 use super::abi::FlowCounters;
 
+/// Entries read per bpf() call for a counter snapshot.
+const SNAPSHOT_BATCH: u32 = 1024;
+
 /// Entries zeroed per bpf() call when their grace period is over.
 const ZERO_BATCH: usize = 1024;
 
@@ -149,6 +152,9 @@ struct Table {
     /// packets, bytes) copied into the replacement. Looked up by key, so that reading or
     /// removing one flow costs the same with thousands of entries awaiting a grace period.
     replaced: HashMap<Vec<u8>, Vec<(u32, u64, u64)>>,
+    /// Every entry's counters, by index, while a status document is being made
+    /// ([`FlowTables::begin_snapshot`]).
+    snapshot: Option<Vec<FlowCounters>>,
 }
 
 impl Table {
@@ -166,6 +172,7 @@ impl Table {
             unlinked: Vec::new(),
             carried: HashMap::new(),
             replaced: HashMap::new(),
+            snapshot: None,
         })
     }
 
@@ -256,9 +263,74 @@ impl Table {
         self.unlink_all_but(&[]);
     }
 
-    /// Counters and flags of a live entry.
+    /// Counters and flags of a live entry (from the snapshot while there is one).
     fn counters_at(&self, index: u32) -> Option<FlowCounters> {
+        if let Some(snap) = &self.snapshot {
+            return snap.get(index as usize).copied();
+        }
         abi::flow_counters(&self.read(index)?)
+    }
+
+    /// Reads the counters of every entry with batched lookups: a few dozen bpf() calls for the
+    /// whole table instead of one per flow. None where the kernel cannot (batch lookups of
+    /// arrays: 5.6+) or the answer is short; counters are then read one by one as usual.
+    fn read_snapshot(&self) -> Option<Vec<FlowCounters>> {
+        use libbpf_rs::libbpf_sys;
+        let n = self.entries.max_entries() as usize;
+        let mut out = Vec::with_capacity(n);
+        // One batch at a time through small buffers: the whole table at once would be megabytes.
+        let batch = SNAPSHOT_BATCH as usize;
+        let mut keys = vec![0u32; batch];
+        let mut values = vec![0u8; batch * self.entry_size];
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let (mut token, mut next) = (0u32, 0u32);
+        while out.len() < n {
+            let mut count = SNAPSHOT_BATCH.min((n - out.len()) as u32);
+            let first = out.is_empty();
+            // SAFETY: `keys` holds `batch` u32 keys and `values` `batch` values of the map's
+            // value size (`entry_size`, checked against the map at open), `count` is at most
+            // `batch`, the batch tokens are u32 (an array's key), and `opts` is a complete
+            // bpf_map_batch_opts with its size; the kernel writes at most `count` of each.
+            let ret = unsafe {
+                libbpf_sys::bpf_map_lookup_batch(
+                    self.entries.as_fd().as_raw_fd(),
+                    if first {
+                        std::ptr::null_mut()
+                    } else {
+                        (&raw mut token).cast()
+                    },
+                    (&raw mut next).cast(),
+                    keys.as_mut_ptr().cast(),
+                    values.as_mut_ptr().cast(),
+                    &mut count,
+                    &opts,
+                )
+            };
+            let end = ret == -nix::libc::ENOENT;
+            if ret != 0 && !end {
+                return None;
+            }
+            for (i, v) in values
+                .chunks_exact(self.entry_size)
+                .take(count as usize)
+                .enumerate()
+            {
+                // An array answers in index order; anything else is not what was asked.
+                if keys[i] as usize != out.len() {
+                    return None;
+                }
+                out.push(abi::flow_counters(v)?);
+            }
+            if end || count == 0 {
+                break;
+            }
+            token = next;
+        }
+        (out.len() == n).then_some(out)
     }
 
     /// What a replaced entry (index, packets and bytes copied into its replacement) counted
@@ -275,12 +347,19 @@ impl Table {
     fn counters(&self, key: &[u8]) -> Option<FlowCounters> {
         let p = self.by_key.get(key)?;
         let mut c = self.counters_at(p.index)?;
-        if let Some((cp, cb)) = self.carried.get(key) {
+        // (Both maps are empty unless flows were rewritten lately: no lookup then.)
+        let carried = (!self.carried.is_empty())
+            .then(|| self.carried.get(key))
+            .flatten();
+        if let Some((cp, cb)) = carried {
             c.packets += cp;
             c.bytes += cb;
         }
         // Replaced entries still counting (no grace period since): what they added so far.
-        for r in self.replaced.get(key).into_iter().flatten() {
+        let replaced = (!self.replaced.is_empty())
+            .then(|| self.replaced.get(key))
+            .flatten();
+        for r in replaced.into_iter().flatten() {
             let (dp, db) = self.counted_since_replaced(*r);
             c.packets += dp;
             c.bytes += db;
@@ -622,6 +701,20 @@ impl FlowTables {
         } else {
             self.v4.counters(key)
         }
+    }
+
+    /// Reads every entry's counters at once; until [`Self::end_snapshot`], counters come from
+    /// that copy (for documents that read every flow, like the status: one pass of batched
+    /// lookups instead of a bpf() call per flow and direction).
+    pub fn begin_snapshot(&mut self) {
+        self.v4.snapshot = self.v4.read_snapshot();
+        self.v6.snapshot = self.v6.read_snapshot();
+    }
+
+    /// Back to reading counters from the maps.
+    pub fn end_snapshot(&mut self) {
+        self.v4.snapshot = None;
+        self.v6.snapshot = None;
     }
 
     /// Keys of the live flows, both families.

@@ -65,6 +65,17 @@ pub struct OffloadDevice {
     pub dsa_proto: Option<u8>,
 }
 
+/// See [`Dataplane::counter_snapshot`].
+pub struct CounterSnapshot<'a> {
+    dp: &'a Dataplane,
+}
+
+impl Drop for CounterSnapshot<'_> {
+    fn drop(&mut self) {
+        self.dp.tables.borrow_mut().end_snapshot();
+    }
+}
+
 /// The loaded data path.
 pub struct Dataplane {
     object: BpfObject,
@@ -481,6 +492,13 @@ impl Dataplane {
     /// Unlinks a flow entry (absent: nothing to do).
     pub fn remove_flow(&self, key: &FlowKey) {
         self.tables.borrow_mut().remove(key.bytes());
+    }
+
+    /// Until the guard is dropped, flow counters come from one batched read of the tables
+    /// ([`FlowTables::begin_snapshot`]): for the status document, which reads every flow.
+    pub fn counter_snapshot(&self) -> CounterSnapshot<'_> {
+        self.tables.borrow_mut().begin_snapshot();
+        CounterSnapshot { dp: self }
     }
 
     /// What a flow entry counted.

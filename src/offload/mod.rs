@@ -59,6 +59,9 @@ pub const READMIT_AFTER: Duration = Duration::from_secs(2);
 /// Longest a connection's next-hop resolution may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Re-resolutions looked up at once (see [`FlowManager::reresolve`]).
+const RERESOLVE_BATCH: usize = 128;
+
 /// Connections listed in the status document's `flows` (the busiest, when there are more).
 pub const MAX_LISTED_FLOWS: usize = 256;
 
@@ -80,6 +83,9 @@ struct Offloaded {
     hops: [NextHop; 2],
     /// Packets counted by the data path at the last refresh (both directions).
     packets_at_refresh: u64,
+    /// Admission number ([`FlowManager::next_seq`]): tells a resync from a background dump
+    /// which flows the dump could know about.
+    seq: u64,
 }
 
 impl Offloaded {
@@ -191,6 +197,21 @@ pub struct FlowManager {
     refresh_slice: usize,
     /// Work too big for one turn of the event loop, done a slice at a time ([`Self::work`]).
     backlog: Backlog,
+    /// Number of the next admission (see [`Offloaded::seq`]).
+    next_seq: u64,
+    /// While a background dump runs ([`Self::dump_started`]): connections destroyed or out of
+    /// the offloadable states since it started, which it may still list.
+    dump_gone: Option<HashSet<ConnKey>>,
+}
+
+/// Where a background conntrack dump started ([`FlowManager::dump_started`]): flows admitted
+/// after it cannot be in it, so its resync must not take them for stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpMark {
+    seq: u64,
+    /// [`ManagerStats::flushes`] then: a flush since (a firewall reload, offload off) voids the
+    /// dump's admissions, which are for the re-admission delay to decide.
+    flushes: u64,
 }
 
 /// Admissions found by a resync and re-resolutions after a topology change, waiting for
@@ -273,6 +294,9 @@ impl FlowManager {
             conntrack::Message::New(c) | conntrack::Message::Update(c) => {
                 if !c.offloadable_state() {
                     self.backlog.admit_conns.remove(&key_of(&c));
+                    if let Some(gone) = &mut self.dump_gone {
+                        gone.insert(key_of(&c));
+                    }
                     self.forget_waiting(&key_of(&c));
                     if self.flows.contains_key(&key_of(&c)) {
                         debug!("{}: left offloadable state, back to the kernel", c.orig);
@@ -296,6 +320,9 @@ impl FlowManager {
             }
             conntrack::Message::Destroy(c) => {
                 self.backlog.admit_conns.remove(&key_of(&c));
+                if let Some(gone) = &mut self.dump_gone {
+                    gone.insert(key_of(&c));
+                }
                 self.remove(&key_of(&c), ctx.dp);
                 self.forget_waiting(&key_of(&c));
             }
@@ -413,6 +440,8 @@ impl FlowManager {
             }
         }
         self.stats.admitted += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.insert(
             key_of(&c),
             Offloaded {
@@ -420,6 +449,7 @@ impl FlowManager {
                 keys: [k0, k1],
                 hops,
                 packets_at_refresh: 0,
+                seq,
             },
         );
         Ok(())
@@ -466,17 +496,7 @@ impl FlowManager {
     /// Packets and bytes forwarded by the data path since start, in total and per lowest
     /// device (live entries plus retired ones).
     pub fn counters(&self, dp: Option<&dyn FlowTable>) -> Counters {
-        let mut c = self.retired.clone();
-        if let Some(dp) = dp {
-            for f in self.flows.values() {
-                for (dir, k) in f.keys.iter().enumerate() {
-                    if let Some(n) = dp.counters(k) {
-                        c.add(f.dir_devices(dir), n.packets, n.bytes);
-                    }
-                }
-            }
-        }
-        c
+        self.status_view(dp, &|_| None).0
     }
 
     /// Drops every offloaded flow (they continue on the kernel path).
@@ -523,6 +543,24 @@ impl FlowManager {
         b.reresolve_event = Some(ev.clone());
     }
 
+    /// Queues the admission `msg` asks for in the backlog instead of doing it now (the event
+    /// loop has spent its slice on a burst of events); gives back a message that must be handled
+    /// now (a removal, a state change, an update of an offloaded connection).
+    pub fn defer(&mut self, msg: conntrack::Message) -> Option<conntrack::Message> {
+        match msg {
+            conntrack::Message::New(c) | conntrack::Message::Update(c)
+                if c.offloadable_state() && !self.flows.contains_key(&key_of(&c)) =>
+            {
+                let key = key_of(&c);
+                if self.backlog.admit_conns.insert(key, c).is_none() {
+                    self.backlog.admit.push_back(key);
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
     /// Whether admissions or re-resolutions are waiting for [`Self::work`].
     pub fn has_backlog(&self) -> bool {
         !self.backlog.is_empty()
@@ -539,14 +577,18 @@ impl FlowManager {
     pub async fn work(&mut self, ctx: &Ctx<'_>, budget: Duration) {
         let start = Instant::now();
         while start.elapsed() < budget {
-            if let Some(key) = self.backlog.reresolve.pop_front() {
-                self.backlog.reresolve_queued.remove(&key);
+            if !self.backlog.reresolve.is_empty() {
+                let n = self.backlog.reresolve.len().min(RERESOLVE_BATCH);
+                let keys: Vec<ConnKey> = self.backlog.reresolve.drain(..n).collect();
+                for k in &keys {
+                    self.backlog.reresolve_queued.remove(k);
+                }
                 let ev = self
                     .backlog
                     .reresolve_event
                     .clone()
                     .unwrap_or(TopologyEvent::Route);
-                self.reresolve(key, &ev, ctx).await;
+                self.reresolve(&keys, &ev, ctx).await;
                 if self.backlog.reresolve.is_empty() {
                     self.reresolution_done();
                 }
@@ -604,20 +646,30 @@ impl FlowManager {
         }
     }
 
-    async fn reresolve(&mut self, key: ConnKey, ev: &TopologyEvent, ctx: &Ctx<'_>) {
-        let Some(old) = self.take(&key) else {
-            return;
-        };
-        self.stats.reresolved += 1;
-        let conn = old.conn.clone();
-        match resolve_pair(&conn, ctx).await {
-            Ok(hops) if hops == old.hops => self.insert(key, old),
-            Ok(_) | Err(_) => {
-                // Take the old entries out first so nothing stale forwards, then try again.
-                self.retire(&old, ctx.dp);
-                self.stats.removed += 1;
-                if let Err(r) = self.admit(conn, ctx).await {
-                    debug!("{}: after {ev:?}: stays in the kernel: {r:?}", key.0);
+    /// Re-resolves these connections: their lookups all at once (rtnetlink answers them in
+    /// parallel instead of one round trip after another), then each result in turn. A flow
+    /// whose next hops did not change stays as it is; one whose did is taken out first (so
+    /// nothing stale forwards) and admitted again.
+    async fn reresolve(&mut self, keys: &[ConnKey], ev: &TopologyEvent, ctx: &Ctx<'_>) {
+        let conns: Vec<(ConnKey, Conn)> = keys
+            .iter()
+            .filter_map(|k| self.flows.get(k).map(|f| (*k, f.conn.clone())))
+            .collect();
+        let resolved =
+            futures::future::join_all(conns.iter().map(|(_, c)| resolve_pair(c, ctx))).await;
+        for ((key, conn), hops) in conns.into_iter().zip(resolved) {
+            let Some(old) = self.take(&key) else {
+                continue;
+            };
+            self.stats.reresolved += 1;
+            match hops {
+                Ok(hops) if hops == old.hops => self.insert(key, old),
+                Ok(_) | Err(_) => {
+                    self.retire(&old, ctx.dp);
+                    self.stats.removed += 1;
+                    if let Err(r) = self.admit(conn, ctx).await {
+                        debug!("{}: after {ev:?}: stays in the kernel: {r:?}", key.0);
+                    }
                 }
             }
         }
@@ -716,20 +768,48 @@ impl FlowManager {
         }
     }
 
-    /// Re-synchronises with the kernel: every offloadable conntrack entry is (re)admitted, every
-    /// flow whose entry is gone removed, and map entries nobody owns deleted (left by an earlier
-    /// daemon or by lost events).
+    /// Re-synchronises with the kernel from a dump taken just now: every offloadable conntrack
+    /// entry is (re)admitted, every flow whose entry is gone removed, and map entries nobody
+    /// owns deleted (left by an earlier daemon or by lost events).
     pub async fn resync(&mut self, conns: Vec<Conn>, ctx: &Ctx<'_>) {
+        self.dump_gone = None;
+        let now = self.dump_mark();
+        self.resync_since(conns, now, ctx);
+    }
+
+    /// A dump is being taken in the background (the event loop goes on meanwhile): what
+    /// [`Self::resync_since`] needs to apply it once it arrives.
+    pub fn dump_started(&mut self) -> DumpMark {
+        self.dump_gone = Some(HashSet::new());
+        self.dump_mark()
+    }
+
+    fn dump_mark(&self) -> DumpMark {
+        DumpMark {
+            seq: self.next_seq,
+            flushes: self.stats.flushes,
+        }
+    }
+
+    /// Applies a dump that started at `mark`: as [`Self::resync`], except that flows admitted
+    /// since are not stale for missing from it, and connections destroyed since are not
+    /// admitted for being in it. The admissions are queued for [`Self::work`].
+    pub fn resync_since(&mut self, conns: Vec<Conn>, mark: DumpMark, ctx: &Ctx<'_>) {
+        let gone = self.dump_gone.take().unwrap_or_default();
+        if self.stats.flushes != mark.flushes {
+            return;
+        }
         let live: HashSet<ConnKey> = conns
             .iter()
             .filter(|c| c.offloadable_state())
             .map(key_of)
+            .filter(|k| !gone.contains(k))
             .collect();
         let stale: Vec<ConnKey> = self
             .flows
-            .keys()
-            .filter(|k| !live.contains(k))
-            .copied()
+            .iter()
+            .filter(|(k, f)| f.seq < mark.seq && !live.contains(k))
+            .map(|(k, _)| *k)
             .collect();
         for k in &stale {
             self.remove(k, ctx.dp);
@@ -740,12 +820,14 @@ impl FlowManager {
             dp.retain(&owned);
         }
         // The admissions themselves are queued for [`Self::work`]: at tens of thousands of
-        // connections they are seconds of work.
-        self.backlog.admit.clear();
-        self.backlog.admit_conns.clear();
+        // connections they are seconds of work. Admissions already waiting (events deferred
+        // from a burst) stay.
         for c in conns {
             let key = key_of(&c);
-            if c.offloadable_state() && !self.flows.contains_key(&key) {
+            if live.contains(&key)
+                && !self.flows.contains_key(&key)
+                && !self.backlog.admit_conns.contains_key(&key)
+            {
                 self.backlog.admit.push_back(key);
                 self.backlog.admit_conns.insert(key, c);
             }
@@ -761,6 +843,16 @@ impl FlowManager {
         dp: Option<&dyn FlowTable>,
         rtt: &dyn Fn(&conntrack::Conn) -> Option<crate::rtt::FlowRtt>,
     ) -> Vec<FlowStatus> {
+        self.status_view(dp, rtt).1
+    }
+
+    /// [`Self::counters`] and [`Self::flow_status`] from one read of every flow's counters (what
+    /// the status document needs: at 64k connections each read is 128k lookups).
+    pub fn status_view(
+        &self,
+        dp: Option<&dyn FlowTable>,
+        rtt: &dyn Fn(&conntrack::Conn) -> Option<crate::rtt::FlowRtt>,
+    ) -> (Counters, Vec<FlowStatus>) {
         let mut counted: Vec<(&Offloaded, [FlowCounters; 2])> = self
             .flows
             .values()
@@ -772,6 +864,14 @@ impl FlowManager {
                 (f, [c(0), c(1)])
             })
             .collect();
+        let mut totals = self.retired.clone();
+        if dp.is_some() {
+            for (f, c) in &counted {
+                for (dir, n) in c.iter().enumerate() {
+                    totals.add(f.dir_devices(dir), n.packets, n.bytes);
+                }
+            }
+        }
         if counted.len() > MAX_LISTED_FLOWS {
             let bytes = |c: &[FlowCounters; 2]| c[0].bytes + c[1].bytes;
             counted
@@ -798,7 +898,7 @@ impl FlowManager {
             })
             .collect();
         out.sort_by(|a, b| a.orig.cmp(&b.orig));
-        out
+        (totals, out)
     }
 
     /// The `offload` section of the status document.

@@ -4,6 +4,9 @@
 //! [`crate::conntrack::Client`], [`KernelResolver`]); the unit tests pass fakes, which is how
 //! admission, invalidation and teardown decisions (and their races) are tested without root.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use rtnetlink::Handle;
@@ -110,6 +113,33 @@ pub struct KernelResolver<'a> {
     pub topo: &'a Topology,
     /// rtnetlink requests.
     pub handle: &'a Handle,
+    /// Answers already had from this resolver. It lives for one batch of work (one event, one
+    /// slice of the backlog), in which the same query has the same answer: connections
+    /// between the same two hosts, and every connection's "which side is this end on", are
+    /// looked up once. A route change after the batch is an event of its own, which
+    /// re-resolves with a fresh resolver.
+    pub memo: RefCell<HashMap<RouteQuery, Result<NextHop, Unresolved>>>,
+}
+
+impl<'a> KernelResolver<'a> {
+    /// A resolver with nothing remembered yet.
+    pub fn new(topo: &'a Topology, handle: &'a Handle) -> Self {
+        Self {
+            topo,
+            handle,
+            memo: RefCell::default(),
+        }
+    }
+
+    async fn resolve(&self, q: RouteQuery) -> Result<NextHop, Unresolved> {
+        if let Some(known) = self.memo.borrow().get(&q) {
+            return known.clone();
+        }
+        let answer = self.topo.resolve(self.handle, q).await;
+        // Bounded by the batch: a slice resolves a few hundred connections.
+        self.memo.borrow_mut().insert(q, answer.clone());
+        answer
+    }
 }
 
 impl Resolver for KernelResolver<'_> {
@@ -117,7 +147,7 @@ impl Resolver for KernelResolver<'_> {
         &'a self,
         c: &'a Conn,
     ) -> LocalBoxFuture<'a, Result<[NextHop; 2], Unresolved>> {
-        resolve_pair(c, self.topo, self.handle).boxed_local()
+        resolve_pair(c, self).boxed_local()
     }
 
     fn device_mtu(&self, ifindex: u32) -> Option<u32> {
@@ -128,11 +158,7 @@ impl Resolver for KernelResolver<'_> {
 /// Resolves the next hop towards each end of `c`: [towards the originator, towards the
 /// responder]. Each lookup is a forwarded-packet route query (policy routing with the real
 /// input device and mark), so what is installed is what the kernel itself would do.
-async fn resolve_pair(
-    c: &Conn,
-    topo: &Topology,
-    handle: &Handle,
-) -> Result<[NextHop; 2], Unresolved> {
+async fn resolve_pair(c: &Conn, r: &KernelResolver<'_>) -> Result<[NextHop; 2], Unresolved> {
     let mark = (c.mark != 0).then_some(c.mark);
     let plain = |dst| RouteQuery {
         dst,
@@ -142,7 +168,7 @@ async fn resolve_pair(
     };
     // First find the L3 device each end is behind (the router's own route), which is the input
     // device of the packets coming from that end...
-    let orig_side = topo.resolve(handle, plain(c.orig.src)).await?;
+    let orig_side = r.resolve(plain(c.orig.src)).await?;
     // ...then resolve each direction as a forwarded packet from that device.
     let q = |dst, src, iif| RouteQuery {
         dst,
@@ -153,11 +179,11 @@ async fn resolve_pair(
     // Routing sees a packet after destination NAT (prerouting) and before source NAT
     // (postrouting): the original direction as (orig.src -> reply.src), the reply direction as
     // (reply.src -> orig.src).
-    let to_reply = topo
-        .resolve(handle, q(c.reply.src, c.orig.src, orig_side.l3_ifindex))
+    let to_reply = r
+        .resolve(q(c.reply.src, c.orig.src, orig_side.l3_ifindex))
         .await?;
-    let to_orig = topo
-        .resolve(handle, q(c.orig.src, c.reply.src, to_reply.l3_ifindex))
+    let to_orig = r
+        .resolve(q(c.orig.src, c.reply.src, to_reply.l3_ifindex))
         .await?;
     Ok([to_orig, to_reply])
 }

@@ -856,3 +856,63 @@ async fn a_connection_destroyed_while_waiting_for_admission_is_not_admitted() {
     m.flush(Some(&w.table));
     assert!(!m.has_backlog());
 }
+
+#[tokio::test]
+async fn admissions_beyond_a_burst_wait_in_the_backlog_and_removals_do_not() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let (a, b) = (w.connection(1, IPPROTO_TCP), w.connection(2, IPPROTO_TCP));
+    m.on_conntrack(Message::New(a.clone()), &w.ctx()).await;
+    assert!(
+        m.defer(Message::New(b.clone())).is_none(),
+        "an admission waits"
+    );
+    assert!(m.defer(Message::Update(b.clone())).is_none(), "once");
+    assert_eq!(m.backlog_len(), 1);
+    assert!(matches!(
+        m.defer(Message::Update(a.clone())),
+        Some(Message::Update(_))
+    ));
+    assert!(matches!(
+        m.defer(Message::Destroy(a)),
+        Some(Message::Destroy(_))
+    ));
+    drain(&mut m, &w).await;
+    assert_eq!(m.len(), 2);
+}
+
+#[tokio::test]
+async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let [old, new, dead, missed, born] = [1, 2, 3, 4, 5].map(|n| w.connection(n, IPPROTO_UDP));
+    m.on_conntrack(Message::New(old.clone()), &w.ctx()).await;
+    let mark = m.dump_started();
+    // While the dump runs: a connection is admitted, one the dump lists is destroyed.
+    m.on_conntrack(Message::New(new.clone()), &w.ctx()).await;
+    m.on_conntrack(Message::Destroy(dead.clone()), &w.ctx())
+        .await;
+    // The dump (taken at the start): `old` had gone already (its DESTROY was lost), `new` was
+    // not born yet; `dead` and `missed` (whose NEW was lost) were there.
+    m.resync_since(vec![dead.clone(), missed.clone()], mark, &w.ctx());
+    assert!(!m.flows.contains_key(&(old.orig, 0)), "stale: out");
+    assert!(
+        m.flows.contains_key(&(new.orig, 0)),
+        "admitted since: not stale"
+    );
+    drain(&mut m, &w).await;
+    assert!(
+        !m.flows.contains_key(&(dead.orig, 0)),
+        "destroyed since: not admitted"
+    );
+    assert!(
+        m.flows.contains_key(&(missed.orig, 0)),
+        "the lost event's connection"
+    );
+    assert_eq!(m.len(), 2);
+    // A flush while a dump runs (a firewall reload): its admissions are void.
+    let mark = m.dump_started();
+    m.flush(Some(&w.table));
+    m.resync_since(vec![born], mark, &w.ctx());
+    assert!(!m.has_backlog() && m.is_empty());
+}

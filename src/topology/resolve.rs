@@ -33,7 +33,7 @@ use super::Mac;
 use super::Topology;
 
 /// What to route: like `ip route get <dst> from <src> iif <dev> mark <mark>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteQuery {
     /// Destination address of the packets.
     pub dst: IpAddr,
