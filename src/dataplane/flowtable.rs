@@ -155,6 +155,8 @@ struct Table {
     /// Every entry's counters, by index, while a status document is being made
     /// ([`FlowTables::begin_snapshot`]).
     snapshot: Option<Vec<FlowCounters>>,
+    /// One past the highest entry index ever handed out.
+    high: u32,
 }
 
 impl Table {
@@ -173,6 +175,7 @@ impl Table {
             carried: HashMap::new(),
             replaced: HashMap::new(),
             snapshot: None,
+            high: 0,
         })
     }
 
@@ -216,6 +219,7 @@ impl Table {
                 match key {
                     Some(k) if ok => {
                         used[index as usize] = true;
+                        self.high = self.high.max(index + 1);
                         tags.push(abi::slot_tag(s));
                         self.by_key.insert(
                             k,
@@ -276,7 +280,8 @@ impl Table {
     /// arrays: 5.6+) or the answer is short; counters are then read one by one as usual.
     fn read_snapshot(&self) -> Option<Vec<FlowCounters>> {
         use libbpf_rs::libbpf_sys;
-        let n = self.entries.max_entries() as usize;
+        // Entries are handed out lowest index first: above `high` nothing was ever used.
+        let n = (self.high as usize).min(self.entries.max_entries() as usize);
         let mut out = Vec::with_capacity(n);
         // One batch at a time through small buffers: the whole table at once would be megabytes.
         let batch = SNAPSHOT_BATCH as usize;
@@ -405,6 +410,7 @@ impl Table {
         let Some(index) = self.free.pop() else {
             return Ok(Err(PlaceError::Full));
         };
+        self.high = self.high.max(index + 1);
         let mut carry = None;
         if let Some(p) = old {
             if let Some(prev) = self.read(p.index) {
