@@ -128,16 +128,28 @@ CPU0=$(idle_cpu 0)
 say "no connections: RSS $RSS0 KiB, idle CPU $CPU0 % of a core"
 
 half() { echo $(($1 / 2)) $(($1 - $1 / 2)); }
-read -r V4 V6 <<<"$(half "$SMALL")"
-say "phase 1: $SMALL connections ($V4 IPv4, $V6 IPv6)"
-T0=$(now_ms)
-nsx "$RTR" "$PY" "$CT" add --v4 "$V4" --v6 "$V6" >/dev/null
-read -r ADMIT1 N1 <<<"$(settle "$SMALL" 300)" || die "admission of $SMALL did not complete"
-STALL1=$(stall)
-sleep 2
-CPU1=$(idle_cpu 1)
-RSS1=$(rss_kib)
-say "  $N1 admitted in $ADMIT1 ms; idle CPU $CPU1 %; RSS $RSS1 KiB; stall $STALL1"
+# grow PHASE TOTAL LIMIT: conntrack up to TOTAL connections (both families, those of earlier
+# phases kept), then admission, stall, idle CPU and RSS into ADMIT<PHASE> N<PHASE> ...
+grow() {
+	local phase=$1 total=$2 limit=$3 admit n st cpu rss
+	read -r V4 V6 <<<"$(half "$total")"
+	say "phase $phase: up to $total connections ($V4 IPv4, $V6 IPv6)"
+	T0=$(now_ms)
+	nsx "$RTR" "$PY" "$CT" add --v4 "$V4" --v6 "$V6" --skip "${SKIP:-0}" >/dev/null
+	read -r admit n <<<"$(settle "$total" "$limit")" || die "admission of $total did not complete"
+	st=$(stall)
+	sleep 2
+	cpu=$(idle_cpu "$phase")
+	rss=$(rss_kib)
+	say "  $n admitted in $admit ms; idle CPU $cpu %; RSS $rss KiB; stall $st"
+	printf -v "ADMIT$phase" %s "$admit"
+	printf -v "N$phase" %s "$n"
+	printf -v "STALL$phase" %s "$st"
+	printf -v "CPU$phase" %s "$cpu"
+	printf -v "RSS$phase" %s "$rss"
+	SKIP=$V4
+}
+grow 1 "$SMALL" 300
 
 say "phase 2: a route change under $SMALL flows"
 ip -n "$RTR" route add 198.19.0.0/25 dev wan0
@@ -148,16 +160,7 @@ STALL2=$(stall)
 [ "$(connections)" -eq "$N1" ] || die "flows lost by the route change"
 say "  re-resolution: $RERES; stall $STALL2"
 
-read -r V4 V6 <<<"$(half "$LARGE")"
-say "phase 3: up to $LARGE connections ($V4 IPv4, $V6 IPv6)"
-T0=$(now_ms)
-nsx "$RTR" "$PY" "$CT" add --v4 "$V4" --v6 "$V6" --skip $((SMALL / 2)) >/dev/null
-read -r ADMIT3 N3 <<<"$(settle "$LARGE" 600)" || die "admission of $LARGE did not complete"
-STALL3=$(stall)
-sleep 2
-CPU3=$(idle_cpu 3)
-RSS3=$(rss_kib)
-say "  $N3 admitted in $ADMIT3 ms; idle CPU $CPU3 %; RSS $RSS3 KiB; stall $STALL3"
+grow 3 "$LARGE" 600
 
 say "phase 4: every entry deleted"
 T0=$(now_ms)
@@ -169,6 +172,7 @@ STALL4=$(stall)
 HWM=$(hwm_kib)
 say "  empty after $DEL4 ms; stall $STALL4; peak RSS $HWM KiB"
 
+# shellcheck disable=SC2153 # ADMITn, Nn, CPUn, RSSn, STALLn are set by grow (printf -v)
 cat <<EOF
 
 scale bench ($(uname -r), $(nproc) CPUs; $BIN)
