@@ -772,9 +772,9 @@ impl FlowManager {
     /// entry is (re)admitted, every flow whose entry is gone removed, and map entries nobody
     /// owns deleted (left by an earlier daemon or by lost events).
     pub async fn resync(&mut self, conns: Vec<Conn>, ctx: &Ctx<'_>) {
-        self.dump_gone = None;
+        // (A background dump still running keeps what it collected: it applies later.)
         let now = self.dump_mark();
-        self.resync_since(conns, now, ctx);
+        self.apply_dump(conns, now, &HashSet::new(), ctx);
     }
 
     /// A dump is being taken in the background (the event loop goes on meanwhile): what
@@ -796,6 +796,17 @@ impl FlowManager {
     /// admitted for being in it. The admissions are queued for [`Self::work`].
     pub fn resync_since(&mut self, conns: Vec<Conn>, mark: DumpMark, ctx: &Ctx<'_>) {
         let gone = self.dump_gone.take().unwrap_or_default();
+        self.apply_dump(conns, mark, &gone, ctx);
+    }
+
+    /// A dump taken at `mark`, with the connections `gone` since.
+    fn apply_dump(
+        &mut self,
+        conns: Vec<Conn>,
+        mark: DumpMark,
+        gone: &HashSet<ConnKey>,
+        ctx: &Ctx<'_>,
+    ) {
         if self.stats.flushes != mark.flushes {
             return;
         }

@@ -910,6 +910,19 @@ async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
         "the lost event's connection"
     );
     assert_eq!(m.len(), 2);
+    // A resync from a dump of its own (a reload) while a background dump runs: the background
+    // one still knows what went away meanwhile.
+    let mark = m.dump_started();
+    m.on_conntrack(Message::Destroy(missed.clone()), &w.ctx())
+        .await;
+    m.resync(vec![new.clone()], &w.ctx()).await;
+    m.resync_since(vec![new.clone(), missed.clone()], mark, &w.ctx());
+    drain(&mut m, &w).await;
+    assert!(
+        !m.flows.contains_key(&(missed.orig, 0)),
+        "destroyed meanwhile"
+    );
+    assert_eq!(m.len(), 1);
     // A flush while a dump runs (a firewall reload): its admissions are void.
     let mark = m.dump_started();
     m.flush(Some(&w.table));
