@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -79,8 +80,10 @@ struct Offloaded {
     conn: Conn,
     /// [original direction, reply direction].
     keys: [FlowKey; 2],
-    /// Next hop towards the originator and towards the responder.
-    hops: [NextHop; 2],
+    /// Next hop towards the originator and towards the responder, shared with every other
+    /// connection that has the same ([`FlowManager::intern`]): a router's connections go to a
+    /// handful of next hops, and each is a few hundred bytes.
+    hops: [Rc<NextHop>; 2],
     /// Packets counted by the data path at the last refresh (both directions).
     packets_at_refresh: u64,
     /// Admission number ([`FlowManager::next_seq`]): tells a resync from a background dump
@@ -197,6 +200,8 @@ pub struct FlowManager {
     refresh_slice: usize,
     /// Work too big for one turn of the event loop, done a slice at a time ([`Self::work`]).
     backlog: Backlog,
+    /// Next hops in use, one copy of each ([`Self::intern`]); pruned once per refresh round.
+    hop_pool: HashSet<Rc<NextHop>>,
     /// Number of the next admission (see [`Offloaded::seq`]).
     next_seq: u64,
     /// While a background dump runs ([`Self::dump_started`]): connections destroyed or out of
@@ -271,6 +276,16 @@ impl FlowManager {
             .entry(r.label().to_string())
             .or_default() += 1;
         r
+    }
+
+    /// The shared copy of `h`.
+    fn intern(&mut self, h: NextHop) -> Rc<NextHop> {
+        if let Some(known) = self.hop_pool.get(&h) {
+            return Rc::clone(known);
+        }
+        let h = Rc::new(h);
+        self.hop_pool.insert(Rc::clone(&h));
+        h
     }
 
     fn insert(&mut self, key: ConnKey, f: Offloaded) {
@@ -440,6 +455,7 @@ impl FlowManager {
             }
         }
         self.stats.admitted += 1;
+        let hops = hops.map(|h| self.intern(h));
         let seq = self.next_seq;
         self.next_seq += 1;
         self.insert(
@@ -663,7 +679,9 @@ impl FlowManager {
             };
             self.stats.reresolved += 1;
             match hops {
-                Ok(hops) if hops == old.hops => self.insert(key, old),
+                Ok(hops) if hops.iter().zip(&old.hops).all(|(a, b)| *a == **b) => {
+                    self.insert(key, old)
+                }
                 Ok(_) | Err(_) => {
                     self.retire(&old, ctx.dp);
                     self.stats.removed += 1;
@@ -694,6 +712,8 @@ impl FlowManager {
             }
             self.last_refresh = Some(ctx.now);
             self.refresh_round = self.flows.keys().copied().collect();
+            // Next hops no connection uses any more.
+            self.hop_pool.retain(|h| Rc::strong_count(h) > 1);
             // One-second ticks: the round is done a little before the next one is due.
             let ticks = every.as_secs().saturating_sub(1).max(1) as usize;
             self.refresh_slice = self.refresh_round.len().div_ceil(ticks).max(1);

@@ -929,3 +929,20 @@ async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
     m.resync_since(vec![born], mark, &w.ctx());
     assert!(!m.has_backlog() && m.is_empty());
 }
+
+#[tokio::test]
+async fn connections_share_their_next_hops() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let timeouts = Timeouts { tcp: 300, udp: 60 };
+    let (a, b) = (w.connection(1, IPPROTO_TCP), w.connection(2, IPPROTO_UDP));
+    m.on_conntrack(Message::New(a.clone()), &w.ctx()).await;
+    m.on_conntrack(Message::New(b.clone()), &w.ctx()).await;
+    let (fa, fb) = (&m.flows[&(a.orig, 0)], &m.flows[&(b.orig, 0)]);
+    assert!(std::rc::Rc::ptr_eq(&fa.hops[1], &fb.hops[1]), "one copy");
+    assert_eq!(m.hop_pool.len(), 2, "towards the host, towards the gateway");
+    // Once no connection uses them, the next refresh round lets them go.
+    m.flush(Some(&w.table));
+    m.tick(&w.ctx(), &timeouts);
+    assert!(m.hop_pool.is_empty());
+}

@@ -141,7 +141,7 @@ impl DsaTagger {
 }
 
 /// A PPPoE session as the data path must encapsulate it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PppoeSession {
     /// Session id, host order of the value on the wire.
     pub sid: u16,
@@ -152,7 +152,7 @@ pub struct PppoeSession {
 }
 
 /// A DSA port as the data path must tag it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DsaPort {
     /// Tag format of the conduit.
     pub tagger: DsaTagger,
@@ -161,7 +161,7 @@ pub struct DsaPort {
 }
 
 /// The layer-2 encapsulation between the Ethernet header of the lowest device and the IP packet.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct L2Encap {
     /// VLAN tags, outermost first, at most two.
     pub vlans: Vec<(VlanProto, u16)>,

@@ -59,7 +59,7 @@ impl RouteQuery {
 }
 
 /// Everything the data path needs to send a packet of the flow out itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NextHop {
     /// The device the route points at (e.g. `br-lan`, `pppoe-wan`).
     pub l3_ifindex: u32,
