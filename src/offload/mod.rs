@@ -60,6 +60,15 @@ pub const READMIT_AFTER: Duration = Duration::from_secs(2);
 /// Longest a connection's next-hop resolution may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a connection that found no room in the flow table (table full, crowded bucket) is not
+/// retried on conntrack events. Its own admission attempt causes one (making TCP tracking liberal
+/// is a ctnetlink update, announced as an UPDATE event): retried at once, it would fail again and
+/// cause the next, a loop that took a whole core at 10k connections.
+const UNPLACEABLE_RETRY: Duration = Duration::from_secs(10);
+
+/// Connections remembered in [`FlowManager::unplaceable`] (forgotten all at once beyond).
+const MAX_UNPLACEABLE: usize = 4096;
+
 /// Re-resolutions looked up at once (see [`FlowManager::reresolve`]).
 const RERESOLVE_BATCH: usize = 128;
 
@@ -200,6 +209,9 @@ pub struct FlowManager {
     refresh_slice: usize,
     /// Work too big for one turn of the event loop, done a slice at a time ([`Self::work`]).
     backlog: Backlog,
+    /// Connections that found no room in the flow table, and when (see
+    /// [`UNPLACEABLE_RETRY`]).
+    unplaceable: HashMap<ConnKey, Instant>,
     /// Next hops in use, one copy of each ([`Self::intern`]); pruned once per refresh round.
     hop_pool: HashSet<Rc<NextHop>>,
     /// Number of the next admission (see [`Offloaded::seq`]).
@@ -322,6 +334,15 @@ impl FlowManager {
                 if self.flows.contains_key(&key_of(&c)) {
                     return;
                 }
+                // Found no room lately: an event (often the UPDATE its own admission attempt
+                // caused) is no reason to try again yet.
+                if self
+                    .unplaceable
+                    .get(&key_of(&c))
+                    .is_some_and(|t| ctx.now.saturating_duration_since(*t) < UNPLACEABLE_RETRY)
+                {
+                    return;
+                }
                 // Tried now: the backlog (if it has it) need not try again.
                 self.backlog.admit_conns.remove(&key_of(&c));
                 let start = Instant::now();
@@ -335,6 +356,7 @@ impl FlowManager {
             }
             conntrack::Message::Destroy(c) => {
                 self.backlog.admit_conns.remove(&key_of(&c));
+                self.unplaceable.remove(&key_of(&c));
                 if let Some(gone) = &mut self.dump_gone {
                     gone.insert(key_of(&c));
                 }
@@ -418,25 +440,10 @@ impl FlowManager {
             };
             return Err(self.reject(why));
         };
-        for h in &hops {
-            if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
-                warn!("tx_ports: {e:#}");
-            }
-        }
-        // The entries go in before conntrack is touched: making the TCP tracking liberal is a
-        // ctnetlink update, which the kernel announces as an UPDATE event, and an UPDATE of a
-        // connection that is not offloaded is a reason to try again. Touching conntrack only
-        // for a connection that got its entries keeps one that cannot be placed (a full table,
-        // a crowded bucket) from feeding its own retries forever.
-        if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
-            dp.remove(&k0);
-            dp.remove(&k1);
-            debug!("installing {}: {e:#}", c.orig);
-            return Err(self.reject(Reject::MapFull));
-        }
         // Like the kernel's flowtable: conntrack must not judge the packets that take the
-        // kernel path again later by a window it stopped tracking. This is also where a
-        // connection destroyed while it was being resolved is found out: no entry, no flow.
+        // kernel path again later by a window it stopped tracking, so the flag is set before
+        // the first packet bypasses it. This is also where a connection destroyed while it was
+        // being resolved is found out: no entry, no flow.
         if c.orig.proto == conntrack::codec::IPPROTO_TCP {
             let alive = match ctx.ct.map(|ct| ct.set_liberal(&[key_of(&c)])) {
                 Some(Ok(alive)) => alive.first() == Some(&true),
@@ -447,13 +454,29 @@ impl FlowManager {
                 None => false,
             };
             if !alive {
-                dp.remove(&k0);
-                dp.remove(&k1);
                 return Err(self.reject(Reject::Unresolved(
                     "could not make conntrack's TCP tracking liberal".into(),
                 )));
             }
         }
+        for h in &hops {
+            if let Err(e) = dp.add_tx_port(h.egress_ifindex) {
+                warn!("tx_ports: {e:#}");
+            }
+        }
+        if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
+            dp.remove(&k0);
+            dp.remove(&k1);
+            debug!("installing {}: {e:#}", c.orig);
+            // The liberal flag above came back as an UPDATE event, which would retry this
+            // connection at once, and fail again, and so on: not before UNPLACEABLE_RETRY.
+            if self.unplaceable.len() >= MAX_UNPLACEABLE {
+                self.unplaceable.clear();
+            }
+            self.unplaceable.insert(key_of(&c), ctx.now);
+            return Err(self.reject(Reject::MapFull));
+        }
+        self.unplaceable.remove(&key_of(&c));
         self.stats.admitted += 1;
         let hops = hops.map(|h| self.intern(h));
         let seq = self.next_seq;

@@ -816,19 +816,34 @@ async fn the_status_lists_the_busiest_connections_when_there_are_many() {
 }
 
 #[tokio::test]
-async fn a_connection_that_cannot_be_placed_leaves_conntrack_alone() {
+async fn a_connection_that_cannot_be_placed_is_not_retried_by_its_own_update() {
     // Making TCP tracking liberal is a ctnetlink update, which comes back as an UPDATE event:
-    // done for a connection that then found no room, every UPDATE would retry it and make the
-    // next one (found at 10k connections: 800,000 retries a minute for three of them).
+    // retried at once, a connection that found no room would fail again and cause the next
+    // (found at 10k connections: 800,000 retries a minute for three of them).
     let w = World::new();
     w.table.capacity.set(0);
     let mut m = FlowManager::default();
     let c = w.connection(1, IPPROTO_TCP);
-    m.on_conntrack(Message::New(c), &w.ctx()).await;
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
     assert!(m.is_empty());
     assert_eq!(m.stats().rejected.get("map_full"), Some(&1));
-    assert!(w.ct.liberal.borrow().is_empty(), "conntrack untouched");
+    assert_eq!(
+        w.ct.liberal.borrow().len(),
+        1,
+        "liberal before any packet bypasses conntrack"
+    );
     assert_eq!(w.table.len(), 0);
+    m.on_conntrack(Message::Update(c.clone()), &w.ctx()).await;
+    assert_eq!(
+        m.stats().rejected.get("map_full"),
+        Some(&1),
+        "not retried at once"
+    );
+    // Later (room may have been made), an event retries it.
+    w.table.capacity.set(usize::MAX);
+    w.advance(super::UNPLACEABLE_RETRY);
+    m.on_conntrack(Message::Update(c), &w.ctx()).await;
+    assert_eq!(m.len(), 1);
 }
 
 #[tokio::test]
