@@ -532,12 +532,6 @@ impl FlowManager {
         }
     }
 
-    /// Packets and bytes forwarded by the data path since start, in total and per lowest
-    /// device (live entries plus retired ones).
-    pub fn counters(&self, dp: Option<&dyn FlowTable>) -> Counters {
-        self.status_view(dp, &|_| None).0
-    }
-
     /// Drops every offloaded flow (they continue on the kernel path).
     pub fn flush(&mut self, dp: Option<&dyn FlowTable>) {
         self.backlog.clear();
@@ -888,20 +882,11 @@ impl FlowManager {
         }
     }
 
-    /// Per-flow status of the [`MAX_LISTED_FLOWS`] connections that moved the most bytes (all
-    /// of them when there are fewer), sorted by original tuple; `rtt` gives a connection's
-    /// latency. Only the listed ones are formatted: at 64k connections the list is what people
-    /// and LuCI can use, and the document stays small (`offload.connections` has the count).
-    pub fn flow_status(
-        &self,
-        dp: Option<&dyn FlowTable>,
-        rtt: &dyn Fn(&conntrack::Conn) -> Option<crate::rtt::FlowRtt>,
-    ) -> Vec<FlowStatus> {
-        self.status_view(dp, rtt).1
-    }
-
-    /// [`Self::counters`] and [`Self::flow_status`] from one read of every flow's counters (what
-    /// the status document needs: at 64k connections each read is 128k lookups).
+    /// Packets and bytes forwarded since start, in total and per lowest device (live entries
+    /// plus retired ones), and the status of the [`MAX_LISTED_FLOWS`] connections that moved
+    /// the most bytes (all of them when there are fewer), sorted by original tuple; `rtt` gives
+    /// a connection's latency. One read of every flow's counters serves both (at 64k
+    /// connections a read is 128k lookups), and only the listed flows are formatted.
     pub fn status_view(
         &self,
         dp: Option<&dyn FlowTable>,

@@ -382,7 +382,7 @@ async fn destroy_removes_both_entries_and_keeps_what_they_counted() {
     m.on_conntrack(Message::Destroy(c), &w.ctx()).await;
     assert!(m.is_empty());
     assert_eq!(w.table.len(), 0);
-    let counted = m.counters(Some(&w.table));
+    let counted = m.status_view(Some(&w.table), &|_| None).0;
     assert_eq!(counted.packets, 10);
     assert_eq!(counted.devices[&LAN].rx_packets, 5);
     assert_eq!(counted.devices[&LAN].tx_packets, 5);
@@ -800,7 +800,7 @@ async fn the_status_lists_the_busiest_connections_when_there_are_many() {
             0,
         );
     }
-    let listed = m.flow_status(Some(&w.table), &|_| None);
+    let listed = m.status_view(Some(&w.table), &|_| None).1;
     assert_eq!(listed.len(), super::MAX_LISTED_FLOWS);
     let least = (n - super::MAX_LISTED_FLOWS) as u64 * 100;
     assert!(
@@ -812,7 +812,7 @@ async fn the_status_lists_the_busiest_connections_when_there_are_many() {
     assert_eq!(listed, sorted, "listed in tuple order");
     // Fewer than the limit: all of them.
     m.flush(Some(&w.table));
-    assert!(m.flow_status(Some(&w.table), &|_| None).is_empty());
+    assert!(m.status_view(Some(&w.table), &|_| None).1.is_empty());
 }
 
 #[tokio::test]
