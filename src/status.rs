@@ -365,10 +365,14 @@ impl Status {
         let _ = writeln!(s, "bpfqos {}, up {} s", self.version, self.uptime_s);
         let _ = writeln!(
             s,
-            "offload: {}  connections {}  flow entries {}  packets {}  bytes {}",
+            "offload: {}  connections {}  flow entries {}{}  packets {}  bytes {}",
             if self.offload.enabled { "on" } else { "off" },
             self.offload.connections,
             self.offload.flows,
+            self.offload
+                .flows_max
+                .map(|m| format!(" (tables of {m} per family)"))
+                .unwrap_or_default(),
             self.offload.packets,
             self.offload.bytes
         );

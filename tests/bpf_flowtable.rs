@@ -369,16 +369,18 @@ fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
     };
     let seed = seed_of(3);
     let mut t = FlowTables::open(&handles(&env.obj), None, seed).unwrap();
-    // Keys that differ in the source port only; group them by bucket.
-    let spec = |port: u16| {
+    // Keys that differ in their ports only (more than the table holds); group them by bucket.
+    let spec = |n: u32| {
         let mut orig = Tuple::v4(false);
-        orig.sport = port;
+        orig.sport = (n % 60000 + 1) as u16;
+        orig.dport = 1000 + (n / 60000) as u16;
         plain_flow(&env, orig, orig).entry()
     };
+    const KEYS: u32 = 72000;
     type Keyed = Vec<(Vec<u8>, Vec<u8>, u16)>;
     let mut by_bucket: std::collections::HashMap<u32, Keyed> = Default::default();
-    for port in 1..=60000u16 {
-        let (_, k, e) = spec(port);
+    for n in 0..KEYS {
+        let (_, k, e) = spec(n);
         let (b, tag) = abi::flow_hash(&k, &seed);
         by_bucket.entry(b).or_default().push((k, e, tag));
     }
@@ -411,27 +413,67 @@ fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
             );
         }
     }
-    // The table itself: MAX_FLOWS entries, then Full.
-    let mut n = t.len();
-    'fill: for v in by_bucket.values() {
-        for (k, e, _) in v {
-            if n == abi::MAX_FLOWS as usize {
-                break 'fill;
-            }
-            if t.counters(k).is_none() && t.install(e).unwrap().is_ok() {
-                n += 1;
+    // The table itself: as many entries as the map was made with (the largest here), then Full.
+    assert_eq!(t.capacity(), abi::MAX_FLOWS);
+    fill_until_full(&mut t, by_bucket.values().flatten());
+    assert_eq!(t.len(), abi::MAX_FLOWS as usize, "{KEYS} keys did not fill it");
+}
+
+/// Installs `keys` until one is refused for want of an entry (not of a bucket slot); that
+/// happens exactly when the table holds its capacity.
+fn fill_until_full<'a>(
+    t: &mut FlowTables,
+    keys: impl Iterator<Item = &'a (Vec<u8>, Vec<u8>, u16)>,
+) {
+    for (k, e, _) in keys {
+        if t.counters(k).is_some() {
+            continue;
+        }
+        match t.install(e).unwrap() {
+            Ok(_) | Err(PlaceError::BucketFull(_) | PlaceError::TagCollision(_)) => {}
+            Err(PlaceError::Full) => {
+                assert_eq!(t.len(), t.capacity() as usize, "full before its capacity");
+                return;
             }
         }
+        assert!(t.len() <= t.capacity() as usize, "more entries than its capacity");
     }
-    assert_eq!(n, t.len());
-    assert_eq!(
-        n,
-        abi::MAX_FLOWS as usize,
-        "60000 keys did not fill the table"
-    );
-    let (_, _, e) = spec(60001);
-    let r = t.install(&e).unwrap();
-    assert!(r.is_err(), "{r:?}");
+    panic!("never full: {} of {} entries", t.len(), t.capacity());
+}
+
+#[test]
+fn a_table_sized_at_load_holds_that_many_entries() {
+    let Some(env) = setup("a_table_sized_at_load_holds_that_many_entries") else {
+        return;
+    };
+    // The daemon sizes the entry arrays from nf_conntrack_max; the tables follow the maps.
+    let mut open = libbpf_rs::ObjectBuilder::default()
+        .open_memory(abi::OFFLOAD_OBJ)
+        .unwrap();
+    for m in open.maps_mut() {
+        if m.name() == abi::FLOWS4_MAP || m.name() == abi::FLOWS6_MAP {
+            let mut m = m;
+            m.set_max_entries(abi::MIN_FLOWS).unwrap();
+        }
+    }
+    let obj = open.load().unwrap();
+    let mut t = FlowTables::open(&handles(&obj), None, seed_of(7)).unwrap();
+    assert_eq!(t.capacity(), abi::MIN_FLOWS);
+    let keys: Vec<_> = (0..2 * abi::MIN_FLOWS)
+        .map(|n| {
+            let mut orig = Tuple::v4(false);
+            orig.sport = 10000 + n as u16;
+            let (_, k, e) = plain_flow(&env, orig, orig).entry();
+            (k, e, 0)
+        })
+        .collect();
+    fill_until_full(&mut t, keys.iter());
+    // Removing one makes room for it again (install waits for the grace period that frees
+    // the removed entry).
+    let (k, e, _) = keys.iter().find(|(k, _, _)| t.counters(k).is_some()).unwrap();
+    t.remove(k);
+    assert_eq!(t.install(e).unwrap(), Ok(()));
+    assert_eq!(t.len(), abi::MIN_FLOWS as usize);
 }
 
 #[test]

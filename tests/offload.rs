@@ -93,6 +93,15 @@ fn tcp_ipv4_nat_is_offloaded_and_intact() {
     );
     let flow = &seen["flows"][0];
     assert_eq!(flow["proto"], "tcp", "{seen}");
+    // The tables were sized from conntrack's: two entries per connection.
+    let ct_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    assert_eq!(
+        seen["offload"]["flows_max"],
+        u64::from(bpfqos::dataplane::abi::flow_entries(ct_max)),
+        "{seen}"
+    );
     assert!(
         flow["orig"]
             .as_str()

@@ -239,9 +239,15 @@ struct bpfqos_flow6 {
  * no packet ever sees a half-written entry.
  */
 enum bpfqos_sizes {
-	BPFQOS_FLOW_BUCKETS = 4096,
+	BPFQOS_FLOW_BUCKETS = 8192,
 	BPFQOS_BUCKET_SLOTS = 16,
-	BPFQOS_MAX_FLOWS = 32768, /* entries per family; indexes fit 16 bits */
+	/*
+	 * Entries per family at most (indexes fit 16 bits). The daemon sizes
+	 * the entry arrays below this at load, from nf_conntrack_max (two
+	 * entries per connection); the bucket index keeps its size (512 KiB
+	 * per family), so that the hash mask stays a constant.
+	 */
+	BPFQOS_MAX_FLOWS = 65536,
 	BPFQOS_HASH_SEEDS = 14,	  /* one per 32-bit word of the IPv6 key */
 	BPFQOS_MAX_IFACES =
 		4096, /* `ifaces` entries: the largest ifindex + 1 */

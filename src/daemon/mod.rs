@@ -824,6 +824,7 @@ impl Daemon {
             offload: self.flows.status(
                 dp.is_some_and(Dataplane::enabled),
                 dp.map_or(0, Dataplane::flow_entries),
+                dp.map(Dataplane::flow_capacity),
                 &counted,
             ),
             attach,

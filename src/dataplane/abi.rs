@@ -79,9 +79,9 @@ pub const CONTROL_MAP: &str = "control";
 pub const STATS_MAP: &str = "stats";
 /// `ARRAY` of [`Iface`], indexed by ifindex (< [`MAX_IFACES`]): the DSA tagger per device.
 pub const IFACES_MAP: &str = "ifaces";
-/// `ARRAY[MAX_FLOWS]` of [`Flow4`] (key included), indexed by entry number.
+/// `ARRAY` of [`Flow4`] (key included), indexed by entry number: [`flow_entries`] entries.
 pub const FLOWS4_MAP: &str = "flows4";
-/// `ARRAY[MAX_FLOWS]` of [`Flow6`] (key included), indexed by entry number.
+/// `ARRAY` of [`Flow6`] (key included), indexed by entry number: [`flow_entries`] entries.
 pub const FLOWS6_MAP: &str = "flows6";
 /// `ARRAY[FLOW_BUCKETS]` of [`Bucket`], `BPF_F_MMAPABLE`: the hash index of `flows4`.
 pub const BUCKETS4_MAP: &str = "buckets4";
@@ -96,8 +96,26 @@ pub const GRACE_INNER_MAP: &str = "grace_inner";
 pub const FLOW_BUCKETS: u32 = types::bpfqos_sizes::BPFQOS_FLOW_BUCKETS.0;
 /// Slots per bucket (`BPFQOS_BUCKET_SLOTS`).
 pub const BUCKET_SLOTS: usize = types::bpfqos_sizes::BPFQOS_BUCKET_SLOTS.0 as usize;
-/// Entries per flow table (`BPFQOS_MAX_FLOWS`).
+/// Entries per flow table at most (`BPFQOS_MAX_FLOWS`, what a 16-bit slot index reaches).
 pub const MAX_FLOWS: u32 = types::bpfqos_sizes::BPFQOS_MAX_FLOWS.0;
+/// Entries per flow table at least, whatever conntrack's size.
+pub const MIN_FLOWS: u32 = 1024;
+
+/// Entries per family's flow table for a conntrack table of `conntrack_max` connections
+/// (`net.netfilter.nf_conntrack_max`; None when unknown): each connection takes two entries of
+/// its family, so twice that, as a power of two within [`MIN_FLOWS`]..=[`MAX_FLOWS`]. Sized to
+/// what conntrack can hold because the arrays are allocated whole (a 64k-entry IPv6 table is
+/// 10 MiB of kernel memory on a router with 128 MiB); unknown takes the most.
+pub fn flow_entries(conntrack_max: Option<u64>) -> u32 {
+    match conntrack_max {
+        None => MAX_FLOWS,
+        Some(n) => n
+            .saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .clamp(u64::from(MIN_FLOWS), u64::from(MAX_FLOWS)) as u32,
+    }
+}
 /// Hash seed words in [`Control`] (`BPFQOS_HASH_SEEDS`).
 pub const HASH_SEEDS: usize = types::bpfqos_sizes::BPFQOS_HASH_SEEDS.0 as usize;
 /// `BPFQOS_HASH_MUL`, from its two halves.
@@ -535,6 +553,21 @@ mod tests {
     use super::FlowKey6;
     use super::L2Encap;
     use super::NextHop;
+
+    #[test]
+    fn flow_tables_are_sized_from_conntrack() {
+        use super::flow_entries;
+        // OpenWrt's default nf_conntrack_max: two entries per connection.
+        assert_eq!(flow_entries(Some(16384)), 32768);
+        assert_eq!(flow_entries(Some(10000)), 32768);
+        assert_eq!(flow_entries(Some(32768)), super::MAX_FLOWS);
+        assert_eq!(flow_entries(Some(262144)), super::MAX_FLOWS);
+        assert_eq!(flow_entries(Some(u64::MAX)), super::MAX_FLOWS);
+        assert_eq!(flow_entries(Some(100)), super::MIN_FLOWS);
+        assert_eq!(flow_entries(Some(0)), super::MIN_FLOWS);
+        assert_eq!(flow_entries(None), super::MAX_FLOWS);
+        assert_eq!(super::MAX_FLOWS, 65536, "slot indexes are 16 bits");
+    }
 
     #[test]
     fn abi_sizes_match_the_header_guards() {

@@ -44,7 +44,7 @@ const ZERO_BATCH: usize = 1024;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlaceError {
     /// Every entry of the family is in use.
-    #[error("flow table full ({} entries)", abi::MAX_FLOWS)]
+    #[error("flow table full")]
     Full,
     /// The key's bucket has no free slot.
     #[error("hash bucket {0} full ({n} slots)", n = abi::BUCKET_SLOTS)]
@@ -157,13 +157,19 @@ struct Table {
     snapshot: Option<Vec<FlowCounters>>,
     /// One past the highest entry index ever handed out.
     high: u32,
+    /// Entries in the map (its `max_entries`, sized at load).
+    capacity: u32,
 }
 
 impl Table {
     fn open(entries: MapHandle, buckets: &MapHandle) -> anyhow::Result<Self> {
         let entry_size = entries.value_size() as usize;
-        if entries.max_entries() != abi::MAX_FLOWS {
-            bail!("flow entry map has {} entries", entries.max_entries());
+        let capacity = entries.max_entries();
+        if capacity == 0 || capacity > abi::MAX_FLOWS {
+            bail!(
+                "flow entry map has {capacity} entries (1 to {} allowed)",
+                abi::MAX_FLOWS
+            );
         }
         Ok(Self {
             index: SlotIndex::map(buckets)?,
@@ -176,6 +182,7 @@ impl Table {
             replaced: HashMap::new(),
             snapshot: None,
             high: 0,
+            capacity,
         })
     }
 
@@ -197,7 +204,7 @@ impl Table {
     /// live flow; anything else is cleared. Every other entry is unlinked (a grace period
     /// must pass before it is reused: the previous daemon may have unlinked it just now).
     fn adopt(&mut self, seed: &[u32; abi::HASH_SEEDS]) {
-        let mut used = vec![false; abi::MAX_FLOWS as usize];
+        let mut used = vec![false; self.capacity as usize];
         for bucket in 0..abi::FLOW_BUCKETS {
             let mut tags = Vec::new();
             for i in 0..abi::BUCKET_SLOTS {
@@ -211,7 +218,8 @@ impl Table {
                     .filter(|e| e.len() == self.entry_size)
                     .and_then(|e| abi::entry_key(&e).map(<[u8]>::to_vec));
                 let ok = key.as_ref().is_some_and(|k| {
-                    !used[index as usize]
+                    index < self.capacity
+                        && !used[index as usize]
                         && !tags.contains(&abi::slot_tag(s))
                         && abi::flow_hash(k, seed) == (bucket, abi::slot_tag(s))
                         && !self.by_key.contains_key(k)
@@ -239,7 +247,7 @@ impl Table {
 
     /// Every entry not `used` becomes unlinked (free after the next grace period).
     fn unlink_all_but(&mut self, used: &[bool]) {
-        self.unlinked = (0..abi::MAX_FLOWS)
+        self.unlinked = (0..self.capacity)
             .rev()
             .filter(|&i| !used.get(i as usize).copied().unwrap_or(false))
             .map(|index| Unlinked {
@@ -731,6 +739,11 @@ impl FlowTables {
             .chain(self.v6.by_key.keys())
             .cloned()
             .collect()
+    }
+
+    /// Entries each family's table holds.
+    pub fn capacity(&self) -> u32 {
+        self.v4.capacity.min(self.v6.capacity)
     }
 
     /// Number of live flows.

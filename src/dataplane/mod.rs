@@ -105,7 +105,13 @@ impl Dataplane {
     /// adopted with their seeds when the tables and `control` all came from pins (a restart),
     /// else with fresh seeds and an empty index.
     pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
-        let object = BpfObject::load("bpfqos", abi::OFFLOAD_OBJ, pin_dir)?;
+        let entries = abi::flow_entries(conntrack_max());
+        let object = BpfObject::load(
+            "bpfqos",
+            abi::OFFLOAD_OBJ,
+            pin_dir,
+            &[(abi::FLOWS4_MAP, entries), (abi::FLOWS6_MAP, entries)],
+        )?;
         let xdp = object.prog_fd(abi::XDP_PROG)?;
         let tc = object.prog_fd(abi::TC_PROG)?;
         let shape_in = object.prog_fd(abi::SHAPE_IN_PROG)?;
@@ -522,6 +528,11 @@ impl Dataplane {
         self.tables.borrow().len()
     }
 
+    /// Flow entries each family's table holds.
+    pub fn flow_capacity(&self) -> u32 {
+        self.tables.borrow().capacity()
+    }
+
     /// The data path's own counters.
     pub fn stats(&self) -> DatapathStats {
         match self.object.map(abi::STATS_MAP) {
@@ -570,6 +581,18 @@ impl Dataplane {
     }
 }
 
+/// `net.netfilter.nf_conntrack_max`, when conntrack is loaded.
+fn conntrack_max() -> Option<u64> {
+    const PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+    match std::fs::read_to_string(PATH) {
+        Ok(s) => s.trim().parse().ok(),
+        Err(e) => {
+            log::warn!("{PATH}: {e}; flow tables get the largest size");
+            None
+        }
+    }
+}
+
 /// The flow tables of `object`: adopted with their seeds when the tables and `control` all
 /// came from pins (a restart), else fresh seeds and an empty index.
 fn open_tables(object: &BpfObject) -> anyhow::Result<FlowTables> {
@@ -597,5 +620,9 @@ fn open_tables(object: &BpfObject) -> anyhow::Result<FlowTables> {
     if seed.is_some() {
         info!("flow tables adopted: {} live entries", tables.len());
     }
+    info!(
+        "flow tables: {} entries per family",
+        tables.capacity()
+    );
     Ok(tables)
 }

@@ -46,15 +46,29 @@ fn same_definition(pinned: &MapHandle, map: &OpenMapMut<'_>) -> bool {
 }
 
 impl BpfObject {
-    /// Opens and loads `bytes` as object `name`. Maps pinned under `pin_dir` by an earlier run
-    /// are reused when their definitions match; stale or incompatible pins are replaced. Without
+    /// Opens and loads `bytes` as object `name`, the maps named in `sizes` resized to the
+    /// entries given there. Maps pinned under `pin_dir` by an earlier run are reused when their
+    /// definitions (sizes included) match; stale or incompatible pins are replaced. Without
     /// bpffs the object still works, unpinned (its maps then die with the daemon).
-    pub fn load(name: &str, bytes: &[u8], pin_dir: &Path) -> anyhow::Result<Self> {
+    pub fn load(
+        name: &str,
+        bytes: &[u8],
+        pin_dir: &Path,
+        sizes: &[(&str, u32)],
+    ) -> anyhow::Result<Self> {
         let mut open = ObjectBuilder::default()
             .name(name)
             .context("naming the BPF object")?
             .open_memory(bytes)
             .with_context(|| format!("opening the embedded BPF object {name}"))?;
+        for &(map, entries) in sizes {
+            let mut m = open
+                .maps_mut()
+                .find(|m| m.name() == map)
+                .ok_or_else(|| anyhow!("map {map} missing from the object"))?;
+            m.set_max_entries(entries)
+                .with_context(|| format!("sizing map {map} to {entries} entries"))?;
+        }
         let pin_dir = match std::fs::create_dir_all(pin_dir) {
             Ok(()) => {
                 // Root only: the maps steer and rewrite forwarded traffic, and read out every

@@ -941,10 +941,17 @@ impl FlowManager {
     }
 
     /// The `offload` section of the status document.
-    pub fn status(&self, enabled: bool, entries: usize, counted: &Counters) -> OffloadStatus {
+    pub fn status(
+        &self,
+        enabled: bool,
+        entries: usize,
+        capacity: Option<u32>,
+        counted: &Counters,
+    ) -> OffloadStatus {
         OffloadStatus {
             enabled,
             flows: entries as u64,
+            flows_max: capacity.map(u64::from),
             connections: self.flows.len() as u64,
             manager: self.stats.clone(),
             packets: counted.packets,

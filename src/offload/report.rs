@@ -51,6 +51,9 @@ pub struct OffloadStatus {
     pub enabled: bool,
     /// Flow entries currently installed (one per direction).
     pub flows: u64,
+    /// Flow entries each family's table holds (sized from `nf_conntrack_max` at load: two per
+    /// connection); `null` without a data path.
+    pub flows_max: Option<u64>,
     /// Connections offloaded (each is two flow entries).
     pub connections: u64,
     /// The flow manager's decisions: admitted, removed, rejected by reason.

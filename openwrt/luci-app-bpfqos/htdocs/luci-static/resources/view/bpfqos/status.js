@@ -419,6 +419,9 @@ function renderStatus(st, now) {
 		[ _('Config reloads'), cfg.reloads ],
 		[ _('Offload'), off.enabled ? _('enabled') : _('disabled') ],
 		[ _('Offloaded connections'), off.connections ],
+		[ _('Flow entries'), (off.flows_max != null)
+			? '%s / %s %s'.format(count(off.flows), count(off.flows_max), _('per address family'))
+			: off.flows ],
 		[ _('Offloaded now'), bps(rates['offload']) ],
 		[ _('Offloaded in total'), '%s, %s %s'.format(bytes(off.bytes), count(off.packets), _('packets')) ],
 		[ _('Longest event-loop stall'), stall(obj(st.event_loop)) ]
