@@ -416,7 +416,11 @@ fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
     // The table itself: as many entries as the map was made with (the largest here), then Full.
     assert_eq!(t.capacity(), abi::MAX_FLOWS);
     fill_until_full(&mut t, by_bucket.values().flatten());
-    assert_eq!(t.len(), abi::MAX_FLOWS as usize, "{KEYS} keys did not fill it");
+    assert_eq!(
+        t.len(),
+        abi::MAX_FLOWS as usize,
+        "{KEYS} keys did not fill it"
+    );
 }
 
 /// Installs `keys` until one is refused for want of an entry (not of a bucket slot); that
@@ -436,7 +440,10 @@ fn fill_until_full<'a>(
                 return;
             }
         }
-        assert!(t.len() <= t.capacity() as usize, "more entries than its capacity");
+        assert!(
+            t.len() <= t.capacity() as usize,
+            "more entries than its capacity"
+        );
     }
     panic!("never full: {} of {} entries", t.len(), t.capacity());
 }
@@ -470,7 +477,10 @@ fn a_table_sized_at_load_holds_that_many_entries() {
     fill_until_full(&mut t, keys.iter());
     // Removing one makes room for it again (install waits for the grace period that frees
     // the removed entry).
-    let (k, e, _) = keys.iter().find(|(k, _, _)| t.counters(k).is_some()).unwrap();
+    let (k, e, _) = keys
+        .iter()
+        .find(|(k, _, _)| t.counters(k).is_some())
+        .unwrap();
     t.remove(k);
     assert_eq!(t.install(e).unwrap(), Ok(()));
     assert_eq!(t.len(), abi::MIN_FLOWS as usize);

@@ -620,9 +620,6 @@ fn open_tables(object: &BpfObject) -> anyhow::Result<FlowTables> {
     if seed.is_some() {
         info!("flow tables adopted: {} live entries", tables.len());
     }
-    info!(
-        "flow tables: {} entries per family",
-        tables.capacity()
-    );
+    info!("flow tables: {} entries per family", tables.capacity());
     Ok(tables)
 }
