@@ -248,7 +248,7 @@ enum bpfqos_sizes {
 	 * per family), so that the hash mask stays a constant.
 	 */
 	BPFQOS_MAX_FLOWS = 65536,
-	BPFQOS_HASH_SEEDS = 14,	  /* one per 32-bit word of the IPv6 key */
+	BPFQOS_HASH_SEEDS = 14, /* one per 32-bit word of the IPv6 key */
 	BPFQOS_MAX_IFACES =
 		4096, /* `ifaces` entries: the largest ifindex + 1 */
 	BPFQOS_MAX_TX_PORTS = 256, /* `tx_ports` entries */
