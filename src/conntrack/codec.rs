@@ -494,9 +494,45 @@ pub fn liberal_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
     b.finish()
 }
 
+/// The number of messages in a datagram when every one of them is ctnetlink's (read from the
+/// headers only), else None (something else is in it, or it is malformed).
+pub fn count_if_conntrack_only(buf: &[u8]) -> Option<usize> {
+    let (mut off, mut n) = (0usize, 0usize);
+    while off < buf.len() {
+        let hdr = buf.get(off..off + 16)?;
+        let len = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+        let ty = u16::from_ne_bytes([hdr[4], hdr[5]]);
+        if len < 16 || len > buf.len() - off || ty >> 8 != NFNL_SUBSYS_CTNETLINK {
+            return None;
+        }
+        n += 1;
+        off = off.checked_add(len.checked_add(3)? & !3)?;
+    }
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_of_conntrack_messages_is_counted_from_headers() {
+        let t = tuple4([198, 18, 1, 2], [198, 19, 0, 2], 40000, 443);
+        // Lengths that are not multiples of 4 are padded to the next message.
+        let mut two = get_request(1, &t, 0);
+        two.extend(get_request(2, &t, 0));
+        assert_eq!(count_if_conntrack_only(&two), Some(2));
+        assert_eq!(count_if_conntrack_only(&[]), Some(0));
+        // nf_tables' message (a firewall reload) in it: decode the whole datagram instead.
+        let mut other = Builder::new(10 << 8, 0, 0, &nfgenmsg(0)).finish();
+        other.extend(get_request(3, &t, 0));
+        assert_eq!(count_if_conntrack_only(&other), None);
+        // Truncated or a bogus length: not counted.
+        assert_eq!(count_if_conntrack_only(&two[..two.len() - 30]), None);
+        let mut bad = two.clone();
+        bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(count_if_conntrack_only(&bad), None);
+    }
 
     fn tuple4(s: [u8; 4], d: [u8; 4], sp: u16, dp: u16) -> Tuple {
         Tuple {

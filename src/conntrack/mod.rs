@@ -9,6 +9,8 @@ pub mod codec;
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::Context;
@@ -94,6 +96,48 @@ impl EventSocket {
             fd,
             buf: Vec::with_capacity(256 << 10),
         })
+    }
+
+    /// Empties the socket's queue, keeping firewall reloads; called after an overflow, before
+    /// the dump that replaces what was lost. Two reasons, both found by the churn soak:
+    /// - after an overflow the kernel drops events *silently* until the queue has been empty
+    ///   once (it reports ENOBUFS once per congestion): a dump taken before that misses the
+    ///   events dropped after its snapshot (a UDP flow assured then is never offloaded);
+    /// - what is queued predates the dump, and the events that followed it were lost: applied
+    ///   after the dump, an old "not established yet" would undo the dump's newer state.
+    ///
+    /// Only the message headers are read (a full queue is 8 MiB); reads until the queue is
+    /// empty, or `limit` as a safety valve against an event storm (false then: the caller
+    /// should expect another overflow). Returns whether it emptied, the messages kept and how
+    /// many were thrown away.
+    pub fn discard_queued(&mut self, limit: Duration) -> (bool, Vec<Message>, usize) {
+        let start = Instant::now();
+        let (mut kept, mut discarded) = (Vec::new(), 0);
+        while start.elapsed() < limit {
+            match recv_some(self.fd.get_ref(), &mut self.buf) {
+                Ok(_) => match codec::count_if_conntrack_only(&self.buf) {
+                    Some(n) => discarded += n,
+                    None => {
+                        for m in decode(&self.buf) {
+                            match m {
+                                Message::New(_) | Message::Update(_) | Message::Destroy(_) => {
+                                    discarded += 1
+                                }
+                                other => kept.push(other),
+                            }
+                        }
+                    }
+                },
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return (true, kept, discarded),
+                Err(e) => {
+                    log::warn!("discarding queued conntrack events: {e}");
+                    break;
+                }
+            }
+        }
+        (false, kept, discarded)
     }
 
     /// Waits for the next batch of events.

@@ -62,6 +62,11 @@ use crate::topology::TopologyEvent;
 /// waits at most this long for it.
 const BACKLOG_SLICE: Duration = Duration::from_millis(10);
 
+/// Longest the loop spends emptying the conntrack event queue after an overflow: a safety
+/// valve only (an 8 MiB queue reads in a few milliseconds, headers only), since the queue
+/// must be emptied for the kernel to report the next loss.
+const DISCARD_LIMIT: Duration = Duration::from_secs(1);
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let loaded = config::load(&args.config_dir)
@@ -182,6 +187,17 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                     Ok(conntrack::Recv::Overflow) => {
                         warn!("conntrack events lost (queue overflow): resynchronising");
                         daemon.flows.events_lost();
+                        // What is still queued predates the loss: the dump replaces it.
+                        if let Some(ev) = ct_events.as_mut() {
+                            let (emptied, kept, n) = ev.discard_queued(DISCARD_LIMIT);
+                            debug!("{n} queued conntrack events superseded by the dump");
+                            if !emptied {
+                                warn!("conntrack events keep coming faster than they are read");
+                            }
+                            if !kept.is_empty() {
+                                daemon.on_conntrack(kept).await;
+                            }
+                        }
                         // The dump of a big table takes long: it runs on a thread of its own
                         // while the loop goes on. Losses during one mean one more afterwards.
                         if dump.is_some() {

@@ -216,8 +216,13 @@ pub struct FlowManager {
     hop_pool: HashSet<Rc<NextHop>>,
     /// Number of the next admission (see [`Offloaded::seq`]).
     next_seq: u64,
-    /// While a background dump runs ([`Self::dump_started`]): connections destroyed or out of
-    /// the offloadable states since it started, which it may still list.
+    /// While a background dump runs ([`Self::dump_started`]): connections destroyed since it
+    /// started, which it may still list. Only destruction counts: an event saying "not
+    /// offloadable" may be older than the dump (read from what was queued when events were
+    /// lost, or sent just before the dump got to that entry) while the event of the transition
+    /// after it is among the lost, and a connection vetoed that way would stay in the kernel
+    /// for good (found by the churn soak). Admitting one that did leave the offloadable states
+    /// is harmless: the data path hands its FIN/RST to the kernel and the teardown follows.
     dump_gone: Option<HashSet<ConnKey>>,
 }
 
@@ -321,9 +326,6 @@ impl FlowManager {
             conntrack::Message::New(c) | conntrack::Message::Update(c) => {
                 if !c.offloadable_state() {
                     self.backlog.admit_conns.remove(&key_of(&c));
-                    if let Some(gone) = &mut self.dump_gone {
-                        gone.insert(key_of(&c));
-                    }
                     self.forget_waiting(&key_of(&c));
                     if self.flows.contains_key(&key_of(&c)) {
                         debug!("{}: left offloadable state, back to the kernel", c.orig);
@@ -633,8 +635,9 @@ impl FlowManager {
                     continue; // an event admitted it meanwhile
                 }
                 let orig = c.orig;
-                if let Err(r) = self.admit(c, ctx).await {
-                    debug!("{orig}: stays in the kernel: {r:?}");
+                match self.admit(c, ctx).await {
+                    Ok(()) => debug!("{orig}: offloaded from the backlog"),
+                    Err(r) => debug!("{orig}: stays in the kernel: {r:?}"),
                 }
             } else {
                 break;
@@ -860,6 +863,7 @@ impl FlowManager {
             .map(|(k, _)| *k)
             .collect();
         for k in &stale {
+            debug!("{}: not in the conntrack dump, back to the kernel", k.0);
             self.remove(k, ctx.dp);
         }
         // Entries nobody owns go first: what is admitted from here on is owned.

@@ -900,16 +900,25 @@ async fn admissions_beyond_a_burst_wait_in_the_backlog_and_removals_do_not() {
 async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
     let w = World::new();
     let mut m = FlowManager::default();
-    let [old, new, dead, missed, born] = [1, 2, 3, 4, 5].map(|n| w.connection(n, IPPROTO_UDP));
+    let [old, new, dead, missed, born, late] =
+        [1, 2, 3, 4, 5, 6].map(|n| w.connection(n, IPPROTO_UDP));
     m.on_conntrack(Message::New(old.clone()), &w.ctx()).await;
     let mark = m.dump_started();
-    // While the dump runs: a connection is admitted, one the dump lists is destroyed.
+    // While the dump runs: a connection is admitted, one the dump lists is destroyed, and an
+    // old event of one from before it was assured (the event that assured it was lost).
     m.on_conntrack(Message::New(new.clone()), &w.ctx()).await;
     m.on_conntrack(Message::Destroy(dead.clone()), &w.ctx())
         .await;
+    let mut young = late.clone();
+    young.status &= !crate::conntrack::codec::status::ASSURED;
+    m.on_conntrack(Message::Update(young), &w.ctx()).await;
     // The dump (taken at the start): `old` had gone already (its DESTROY was lost), `new` was
-    // not born yet; `dead` and `missed` (whose NEW was lost) were there.
-    m.resync_since(vec![dead.clone(), missed.clone()], mark, &w.ctx());
+    // not born yet; `dead` and `missed` (whose NEW was lost) were there, `late` assured.
+    m.resync_since(
+        vec![dead.clone(), missed.clone(), late.clone()],
+        mark,
+        &w.ctx(),
+    );
     assert!(!m.flows.contains_key(&(old.orig, 0)), "stale: out");
     assert!(
         m.flows.contains_key(&(new.orig, 0)),
@@ -924,6 +933,12 @@ async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
         m.flows.contains_key(&(missed.orig, 0)),
         "the lost event's connection"
     );
+    assert!(
+        m.flows.contains_key(&(late.orig, 0)),
+        "an older event does not veto the dump"
+    );
+    m.on_conntrack(Message::Destroy(late.clone()), &w.ctx())
+        .await;
     assert_eq!(m.len(), 2);
     // A resync from a dump of its own (a reload) while a background dump runs: the background
     // one still knows what went away meanwhile.
