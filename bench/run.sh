@@ -23,3 +23,7 @@ bash bench/steering.sh target/release/bpfqos
 echo
 echo "== scale: the daemon with 10,000 and 65,536 conntrack connections (admission, idle CPU, RSS, stalls, a route change)"
 bash bench/scale.sh target/release/bpfqos
+
+echo
+echo "== churn soak: 20,000 long-lived flows and 500 new connections a second for 10 minutes, a forced event loss (RSS, rate, table against conntrack)"
+bash bench/soak.sh

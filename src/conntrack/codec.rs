@@ -71,6 +71,8 @@ const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
 const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
 /// `IP_CT_TCP_FLAG_BE_LIBERAL`: window tracking accepts any in-connection sequence number.
 const IP_CT_TCP_FLAG_BE_LIBERAL: u8 = 0x08;
+/// `IP_CT_TCP_FLAG_MAXACK_SET`: `td_maxack` holds the highest ACK conntrack saw.
+const IP_CT_TCP_FLAG_MAXACK_SET: u8 = 0x20;
 const CTA_HELP_NAME: u16 = 1;
 
 /// `IPS_*` status bits that admission looks at.
@@ -481,12 +483,23 @@ pub fn refresh_request(seq: u32, orig: &Tuple, zone: u16, timeout_s: u32) -> Vec
 /// conntrack leave its sequence tracking behind, and without this, the first packets that take
 /// the kernel path again (after a FIN, a too-big packet, a re-resolution, a daemon restart)
 /// would be INVALID: not NATed, possibly answered with a reset.
+///
+/// It also forgets the highest ACK conntrack saw (clears `IP_CT_TCP_FLAG_MAXACK_SET`, as the
+/// flowtable's `flow_offload_fixup_tcp` does): conntrack accepts an RST only when its sequence
+/// number equals that ACK, which packets bypassing it make stale; a client's RST then left the
+/// entry ESTABLISHED with a 10 s timeout ("kept for a challenge ACK"), the client reused the
+/// port at once, and the new connection's FIN met an expired entry: not NATed, lost (found by
+/// the churn soak). Without the flag conntrack takes the RST as it comes, as the kernel path
+/// would have.
 pub fn liberal_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
     let mut b = entry_request(IPCTNL_MSG_CT_NEW, seq, orig, zone);
     let pi = b.nest(CTA_PROTOINFO);
     let tcp = b.nest(CTA_PROTOINFO_TCP);
-    // struct nf_ct_tcp_flags { flags, mask }
-    let liberal = [IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL];
+    // struct nf_ct_tcp_flags { flags, mask }: liberal set, max-ACK cleared.
+    let liberal = [
+        IP_CT_TCP_FLAG_BE_LIBERAL,
+        IP_CT_TCP_FLAG_BE_LIBERAL | IP_CT_TCP_FLAG_MAXACK_SET,
+    ];
     b.attr(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &liberal);
     b.attr(CTA_PROTOINFO_TCP_FLAGS_REPLY, &liberal);
     b.end_nest(tcp);
@@ -661,5 +674,37 @@ mod tests {
         }
         assert_eq!(seen_tuple, Some(c.orig));
         assert_eq!(seen_timeout, Some(120));
+    }
+
+    #[test]
+    fn the_liberal_request_also_forgets_the_highest_ack_both_ways() {
+        let c = conn();
+        let r = liberal_request(3, &c.orig, 0);
+        let mut flags = Vec::new();
+        for a in attrs(&r[20..]) {
+            let (ty, v) = a.unwrap_or((0, &[]));
+            if ty & 0x7fff != CTA_PROTOINFO {
+                continue;
+            }
+            for a in attrs(v) {
+                let (ty, v) = a.unwrap_or((0, &[]));
+                if ty & 0x7fff != CTA_PROTOINFO_TCP {
+                    continue;
+                }
+                for a in attrs(v) {
+                    let (ty, v) = a.unwrap_or((0, &[]));
+                    flags.push((ty, v.to_vec()));
+                }
+            }
+        }
+        // struct nf_ct_tcp_flags { flags, mask }: BE_LIBERAL set, MAXACK_SET cleared.
+        let want = vec![0x08, 0x28];
+        assert_eq!(
+            flags,
+            vec![
+                (CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, want.clone()),
+                (CTA_PROTOINFO_TCP_FLAGS_REPLY, want)
+            ]
+        );
     }
 }

@@ -66,6 +66,13 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// cause the next, a loop that took a whole core at 10k connections.
 const UNPLACEABLE_RETRY: Duration = Duration::from_secs(10);
 
+/// How long a connection the data path saw end is remembered ([`FlowManager::torn_down`]):
+/// conntrack's TIME_WAIT.
+const TORN_DOWN_FORGET: Duration = Duration::from_secs(120);
+
+/// Connections remembered in [`FlowManager::torn_down`] (the oldest forgotten beyond).
+const MAX_TORN_DOWN: usize = 8192;
+
 /// Connections remembered in [`FlowManager::unplaceable`] (forgotten all at once beyond).
 const MAX_UNPLACEABLE: usize = 4096;
 
@@ -156,6 +163,9 @@ pub enum Reject {
     Shaped,
     /// The data path is not loaded or offload is off.
     Disabled,
+    /// The data path saw this very conntrack entry end (FIN/RST); what still shows it
+    /// offloadable is older than that.
+    Ended,
 }
 
 impl Reject {
@@ -168,6 +178,7 @@ impl Reject {
             Reject::MapFull => "map_full",
             Reject::Shaped => "shaped",
             Reject::Disabled => "disabled",
+            Reject::Ended => "ended",
         }
     }
 }
@@ -212,17 +223,22 @@ pub struct FlowManager {
     /// Connections that found no room in the flow table, and when (see
     /// [`UNPLACEABLE_RETRY`]).
     unplaceable: HashMap<ConnKey, Instant>,
+    /// Connections the data path saw end (FIN/RST): their conntrack entry's id, and when. A
+    /// dump or a late event that still shows that same entry offloadable does not bring it
+    /// back (conntrack may keep an entry ESTABLISHED a while after an RST it doubts, and a dump
+    /// may predate the end); a new entry on the same tuple (another id) is admitted as usual.
+    torn_down: HashMap<ConnKey, (u32, Instant)>,
     /// Next hops in use, one copy of each ([`Self::intern`]); pruned once per refresh round.
     hop_pool: HashSet<Rc<NextHop>>,
     /// Number of the next admission (see [`Offloaded::seq`]).
     next_seq: u64,
-    /// While a background dump runs ([`Self::dump_started`]): connections destroyed since it
-    /// started, which it may still list. Only destruction counts: an event saying "not
-    /// offloadable" may be older than the dump (read from what was queued when events were
-    /// lost, or sent just before the dump got to that entry) while the event of the transition
-    /// after it is among the lost, and a connection vetoed that way would stay in the kernel
-    /// for good (found by the churn soak). Admitting one that did leave the offloadable states
-    /// is harmless: the data path hands its FIN/RST to the kernel and the teardown follows.
+    /// While a background dump runs ([`Self::dump_started`]): connections destroyed, out of the
+    /// offloadable states or torn down by a FIN/RST since it started, which it may still list
+    /// as they were. (An event older than the dump may veto it too: one sent before the dump
+    /// got to that entry. The event of the transition that followed is then delivered, since
+    /// the event queue was emptied before the dump, and admits it.) Found by the churn soak:
+    /// a connection the dump listed before its FIN, admitted again after it, had its last
+    /// packets forwarded around conntrack, which then lost track of the close.
     dump_gone: Option<HashSet<ConnKey>>,
 }
 
@@ -326,6 +342,9 @@ impl FlowManager {
             conntrack::Message::New(c) | conntrack::Message::Update(c) => {
                 if !c.offloadable_state() {
                     self.backlog.admit_conns.remove(&key_of(&c));
+                    if let Some(gone) = &mut self.dump_gone {
+                        gone.insert(key_of(&c));
+                    }
                     self.forget_waiting(&key_of(&c));
                     if self.flows.contains_key(&key_of(&c)) {
                         debug!("{}: left offloadable state, back to the kernel", c.orig);
@@ -359,15 +378,53 @@ impl FlowManager {
             conntrack::Message::Destroy(c) => {
                 self.backlog.admit_conns.remove(&key_of(&c));
                 self.unplaceable.remove(&key_of(&c));
+                if self
+                    .torn_down
+                    .get(&key_of(&c))
+                    .is_some_and(|(id, _)| *id == c.id)
+                {
+                    self.torn_down.remove(&key_of(&c));
+                }
                 if let Some(gone) = &mut self.dump_gone {
                     gone.insert(key_of(&c));
                 }
-                self.remove(&key_of(&c), ctx.dp);
+                // The end of an older entry on the same tuple is not this flow's.
+                let other_entry = self
+                    .flows
+                    .get(&key_of(&c))
+                    .is_some_and(|f| f.conn.id != 0 && c.id != 0 && f.conn.id != c.id);
+                if !other_entry {
+                    self.remove(&key_of(&c), ctx.dp);
+                }
                 self.forget_waiting(&key_of(&c));
             }
             conntrack::Message::RulesetChanged => self.on_ruleset_changed(ctx),
             _ => {}
         }
+    }
+
+    /// Remembers that the data path saw offloaded connection `key` end ([`Self::torn_down`]).
+    fn note_ended(&mut self, key: &ConnKey, now: Instant) {
+        let Some(id) = self.flows.get(key).map(|f| f.conn.id).filter(|&id| id != 0) else {
+            return; // without an id, a new entry on the tuple could not be told apart
+        };
+        if self.torn_down.len() >= MAX_TORN_DOWN {
+            self.torn_down
+                .retain(|_, (_, t)| now.saturating_duration_since(*t) < TORN_DOWN_FORGET);
+            if self.torn_down.len() >= MAX_TORN_DOWN {
+                self.torn_down.clear();
+            }
+        }
+        self.torn_down.insert(*key, (id, now));
+    }
+
+    /// Whether `c` is a conntrack entry the data path saw end.
+    fn ended(&self, c: &Conn) -> bool {
+        c.id != 0
+            && self
+                .torn_down
+                .get(&key_of(c))
+                .is_some_and(|(id, _)| *id == c.id)
     }
 
     fn on_ruleset_changed(&mut self, ctx: &Ctx<'_>) {
@@ -396,6 +453,10 @@ impl FlowManager {
                     "{}: FIN/RST seen by the data path, back to the kernel",
                     conn.0
                 );
+                if let Some(gone) = &mut self.dump_gone {
+                    gone.insert(conn);
+                }
+                self.note_ended(&conn, Instant::now());
                 self.remove(&conn, dp);
                 self.stats.teardown_events += 1;
             }
@@ -407,6 +468,9 @@ impl FlowManager {
         let Some(dp) = ctx.dp.filter(|dp| dp.enabled()) else {
             return Err(self.reject(Reject::Disabled));
         };
+        if self.ended(&c) {
+            return Err(self.reject(Reject::Ended));
+        }
         let hops = match resolve_pair(&c, ctx).await {
             Ok(hops) => hops,
             Err(Unresolved::Local) => return Err(self.reject(Reject::Local)),
@@ -732,8 +796,11 @@ impl FlowManager {
             }
             self.last_refresh = Some(ctx.now);
             self.refresh_round = self.flows.keys().copied().collect();
-            // Next hops no connection uses any more.
+            // Next hops no connection uses any more; connections that ended long ago.
             self.hop_pool.retain(|h| Rc::strong_count(h) > 1);
+            let now = ctx.now;
+            self.torn_down
+                .retain(|_, (_, t)| now.saturating_duration_since(*t) < TORN_DOWN_FORGET);
             // One-second ticks: the round is done a little before the next one is due.
             let ticks = every.as_secs().saturating_sub(1).max(1) as usize;
             self.refresh_slice = self.refresh_round.len().div_ceil(ticks).max(1);
@@ -765,6 +832,7 @@ impl FlowManager {
         }
         for key in &teardown {
             debug!("{}: FIN/RST flag found, back to the kernel", key.0);
+            self.note_ended(key, ctx.now);
             self.remove(key, Some(dp));
         }
         let mut gone = check_conntrack(ct, &active, Some(timeouts));

@@ -900,22 +900,26 @@ async fn admissions_beyond_a_burst_wait_in_the_backlog_and_removals_do_not() {
 async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
     let w = World::new();
     let mut m = FlowManager::default();
-    let [old, new, dead, missed, born, late] =
-        [1, 2, 3, 4, 5, 6].map(|n| w.connection(n, IPPROTO_UDP));
+    let [old, new, dead, missed, born, late, closed] =
+        [1, 2, 3, 4, 5, 6, 7].map(|n| w.connection(n, IPPROTO_UDP));
     m.on_conntrack(Message::New(old.clone()), &w.ctx()).await;
+    m.on_conntrack(Message::New(closed.clone()), &w.ctx()).await;
     let mark = m.dump_started();
-    // While the dump runs: a connection is admitted, one the dump lists is destroyed, and an
-    // old event of one from before it was assured (the event that assured it was lost).
+    // While the dump runs: a connection is admitted, one the dump lists is destroyed, one is
+    // torn down by a FIN the data path saw, and an event of one from before it was assured.
     m.on_conntrack(Message::New(new.clone()), &w.ctx()).await;
     m.on_conntrack(Message::Destroy(dead.clone()), &w.ctx())
         .await;
+    let fin = m.flows[&(closed.orig, 0)].keys[0];
+    m.on_teardown(&[fin], Some(&w.table));
     let mut young = late.clone();
     young.status &= !crate::conntrack::codec::status::ASSURED;
     m.on_conntrack(Message::Update(young), &w.ctx()).await;
     // The dump (taken at the start): `old` had gone already (its DESTROY was lost), `new` was
-    // not born yet; `dead` and `missed` (whose NEW was lost) were there, `late` assured.
+    // not born yet; `dead`, `closed` and `missed` (whose NEW was lost) were there, `late`
+    // assured.
     m.resync_since(
-        vec![dead.clone(), missed.clone(), late.clone()],
+        vec![dead.clone(), missed.clone(), late.clone(), closed.clone()],
         mark,
         &w.ctx(),
     );
@@ -934,9 +938,15 @@ async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
         "the lost event's connection"
     );
     assert!(
-        m.flows.contains_key(&(late.orig, 0)),
-        "an older event does not veto the dump"
+        !m.flows.contains_key(&(closed.orig, 0)),
+        "torn down since: not admitted again"
     );
+    // `late`: vetoed by the older event; the event of its transition, delivered since the
+    // queue was emptied before the dump, admits it.
+    assert!(!m.flows.contains_key(&(late.orig, 0)));
+    m.on_conntrack(Message::Update(late.clone()), &w.ctx())
+        .await;
+    assert!(m.flows.contains_key(&(late.orig, 0)));
     m.on_conntrack(Message::Destroy(late.clone()), &w.ctx())
         .await;
     assert_eq!(m.len(), 2);
@@ -975,4 +985,32 @@ async fn connections_share_their_next_hops() {
     m.flush(Some(&w.table));
     m.tick(&w.ctx(), &timeouts);
     assert!(m.hop_pool.is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_seen_ending_is_not_brought_back_by_older_news_of_it() {
+    let w = World::new();
+    let mut m = FlowManager::default();
+    let c = w.connection(1, IPPROTO_TCP);
+    m.on_conntrack(Message::New(c.clone()), &w.ctx()).await;
+    let fin = m.flows[&(c.orig, 0)].keys[0];
+    m.on_teardown(&[fin], Some(&w.table));
+    assert!(m.is_empty());
+    // Conntrack still calls that entry ESTABLISHED (an RST it doubted; a dump from before
+    // the end; the echo of the liberal update): not admitted again.
+    m.on_conntrack(Message::Update(c.clone()), &w.ctx()).await;
+    let mark = m.dump_started();
+    m.resync_since(vec![c.clone()], mark, &w.ctx());
+    drain(&mut m, &w).await;
+    assert!(m.is_empty(), "the same entry came back");
+    assert_eq!(m.stats.rejected.get("ended"), Some(&2));
+    // The client reuses the port: a new entry (another id) on the same tuple is admitted.
+    let mut again = c.clone();
+    again.id = c.id.wrapping_add(1);
+    m.on_conntrack(Message::New(again.clone()), &w.ctx()).await;
+    assert_eq!(m.len(), 1);
+    // The old entry's DESTROY forgets it; the new one's teardown is remembered in turn.
+    m.on_conntrack(Message::Destroy(c.clone()), &w.ctx()).await;
+    assert!(m.torn_down.is_empty());
+    assert_eq!(m.len(), 1, "the old entry's end is not the new one's");
 }

@@ -157,6 +157,8 @@ async def long_flow(i, addr, port, udp, stats, stop, rng, gate):
 
 async def short_conn(i, addr, port, kind, stats, rng):
     what = "short %d %s %s" % (i, kind, addr)
+    stage = "open"
+    t0 = time.monotonic()
     try:
         if kind == "udp_timeout":
             flow = await udp_open(addr, port)
@@ -171,6 +173,7 @@ async def short_conn(i, addr, port, kind, stats, rng):
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(addr, port), EXCHANGE_TIMEOUT)
             try:
+                stage = "exchange from port %d" % writer.get_extra_info("sockname")[1]
                 data = payload(rng, 1, 32768)
                 await asyncio.wait_for(tcp_exchange(reader, writer, data), EXCHANGE_TIMEOUT)
                 stats.short_bytes += len(data)
@@ -179,6 +182,7 @@ async def short_conn(i, addr, port, kind, stats, rng):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     writer.transport.abort()
                 else:
+                    stage = "close" + stage[len("exchange"):]
                     writer.write_eof()
                     # The server closes its side on EOF: wait for that, the FIN both ways.
                     rest = await asyncio.wait_for(reader.read(), EXCHANGE_TIMEOUT)
@@ -188,7 +192,8 @@ async def short_conn(i, addr, port, kind, stats, rng):
                 writer.close()
         stats.short[kind] += 1
     except Exception as e:  # noqa: BLE001
-        stats.error("%s: %r" % (what, e))
+        stats.error("%s: %s at %s, %.1f s in: %r" % (what, stage, time.strftime("%H:%M:%S"),
+                                                   time.monotonic() - t0, e))
 
 
 def report(path, stats, phase, started, churn_seconds):
