@@ -647,3 +647,78 @@ fn assert_only_rejected(st: &serde_json::Value, reason: &str, what: &str) {
     assert!(rejected >= 1, "{what}: {st}");
     assert_eq!(st["offload"]["manager"]["admitted"], 0, "{st}");
 }
+
+/// A client that resets its connection after the offload carried data: conntrack must take the
+/// RST (CLOSE), as it would on the kernel path. Its record of the highest ACK is stale by then
+/// (the data bypassed it); unless the offload clears it, conntrack doubts the RST, keeps the
+/// entry ESTABLISHED for 10 s "for a challenge ACK", and a client that reuses the port at once
+/// (a reset leaves no TIME_WAIT) meets a dying entry: found by the churn soak (tests/soak.rs).
+#[test]
+fn a_reset_after_offloaded_data_closes_the_conntrack_entry() {
+    let test = "a_reset_after_offloaded_data_closes_the_conntrack_entry";
+    if !common::require_root(test) {
+        return;
+    }
+    if common::which("conntrack").is_none() {
+        common::missing(test, "conntrack");
+        return;
+    }
+    let lab = Lab::new("bqr");
+    let d = lab.daemon();
+    let flag = lab.work.path.join("offloaded");
+    // An echo server, and a client that exchanges 1 KiB every 20 ms until told the flow is
+    // offloaded, 50 more times (through the data path), then resets (SO_LINGER 0).
+    let server = lab
+        .srv
+        .command("timeout")
+        .args(["30", "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket\n\
+             s = socket.create_server(('198.19.0.2', 7200))\n\
+             c, _ = s.accept()\n\
+             try:\n    while (d := c.recv(65536)):\n        c.sendall(d)\n\
+             except ConnectionResetError:\n    pass\n",
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("server: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let client = lab
+        .lan
+        .command("timeout")
+        .args(["30", "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import os, socket, struct, time\n\
+             c = socket.create_connection(('198.19.0.2', 7200), timeout=5)\n\
+             def xch():\n    c.sendall(b'x' * 1024)\n    n = 0\n    \
+             while n < 1024:\n        n += len(c.recv(1024 - n))\n\
+             for _ in range(1000):\n    xch()\n    time.sleep(0.02)\n    \
+             if os.path.exists('{flag}'):\n        break\n\
+             for _ in range(50):\n    xch()\n\
+             print(c.getsockname()[1], flush=True)\n\
+             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+             c.close()\n",
+            flag = flag.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    wait_offloaded(&d, 1, Duration::from_secs(10));
+    std::fs::write(&flag, b"").unwrap();
+    let port = finish(client, "client");
+    let port = port.trim();
+    let _ = server.wait_with_output();
+    let entry = lab.rtr.sh(&format!(
+        "conntrack -L -p tcp --orig-port-src {port} --orig-port-dst 7200 2>/dev/null"
+    ));
+    assert!(
+        entry.contains(" CLOSE "),
+        "conntrack did not take the reset: {entry}\n{}",
+        d.status()["offload"]
+    );
+    // The data really went through the data path (else the test proves nothing).
+    assert!(
+        d.status()["offload"]["packets"].as_u64().unwrap_or(0) >= 50,
+        "{}",
+        d.status()["offload"]
+    );
+}
