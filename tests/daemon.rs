@@ -408,15 +408,6 @@ fn raw_request(socket: &std::path::Path, bytes: &[u8]) -> String {
     line
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Hostile or broken clients of the control socket (issue 17): an oversized line, invalid JSON,
 /// bytes that are not UTF-8 and an unknown command get clear error replies; a pile of clients
 /// that connect and say nothing gets "busy" past the connection limit without starving a real
@@ -494,14 +485,14 @@ fn control_socket_survives_hostile_clients() {
     for _ in 0..200 {
         raw_request(&d.socket, b"{\"cmd\":\"status\"}\n");
     }
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
     let mut ok = 0;
     for _ in 0..500 {
         if raw_request(&d.socket, b"{\"cmd\":\"status\"}\n").contains("\"version\"") {
             ok += 1;
         }
     }
-    let after = rss_kib(pid);
+    let after = common::rss_kib(pid);
     assert_eq!(ok, 500, "every request of the flood answered");
     assert!(
         before > 0 && after < before + 2048,

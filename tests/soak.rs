@@ -179,15 +179,6 @@ fn conntrack(lab: &Lab) -> Vec<CtEntry> {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Reads `child`'s stdout lines until one starts with `want`, bounded.
 fn wait_line(lines: &mut impl Iterator<Item = String>, want: &str, what: &str) -> String {
     for line in lines.by_ref() {
@@ -294,7 +285,7 @@ fn churn_for_a_minute_with_event_loss_breaks_nothing_and_leaves_the_table_exact(
     while connections(&d).unwrap_or(0) < long * 9 / 10 && warm.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let rss_warm = rss_kib(pid);
+    let rss_warm = common::rss_kib(pid);
     eprintln!(
         "warm-up: {:?} connections offloaded after {:?}; RSS {rss_warm} KiB",
         connections(&d),
@@ -323,7 +314,7 @@ fn churn_for_a_minute_with_event_loss_breaks_nothing_and_leaves_the_table_exact(
     eprintln!("stop/inject window ended at {}", lab.rtr.sh("date +%T.%N"));
 
     wait_line(&mut clines, "churn stopped", "client");
-    let rss_end = rss_kib(pid);
+    let rss_end = common::rss_kib(pid);
     let quiet: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     eprintln!("churn: {quiet}");

@@ -420,7 +420,7 @@ function renderStatus(st, now) {
 		[ _('Offload'), off.enabled ? _('enabled') : _('disabled') ],
 		[ _('Offloaded connections'), off.connections ],
 		[ _('Flow entries'), (off.flows_max != null)
-			? '%s / %s %s'.format(count(off.flows), count(off.flows_max), _('per address family'))
+			? '%s %s, %s %s'.format(count(off.flows), _('in use'), count(off.flows_max), _('per address family'))
 			: off.flows ],
 		[ _('Offloaded now'), bps(rates['offload']) ],
 		[ _('Offloaded in total'), '%s, %s %s'.format(bytes(off.bytes), count(off.packets), _('packets')) ],
