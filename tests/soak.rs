@@ -61,6 +61,37 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Raises the host's `nf_conntrack_max` (shared by every namespace's table) to at least what the
+/// soak needs (20,000 long-lived connections, 30,000 in TIME_WAIT or CLOSE, 20,000 injected)
+/// while it runs, and puts the old value back afterwards. Kernels on machines with less than
+/// 4 GiB of memory default to 65,536.
+struct ConntrackMax(Option<String>);
+
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+impl ConntrackMax {
+    fn at_least(n: u64) -> Self {
+        let was = std::fs::read_to_string(CONNTRACK_MAX).unwrap_or_default();
+        match was.trim().parse::<u64>() {
+            Ok(v) if v < n => {
+                std::fs::write(CONNTRACK_MAX, n.to_string())
+                    .unwrap_or_else(|e| panic!("raising {CONNTRACK_MAX} to {n}: {e}"));
+                eprintln!("nf_conntrack_max raised from {v} to {n} for the soak");
+                Self(Some(was))
+            }
+            _ => Self(None),
+        }
+    }
+}
+
+impl Drop for ConntrackMax {
+    fn drop(&mut self) {
+        if let Some(was) = &self.0 {
+            let _ = std::fs::write(CONNTRACK_MAX, was.trim());
+        }
+    }
+}
+
 fn churn_py() -> String {
     common::repo()
         .join("tests/tools/churn.py")
@@ -209,6 +240,8 @@ fn churn_for_a_minute_with_event_loss_breaks_nothing_and_leaves_the_table_exact(
     let long = env_or("BPFQOS_SOAK_LONG", 20000);
     let rate = env_or("BPFQOS_SOAK_RATE", 500);
     let lab = Lab::new("sk");
+    // (After the lab: its masquerade rule loads conntrack.)
+    let _max = ConntrackMax::at_least(131_072);
     lab.rtr.sh(&format!(
         "sysctl -qw net.netfilter.nf_conntrack_udp_timeout={UDP_TIMEOUT} \
          net.netfilter.nf_conntrack_udp_timeout_stream={UDP_TIMEOUT_STREAM}"

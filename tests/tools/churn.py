@@ -408,10 +408,14 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--report")
     p.add_argument("--procs", type=int, default=0,
-                   help="processes to spread the sockets over (0: one per 3,000 flows)")
+                   help="processes to spread the sockets over (0: one per 3,000 flows, fewer "
+                   "flows per process when the file limit is lower)")
     args = p.parse_args()
     if args.procs == 0:
-        args.procs = max(1, -(-args.long // 3000))
+        # A process holds at most 3,000 flows, fewer when the file limit is lower.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        per = 3000 if hard == resource.RLIM_INFINITY else max(100, min(3000, hard - 256))
+        args.procs = max(1, -(-args.long // per))
     if args.procs > 1:
         return supervise(args)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
