@@ -510,16 +510,12 @@ pub fn liberal_request(seq: u32, orig: &Tuple, zone: u16) -> Vec<u8> {
 /// The number of messages in a datagram when every one of them is ctnetlink's (read from the
 /// headers only), else None (something else is in it, or it is malformed).
 pub fn count_if_conntrack_only(buf: &[u8]) -> Option<usize> {
-    let (mut off, mut n) = (0usize, 0usize);
-    while off < buf.len() {
-        let hdr = buf.get(off..off + 16)?;
-        let len = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
-        let ty = u16::from_ne_bytes([hdr[4], hdr[5]]);
-        if len < 16 || len > buf.len() - off || ty >> 8 != NFNL_SUBSYS_CTNETLINK {
+    let mut n = 0;
+    for m in crate::nl::messages(buf) {
+        if m.ok()?.ty >> 8 != NFNL_SUBSYS_CTNETLINK {
             return None;
         }
         n += 1;
-        off = off.checked_add(len.checked_add(3)? & !3)?;
     }
     Some(n)
 }
@@ -680,23 +676,12 @@ mod tests {
     fn the_liberal_request_also_forgets_the_highest_ack_both_ways() {
         let c = conn();
         let r = liberal_request(3, &c.orig, 0);
-        let mut flags = Vec::new();
-        for a in attrs(&r[20..]) {
-            let (ty, v) = a.unwrap_or((0, &[]));
-            if ty & 0x7fff != CTA_PROTOINFO {
-                continue;
-            }
-            for a in attrs(v) {
-                let (ty, v) = a.unwrap_or((0, &[]));
-                if ty & 0x7fff != CTA_PROTOINFO_TCP {
-                    continue;
-                }
-                for a in attrs(v) {
-                    let (ty, v) = a.unwrap_or((0, &[]));
-                    flags.push((ty, v.to_vec()));
-                }
-            }
-        }
+        let tcp = crate::nl::find_attr(&r[20..], CTA_PROTOINFO)
+            .and_then(|pi| crate::nl::find_attr(pi, CTA_PROTOINFO_TCP))
+            .unwrap_or_default();
+        let flags: Vec<(u16, Vec<u8>)> = attrs(tcp)
+            .map(|a| a.map(|(ty, v)| (ty, v.to_vec())).unwrap_or_default())
+            .collect();
         // struct nf_ct_tcp_flags { flags, mask }: BE_LIBERAL set, MAXACK_SET cleared.
         let want = vec![0x08, 0x28];
         assert_eq!(

@@ -378,11 +378,7 @@ impl FlowManager {
             conntrack::Message::Destroy(c) => {
                 self.backlog.admit_conns.remove(&key_of(&c));
                 self.unplaceable.remove(&key_of(&c));
-                if self
-                    .torn_down
-                    .get(&key_of(&c))
-                    .is_some_and(|(id, _)| *id == c.id)
-                {
+                if self.ended(&c) {
                     self.torn_down.remove(&key_of(&c));
                 }
                 if let Some(gone) = &mut self.dump_gone {
@@ -409,13 +405,18 @@ impl FlowManager {
             return; // without an id, a new entry on the tuple could not be told apart
         };
         if self.torn_down.len() >= MAX_TORN_DOWN {
-            self.torn_down
-                .retain(|_, (_, t)| now.saturating_duration_since(*t) < TORN_DOWN_FORGET);
+            self.forget_ended_before(now);
             if self.torn_down.len() >= MAX_TORN_DOWN {
                 self.torn_down.clear();
             }
         }
         self.torn_down.insert(*key, (id, now));
+    }
+
+    /// Forgets the connections that ended more than [`TORN_DOWN_FORGET`] before `now`.
+    fn forget_ended_before(&mut self, now: Instant) {
+        self.torn_down
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < TORN_DOWN_FORGET);
     }
 
     /// Whether `c` is a conntrack entry the data path saw end.
@@ -798,9 +799,7 @@ impl FlowManager {
             self.refresh_round = self.flows.keys().copied().collect();
             // Next hops no connection uses any more; connections that ended long ago.
             self.hop_pool.retain(|h| Rc::strong_count(h) > 1);
-            let now = ctx.now;
-            self.torn_down
-                .retain(|_, (_, t)| now.saturating_duration_since(*t) < TORN_DOWN_FORGET);
+            self.forget_ended_before(ctx.now);
             // One-second ticks: the round is done a little before the next one is due.
             let ticks = every.as_secs().saturating_sub(1).max(1) as usize;
             self.refresh_slice = self.refresh_round.len().div_ceil(ticks).max(1);
