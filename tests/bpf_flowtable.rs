@@ -155,12 +155,16 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
         let v6 = orig.is_v6();
         let (a, b, key, entry_a, entry_b) = two_versions(&env, orig, Encap::vlan(7));
         t.install(&entry_a).unwrap().unwrap();
+        assert_eq!(t.owner(&key), None, "installed without an owner");
         forward(&mut env, &a, 5);
         let first = slot_of(&env.obj, v6, &key, t.seed()).expect("slot");
         assert_eq!(t.counters(&key).map(|c| c.packets), Some(5));
 
-        // Replacement: a fresh entry, the slot repointed, the old entry left as it was.
-        t.install(&entry_b).unwrap().unwrap();
+        // Replacement: a fresh entry, the slot repointed, the old entry left as it was; the
+        // owner is the replacement's.
+        t.install_owned(&entry_b, 7).unwrap().unwrap();
+        assert_eq!(t.owner(&key), Some(7));
+        assert_eq!(t.owner(&key[1..]), None, "a key of another length");
         let second = slot_of(&env.obj, v6, &key, t.seed()).expect("slot");
         assert_eq!(abi::slot_tag(first), abi::slot_tag(second));
         assert_ne!(
@@ -219,6 +223,7 @@ fn rust_and_bpf_agree_replacement_waits_for_a_grace_period_and_counters_carry() 
 
         // Removal: the slot is cleared at once, packets go to the kernel.
         t.remove(&key);
+        assert_eq!(t.owner(&key), None);
         assert!(slot_of(&env.obj, v6, &key, t.seed()).is_none());
         let (input, _) = b.frames(Tcp::Ack, PAYLOAD);
         let r = run_xdp(&mut env.obj, &input, b.ingress, 1);

@@ -117,41 +117,74 @@ impl Drop for SlotIndex {
     }
 }
 
-/// Where a live flow sits.
+/// The owner of an entry installed without one ([`FlowTables::install`]) or adopted from an
+/// earlier daemon.
+pub const NO_OWNER: u32 = u32::MAX;
+
+// A bucket number is kept in 16 bits ([`Placed::bucket`]).
+const _: () = assert!(abi::FLOW_BUCKETS <= 1 << 16);
+
+/// Where a live flow sits, and whose it is. 12 bytes: at 64k connections there are 128k of
+/// these (with their keys, the bulk of this module's memory).
 #[derive(Clone, Copy, Debug)]
 struct Placed {
     index: u32,
-    bucket: u32,
-    slot: usize,
+    /// What the installer gave to find its own record from a key ([`FlowTables::owner`]).
+    owner: u32,
+    bucket: u16,
+    slot: u8,
 }
 
-/// An entry unlinked from the index, not to be rewritten before a grace period.
+impl Placed {
+    fn bucket(&self) -> u32 {
+        u32::from(self.bucket)
+    }
+
+    fn slot(&self) -> usize {
+        usize::from(self.slot)
+    }
+}
+
+/// An entry unlinked from the index, not to be rewritten before a grace period. (A replaced
+/// entry's key, for its counts, is in [`Table::carry_for`].)
+#[derive(Clone, Copy)]
 struct Unlinked {
     index: u32,
-    /// For a replaced entry: the key it was replaced for (its counts wait in
-    /// [`Table::replaced`] until it is final).
-    carry: Option<Vec<u8>>,
     /// Written by this process: zeroed on release, so that dumps show only live flows.
     dirty: bool,
-    /// The grace period asked for after this entry was unlinked ([`GraceWorker`] ticket);
-    /// None until a heartbeat asks for one.
-    ticket: Option<u64>,
+    /// The grace period asked for after this entry was unlinked ([`GraceWorker`] ticket,
+    /// numbered from 1); 0 until a heartbeat asks for one.
+    ticket: u64,
 }
 
-/// One family's table.
-struct Table {
+impl Unlinked {
+    fn new(index: u32, dirty: bool) -> Self {
+        Self {
+            index,
+            dirty,
+            ticket: 0,
+        }
+    }
+}
+
+/// One family's table; `N` is the family's key size. Keys are kept inline (a heap allocation
+/// per key would double the memory at 64k flows).
+struct Table<const N: usize> {
     entries: MapHandle,
     index: SlotIndex,
     entry_size: usize,
-    by_key: HashMap<Vec<u8>, Placed>,
+    by_key: HashMap<[u8; N], Placed>,
     free: Vec<u32>,
     unlinked: Vec<Unlinked>,
+    /// Replaced entries awaiting their grace period, by entry index: the key they were
+    /// replaced for (their counts wait in [`Table::replaced`] until they are final).
+    carry_for: HashMap<u32, [u8; N]>,
     /// Packets and bytes counted by replaced entries after their replacement was written.
-    carried: HashMap<Vec<u8>, (u64, u64)>,
+    carried: HashMap<[u8; N], (u64, u64)>,
     /// Replaced entries still counting, by the key of their live replacement: (entry index,
     /// packets, bytes) copied into the replacement. Looked up by key, so that reading or
     /// removing one flow costs the same with thousands of entries awaiting a grace period.
-    replaced: HashMap<Vec<u8>, Vec<(u32, u64, u64)>>,
+    replaced: HashMap<[u8; N], Vec<(u32, u64, u64)>>,
     /// Every entry's counters, by index, while a status document is being made
     /// ([`FlowTables::begin_snapshot`]).
     snapshot: Option<Vec<FlowCounters>>,
@@ -161,7 +194,12 @@ struct Table {
     capacity: u32,
 }
 
-impl Table {
+/// `key` as a table of key size `N` keeps it; None for another length.
+fn inline_key<const N: usize>(key: &[u8]) -> Option<[u8; N]> {
+    key.try_into().ok()
+}
+
+impl<const N: usize> Table<N> {
     fn open(entries: MapHandle, buckets: &MapHandle) -> anyhow::Result<Self> {
         let entry_size = entries.value_size() as usize;
         let capacity = entries.max_entries();
@@ -178,6 +216,7 @@ impl Table {
             by_key: HashMap::new(),
             free: Vec::new(),
             unlinked: Vec::new(),
+            carry_for: HashMap::new(),
             carried: HashMap::new(),
             replaced: HashMap::new(),
             snapshot: None,
@@ -216,7 +255,7 @@ impl Table {
                 let key = self
                     .read(index)
                     .filter(|e| e.len() == self.entry_size)
-                    .and_then(|e| abi::entry_key(&e).map(<[u8]>::to_vec));
+                    .and_then(|e| abi::entry_key(&e).and_then(inline_key::<N>));
                 let ok = key.as_ref().is_some_and(|k| {
                     index < self.capacity
                         && !used[index as usize]
@@ -233,8 +272,9 @@ impl Table {
                             k,
                             Placed {
                                 index,
-                                bucket,
-                                slot: i,
+                                owner: NO_OWNER,
+                                bucket: bucket as u16,
+                                slot: i as u8,
                             },
                         );
                     }
@@ -250,12 +290,7 @@ impl Table {
         self.unlinked = (0..self.capacity)
             .rev()
             .filter(|&i| !used.get(i as usize).copied().unwrap_or(false))
-            .map(|index| Unlinked {
-                index,
-                carry: None,
-                dirty: false,
-                ticket: None,
-            })
+            .map(|index| Unlinked::new(index, false))
             .collect();
     }
 
@@ -269,6 +304,7 @@ impl Table {
             }
         }
         self.by_key.clear();
+        self.carry_for.clear();
         self.carried.clear();
         self.replaced.clear();
         self.free.clear();
@@ -357,7 +393,7 @@ impl Table {
         })
     }
 
-    fn counters(&self, key: &[u8]) -> Option<FlowCounters> {
+    fn counters(&self, key: &[u8; N]) -> Option<FlowCounters> {
         let p = self.by_key.get(key)?;
         let mut c = self.counters_at(p.index)?;
         // (Both maps are empty unless flows were rewritten lately: no lookup then.)
@@ -386,9 +422,10 @@ impl Table {
         &mut self,
         mut entry: Vec<u8>,
         seed: &[u32; abi::HASH_SEEDS],
+        owner: u32,
     ) -> anyhow::Result<Result<(), PlaceError>> {
-        let key = match abi::entry_key(&entry) {
-            Some(k) if entry.len() == self.entry_size => k.to_vec(),
+        let key = match abi::entry_key(&entry).and_then(inline_key::<N>) {
+            Some(k) if entry.len() == self.entry_size => k,
             _ => bail!(
                 "flow entry of {} bytes, expected {}",
                 entry.len(),
@@ -398,7 +435,7 @@ impl Table {
         let (bucket, tag) = abi::flow_hash(&key, seed);
         let old = self.by_key.get(&key).copied();
         let slot = match old {
-            Some(p) => p.slot,
+            Some(p) => p.slot(),
             None => {
                 let mut empty = None;
                 for i in 0..abi::BUCKET_SLOTS {
@@ -435,58 +472,48 @@ impl Table {
         self.index.store(bucket, slot, abi::slot_word(tag, index));
         if let Some(p) = old {
             if let Some(c) = carry {
-                self.replaced.entry(key.clone()).or_default().push(c);
+                self.replaced.entry(key).or_default().push(c);
+                self.carry_for.insert(p.index, key);
             }
-            self.unlinked.push(Unlinked {
-                index: p.index,
-                carry: carry.map(|_| key.clone()),
-                dirty: true,
-                ticket: None,
-            });
+            self.unlinked.push(Unlinked::new(p.index, true));
         }
         self.by_key.insert(
             key,
             Placed {
                 index,
-                bucket,
-                slot,
+                owner,
+                bucket: bucket as u16,
+                slot: slot as u8,
             },
         );
         Ok(Ok(()))
     }
 
-    fn remove(&mut self, key: &[u8]) {
+    fn remove(&mut self, key: &[u8; N]) {
         let Some(p) = self.by_key.remove(key) else {
             return;
         };
-        self.index.store(p.bucket, p.slot, 0);
+        self.index.store(p.bucket(), p.slot(), 0);
         self.carried.remove(key);
         // What replaced entries count from now on belongs to no live flow.
         self.replaced.remove(key);
-        self.unlinked.push(Unlinked {
-            index: p.index,
-            carry: None,
-            dirty: true,
-            ticket: None,
-        });
+        self.unlinked.push(Unlinked::new(p.index, true));
     }
 
     /// After a grace period: replaced entries' final counts are carried over, unlinked
     /// entries are zeroed and free again. `done`: the last grace period that completed
     /// (ticket); None: one completed after every unlink so far.
     fn release_unlinked(&mut self, done: Option<u64>) {
-        let (ready, waiting) =
-            std::mem::take(&mut self.unlinked)
-                .into_iter()
-                .partition(|u| match (done, u.ticket) {
-                    (None, _) => true,
-                    (Some(d), Some(t)) => t <= d,
-                    (Some(_), None) => false,
-                });
+        let (ready, waiting) = std::mem::take(&mut self.unlinked)
+            .into_iter()
+            .partition(|u| match done {
+                None => true,
+                Some(d) => u.ticket != 0 && u.ticket <= d,
+            });
         self.unlinked = waiting;
         let mut zero = Vec::new();
         for u in ready {
-            if let Some(key) = &u.carry {
+            if let Some(key) = &self.carry_for.remove(&u.index) {
                 let mut carried = None;
                 if let Some(list) = self.replaced.get_mut(key) {
                     if let Some(at) = list.iter().position(|r| r.0 == u.index) {
@@ -499,7 +526,7 @@ impl Table {
                 if let Some(r) = carried {
                     let (dp, db) = self.counted_since_replaced(r);
                     if self.by_key.contains_key(key) {
-                        let c = self.carried.entry(key.clone()).or_default();
+                        let c = self.carried.entry(*key).or_default();
                         c.0 += dp;
                         c.1 += db;
                     }
@@ -626,18 +653,17 @@ impl Drop for GraceWorker {
 
 /// Both families' tables, their seeds and the grace-period barrier.
 pub struct FlowTables {
-    v4: Table,
-    v6: Table,
+    v4: Table<KEY4>,
+    v6: Table<KEY6>,
     seed: [u32; abi::HASH_SEEDS],
     grace: MapHandle,
     grace_inner: MapHandle,
     worker: GraceWorker,
 }
 
-/// The family of a key, by its length.
-fn is_v6(key: &[u8]) -> bool {
-    key.len() == std::mem::size_of::<abi::FlowKey6>()
-}
+/// Key sizes of the two families.
+const KEY4: usize = std::mem::size_of::<abi::FlowKey4>();
+const KEY6: usize = std::mem::size_of::<abi::FlowKey6>();
 
 impl FlowTables {
     /// Opens the tables of a loaded object, given its maps by name. With `adopt_seed` (the
@@ -681,40 +707,63 @@ impl FlowTables {
         &self.seed
     }
 
-    fn table(&mut self, key: &[u8]) -> &mut Table {
-        if is_v6(key) {
-            &mut self.v6
-        } else {
-            &mut self.v4
-        }
+    /// Installs (or replaces, keeping its counters) the flow whose entry is `entry` (key
+    /// last), with no owner. `Ok(Err(_))`: no room, the flow stays in the kernel. When all
+    /// entries are in use but some await a grace period, waits for one.
+    pub fn install(&mut self, entry: &[u8]) -> anyhow::Result<Result<(), PlaceError>> {
+        self.install_owned(entry, NO_OWNER)
     }
 
-    /// Installs (or replaces, keeping its counters) the flow whose entry is `entry` (key
-    /// last). `Ok(Err(_))`: no room, the flow stays in the kernel. When all entries are in
-    /// use but some await a grace period, waits for one.
-    pub fn install(&mut self, entry: &[u8]) -> anyhow::Result<Result<(), PlaceError>> {
+    /// [`Self::install`], remembering `owner` for the key ([`Self::owner`]): the flow manager
+    /// finds a connection from the key a FIN/RST event names without a map of its own.
+    pub fn install_owned(
+        &mut self,
+        entry: &[u8],
+        owner: u32,
+    ) -> anyhow::Result<Result<(), PlaceError>> {
         let seed = self.seed;
         let v6 = entry.len() == std::mem::size_of::<abi::Flow6>();
-        let t = if v6 { &mut self.v6 } else { &mut self.v4 };
-        if t.free.is_empty() && !t.unlinked.is_empty() {
+        let waiting = if v6 {
+            self.v6.free.is_empty() && !self.v6.unlinked.is_empty()
+        } else {
+            self.v4.free.is_empty() && !self.v4.unlinked.is_empty()
+        };
+        if waiting {
             self.synchronize()?;
         }
-        let t = if v6 { &mut self.v6 } else { &mut self.v4 };
-        t.install(entry.to_vec(), &seed)
+        if v6 {
+            self.v6.install(entry.to_vec(), &seed, owner)
+        } else {
+            self.v4.install(entry.to_vec(), &seed, owner)
+        }
     }
 
     /// Unlinks a flow (absent: nothing to do). Its entry is reused after a grace period.
     pub fn remove(&mut self, key: &[u8]) {
-        self.table(key).remove(key);
+        match key.len() {
+            KEY4 => inline_key(key).map(|k| self.v4.remove(&k)),
+            KEY6 => inline_key(key).map(|k| self.v6.remove(&k)),
+            _ => None,
+        };
     }
 
     /// Packets, bytes and flags of a live flow (what replaced entries counted included).
     pub fn counters(&self, key: &[u8]) -> Option<FlowCounters> {
-        if is_v6(key) {
-            self.v6.counters(key)
-        } else {
-            self.v4.counters(key)
+        match key.len() {
+            KEY4 => self.v4.counters(&inline_key(key)?),
+            KEY6 => self.v6.counters(&inline_key(key)?),
+            _ => None,
         }
+    }
+
+    /// The owner given when the live flow `key` was installed; None for none or no such flow.
+    pub fn owner(&self, key: &[u8]) -> Option<u32> {
+        let p = match key.len() {
+            KEY4 => self.v4.by_key.get(&inline_key::<KEY4>(key)?),
+            KEY6 => self.v6.by_key.get(&inline_key::<KEY6>(key)?),
+            _ => None,
+        }?;
+        Some(p.owner).filter(|&o| o != NO_OWNER)
     }
 
     /// Reads every entry's counters at once; until [`Self::end_snapshot`], counters come from
@@ -733,11 +782,8 @@ impl FlowTables {
 
     /// Keys of the live flows, both families.
     pub fn keys(&self) -> Vec<Vec<u8>> {
-        self.v4
-            .by_key
-            .keys()
-            .chain(self.v6.by_key.keys())
-            .cloned()
+        let v4 = self.v4.by_key.keys().map(|k| k.to_vec());
+        v4.chain(self.v6.by_key.keys().map(|k| k.to_vec()))
             .collect()
     }
 
@@ -784,8 +830,8 @@ impl FlowTables {
         let done = self.worker.completed();
         self.v4.release_unlinked(Some(done));
         self.v6.release_unlinked(Some(done));
-        let unasked = |t: &Table| t.unlinked.iter().any(|u| u.ticket.is_none());
-        if unasked(&self.v4) || unasked(&self.v6) {
+        let unasked = |u: &[Unlinked]| u.iter().any(|u| u.ticket == 0);
+        if unasked(&self.v4.unlinked) || unasked(&self.v6.unlinked) {
             let Some(ticket) = self.worker.ask() else {
                 return self.synchronize();
             };
@@ -795,7 +841,9 @@ impl FlowTables {
                 .iter_mut()
                 .chain(self.v6.unlinked.iter_mut())
             {
-                u.ticket.get_or_insert(ticket);
+                if u.ticket == 0 {
+                    u.ticket = ticket;
+                }
             }
         }
         if self.worker.take_failure() {

@@ -486,13 +486,19 @@ impl Dataplane {
         self.update_device_entry(abi::IFACES_MAP, ifindex, f)
     }
 
-    /// Writes a flow entry (replacing one with the same key keeps its counters). An error
-    /// when there is no room for it: the flow stays on the kernel path.
-    pub fn install(&self, value: &FlowValue) -> anyhow::Result<()> {
+    /// Writes a flow entry (replacing one with the same key keeps its counters) for `owner`
+    /// ([`Self::flow_owner`]). An error when there is no room for it: the flow stays on the
+    /// kernel path.
+    pub fn install(&self, value: &FlowValue, owner: u32) -> anyhow::Result<()> {
         self.tables
             .borrow_mut()
-            .install(value.bytes())?
+            .install_owned(value.bytes(), owner)?
             .map_err(anyhow::Error::from)
+    }
+
+    /// The owner a live flow entry was installed for.
+    pub fn flow_owner(&self, key: &FlowKey) -> Option<u32> {
+        self.tables.borrow().owner(key.bytes())
     }
 
     /// Unlinks a flow entry (absent: nothing to do).

@@ -16,6 +16,7 @@
 //! [`ports`] and the time passed in ([`Ctx::now`]): the unit tests below drive it with fakes.
 
 pub mod encode;
+mod flows;
 pub mod ports;
 pub mod report;
 
@@ -41,6 +42,7 @@ use crate::topology::NextHop;
 use crate::topology::TopologyEvent;
 use crate::topology::Unresolved;
 use encode::Shaping;
+use flows::Flows;
 use ports::ConntrackOps;
 use ports::FlowTable;
 use ports::Resolver;
@@ -92,7 +94,7 @@ type PacketCounts = HashMap<ConnKey, Option<[u64; 2]>>;
 pub type ConnKey = (Tuple, u16);
 
 /// One offloaded connection: both directions installed.
-struct Offloaded {
+pub(super) struct Offloaded {
     conn: Conn,
     /// [original direction, reply direction].
     keys: [FlowKey; 2],
@@ -202,9 +204,9 @@ pub struct Ctx<'a> {
 /// The flow table manager.
 #[derive(Default)]
 pub struct FlowManager {
-    flows: HashMap<ConnKey, Offloaded>,
-    /// Which connection each installed flow key belongs to (teardown events name keys).
-    by_flow_key: HashMap<FlowKey, ConnKey>,
+    /// The offloaded connections; a connection's slot is the owner of its flow entries
+    /// (teardown events name keys: [`FlowTable::owner`] leads back to the connection).
+    flows: Flows,
     stats: ManagerStats,
     /// What removed connections had counted.
     retired: Counters,
@@ -321,19 +323,8 @@ impl FlowManager {
         h
     }
 
-    fn insert(&mut self, key: ConnKey, f: Offloaded) {
-        for k in &f.keys {
-            self.by_flow_key.insert(*k, key);
-        }
-        self.flows.insert(key, f);
-    }
-
     fn take(&mut self, key: &ConnKey) -> Option<Offloaded> {
-        let f = self.flows.remove(key)?;
-        for k in &f.keys {
-            self.by_flow_key.remove(k);
-        }
-        Some(f)
+        self.flows.remove(key)
     }
 
     /// Handles a conntrack message: admit, update or remove.
@@ -448,8 +439,15 @@ impl FlowManager {
     /// The data path saw a FIN or RST on these flows: their connections go back to the kernel,
     /// which sees the rest of the teardown.
     pub fn on_teardown(&mut self, keys: &[FlowKey], dp: Option<&dyn FlowTable>) {
+        let Some(table) = dp else { return };
         for k in keys {
-            if let Some(conn) = self.by_flow_key.get(k).copied() {
+            // The entry's owner is the connection's slot; a slot emptied and filled again since
+            // holds another connection, whose keys are not this one.
+            let owner = table.owner(k).and_then(|slot| self.flows.by_slot(slot));
+            if let Some(conn) = owner
+                .filter(|f| f.keys.contains(k))
+                .map(|f| key_of(&f.conn))
+            {
                 debug!(
                     "{}: FIN/RST seen by the data path, back to the kernel",
                     conn.0
@@ -531,7 +529,8 @@ impl FlowManager {
                 warn!("tx_ports: {e:#}");
             }
         }
-        if let Err(e) = dp.install(&v0).and_then(|()| dp.install(&v1)) {
+        let slot = self.flows.vacant_slot();
+        if let Err(e) = dp.install(&v0, slot).and_then(|()| dp.install(&v1, slot)) {
             dp.remove(&k0);
             dp.remove(&k1);
             debug!("installing {}: {e:#}", c.orig);
@@ -548,7 +547,7 @@ impl FlowManager {
         let hops = hops.map(|h| self.intern(h));
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.insert(
+        self.flows.insert(
             key_of(&c),
             Offloaded {
                 conn: c,
@@ -602,7 +601,7 @@ impl FlowManager {
     /// Drops every offloaded flow (they continue on the kernel path).
     pub fn flush(&mut self, dp: Option<&dyn FlowTable>) {
         self.backlog.clear();
-        let keys: Vec<ConnKey> = self.flows.keys().copied().collect();
+        let keys: Vec<ConnKey> = self.flows.keys().collect();
         for k in &keys {
             self.remove(k, dp);
         }
@@ -624,7 +623,7 @@ impl FlowManager {
             .flows
             .iter()
             .filter(|(_, f)| f.affected_by(ev))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         if affected.is_empty() {
             return;
@@ -759,15 +758,17 @@ impl FlowManager {
         let resolved =
             futures::future::join_all(conns.iter().map(|(_, c)| resolve_pair(c, ctx))).await;
         for ((key, conn), hops) in conns.into_iter().zip(resolved) {
-            let Some(old) = self.take(&key) else {
+            let Some(old) = self.flows.get(&key) else {
                 continue;
             };
             self.stats.reresolved += 1;
             match hops {
-                Ok(hops) if hops.iter().zip(&old.hops).all(|(a, b)| *a == **b) => {
-                    self.insert(key, old)
-                }
+                // Unchanged: it stays as it is, in its slot (its entries' owner).
+                Ok(hops) if hops.iter().zip(&old.hops).all(|(a, b)| *a == **b) => {}
                 Ok(_) | Err(_) => {
+                    let Some(old) = self.take(&key) else {
+                        continue;
+                    };
                     self.retire(&old, ctx.dp);
                     self.stats.removed += 1;
                     if let Err(r) = self.admit(conn, ctx).await {
@@ -796,7 +797,7 @@ impl FlowManager {
                 return;
             }
             self.last_refresh = Some(ctx.now);
-            self.refresh_round = self.flows.keys().copied().collect();
+            self.refresh_round = self.flows.keys().collect();
             // Next hops no connection uses any more; connections that ended long ago.
             self.hop_pool.retain(|h| Rc::strong_count(h) > 1);
             self.forget_ended_before(ctx.now);
@@ -927,7 +928,7 @@ impl FlowManager {
             .flows
             .iter()
             .filter(|(k, f)| f.seq < mark.seq && !live.contains(k))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         for k in &stale {
             debug!("{}: not in the conntrack dump, back to the kernel", k.0);

@@ -27,9 +27,11 @@ use crate::topology::Unresolved;
 pub trait FlowTable {
     /// Whether offload is switched on.
     fn enabled(&self) -> bool;
-    /// Writes an entry (a replacement keeps the old entry's counters); an error when there is
-    /// no room for it.
-    fn install(&self, value: &FlowValue) -> anyhow::Result<()>;
+    /// Writes an entry (a replacement keeps the old entry's counters) for `owner` (what
+    /// [`FlowTable::owner`] gives back for its key); an error when there is no room for it.
+    fn install(&self, value: &FlowValue, owner: u32) -> anyhow::Result<()>;
+    /// The owner of the live entry `key`; None when it is not installed.
+    fn owner(&self, key: &FlowKey) -> Option<u32>;
     /// Unlinks an entry (absent: nothing to do).
     fn remove(&self, key: &FlowKey);
     /// What an entry counted; `None` when it is not installed.
@@ -45,8 +47,12 @@ impl FlowTable for Dataplane {
         Dataplane::enabled(self)
     }
 
-    fn install(&self, value: &FlowValue) -> anyhow::Result<()> {
-        Dataplane::install(self, value)
+    fn install(&self, value: &FlowValue, owner: u32) -> anyhow::Result<()> {
+        Dataplane::install(self, value, owner)
+    }
+
+    fn owner(&self, key: &FlowKey) -> Option<u32> {
+        self.flow_owner(key)
     }
 
     fn remove(&self, key: &FlowKey) {

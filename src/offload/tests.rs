@@ -51,6 +51,7 @@ const MAC_GW_NEW: [u8; 6] = [2, 0, 0, 0, 1, 2];
 struct FakeTable {
     enabled: Cell<bool>,
     entries: RefCell<HashMap<FlowKey, (FlowValue, FlowCounters)>>,
+    owners: RefCell<HashMap<FlowKey, u32>>,
     tx_ports: RefCell<HashSet<u32>>,
     /// Installs fail once this many entries are in.
     capacity: Cell<usize>,
@@ -94,7 +95,7 @@ impl FlowTable for FakeTable {
         self.enabled.get()
     }
 
-    fn install(&self, value: &FlowValue) -> anyhow::Result<()> {
+    fn install(&self, value: &FlowValue, owner: u32) -> anyhow::Result<()> {
         let mut e = self.entries.borrow_mut();
         if !e.contains_key(&value.key()) && e.len() >= self.capacity.get() {
             anyhow::bail!("flow table full");
@@ -102,11 +103,17 @@ impl FlowTable for FakeTable {
         self.installs.set(self.installs.get() + 1);
         let kept = e.get(&value.key()).map(|(_, c)| *c).unwrap_or_default();
         e.insert(value.key(), (*value, kept));
+        self.owners.borrow_mut().insert(value.key(), owner);
         Ok(())
+    }
+
+    fn owner(&self, key: &FlowKey) -> Option<u32> {
+        self.owners.borrow().get(key).copied()
     }
 
     fn remove(&self, key: &FlowKey) {
         self.entries.borrow_mut().remove(key);
+        self.owners.borrow_mut().remove(key);
     }
 
     fn counters(&self, key: &FlowKey) -> Option<FlowCounters> {
@@ -120,6 +127,7 @@ impl FlowTable for FakeTable {
 
     fn retain(&self, keep: &[&FlowKey]) {
         self.entries.borrow_mut().retain(|k, _| keep.contains(&k));
+        self.owners.borrow_mut().retain(|k, _| keep.contains(&k));
     }
 }
 
@@ -308,6 +316,22 @@ fn hops(gw_mac: [u8; 6]) -> [NextHop; 2] {
     ]
 }
 
+/// The record admission makes for connection `n` (TCP, through the WAN gateway).
+pub(super) fn offloaded(n: u8) -> super::Offloaded {
+    let w = World::new();
+    let c = w.connection(n, IPPROTO_TCP);
+    let unshaped = [super::encode::Shaping::Unshaped; 2];
+    let [(k0, _), (k1, _)] =
+        super::encode::connection(&c, &hops(MAC_GW), &w.resolver, unshaped).expect("encodable");
+    super::Offloaded {
+        conn: c,
+        keys: [k0, k1],
+        hops: hops(MAC_GW).map(Rc::new),
+        packets_at_refresh: 0,
+        seq: u64::from(n),
+    }
+}
+
 /// Ticks once a second until the refresh round in progress is done.
 fn refresh_round(m: &mut FlowManager, w: &World, timeouts: &Timeouts) {
     for _ in 0..100 {
@@ -327,7 +351,7 @@ async fn drain(m: &mut FlowManager, w: &World) {
 }
 
 fn keys_of(m: &FlowManager) -> Vec<FlowKey> {
-    let mut k: Vec<FlowKey> = m.by_flow_key.keys().copied().collect();
+    let mut k: Vec<FlowKey> = m.flows.values().flat_map(|f| f.keys).collect();
     k.sort_by(|a, b| a.bytes().cmp(b.bytes()));
     k
 }
@@ -527,6 +551,22 @@ async fn a_teardown_event_sends_its_connection_back_to_the_kernel() {
     assert!(!m.flows.contains_key(&(a.orig, 0)));
     assert_eq!(m.stats().teardown_events, 1);
     assert_eq!(w.table.len(), 2);
+    // The key leads to its connection through the entry's owner (the connection's slot): an
+    // entry whose owner slot holds another connection (not one this manager installed) is
+    // not that connection's teardown.
+    let slot_of_b = w
+        .table
+        .owner(&m.flows[&(w.connection(2, IPPROTO_TCP).orig, 0)].keys[0]);
+    let stranger = w.connection(3, IPPROTO_UDP);
+    let unshaped = [super::encode::Shaping::Unshaped; 2];
+    let [(k, v), _] = super::encode::connection(&stranger, &hops(MAC_GW), &w.resolver, unshaped)
+        .expect("encodable");
+    w.table
+        .install(&v, slot_of_b.expect("b's entries have an owner"))
+        .expect("room");
+    m.on_teardown(&[k], Some(&w.table));
+    assert_eq!(m.len(), 1, "another connection's key took b out");
+    assert_eq!(m.stats().teardown_events, 1);
 }
 
 #[tokio::test]
@@ -680,7 +720,7 @@ async fn resync_matches_conntrack_and_drops_orphan_entries() {
         super::encode::connection(&conn(9, IPPROTO_UDP), &hops(MAC_GW), &w.resolver, unshaped)
             .map(|[(_, v), _]| v);
     if let Some(v) = orphan {
-        let _ = w.table.install(&v);
+        let _ = w.table.install(&v, 77);
     }
     assert_eq!(w.table.len(), 5);
     let conns = w.ct.dump().unwrap_or_default();
@@ -785,10 +825,10 @@ async fn the_status_lists_the_busiest_connections_when_there_are_many() {
         w.resolver.set(&c, Ok(hops(MAC_GW)));
         m.on_conntrack(Message::New(c), &w.ctx()).await;
         keys.push(
-            m.by_flow_key
+            m.flows
                 .iter()
-                .find(|(_, v)| v.0.sport == sport)
-                .map(|(k, _)| *k),
+                .find(|(c, _)| c.0.sport == sport)
+                .map(|(_, f)| f.keys[0]),
         );
     }
     assert_eq!(m.len(), n);
