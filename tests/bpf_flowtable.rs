@@ -409,14 +409,19 @@ fn full_buckets_tag_collisions_and_a_full_table_are_refused() {
     }
     assert_eq!(placed, abi::BUCKET_SLOTS, "bucket {b} never filled");
     // Same tag as a flow already in the bucket: refused (the data path would find the other).
+    // A key is found through its bucket's slot with its tag: the other flow's slot is not
+    // this key's (not found, no owner, not removed in its name).
     if let Some((k, e)) = collision {
-        if t.counters(&k).is_none() {
-            let r = t.install(&e).unwrap();
-            assert!(
-                r == Err(PlaceError::TagCollision(b)) || r == Err(PlaceError::BucketFull(b)),
-                "{r:?}"
-            );
-        }
+        assert!(t.counters(&k).is_none(), "found through another key's slot");
+        assert!(t.owner(&k).is_none());
+        let before = t.len();
+        t.remove(&k);
+        assert_eq!(t.len(), before, "removed the flow that shares its tag");
+        let r = t.install(&e).unwrap();
+        assert!(
+            r == Err(PlaceError::TagCollision(b)) || r == Err(PlaceError::BucketFull(b)),
+            "{r:?}"
+        );
     }
     // The table itself: as many entries as the map was made with (the largest here), then Full.
     assert_eq!(t.capacity(), abi::MAX_FLOWS);

@@ -7,7 +7,7 @@
 #   qemu-user-static to run the result. .ci/cross-deps.sh installs all of it.
 #
 #   openwrt/cross/build.sh [--tests] TARGET...
-#     TARGET: aarch64 armv7 mips (router binaries) and s390x (big-endian kernel tests only);
+#     TARGET: aarch64 armv7 mips x86_64 (router binaries) and s390x (big-endian kernel tests only);
 #     default: aarch64 armv7 mips.
 #     --tests: also build the test binaries for each target and run them: under qemu-user the
 #       ones that need neither root nor a kernel (TESTS_USER below); for s390x the data-path
@@ -76,7 +76,11 @@ main() {
 		mips) triple=mips-unknown-linux-musl zig=mips-linux-musleabi mcpu=mips32r2 qemu=qemu-mips-static
 			arch=${BPFQOS_IPK_ARCH_MIPS:-mips_24kc} ;;
 		s390x) triple=s390x-unknown-linux-musl zig=s390x-linux-musl qemu=qemu-s390x-static ;;
-		*) echo "build.sh: unknown target $t (aarch64 armv7 mips s390x)" >&2; exit 2 ;;
+		# OpenWrt's x86/64 target (and the host's own architecture: this build runs natively,
+		# so benches can measure the router's libc and allocator, musl's, on this machine).
+		x86_64) triple=x86_64-unknown-linux-musl zig=x86_64-linux-musl qemu=env
+			arch=${BPFQOS_IPK_ARCH_X86_64:-x86_64} ;;
+		*) echo "build.sh: unknown target $t (aarch64 armv7 mips s390x x86_64)" >&2; exit 2 ;;
 		esac
 		up=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 		low=$(echo "$triple" | tr '-' '_')

@@ -124,24 +124,99 @@ pub const NO_OWNER: u32 = u32::MAX;
 // A bucket number is kept in 16 bits ([`Placed::bucket`]).
 const _: () = assert!(abi::FLOW_BUCKETS <= 1 << 16);
 
-/// Where a live flow sits, and whose it is. 12 bytes: at 64k connections there are 128k of
-/// these (with their keys, the bulk of this module's memory).
+/// Where a live flow sits, and whose it is.
 #[derive(Clone, Copy, Debug)]
 struct Placed {
     index: u32,
     /// What the installer gave to find its own record from a key ([`FlowTables::owner`]).
     owner: u32,
-    bucket: u16,
-    slot: u8,
+    bucket: u32,
+    slot: usize,
 }
 
-impl Placed {
-    fn bucket(&self) -> u32 {
-        u32::from(self.bucket)
+/// What [`Live`] keeps per entry besides the key: 8 bytes.
+#[derive(Clone, Copy, Default)]
+struct Seat {
+    owner: u32,
+    bucket: u16,
+    slot: u8,
+    live: bool,
+}
+
+/// The live flows of one family, by entry index: each one's key and where its slot is. A key
+/// is found through the hash index the data path reads (its bucket, the one slot there with
+/// its tag: [`Table::install`] refuses a second) and checked against the key kept here, so
+/// there is no hash map of keys: at 64k connections (128k entries) a map at its load factor
+/// took twice the memory of these arrays, which grow with the highest index in use.
+struct Live<const N: usize> {
+    keys: Vec<[u8; N]>,
+    seats: Vec<Seat>,
+    len: usize,
+}
+
+impl<const N: usize> Live<N> {
+    fn new() -> Self {
+        Self {
+            keys: Vec::new(),
+            seats: Vec::new(),
+            len: 0,
+        }
     }
 
-    fn slot(&self) -> usize {
-        usize::from(self.slot)
+    /// Makes entry `p.index` the live flow `key`.
+    fn set(&mut self, key: [u8; N], p: Placed) {
+        let i = p.index as usize;
+        if self.seats.len() <= i {
+            self.seats.resize(i + 1, Seat::default());
+            self.keys.resize(i + 1, [0; N]);
+        }
+        if !self.seats[i].live {
+            self.len += 1;
+        }
+        self.keys[i] = key;
+        self.seats[i] = Seat {
+            owner: p.owner,
+            bucket: p.bucket as u16,
+            slot: p.slot as u8,
+            live: true,
+        };
+    }
+
+    /// Entry `index` no longer holds a live flow.
+    fn unset(&mut self, index: u32) {
+        if let Some(seat) = self.seats.get_mut(index as usize) {
+            if seat.live {
+                seat.live = false;
+                self.len -= 1;
+            }
+        }
+    }
+
+    /// The live flow in entry `index`, if it is `key` in slot `slot` of `bucket`.
+    fn check(&self, index: u32, key: &[u8; N], bucket: u32, slot: usize) -> Option<Placed> {
+        let seat = self.seats.get(index as usize)?;
+        let same = seat.live
+            && u32::from(seat.bucket) == bucket
+            && usize::from(seat.slot) == slot
+            && self.keys.get(index as usize) == Some(key);
+        same.then_some(Placed {
+            index,
+            owner: seat.owner,
+            bucket,
+            slot,
+        })
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8; N]> {
+        self.seats
+            .iter()
+            .zip(&self.keys)
+            .filter(|(s, _)| s.live)
+            .map(|(_, k)| k)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::new();
     }
 }
 
@@ -173,7 +248,9 @@ struct Table<const N: usize> {
     entries: MapHandle,
     index: SlotIndex,
     entry_size: usize,
-    by_key: HashMap<[u8; N], Placed>,
+    /// The hash seeds (the index's, the data path's).
+    seed: [u32; abi::HASH_SEEDS],
+    live: Live<N>,
     free: Vec<u32>,
     unlinked: Vec<Unlinked>,
     /// Replaced entries awaiting their grace period, by entry index: the key they were
@@ -200,7 +277,11 @@ fn inline_key<const N: usize>(key: &[u8]) -> Option<[u8; N]> {
 }
 
 impl<const N: usize> Table<N> {
-    fn open(entries: MapHandle, buckets: &MapHandle) -> anyhow::Result<Self> {
+    fn open(
+        entries: MapHandle,
+        buckets: &MapHandle,
+        seed: [u32; abi::HASH_SEEDS],
+    ) -> anyhow::Result<Self> {
         let entry_size = entries.value_size() as usize;
         let capacity = entries.max_entries();
         if capacity == 0 || capacity > abi::MAX_FLOWS {
@@ -213,7 +294,8 @@ impl<const N: usize> Table<N> {
             index: SlotIndex::map(buckets)?,
             entries,
             entry_size,
-            by_key: HashMap::new(),
+            seed,
+            live: Live::new(),
             free: Vec::new(),
             unlinked: Vec::new(),
             carry_for: HashMap::new(),
@@ -222,6 +304,18 @@ impl<const N: usize> Table<N> {
             snapshot: None,
             high: 0,
             capacity,
+        })
+    }
+
+    /// Where the live flow `key` is: its bucket's slot with its tag, if that points at an
+    /// entry holding this key.
+    fn find(&self, key: &[u8; N]) -> Option<Placed> {
+        let (bucket, tag) = abi::flow_hash(key, &self.seed);
+        (0..abi::BUCKET_SLOTS).find_map(|i| {
+            let s = self.index.load(bucket, i);
+            (s != 0 && abi::slot_tag(s) == tag)
+                .then(|| self.live.check(abi::slot_index(s), key, bucket, i))
+                .flatten()
         })
     }
 
@@ -242,7 +336,8 @@ impl<const N: usize> Table<N> {
     /// every slot that points at an entry whose key hashes to that very bucket and tag is a
     /// live flow; anything else is cleared. Every other entry is unlinked (a grace period
     /// must pass before it is reused: the previous daemon may have unlinked it just now).
-    fn adopt(&mut self, seed: &[u32; abi::HASH_SEEDS]) {
+    fn adopt(&mut self) {
+        let seed = self.seed;
         let mut used = vec![false; self.capacity as usize];
         for bucket in 0..abi::FLOW_BUCKETS {
             let mut tags = Vec::new();
@@ -260,21 +355,21 @@ impl<const N: usize> Table<N> {
                     index < self.capacity
                         && !used[index as usize]
                         && !tags.contains(&abi::slot_tag(s))
-                        && abi::flow_hash(k, seed) == (bucket, abi::slot_tag(s))
-                        && !self.by_key.contains_key(k)
+                        // (A key twice would be in the same bucket with the same tag.)
+                        && abi::flow_hash(k, &seed) == (bucket, abi::slot_tag(s))
                 });
                 match key {
                     Some(k) if ok => {
                         used[index as usize] = true;
                         self.high = self.high.max(index + 1);
                         tags.push(abi::slot_tag(s));
-                        self.by_key.insert(
+                        self.live.set(
                             k,
                             Placed {
                                 index,
                                 owner: NO_OWNER,
-                                bucket: bucket as u16,
-                                slot: i as u8,
+                                bucket,
+                                slot: i,
                             },
                         );
                     }
@@ -303,7 +398,7 @@ impl<const N: usize> Table<N> {
                 }
             }
         }
-        self.by_key.clear();
+        self.live.clear();
         self.carry_for.clear();
         self.carried.clear();
         self.replaced.clear();
@@ -394,7 +489,7 @@ impl<const N: usize> Table<N> {
     }
 
     fn counters(&self, key: &[u8; N]) -> Option<FlowCounters> {
-        let p = self.by_key.get(key)?;
+        let p = self.find(key)?;
         let mut c = self.counters_at(p.index)?;
         // (Both maps are empty unless flows were rewritten lately: no lookup then.)
         let carried = (!self.carried.is_empty())
@@ -421,7 +516,6 @@ impl<const N: usize> Table<N> {
     fn install(
         &mut self,
         mut entry: Vec<u8>,
-        seed: &[u32; abi::HASH_SEEDS],
         owner: u32,
     ) -> anyhow::Result<Result<(), PlaceError>> {
         let key = match abi::entry_key(&entry).and_then(inline_key::<N>) {
@@ -432,10 +526,10 @@ impl<const N: usize> Table<N> {
                 self.entry_size
             ),
         };
-        let (bucket, tag) = abi::flow_hash(&key, seed);
-        let old = self.by_key.get(&key).copied();
+        let (bucket, tag) = abi::flow_hash(&key, &self.seed);
+        let old = self.find(&key);
         let slot = match old {
-            Some(p) => p.slot(),
+            Some(p) => p.slot,
             None => {
                 let mut empty = None;
                 for i in 0..abi::BUCKET_SLOTS {
@@ -476,24 +570,26 @@ impl<const N: usize> Table<N> {
                 self.carry_for.insert(p.index, key);
             }
             self.unlinked.push(Unlinked::new(p.index, true));
+            self.live.unset(p.index);
         }
-        self.by_key.insert(
+        self.live.set(
             key,
             Placed {
                 index,
                 owner,
-                bucket: bucket as u16,
-                slot: slot as u8,
+                bucket,
+                slot,
             },
         );
         Ok(Ok(()))
     }
 
     fn remove(&mut self, key: &[u8; N]) {
-        let Some(p) = self.by_key.remove(key) else {
+        let Some(p) = self.find(key) else {
             return;
         };
-        self.index.store(p.bucket(), p.slot(), 0);
+        self.live.unset(p.index);
+        self.index.store(p.bucket, p.slot, 0);
         self.carried.remove(key);
         // What replaced entries count from now on belongs to no live flow.
         self.replaced.remove(key);
@@ -525,7 +621,7 @@ impl<const N: usize> Table<N> {
                 }
                 if let Some(r) = carried {
                     let (dp, db) = self.counted_since_replaced(r);
-                    if self.by_key.contains_key(key) {
+                    if self.find(key).is_some() {
                         let c = self.carried.entry(*key).or_default();
                         c.0 += dp;
                         c.1 += db;
@@ -675,23 +771,24 @@ impl FlowTables {
         adopt_seed: Option<[u32; abi::HASH_SEEDS]>,
         fresh_seed: [u32; abi::HASH_SEEDS],
     ) -> anyhow::Result<Self> {
-        let v4 = Table::open(map(abi::FLOWS4_MAP)?, &map(abi::BUCKETS4_MAP)?)?;
-        let v6 = Table::open(map(abi::FLOWS6_MAP)?, &map(abi::BUCKETS6_MAP)?)?;
+        let seed = adopt_seed.unwrap_or(fresh_seed);
+        let v4 = Table::open(map(abi::FLOWS4_MAP)?, &map(abi::BUCKETS4_MAP)?, seed)?;
+        let v6 = Table::open(map(abi::FLOWS6_MAP)?, &map(abi::BUCKETS6_MAP)?, seed)?;
         let grace = map(abi::GRACE_MAP)?;
         let grace_inner = map(abi::GRACE_INNER_MAP)?;
         let worker = GraceWorker::start(&grace, &grace_inner)?;
         let mut t = Self {
             v4,
             v6,
-            seed: adopt_seed.unwrap_or(fresh_seed),
+            seed,
             grace,
             grace_inner,
             worker,
         };
         match adopt_seed {
-            Some(seed) => {
-                t.v4.adopt(&seed);
-                t.v6.adopt(&seed);
+            Some(_) => {
+                t.v4.adopt();
+                t.v6.adopt();
             }
             None => {
                 t.v4.reset();
@@ -721,7 +818,6 @@ impl FlowTables {
         entry: &[u8],
         owner: u32,
     ) -> anyhow::Result<Result<(), PlaceError>> {
-        let seed = self.seed;
         let v6 = entry.len() == std::mem::size_of::<abi::Flow6>();
         let waiting = if v6 {
             self.v6.free.is_empty() && !self.v6.unlinked.is_empty()
@@ -732,9 +828,9 @@ impl FlowTables {
             self.synchronize()?;
         }
         if v6 {
-            self.v6.install(entry.to_vec(), &seed, owner)
+            self.v6.install(entry.to_vec(), owner)
         } else {
-            self.v4.install(entry.to_vec(), &seed, owner)
+            self.v4.install(entry.to_vec(), owner)
         }
     }
 
@@ -759,8 +855,8 @@ impl FlowTables {
     /// The owner given when the live flow `key` was installed; None for none or no such flow.
     pub fn owner(&self, key: &[u8]) -> Option<u32> {
         let p = match key.len() {
-            KEY4 => self.v4.by_key.get(&inline_key::<KEY4>(key)?),
-            KEY6 => self.v6.by_key.get(&inline_key::<KEY6>(key)?),
+            KEY4 => self.v4.find(&inline_key::<KEY4>(key)?),
+            KEY6 => self.v6.find(&inline_key::<KEY6>(key)?),
             _ => None,
         }?;
         Some(p.owner).filter(|&o| o != NO_OWNER)
@@ -782,9 +878,8 @@ impl FlowTables {
 
     /// Keys of the live flows, both families.
     pub fn keys(&self) -> Vec<Vec<u8>> {
-        let v4 = self.v4.by_key.keys().map(|k| k.to_vec());
-        v4.chain(self.v6.by_key.keys().map(|k| k.to_vec()))
-            .collect()
+        let v4 = self.v4.live.iter().map(|k| k.to_vec());
+        v4.chain(self.v6.live.iter().map(|k| k.to_vec())).collect()
     }
 
     /// Entries each family's table holds.
@@ -794,7 +889,7 @@ impl FlowTables {
 
     /// Number of live flows.
     pub fn len(&self) -> usize {
-        self.v4.by_key.len() + self.v6.by_key.len()
+        self.v4.live.len + self.v6.live.len
     }
 
     /// Whether there are no live flows.

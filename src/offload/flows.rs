@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use super::key_of;
 use super::ConnKey;
 use super::Offloaded;
 
@@ -37,14 +36,19 @@ impl Flows {
         self.by_slot(*self.index.get(key)?)
     }
 
-    pub(super) fn get_mut(&mut self, key: &ConnKey) -> Option<&mut Offloaded> {
-        let slot = *self.index.get(key)?;
-        self.slab.get_mut(slot as usize)?.as_mut()
-    }
-
     /// The connection in slot `slot`, if any.
     pub(super) fn by_slot(&self, slot: u32) -> Option<&Offloaded> {
         self.slab.get(slot as usize)?.as_ref()
+    }
+
+    pub(super) fn by_slot_mut(&mut self, slot: u32) -> Option<&mut Offloaded> {
+        self.slab.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// The slots holding a connection.
+    pub(super) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        let used = self.slab.iter().enumerate().filter(|(_, f)| f.is_some());
+        used.map(|(slot, _)| slot as u32)
     }
 
     /// The slot the next [`Self::insert`] fills (the owner to install its entries for).
@@ -95,11 +99,11 @@ impl Flows {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (ConnKey, &Offloaded)> {
-        self.values().map(|f| (key_of(&f.conn), f))
+        self.values().map(|f| (f.conn.key(), f))
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
-        self.values().map(|f| key_of(&f.conn))
+        self.values().map(|f| f.conn.key())
     }
 }
 
@@ -125,7 +129,7 @@ mod tests {
             super::super::tests::offloaded(2),
             super::super::tests::offloaded(3),
         );
-        let (ka, kb, kc) = (key_of(&a.conn), key_of(&b.conn), key_of(&c.conn));
+        let (ka, kb, kc) = (a.conn.key(), b.conn.key(), c.conn.key());
         assert_eq!(flows.vacant_slot(), 0);
         assert_eq!(flows.insert(ka, a), 0);
         assert_eq!(flows.insert(kb, b), 1);
@@ -134,8 +138,8 @@ mod tests {
         assert!(flows.remove(&ka).is_none());
         assert_eq!(flows.vacant_slot(), 0, "the emptied slot is taken next");
         assert_eq!(flows.insert(kc, c), 0);
-        assert_eq!(flows.by_slot(0).map(|f| key_of(&f.conn)), Some(kc));
-        assert_eq!(flows.get(&kb).map(|f| key_of(&f.conn)), Some(kb));
+        assert_eq!(flows.by_slot(0).map(|f| f.conn.key()), Some(kc));
+        assert_eq!(flows.get(&kb).map(|f| f.conn.key()), Some(kb));
         let mut keys: Vec<ConnKey> = flows.keys().collect();
         keys.sort_by_key(|k| k.0.sport);
         assert_eq!(keys.len(), 2);

@@ -324,7 +324,7 @@ pub(super) fn offloaded(n: u8) -> super::Offloaded {
     let [(k0, _), (k1, _)] =
         super::encode::connection(&c, &hops(MAC_GW), &w.resolver, unshaped).expect("encodable");
     super::Offloaded {
-        conn: c,
+        conn: super::Held::of(&c),
         keys: [k0, k1],
         hops: hops(MAC_GW).map(Rc::new),
         packets_at_refresh: 0,
