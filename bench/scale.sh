@@ -75,6 +75,10 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { cat "$WORK/daemon.log" >&2; die "daemon did not start"; }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status"; }
+# What of it is the daemon's own memory (heap, stacks: RssAnon), the rest being mapped files
+# and the BPF maps it maps (the flow entries and their index: kernel memory that exists
+# whether or not the daemon maps it).
+anon_kib() { awk '/^RssAnon:/ { print $2 }' "/proc/$DAEMON_PID/status"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$DAEMON_PID/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$DAEMON_PID/stat"; }
 now_ms() { date +%s%3N; }
@@ -123,7 +127,7 @@ g = e.get if isinstance(e, dict) else lambda k: "?"
 print("%s ms (%s); since start %s ms (%s)" % (g("max_last_minute_ms"), g("max_last_minute_what"), g("max_ms"), g("max_what")))'; }
 
 sleep 2
-RSS0=$(rss_kib)
+RSS0=$(rss_kib) ANON0=$(anon_kib)
 CPU0=$(idle_cpu 0)
 say "no connections: RSS $RSS0 KiB, idle CPU $CPU0 % of a core"
 
@@ -140,13 +144,14 @@ grow() {
 	st=$(stall)
 	sleep 2
 	cpu=$(idle_cpu "$phase")
-	rss=$(rss_kib)
-	say "  $n admitted in $admit ms; idle CPU $cpu %; RSS $rss KiB; stall $st"
+	rss=$(rss_kib) anon=$(anon_kib)
+	say "  $n admitted in $admit ms; idle CPU $cpu %; RSS $rss KiB (anonymous $anon); stall $st"
 	printf -v "ADMIT$phase" %s "$admit"
 	printf -v "N$phase" %s "$n"
 	printf -v "STALL$phase" %s "$st"
 	printf -v "CPU$phase" %s "$cpu"
 	printf -v "RSS$phase" %s "$rss"
+	printf -v "ANON$phase" %s "$anon"
 	SKIP=$V4
 }
 grow 1 "$SMALL" 300
@@ -172,14 +177,14 @@ STALL4=$(stall)
 HWM=$(hwm_kib)
 say "  empty after $DEL4 ms; stall $STALL4; peak RSS $HWM KiB"
 
-# shellcheck disable=SC2153 # ADMITn, Nn, CPUn, RSSn, STALLn are set by grow (printf -v)
+# shellcheck disable=SC2153 # ADMITn, Nn, CPUn, RSSn, ANONn, STALLn are set by grow (printf -v)
 cat <<EOF
 
 scale bench ($(uname -r), $(nproc) CPUs; $BIN)
-  connections   admission     idle CPU (% core)   RSS (KiB)
-  0             -             $CPU0               $RSS0
-  $N1 of $SMALL   ${ADMIT1} ms      $CPU1               $RSS1
-  $N3 of $LARGE   ${ADMIT3} ms      $CPU3               $RSS3   (peak $HWM)
+  connections   admission     idle CPU (% core)   RSS (KiB)   of which anonymous (KiB)
+  0             -             $CPU0               $RSS0        $ANON0
+  $N1 of $SMALL   ${ADMIT1} ms      $CPU1               $RSS1        $ANON1
+  $N3 of $LARGE   ${ADMIT3} ms      $CPU3               $RSS3        $ANON3   (peak RSS $HWM)
   not admitted (by reason): $(status | jget offload.manager.rejected)
   conntrack event losses (ENOBUFS, each followed by a resync): $(status | jget offload.manager.conntrack_events_lost)
   route change under $SMALL flows: $RERES

@@ -116,9 +116,12 @@ static __always_inline int ft_scan(const struct bpfqos_bucket *b, __u32 tag)
 	return -1;
 }
 
-/* The flow tables: entries by index, and their hash index (bpfqos_abi.h). */
+/* The flow tables: entries by index, and their hash index (bpfqos_abi.h).
+ * Entries are mmapable: the daemon reads their counters and flags from a
+ * read-only mapping instead of one bpf() call per entry. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, BPFQOS_MAX_FLOWS);
 	__type(key, __u32);
 	__type(value, struct bpfqos_flow4);
@@ -126,6 +129,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, BPFQOS_MAX_FLOWS);
 	__type(key, __u32);
 	__type(value, struct bpfqos_flow6);

@@ -54,15 +54,103 @@ pub enum PlaceError {
     TagCollision(u32),
 }
 
-/// The mmap'ed hash index of one family: `FLOW_BUCKETS * BUCKET_SLOTS` atomic slots.
-struct SlotIndex {
-    base: NonNull<AtomicU32>,
+/// A shared mapping of a whole `BPF_F_MMAPABLE` array map, unmapped on drop.
+struct Mapping {
+    base: NonNull<u8>,
     len: usize,
 }
 
 // SAFETY: the mapping is shared memory of the whole process, valid until Drop, and every
 // access goes through atomics; moving the owner to another thread changes nothing about that.
-unsafe impl Send for SlotIndex {}
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Maps all of `map` (elements of `value_size` rounded up to 8 bytes, as the kernel lays
+    /// out an array), read-only unless `write`.
+    fn of(map: &MapHandle, write: bool) -> anyhow::Result<Self> {
+        let stride = (map.value_size() as usize).next_multiple_of(8);
+        let len = NonZeroUsize::new(stride * map.max_entries() as usize)
+            .ok_or_else(|| anyhow!("empty map"))?;
+        let mut prot = nix::sys::mman::ProtFlags::PROT_READ;
+        if write {
+            prot |= nix::sys::mman::ProtFlags::PROT_WRITE;
+        }
+        // SAFETY: a fresh shared mapping of the whole BPF_F_MMAPABLE array (the kernel checks
+        // the length and the flag); nothing in this process aliases it as non-atomic memory.
+        // It stays valid until munmap in Drop, independent of the fd's lifetime.
+        let p = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                len,
+                prot,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                map.as_fd(),
+                0,
+            )
+        }?;
+        Ok(Self {
+            base: p.cast(),
+            len: len.get(),
+        })
+    }
+
+    /// The 32-bit word at byte `at` (4-aligned, within the mapping: the caller's to check).
+    fn word(&self, at: usize) -> &AtomicU32 {
+        let at = at.min(self.len - 4) & !3;
+        // SAFETY: `at + 4 <= len`, 4-aligned (page-aligned base), inside the mapping; it is
+        // only ever accessed atomically from this process (BPF uses single loads/stores or
+        // atomic adds of aligned words).
+        unsafe { &*self.base.as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    /// The 64-bit counter at byte `at` (8-aligned), which BPF increments with atomic adds.
+    /// Where there are no 64-bit atomics (32-bit MIPS, PowerPC), its halves are read until
+    /// the high one holds still, so that a carry between them is never half seen.
+    fn counter(&self, at: usize) -> u64 {
+        #[cfg(target_has_atomic = "64")]
+        {
+            let at = at.min(self.len - 8) & !7;
+            // SAFETY: as in `word`, for an 8-aligned 8-byte word inside the mapping.
+            let w = unsafe {
+                &*self
+                    .base
+                    .as_ptr()
+                    .add(at)
+                    .cast::<std::sync::atomic::AtomicU64>()
+            };
+            w.load(Ordering::Relaxed)
+        }
+        #[cfg(not(target_has_atomic = "64"))]
+        {
+            let (lo_at, hi_at) = if cfg!(target_endian = "little") {
+                (at, at + 4)
+            } else {
+                (at + 4, at)
+            };
+            let mut hi = self.word(hi_at).load(Ordering::Relaxed);
+            loop {
+                let lo = self.word(lo_at).load(Ordering::Relaxed);
+                let again = self.word(hi_at).load(Ordering::Relaxed);
+                if again == hi {
+                    return u64::from(hi) << 32 | u64::from(lo);
+                }
+                hi = again;
+            }
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: base/len describe exactly the mapping made in `of`, unmapped only here.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// The mmap'ed hash index of one family: `FLOW_BUCKETS * BUCKET_SLOTS` atomic slots.
+struct SlotIndex {
+    map: Mapping,
+}
 
 impl SlotIndex {
     fn map(buckets: &MapHandle) -> anyhow::Result<Self> {
@@ -70,33 +158,12 @@ impl SlotIndex {
         if buckets.value_size() as usize * buckets.max_entries() as usize != len * 4 {
             bail!("bucket map has an unexpected size");
         }
-        let bytes = NonZeroUsize::new(len * 4).ok_or_else(|| anyhow!("empty bucket map"))?;
-        // SAFETY: a fresh shared mapping of the whole BPF_F_MMAPABLE array (the kernel checks
-        // the length and the flag); nothing else in this process aliases it as non-atomic
-        // memory. It stays valid until munmap in Drop, independent of the fd's lifetime.
-        let p = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                bytes,
-                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                nix::sys::mman::MapFlags::MAP_SHARED,
-                buckets.as_fd(),
-                0,
-            )
-        }
-        .context("mmap of a flow-table bucket map")?;
-        Ok(Self {
-            base: p.cast(),
-            len,
-        })
+        let map = Mapping::of(buckets, true).context("mmap of a flow-table bucket map")?;
+        Ok(Self { map })
     }
 
     fn slot(&self, bucket: u32, i: usize) -> &AtomicU32 {
-        let at = (bucket as usize * abi::BUCKET_SLOTS + i).min(self.len - 1);
-        // SAFETY: `at < len`, the mapping holds `len` u32 slots, 4-aligned (page-aligned base),
-        // and is only ever accessed atomically from this process (BPF uses single loads/stores
-        // of aligned 32-bit words, which are atomic on every architecture).
-        unsafe { &*self.base.as_ptr().add(at) }
+        self.map.word((bucket as usize * abi::BUCKET_SLOTS + i) * 4)
     }
 
     fn load(&self, bucket: u32, i: usize) -> u32 {
@@ -110,10 +177,45 @@ impl SlotIndex {
     }
 }
 
-impl Drop for SlotIndex {
-    fn drop(&mut self) {
-        // SAFETY: base/len describe exactly the mapping made in `map`, unmapped only here.
-        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len * 4) };
+// The counters and flags BPF writes sit at the same offsets in both families' entries, 8- and
+// 4-aligned.
+const CNT_AT: usize = std::mem::offset_of!(abi::Flow4, cnt);
+const FLAGS_AT: usize = std::mem::offset_of!(abi::Flow4, flags);
+const _: () = assert!(
+    CNT_AT == std::mem::offset_of!(abi::Flow6, cnt)
+        && FLAGS_AT == std::mem::offset_of!(abi::Flow6, flags)
+        && CNT_AT % 8 == 0
+        && FLAGS_AT % 4 == 0
+);
+
+/// The entry array of one family, mapped read-only: counters and flags read from memory
+/// instead of one bpf() call per entry (a status document at 64k connections reads 128k
+/// entries; a refresh round as many).
+struct EntryView {
+    map: Mapping,
+    stride: usize,
+    capacity: u32,
+}
+
+impl EntryView {
+    fn of(entries: &MapHandle) -> anyhow::Result<Self> {
+        Ok(Self {
+            map: Mapping::of(entries, false).context("mmap of a flow entry map")?,
+            stride: (entries.value_size() as usize).next_multiple_of(8),
+            capacity: entries.max_entries(),
+        })
+    }
+
+    fn counters(&self, index: u32) -> Option<FlowCounters> {
+        if index >= self.capacity {
+            return None;
+        }
+        let at = index as usize * self.stride;
+        Some(FlowCounters {
+            packets: self.map.counter(at + CNT_AT),
+            bytes: self.map.counter(at + CNT_AT + 8),
+            flags: self.map.word(at + FLAGS_AT).load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -246,6 +348,9 @@ impl Unlinked {
 /// per key would double the memory at 64k flows).
 struct Table<const N: usize> {
     entries: MapHandle,
+    /// The entries mapped, for their counters (None where the kernel would not map them:
+    /// counters are then read through bpf()).
+    view: Option<EntryView>,
     index: SlotIndex,
     entry_size: usize,
     /// The hash seeds (the index's, the data path's).
@@ -290,8 +395,12 @@ impl<const N: usize> Table<N> {
                 abi::MAX_FLOWS
             );
         }
+        let view = EntryView::of(&entries)
+            .map_err(|e| log::warn!("flow counters read through bpf(): {e:#}"))
+            .ok();
         Ok(Self {
             index: SlotIndex::map(buckets)?,
+            view,
             entries,
             entry_size,
             seed,
@@ -408,6 +517,9 @@ impl<const N: usize> Table<N> {
 
     /// Counters and flags of a live entry (from the snapshot while there is one).
     fn counters_at(&self, index: u32) -> Option<FlowCounters> {
+        if let Some(view) = &self.view {
+            return view.counters(index);
+        }
         if let Some(snap) = &self.snapshot {
             return snap.get(index as usize).copied();
         }
@@ -866,8 +978,20 @@ impl FlowTables {
     /// that copy (for documents that read every flow, like the status: one pass of batched
     /// lookups instead of a bpf() call per flow and direction).
     pub fn begin_snapshot(&mut self) {
-        self.v4.snapshot = self.v4.read_snapshot();
-        self.v6.snapshot = self.v6.read_snapshot();
+        // (Mapped entries are read from memory: no copy is faster.)
+        if self.v4.view.is_none() {
+            self.v4.snapshot = self.v4.read_snapshot();
+        }
+        if self.v6.view.is_none() {
+            self.v6.snapshot = self.v6.read_snapshot();
+        }
+    }
+
+    /// Counters through bpf() from now on, as where the kernel would not map the entries (for
+    /// tests of that path).
+    pub fn unmap_counters(&mut self) {
+        self.v4.view = None;
+        self.v6.view = None;
     }
 
     /// Back to reading counters from the maps.
