@@ -661,7 +661,9 @@ impl Daemon {
     async fn work(&mut self) {
         let resolver = self.net.resolver();
         let ctx = self.net.ctx(&resolver);
-        self.flows.work(&ctx, BACKLOG_SLICE).await;
+        if self.flows.work(&ctx, BACKLOG_SLICE).await {
+            release_free_memory();
+        }
     }
 
     fn on_teardown(&mut self, keys: &[FlowKey]) {
@@ -949,4 +951,15 @@ fn steering_facts(
             )
         })
         .collect()
+}
+
+/// Hands memory freed after a burst (a conntrack dump and its admissions: tens of MiB at 64k
+/// connections) back to the system. glibc keeps freed heap for reuse, resident; musl, OpenWrt's
+/// libc, returns large blocks by itself.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only gives unused heap pages back to the kernel.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }

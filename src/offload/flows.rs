@@ -94,6 +94,27 @@ impl Flows {
         f
     }
 
+    /// Gives back what most connections ending left: the index's room beyond four times
+    /// what it holds, and the empty slots at the end of the slab.
+    pub(super) fn shrink(&mut self) {
+        if self.index.capacity() > 4 * self.index.len().max(1024) {
+            self.index.shrink_to_fit();
+        }
+        let used = self
+            .slab
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        if used < self.slab.len() {
+            self.slab.truncate(used);
+            self.free.retain(|&s| (s as usize) < used);
+        }
+        if self.slab.capacity() > 4 * self.slab.len().max(1024) {
+            self.slab.shrink_to_fit();
+            self.free.shrink_to_fit();
+        }
+    }
+
     pub(super) fn values(&self) -> impl Iterator<Item = &Offloaded> {
         self.slab.iter().flatten()
     }
@@ -143,7 +164,15 @@ mod tests {
         let mut keys: Vec<ConnKey> = flows.keys().collect();
         keys.sort_by_key(|k| k.0.sport);
         assert_eq!(keys.len(), 2);
-        assert!(flows.remove(&kb).is_some() && flows.remove(&kc).is_some());
+        // Slots at the end that emptied go; one in the middle stays free for reuse.
+        let d = super::super::tests::offloaded(4);
+        let kd = d.conn.key();
+        assert_eq!(flows.insert(kd, d), 2);
+        assert!(flows.remove(&kb).is_some() && flows.remove(&kd).is_some());
+        flows.shrink();
+        assert_eq!((flows.slab.len(), flows.free.clone()), (1, vec![]));
+        assert_eq!(flows.vacant_slot(), 1);
+        assert!(flows.remove(&kc).is_some());
         assert!(flows.is_empty());
         assert_eq!(
             flows.vacant_slot(),

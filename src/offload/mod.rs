@@ -84,6 +84,9 @@ const RERESOLVE_BATCH: usize = 128;
 /// Connections listed in the status document's `flows` (the busiest, when there are more).
 pub const MAX_LISTED_FLOWS: usize = 256;
 
+/// A backlog of more connections than this is a burst worth giving memory back after.
+const BIG_BURST: usize = 4096;
+
 /// Connections remembered per unresolved neighbour.
 const MAX_WAITING_PER_NEIGHBOUR: usize = 256;
 
@@ -321,6 +324,17 @@ impl Backlog {
 
     fn clear(&mut self) {
         *self = Self::default();
+    }
+
+    /// Gives back the room a burst took (a 64k dump: megabytes), once worked through; whether
+    /// it was a big one (room for more than [`BIG_BURST`] connections).
+    fn shrink(&mut self) -> bool {
+        let big = self.admit.capacity().max(self.reresolve.capacity()) > BIG_BURST;
+        self.admit.shrink_to_fit();
+        self.admit_conns.shrink_to_fit();
+        self.reresolve.shrink_to_fit();
+        self.reresolve_queued.shrink_to_fit();
+        big
     }
 }
 
@@ -709,8 +723,9 @@ impl FlowManager {
 
     /// Works through the backlog for about `budget`: re-resolutions first (their flows may be
     /// forwarding on a stale next hop), then admissions. Returns with work left when the budget
-    /// is spent, so that the event loop serves everything else in between.
-    pub async fn work(&mut self, ctx: &Ctx<'_>, budget: Duration) {
+    /// is spent, so that the event loop serves everything else in between. True when this
+    /// finished a big burst (the caller may give the memory it took back to the system).
+    pub async fn work(&mut self, ctx: &Ctx<'_>, budget: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < budget {
             if !self.backlog.reresolve.is_empty() {
@@ -744,6 +759,7 @@ impl FlowManager {
                 break;
             }
         }
+        self.backlog.is_empty() && self.backlog.shrink()
     }
 
     fn reresolution_done(&mut self) {
@@ -837,6 +853,8 @@ impl FlowManager {
             self.refresh_round = self.flows.slots().collect();
             // Next hops no connection uses any more; connections that ended long ago.
             self.hop_pool.retain(|h| Rc::strong_count(h) > 1);
+            self.flows.shrink();
+            self.refresh_round.shrink_to_fit();
             self.forget_ended_before(ctx.now);
             // One-second ticks: the round is done a little before the next one is due.
             let ticks = every.as_secs().saturating_sub(1).max(1) as usize;
