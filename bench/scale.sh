@@ -119,6 +119,18 @@ settle() {
 	return 1
 }
 
+# status_ms: the median time of 9 status requests, one after another (what a LuCI page or
+# `ubus call bpfqos status` waits for; the daemon's event loop is blocked that long).
+status_ms() {
+	local t0 all=()
+	for _ in 1 2 3 4 5 6 7 8 9; do
+		t0=$(date +%s%N)
+		status >/dev/null
+		all+=($((($(date +%s%N) - t0) / 1000000)))
+	done
+	printf '%s\n' "${all[@]}" | sort -n | sed -n 5p
+}
+
 # The longest event-loop stall since the last call (the daemon's last-minute maximum is a
 # sliding window: read it right after each phase).
 stall() { status | jget event_loop | "$PY" -c 'import json,sys
@@ -145,13 +157,15 @@ grow() {
 	sleep 2
 	cpu=$(idle_cpu "$phase")
 	rss=$(rss_kib) anon=$(anon_kib)
-	say "  $n admitted in $admit ms; idle CPU $cpu %; RSS $rss KiB (anonymous $anon); stall $st"
+	sms=$(status_ms)
+	say "  $n admitted in $admit ms; idle CPU $cpu %; RSS $rss KiB (anonymous $anon); stall $st; status request $sms ms"
 	printf -v "ADMIT$phase" %s "$admit"
 	printf -v "N$phase" %s "$n"
 	printf -v "STALL$phase" %s "$st"
 	printf -v "CPU$phase" %s "$cpu"
 	printf -v "RSS$phase" %s "$rss"
 	printf -v "ANON$phase" %s "$anon"
+	printf -v "SMS$phase" %s "$sms"
 	SKIP=$V4
 }
 grow 1 "$SMALL" 300
@@ -177,7 +191,7 @@ STALL4=$(stall)
 HWM=$(hwm_kib)
 say "  empty after $DEL4 ms; stall $STALL4; peak RSS $HWM KiB"
 
-# shellcheck disable=SC2153 # ADMITn, Nn, CPUn, RSSn, ANONn, STALLn are set by grow (printf -v)
+# shellcheck disable=SC2153 # ADMITn, Nn, CPUn, RSSn, ANONn, SMSn, STALLn are set by grow (printf -v)
 cat <<EOF
 
 scale bench ($(uname -r), $(nproc) CPUs; $BIN)
@@ -187,6 +201,7 @@ scale bench ($(uname -r), $(nproc) CPUs; $BIN)
   $N3 of $LARGE   ${ADMIT3} ms      $CPU3               $RSS3        $ANON3   (peak RSS $HWM)
   not admitted (by reason): $(status | jget offload.manager.rejected)
   conntrack event losses (ENOBUFS, each followed by a resync): $(status | jget offload.manager.conntrack_events_lost)
+  status request (median of 9, client's view): $SMS1 ms at $N1, $SMS3 ms at $N3
   route change under $SMALL flows: $RERES
   longest event-loop stall: phase 1 $STALL1
                             phase 2 $STALL2
