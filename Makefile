@@ -53,7 +53,7 @@ test-vm:
 # (qemu-system-s390x). Incremental: target/cross and target/s390x keep what was built/fetched.
 cross:
 	bash .ci/cross-deps.sh
-	bash openwrt/cross/build.sh aarch64 armv7 mips
+	bash openwrt/cross/build.sh aarch64 armv7 mips x86_64
 
 test-cross:
 	bash .ci/cross-deps.sh
@@ -66,9 +66,12 @@ demo: deps release
 bench: deps release size
 	bash bench/run.sh
 
+# The host's release build (glibc, PIE, prebuilt std), and the package binaries of `make cross`
+# that exist (musl, std rebuilt for size: what a router installs; `make cross` builds x86_64 too).
 size: release
 	@sz=$$(stat -c %s $(TARGET_DIR)/release/bpfqos); \
-	  echo "release binary (stripped, $$(uname -m)): $$sz bytes = $$((sz / 1024)) KiB; target < 3072 KiB"
+	  echo "release binary (stripped, $$(uname -m), glibc): $$sz bytes = $$((sz / 1024)) KiB; target < 3072 KiB"
+	@for f in target/cross/*/size.txt; do [ -f "$$f" ] && echo "package binary: $$(cat "$$f")"; done; true
 
 clean:
 	$(CARGO) clean

@@ -93,7 +93,9 @@ main() {
 			bin=target/cross/$triple/release/bpfqos
 			llvm-strip -o "$bin.stripped" "$bin" 2>/dev/null ||
 				python3 -m ziglang objcopy --strip-all "$bin" "$bin.stripped"
-			echo "$t: $(stat -c %s "$bin.stripped") bytes stripped; under qemu: $("$qemu" "$bin" --version)" |
+			how="under qemu"
+			[ "$qemu" = env ] && how=natively
+			echo "$t: $(stat -c %s "$bin.stripped") bytes stripped; $how: $("$qemu" "$bin" --version)" |
 				tee "target/cross/$triple/size.txt"
 			ipk=$(python3 "$HERE/mkipk.py" --binary "$bin.stripped" --arch "$arch" --out target/cross/ipk)
 			echo "$t: $ipk ($(stat -c %s "$ipk") bytes)"

@@ -598,16 +598,13 @@ impl FlowManager {
         let hops = hops.map(|h| self.intern(h));
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.flows.insert(
-            key_of(&c),
-            Offloaded {
-                conn: Held::of(&c),
-                keys: [k0, k1],
-                hops,
-                packets_at_refresh: 0,
-                seq,
-            },
-        );
+        self.flows.insert(Offloaded {
+            conn: Held::of(&c),
+            keys: [k0, k1],
+            hops,
+            packets_at_refresh: 0,
+            seq,
+        });
         Ok(())
     }
 
