@@ -162,6 +162,15 @@ impl EventSocket {
     }
 }
 
+/// Connections conntrack holds now (this network namespace's `nf_conntrack_count`).
+fn current_count() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Request/response socket for dumps, lookups and refreshes. Blocking with a short timeout: the
 /// kernel answers these from memory, so they complete in microseconds to milliseconds.
 pub struct Client {
@@ -181,7 +190,10 @@ impl Client {
         let seq = self.sock.next_seq();
         self.sock
             .send(&codec::dump_request(seq, codec::libc_af::UNSPEC))?;
-        let mut out = Vec::new();
+        // Sized for what conntrack holds now and a little more: a vector doubling its way up
+        // to 64k connections would hold room for 128k (20 MiB) at its peak.
+        let expected = current_count().map_or(0, |n| (n + n / 16 + 64).min(1 << 20));
+        let mut out = Vec::with_capacity(expected);
         // Bounded: a table of a million entries is ~4000 datagrams.
         self.sock.recv_until(1_000_000, |m| {
             match codec::parse_message(m) {
