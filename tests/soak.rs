@@ -38,6 +38,9 @@ use std::net::Ipv6Addr;
 use std::path::Path;
 use std::process::Child;
 use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -324,6 +327,27 @@ fn churn_for_a_minute_with_event_loss_breaks_nothing_and_leaves_the_table_exact(
         connections(&d),
         warm.elapsed()
     );
+    // RSS through the churn, every 10 s (printed, not judged: a memory figure is the bench's).
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let on = sampling.clone();
+        std::thread::spawn(move || {
+            let (start, mut samples) = (Instant::now(), Vec::new());
+            while on.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(secs + 120) {
+                let at = start.elapsed().as_secs();
+                samples.push((
+                    at,
+                    common::rss_kib(pid),
+                    common::status_kib(pid, "RssAnon:"),
+                ));
+                let next = Instant::now() + Duration::from_secs(10);
+                while on.load(Ordering::Relaxed) && Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            samples
+        })
+    };
 
     // Halfway: stop the daemon while 20,000 conntrack entries are made and deleted (40,000
     // events) on top of the churn's, then let it go on. The data path's heartbeat lapses, so
@@ -348,6 +372,20 @@ fn churn_for_a_minute_with_event_loss_breaks_nothing_and_leaves_the_table_exact(
 
     wait_line(&mut clines, "churn stopped", "client");
     let rss_end = common::rss_kib(pid);
+    sampling.store(false, Ordering::Relaxed);
+    let samples = sampler.join().unwrap_or_default();
+    let listed: Vec<String> = samples
+        .iter()
+        .map(|(t, rss, anon)| format!("{t}s {rss}/{anon}"))
+        .collect();
+    eprintln!("RSS every 10 s (VmRSS/RssAnon KiB): {}", listed.join(", "));
+    let half = samples.len() / 2;
+    let mean = |s: &[(u64, u64, u64)]| s.iter().map(|x| x.2).sum::<u64>() / s.len().max(1) as u64;
+    eprintln!(
+        "RssAnon mean over the first half of the churn {} KiB, over the second half {} KiB",
+        mean(&samples[..half]),
+        mean(&samples[half..])
+    );
     let quiet: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     eprintln!("churn: {quiet}");
