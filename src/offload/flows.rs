@@ -149,6 +149,20 @@ impl Flows {
         self.slab.get_mut(slot as usize)?.as_mut()
     }
 
+    /// The connections in slots `range` (of [`Self::slots_len`]).
+    pub(super) fn in_slots(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = &Offloaded> {
+        let end = range.end.min(self.slab.len());
+        self.slab[range.start.min(end)..end].iter().flatten()
+    }
+
+    /// One past the highest slot.
+    pub(super) fn slots_len(&self) -> usize {
+        self.slab.len()
+    }
+
     /// The slots holding a connection.
     pub(super) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         let used = self.slab.iter().enumerate().filter(|(_, f)| f.is_some());

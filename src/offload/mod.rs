@@ -285,6 +285,8 @@ pub struct FlowManager {
     /// a connection the dump listed before its FIN, admitted again after it, had its last
     /// packets forwarded around conntrack, which then lost track of the close.
     dump_gone: Option<HashSet<ConnKey>>,
+    /// A dump being applied ([`Self::resync_since`]).
+    applying: Option<Applying>,
 }
 
 /// Where a background conntrack dump started ([`FlowManager::dump_started`]): flows admitted
@@ -295,6 +297,42 @@ pub struct DumpMark {
     /// [`ManagerStats::flushes`] then: a flush since (a firewall reload, offload off) voids the
     /// dump's admissions, which are for the re-admission delay to decide.
     flushes: u64,
+}
+
+/// Dump entries (or flows) looked at per slice of a dump's application.
+const DUMP_SLICE: usize = 4096;
+
+/// A dump being applied ([`FlowManager::resync_since`]), a slice per turn of the event loop:
+/// at 64k connections applying it at once held the loop 60 ms.
+struct Applying {
+    /// The dump, reversed: admissions take it from the end, in the order it came.
+    conns: Vec<Conn>,
+    mark: DumpMark,
+    /// The connections it shows offloadable.
+    live: HashSet<ConnKey>,
+    step: ApplyStep,
+    /// Where the step goes on (a dump entry, a slot).
+    next: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ApplyStep {
+    Live,
+    Stale,
+    Admit,
+}
+
+impl Applying {
+    fn new(mut conns: Vec<Conn>, mark: DumpMark) -> Self {
+        conns.reverse();
+        Self {
+            live: HashSet::with_capacity(conns.len()),
+            conns,
+            mark,
+            step: ApplyStep::Live,
+            next: 0,
+        }
+    }
 }
 
 /// Admissions found by a resync and re-resolutions after a topology change, waiting for
@@ -710,16 +748,17 @@ impl FlowManager {
 
     /// Whether admissions or re-resolutions are waiting for [`Self::work`].
     pub fn has_backlog(&self) -> bool {
-        !self.backlog.is_empty()
+        !self.backlog.is_empty() || self.applying.is_some()
     }
 
     /// Connections waiting for admission or re-resolution.
     pub fn backlog_len(&self) -> usize {
-        self.backlog.admit_conns.len() + self.backlog.reresolve.len()
+        let dump = self.applying.as_ref().map_or(0, |a| a.conns.len());
+        self.backlog.admit_conns.len() + self.backlog.reresolve.len() + dump
     }
 
     /// Works through the backlog for about `budget`: re-resolutions first (their flows may be
-    /// forwarding on a stale next hop), then admissions. Returns with work left when the budget
+    /// forwarding on a stale next hop), then a dump being applied, then admissions. Returns with work left when the budget
     /// is spent, so that the event loop serves everything else in between. True when this
     /// finished a big burst (the caller may give the memory it took back to the system).
     pub async fn work(&mut self, ctx: &Ctx<'_>, budget: Duration) -> bool {
@@ -740,6 +779,11 @@ impl FlowManager {
                 if self.backlog.reresolve.is_empty() {
                     self.reresolution_done();
                 }
+            } else if self.applying.is_some() {
+                let gone = self.dump_gone.take().unwrap_or_default();
+                if self.apply_slice(&gone, ctx) {
+                    self.dump_gone = Some(gone);
+                }
             } else if let Some(key) = self.backlog.admit.pop_front() {
                 let Some(c) = self.backlog.admit_conns.remove(&key) else {
                     continue; // destroyed meanwhile
@@ -756,7 +800,7 @@ impl FlowManager {
                 break;
             }
         }
-        self.backlog.is_empty() && self.backlog.shrink()
+        !self.has_backlog() && self.backlog.shrink()
     }
 
     fn reresolution_done(&mut self) {
@@ -931,16 +975,24 @@ impl FlowManager {
 
     /// Re-synchronises with the kernel from a dump taken just now: every offloadable conntrack
     /// entry is (re)admitted, every flow whose entry is gone removed, and map entries nobody
-    /// owns deleted (left by an earlier daemon or by lost events).
+    /// owns deleted (left by an earlier daemon or by lost events). Applied at once; the
+    /// admissions are queued for [`Self::work`].
     pub async fn resync(&mut self, conns: Vec<Conn>, ctx: &Ctx<'_>) {
-        // (A background dump still running keeps what it collected: it applies later.)
-        let now = self.dump_mark();
-        self.apply_dump(conns, now, &HashSet::new(), ctx);
+        // A dump being applied is older than this one. (A background dump still running keeps
+        // what it collected: it applies later.)
+        if self.applying.take().is_some() {
+            self.dump_gone = None;
+        }
+        self.applying = Some(Applying::new(conns, self.dump_mark()));
+        let none = HashSet::new();
+        while self.apply_slice(&none, ctx) {}
     }
 
     /// A dump is being taken in the background (the event loop goes on meanwhile): what
-    /// [`Self::resync_since`] needs to apply it once it arrives.
+    /// [`Self::resync_since`] needs to apply it once it arrives. (One being applied is older:
+    /// it is dropped.)
     pub fn dump_started(&mut self) -> DumpMark {
+        self.applying = None;
         self.dump_gone = Some(HashSet::new());
         self.dump_mark()
     }
@@ -952,59 +1004,88 @@ impl FlowManager {
         }
     }
 
-    /// Applies a dump that started at `mark`: as [`Self::resync`], except that flows admitted
-    /// since are not stale for missing from it, and connections destroyed since are not
-    /// admitted for being in it. The admissions are queued for [`Self::work`].
-    pub fn resync_since(&mut self, conns: Vec<Conn>, mark: DumpMark, ctx: &Ctx<'_>) {
-        let gone = self.dump_gone.take().unwrap_or_default();
-        self.apply_dump(conns, mark, &gone, ctx);
-    }
-
-    /// A dump taken at `mark`, with the connections `gone` since.
-    fn apply_dump(
-        &mut self,
-        conns: Vec<Conn>,
-        mark: DumpMark,
-        gone: &HashSet<ConnKey>,
-        ctx: &Ctx<'_>,
-    ) {
+    /// Applies a dump that started at `mark`, a slice at a time in [`Self::work`]: as
+    /// [`Self::resync`], except that flows admitted since are not stale for missing from it,
+    /// and connections destroyed, out of the offloadable states or torn down since (until it
+    /// is applied: [`Self::dump_gone`] keeps collecting them) are not admitted for being in it.
+    pub fn resync_since(&mut self, conns: Vec<Conn>, mark: DumpMark, _ctx: &Ctx<'_>) {
         if self.stats.flushes != mark.flushes {
+            // A flush since (a firewall reload, offload off): for the re-admission to decide.
+            self.dump_gone = None;
             return;
         }
-        let live: HashSet<ConnKey> = conns
-            .iter()
-            .filter(|c| c.offloadable_state())
-            .map(key_of)
-            .filter(|k| !gone.contains(k))
-            .collect();
-        let stale: Vec<ConnKey> = self
-            .flows
-            .iter()
-            .filter(|(k, f)| f.seq < mark.seq && !live.contains(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            debug!("{}: not in the conntrack dump, back to the kernel", k.0);
-            self.remove(k, ctx.dp);
+        self.dump_gone.get_or_insert_with(HashSet::new);
+        self.applying = Some(Applying::new(conns, mark));
+    }
+
+    /// One slice of the dump being applied, with the connections `gone` since it started;
+    /// false when it is done (or void: a flush since).
+    fn apply_slice(&mut self, gone: &HashSet<ConnKey>, ctx: &Ctx<'_>) -> bool {
+        let Some(mut a) = self.applying.take() else {
+            return false;
+        };
+        if self.stats.flushes != a.mark.flushes {
+            return false;
         }
-        // Entries nobody owns go first: what is admitted from here on is owned.
-        if let Some(dp) = ctx.dp {
-            let owned: Vec<&FlowKey> = self.flows.values().flat_map(|f| f.keys.iter()).collect();
-            dp.retain(&owned);
-        }
-        // The admissions themselves are queued for [`Self::work`]: at tens of thousands of
-        // connections they are seconds of work. Admissions already waiting (events deferred
-        // from a burst) stay.
-        for c in conns {
-            let key = key_of(&c);
-            if live.contains(&key)
-                && !self.flows.contains_key(&key)
-                && !self.backlog.admit_conns.contains_key(&key)
-            {
-                self.backlog.admit.push_back(key);
-                self.backlog.admit_conns.insert(key, c);
+        let live = |a: &Applying, k: &ConnKey| a.live.contains(k) && !gone.contains(k);
+        match a.step {
+            // Which connections the dump shows offloadable.
+            ApplyStep::Live => {
+                let end = (a.next + DUMP_SLICE).min(a.conns.len());
+                let shown = a.conns[a.next..end]
+                    .iter()
+                    .filter(|c| c.offloadable_state());
+                a.live.extend(shown.map(key_of));
+                a.next = end;
+                if end == a.conns.len() {
+                    (a.step, a.next) = (ApplyStep::Stale, 0);
+                }
+            }
+            // Flows admitted before it that it does not show offloadable go.
+            ApplyStep::Stale => {
+                let end = a.next + DUMP_SLICE;
+                let stale: Vec<ConnKey> = self
+                    .flows
+                    .in_slots(a.next..end)
+                    .filter(|f| f.seq < a.mark.seq && !live(&a, &f.conn.key()))
+                    .map(|f| f.conn.key())
+                    .collect();
+                for k in &stale {
+                    debug!("{}: not in the conntrack dump, back to the kernel", k.0);
+                    self.remove(k, ctx.dp);
+                }
+                a.next = end;
+                if end >= self.flows.slots_len() {
+                    a.step = ApplyStep::Admit;
+                    // Entries nobody owns go first: what is admitted from here on is owned.
+                    if let Some(dp) = ctx.dp {
+                        let owned: Vec<&FlowKey> =
+                            self.flows.values().flat_map(|f| f.keys.iter()).collect();
+                        dp.retain(&owned);
+                    }
+                }
+            }
+            // The admissions themselves are queued for [`Self::work`]: at tens of thousands
+            // of connections they are seconds of work. Admissions already waiting (events
+            // deferred from a burst) stay.
+            ApplyStep::Admit => {
+                for _ in 0..DUMP_SLICE {
+                    let Some(c) = a.conns.pop() else {
+                        return false;
+                    };
+                    let key = key_of(&c);
+                    if live(&a, &key)
+                        && !self.flows.contains_key(&key)
+                        && !self.backlog.admit_conns.contains_key(&key)
+                    {
+                        self.backlog.admit.push_back(key);
+                        self.backlog.admit_conns.insert(key, c);
+                    }
+                }
             }
         }
+        self.applying = Some(a);
+        true
     }
 
     /// Packets and bytes forwarded since start, in total and per lowest device (live entries
