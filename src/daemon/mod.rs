@@ -614,11 +614,12 @@ impl Daemon {
         self.nat_stale = false;
         let resolver = self.net.resolver();
         let ctx = self.net.ctx(&resolver);
+        let n = conns.len();
         self.flows.resync_since(conns, mark, &ctx);
         info!(
-            "conntrack synchronised: {} connections offloaded, {} to admit",
-            self.flows.len(),
-            self.flows.backlog_len()
+            "conntrack dump of {n} entries: applying it a slice at a time ({} connections \
+             offloaded now)",
+            self.flows.len()
         );
     }
 
