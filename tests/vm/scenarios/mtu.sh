@@ -104,8 +104,8 @@ config interface 'lan'
 	option device 'br-lan'" oversize_traffic_offloaded "w0,l1,l2"
 }
 # With the daemon: the same, but a PMTUD transfer long enough to outlast admission under TCG
-# (70-450 ms with a debug build): 512 KiB each way was over before the flow was offloaded
-# (31 packets carried once in CI-like runs).
+# (8-90 ms idle, up to ~0.5 s with the one vCPU busy forwarding: docs/testing-vm.md): 512 KiB
+# each way was over before the flow was offloaded (31 packets carried once in CI-like runs).
 oversize_traffic_offloaded() {
     MTU_TCP_BYTES=4194304 oversize_traffic
 }

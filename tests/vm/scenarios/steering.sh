@@ -104,8 +104,8 @@ PY
     echo "$out"
     check "auto: no steering on veths (VLAN tags outside the data cannot be ruled out), reason in status" test "$rc" = 0
     daemon_stop
-    # From here on the ISP puts its VLAN tags in the frame data, as a NIC delivers them with
-    # receive VLAN offload off.
+    # The ISP puts its VLAN tags in the frame data, as a NIC delivers them with receive VLAN
+    # offload off (pppoe_topology does it already; the steering checks below depend on it).
     nsx isp ethtool -K i0 txvlan off tx-vlan-stag-hw-insert off >/dev/null
 
     step "steering off: bpfqos with offload and RTT off, steering '0'"
