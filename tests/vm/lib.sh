@@ -10,8 +10,10 @@
 # Addresses: only 198.18.0.0/15 and fd00::/8, only between namespaces created here.
 
 # shellcheck shell=bash
-# PID_<name> variables are made by `bg` (eval); SRV_NS, SRV4... are for the scenarios.
-# shellcheck disable=SC2034,SC2154
+# PID_<name> variables are made by `bg` (eval); SRV_NS, SRV4... are for the scenarios. $XFER and
+# $PY are command lines (split on purpose); single-quoted scripts (sh -c, python -c, awk)
+# expand their own variables.
+# shellcheck disable=SC2034,SC2154,SC2086,SC2016
 
 : "${SC:?SC (scenario name) must be set}"
 : "${WORK:?WORK (scratch dir) must be set}"
@@ -153,7 +155,7 @@ diagnostics() {
     fi
     local f
     for f in "$WORK"/*.log; do
-        [ -f "$f" ] && [ "$f" != "$DAEMON_LOG" ] || continue
+        if [ ! -f "$f" ] || [ "$f" = "$DAEMON_LOG" ]; then continue; fi
         echo "# $(basename "$f") (last 40 lines)"
         tail -n 40 "$f"
     done

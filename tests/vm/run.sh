@@ -36,6 +36,7 @@ done
 
 missing=()
 [ "$(id -u)" -eq 0 ] || missing+=("root")
+# shellcheck disable=SC2012 # plain file names: the newest kernel by version, object by time
 kernel=${VM_KERNEL:-$(ls /boot/vmlinuz-6.12.*-amd64 2>/dev/null | sort -V | tail -n1)}
 [ -n "$kernel" ] && [ -r "$kernel" ] || missing+=("kernel /boot/vmlinuz-6.12.*-amd64")
 command -v vng >/dev/null || missing+=("vng (virtme-ng)")
@@ -47,6 +48,7 @@ fi
 
 bin=${BPFQOS_BIN:-}
 [ -z "$bin" ] && [ -x "$REPO/target/debug/bpfqos" ] && bin=$REPO/target/debug/bpfqos
+# shellcheck disable=SC2012
 obj=${BPFQOS_BPF_OBJ:-$(ls -t "$REPO"/target/*/build/bpfqos-*/out/offload.bpfel.o 2>/dev/null | head -n1)}
 
 cpus=${VM_CPUS:-1}
@@ -116,6 +118,7 @@ if [ "$failed" -gt 0 ]; then
     # and for the caller (tests/vm.rs puts them in its panic message).
     # Per failed scenario: its last console lines (notes, the check that failed, the command's
     # last words).
+    # shellcheck disable=SC2013 # scenario names are single words
     why=$(for sc in $(sed -n 's/^FAIL \([^ :]*\).*/\1/p' <<<"$results" | sort -u); do
         grep -E "^  \[$sc( [^]]*)?\] |^      \| " "$log" | grep -v '\] daemon: libbpf: ' | tail -n 6
     done | tail -n 24)

@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
+# shellcheck shell=bash disable=SC2154,SC2034,SC2086  # PID_<name> come from lib.sh bg(); DIAG_NS is read there; $XFER/$PY are command lines
 # MTU: PPPoE's 1492 against the LAN's 1500, with the server behind the ISP on a 1500 link (so
 # both ends advertise MSS 1460 and only the PPPoE link is narrow). Oversize packets must reach
 # the kernel, which fragments (DF clear) or answers ICMP "fragmentation needed, mtu 1492" (DF

@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
+# shellcheck shell=bash disable=SC2154,SC2034,SC2086,SC2153  # PID_<name> come from lib.sh bg(); DIAG_NS is read there; $XFER/$PY are command lines; SRV4 is lib.sh's
 # QinQ WAN: 802.1ad outer tag 100, 802.1Q inner tag 7, IPoE (as fibre ISPs hand out).
 # IPv4 is masqueraded; IPv6 is routed without NAT (the ISP routes the LAN's fd00:1::/64 to the
 # router). Kernel path first, then bpfqos attached (offload: see bpfqos_part in lib.sh).
