@@ -14,6 +14,11 @@
 #           attached as a direct-action cls_bpf filter on clsact ingress, XDP detached: what the
 #           daemon attaches itself when XDP fails;
 #   bare    bench_bare (bench/bpf/forwarding.bpf.c): bpf_redirect_map to wan0, nothing else;
+#   flowtable  (only when asked for, needs nf_flow_table: bench/vm-flowtable.sh runs it in the
+#           6.12 VM) nothing on lan1, the kernel's nft flowtable on lan1 and wan0 (`flow add
+#           @ft` in forward: OpenWrt's software flow offloading). The table is added for the
+#           measurement and deleted after it; each change is a firewall reload to the daemon,
+#           which flushes and re-admits the flow ~2 s later: the next variant waits for that;
 # and with the WAN's upload shaped (HTB at 100 Gbit/s, so high that it never limits: what
 # passing a qdisc costs; the daemon reloaded into that config, the flow re-admitted):
 #   kernel+htb  nothing on lan1: the kernel path, through wan0's HTB;
@@ -25,7 +30,10 @@
 # BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace; counted by bench_sink on s0.
 #
 # Usage: bench/forwarding.sh [path/to/bpfqos]   (root; default target/release/bpfqos)
-# Environment: ROUNDS (5), WINDOW seconds per measurement (2), LAT_CONNS (20).
+# Environment: ROUNDS (5), WINDOW seconds per measurement (2), LAT_CONNS (20), VARIANTS (the
+# list above without flowtable), PARTS ("rtt latency": which sections
+# run after the pps rounds), BENCH_BPF_OBJ
+# (bench/bpf/forwarding.bpf.c's object; default: the newest build.rs wrote under target/).
 # Prints a table and whether the issue's goals are met; exits non-zero only when the bench
 # itself broke, never on a timing.
 set -euo pipefail
@@ -38,7 +46,8 @@ LAT_CONNS=${LAT_CONNS:-20}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 HELPER=$HERE/forwarding_gen.py
-VARIANTS=(kernel xdp tc bare kernel+htb tc+htb xdp+htb)
+read -ra VARIANTS <<<"${VARIANTS:-kernel xdp tc bare kernel+htb tc+htb xdp+htb}"
+PARTS=" ${PARTS-rtt latency} "
 
 die() { echo "forwarding bench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, BPF)"
@@ -148,6 +157,35 @@ set_mode() {
 	fi
 }
 
+FT_ON=0
+FT_NFT='table inet bench_ft {
+	flowtable ft {
+		hook ingress priority 0
+		devices = { "lan1", "wan0" }
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		meta l4proto { tcp, udp } ct state established flow add @ft
+	}
+}'
+# flowtable_set 1|0: the kernel flowtable in or out. Out again, the daemon (which took the
+# change for a firewall reload) must have re-admitted the flow before an offload variant runs.
+flowtable_set() {
+	[ "$FT_ON" = "$1" ] && return
+	if [ "$1" = 1 ]; then
+		nsx "$RTR" nft -f - <<<"$FT_NFT" || die "flowtable: nft refused the table"
+	else
+		nsx "$RTR" nft delete table inet bench_ft || die "flowtable: could not delete the table"
+		sleep 0.5 # the daemon reads the reload (flush) before it is asked anything
+		for _ in $(seq 100); do
+			[ "$(status | jget offload.connections)" -ge 1 ] && break
+			sleep 0.1
+		done
+		[ "$(status | jget offload.connections)" -ge 1 ] || die "flowtable: the flow was not re-admitted after the table went"
+	fi
+	FT_ON=$1
+}
+
 use_variant() {
 	case $1 in
 	*+htb) set_mode htb ;;
@@ -155,8 +193,9 @@ use_variant() {
 	esac
 	ip -n "$RTR" link set dev lan1 xdpdrv off
 	tc -n "$RTR" qdisc del dev lan1 clsact 2>/dev/null || true
+	flowtable_set "$([ "$1" = flowtable ] && echo 1 || echo 0)"
 	case $1 in
-	kernel | kernel+htb) ;;
+	kernel | kernel+htb | flowtable) ;;
 	xdp) ip -n "$RTR" link set dev lan1 xdpdrv pinned "$BB/daemon_xdp" ;;
 	tc | tc+htb | xdp+htb)
 		tc -n "$RTR" qdisc add dev lan1 clsact
@@ -178,7 +217,7 @@ measure() {
 	local v=$1 round=$2 red0 red1 out pps rx share
 	use_variant "$v"
 	sleep 0.2 # let the daemon digest the link event (it re-resolves, keeps the flow)
-	case $v in kernel* | bare) ;; *)
+	case $v in kernel* | bare | flowtable) ;; *)
 		[ "$(status | jget offload.connections)" -ge 1 ] || die "$v: flow no longer offloaded"
 		;;
 	esac
@@ -221,6 +260,7 @@ done
 # (bench_gen_tcp), which the XDP fast path forwards and passive RTT parses, looks up and
 # books. The daemon is reloaded with `option rtt` on and off in turn (the flow is re-admitted
 # from the conntrack dump each time), interleaved per round.
+if [[ $PARTS == *" rtt "* ]]; then
 TSPORT=40001 TDPORT=9001
 RTT_RESULTS=$WORK/rtt-results
 : >"$RTT_RESULTS"
@@ -280,6 +320,7 @@ print(f"passive RTT, offloaded TCP with timestamps through XDP: RTT on {med['1']
       f"off {med['0'] / 1e6:.3f} Mpps: on/off = {med['1'] / med['0']:.3f} "
       f"(median of {len(rows) // 2} rounds each, interleaved)")
 PY
+fi
 
 # ---- admission latency ---------------------------------------------------------------------
 # Internal: the daemon's own figure (conntrack event handled -> both map entries written).
@@ -288,6 +329,7 @@ PY
 # the kernel path (offloaded ones never reach the bridge). Per connection: handshake ACK (its
 # conntrack ESTABLISHED event starts admission) -> first packet not on br-lan, the whole
 # admission seen from outside, event delivery and wake-up included.
+if [[ $PARTS == *" latency "* ]]; then
 LPORT=5201 PROBE_US=50 PROBE_S=0.02
 say "admission latency: $LAT_CONNS new TCP connections, bpfqos XDP on lan1"
 use_variant xdp
@@ -327,6 +369,7 @@ wait "$TD1" "$TD2" 2>/dev/null || true
 for f in lat-c0 lat-br; do tcpdump -r "$WORK/$f.pcap" -n -tt 2>/dev/null >"$WORK/$f.txt" || true; done
 [ -n "${DEBUG:-}" ] && cp "$WORK"/lat* /tmp/
 
+fi
 "$PY" "$HELPER" report --results "$RESULTS"
-"$PY" "$HELPER" latency --internal "$WORK/lat.internal" --client "$WORK/lat-c0.txt" \
+[[ $PARTS != *" latency "* ]] || "$PY" "$HELPER" latency --internal "$WORK/lat.internal" --client "$WORK/lat-c0.txt" \
 	--bridge "$WORK/lat-br.txt"

@@ -61,8 +61,8 @@ bench_programs() {
 	mkdir -p "$WORK/bpffs"
 	mount -t bpf bpf "$WORK/bpffs"
 	# shellcheck disable=SC2012 # build output names are plain
-	obj=$(ls -t "$ROOT"/target/*/build/bpfqos-*/out/bench/forwarding.bpfel.o \
-		"$ROOT"/target/*/*/build/bpfqos-*/out/bench/forwarding.bpfel.o 2>/dev/null | head -n1)
+	obj=${BENCH_BPF_OBJ:-$(ls -t "$ROOT"/target/*/build/bpfqos-*/out/bench/forwarding.bpfel.o \
+		"$ROOT"/target/*/*/build/bpfqos-*/out/bench/forwarding.bpfel.o 2>/dev/null | head -n1)}
 	[ -n "$obj" ] || die "no forwarding.bpfel.o under target/: run cargo build first"
 	mkdir -p "$BB/maps"
 	bpftool prog loadall "$obj" "$BB/progs" pinmaps "$BB/maps"

@@ -17,6 +17,14 @@ echo "== 64-byte UDP forwarding through a namespace router (kernel vs bpfqos XDP
 bash bench/forwarding.sh target/release/bpfqos
 
 echo
+echo "== against the kernel's nft flowtable (OpenWrt's software offloading), in the 6.12 VM: kernel vs flowtable vs bpfqos XDP/TC (emulated: ratios indicative)"
+if command -v vng >/dev/null && ls /boot/vmlinuz-6.12.*-amd64 >/dev/null 2>&1; then
+	bash bench/vm-flowtable.sh target/release/bpfqos
+else
+	echo "skipped: no VM (sudo bash .ci/vm-deps.sh installs virtme-ng and the 6.12 kernel)"
+fi
+
+echo
 echo "== CPU steering: kernel-path forwarding of 256 UDP flows received on one CPU (off vs RPS vs bpfqos steering)"
 bash bench/steering.sh target/release/bpfqos
 

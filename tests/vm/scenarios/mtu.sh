@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
+# shellcheck shell=bash disable=SC2154,SC2034,SC2086  # PID_<name> come from lib.sh bg(); DIAG_NS is read there; $XFER/$PY are command lines
 # MTU: PPPoE's 1492 against the LAN's 1500, with the server behind the ISP on a 1500 link (so
 # both ends advertise MSS 1460 and only the PPPoE link is narrow). Oversize packets must reach
 # the kernel, which fragments (DF clear) or answers ICMP "fragmentation needed, mtu 1492" (DF
@@ -104,8 +104,8 @@ config interface 'lan'
 	option device 'br-lan'" oversize_traffic_offloaded "w0,l1,l2"
 }
 # With the daemon: the same, but a PMTUD transfer long enough to outlast admission under TCG
-# (70-450 ms with a debug build): 512 KiB each way was over before the flow was offloaded
-# (31 packets carried once in CI-like runs).
+# (8-90 ms idle, up to ~0.5 s with the one vCPU busy forwarding: docs/testing-vm.md): 512 KiB
+# each way was over before the flow was offloaded (31 packets carried once in CI-like runs).
 oversize_traffic_offloaded() {
     MTU_TCP_BYTES=4194304 oversize_traffic
 }

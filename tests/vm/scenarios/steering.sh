@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154,SC2034  # PID_<name> come from lib.sh bg(); DIAG_NS is read there
+# shellcheck shell=bash disable=SC2154,SC2034,SC2086  # PID_<name> come from lib.sh bg(); DIAG_NS is read there; $XFER/$PY are command lines
 # vm-cpus: 2
 # vm-timeout: 480
 # CPU steering on the classic OpenWrt WAN: kernel-mode PPPoE over VLAN 7, masquerade, a LAN
@@ -34,6 +34,7 @@ steer_diag() {
     echo "---- steering diagnostics"
     daemon_status | $PY -c 'import json,sys; print(json.load(sys.stdin)["steering"])' || true
     cat /proc/net/softnet_stat
+    # shellcheck disable=SC2009 # every thread with its CPU (psr): pgrep shows no columns
     ps -eLo pid,psr,stat,comm | grep -iE 'cpumap|ksoftirq' || true
     local d
     for d in w0 l1; do nsx rtr ethtool -S "$d" 2>/dev/null | grep -v ': 0$' || true; done
@@ -104,8 +105,8 @@ PY
     echo "$out"
     check "auto: no steering on veths (VLAN tags outside the data cannot be ruled out), reason in status" test "$rc" = 0
     daemon_stop
-    # From here on the ISP puts its VLAN tags in the frame data, as a NIC delivers them with
-    # receive VLAN offload off.
+    # The ISP puts its VLAN tags in the frame data, as a NIC delivers them with receive VLAN
+    # offload off (pppoe_topology does it already; the steering checks below depend on it).
     nsx isp ethtool -K i0 txvlan off tx-vlan-stag-hw-insert off >/dev/null
 
     step "steering off: bpfqos with offload and RTT off, steering '0'"
