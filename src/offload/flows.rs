@@ -163,6 +163,12 @@ impl Flows {
         self.slab.len()
     }
 
+    /// The connections with their slots.
+    pub(super) fn slotted(&self) -> impl Iterator<Item = (u32, &Offloaded)> {
+        let used = self.slab.iter().enumerate();
+        used.filter_map(|(slot, f)| Some((slot as u32, f.as_ref()?)))
+    }
+
     /// The slots holding a connection.
     pub(super) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         let used = self.slab.iter().enumerate().filter(|(_, f)| f.is_some());

@@ -20,6 +20,8 @@ mod flows;
 pub mod ports;
 pub mod report;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::collections::VecDeque;
@@ -35,7 +37,6 @@ use log::warn;
 use crate::conntrack;
 use crate::conntrack::Conn;
 use crate::conntrack::Tuple;
-use crate::dataplane::abi::FlowCounters;
 use crate::dataplane::entry::FlowKey;
 use crate::qos::ShapedDevice;
 use crate::topology::NextHop;
@@ -1098,34 +1099,36 @@ impl FlowManager {
         dp: Option<&dyn FlowTable>,
         rtt: &dyn Fn(&conntrack::Conn) -> Option<crate::rtt::FlowRtt>,
     ) -> (Counters, Vec<FlowStatus>) {
-        let mut counted: Vec<(&Offloaded, [FlowCounters; 2])> = self
-            .flows
-            .values()
-            .map(|f| {
-                let c = |i: usize| {
-                    dp.and_then(|dp| dp.counters(&f.keys[i]))
-                        .unwrap_or_default()
-                };
-                (f, [c(0), c(1)])
-            })
-            .collect();
+        // One pass: the totals, and the busiest connections in a heap of MAX_LISTED_FLOWS
+        // (least busy on top; ties by slot, so the order is total). Not a selection over a
+        // vector of every flow: besides its megabytes, std's small-code build (the routers'
+        // binaries rebuild std optimized for size) selected among 64k equal figures in a
+        // second.
         let mut totals = self.retired.clone();
-        if dp.is_some() {
-            for (f, c) in &counted {
-                for (dir, n) in c.iter().enumerate() {
-                    totals.add(f.dir_devices(dir), n.packets, n.bytes);
-                }
+        let mut busiest = BinaryHeap::with_capacity(MAX_LISTED_FLOWS + 1);
+        for (slot, f) in self.flows.slotted() {
+            let c = |i: usize| {
+                dp.and_then(|dp| dp.counters(&f.keys[i]))
+                    .unwrap_or_default()
+            };
+            let (c0, c1) = (c(0), c(1));
+            if dp.is_some() {
+                totals.add(f.dir_devices(0), c0.packets, c0.bytes);
+                totals.add(f.dir_devices(1), c1.packets, c1.bytes);
+            }
+            let seen = (c0.bytes + c1.bytes, slot, [c0.packets, c1.packets]);
+            if busiest.len() < MAX_LISTED_FLOWS {
+                busiest.push(Reverse(seen));
+            } else if busiest.peek().is_some_and(|Reverse(least)| seen > *least) {
+                busiest.pop();
+                busiest.push(Reverse(seen));
             }
         }
-        if counted.len() > MAX_LISTED_FLOWS {
-            let bytes = |c: &[FlowCounters; 2]| c[0].bytes + c[1].bytes;
-            counted
-                .select_nth_unstable_by(MAX_LISTED_FLOWS - 1, |a, b| bytes(&b.1).cmp(&bytes(&a.1)));
-            counted.truncate(MAX_LISTED_FLOWS);
-        }
-        let mut out: Vec<FlowStatus> = counted
+        let counted = busiest
             .into_iter()
-            .map(|(f, [c0, c1])| FlowStatus {
+            .filter_map(|Reverse((bytes, slot, p))| Some((self.flows.by_slot(slot)?, bytes, p)));
+        let mut out: Vec<FlowStatus> = counted
+            .map(|(f, bytes, [packets_orig, packets_reply])| FlowStatus {
                 proto: if f.conn.orig.proto == conntrack::codec::IPPROTO_TCP {
                     "tcp"
                 } else {
@@ -1134,9 +1137,9 @@ impl FlowManager {
                 .to_string(),
                 orig: f.conn.orig.to_string(),
                 reply: f.conn.reply.to_string(),
-                packets_orig: c0.packets,
-                packets_reply: c1.packets,
-                bytes: c0.bytes + c1.bytes,
+                packets_orig,
+                packets_reply,
+                bytes,
                 ingress_ifindex: f.hops[0].egress_ifindex,
                 egress_ifindex: f.hops[1].egress_ifindex,
                 rtt: rtt(&f.conn.conn()),
