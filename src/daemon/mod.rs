@@ -234,7 +234,10 @@ async fn event_loop(args: DaemonArgs, loaded: config::Loaded) -> anyhow::Result<
                 let mark = dump.take().map(|(m, _)| m);
                 match (res, mark) {
                     (Ok(conns), Some(mark)) => daemon.apply_dump(conns, mark),
-                    (Err(e), _) => warn!("conntrack dump after lost events: {e:#}"),
+                    (Err(e), _) => {
+                        warn!("conntrack dump after lost events: {e:#}");
+                        daemon.flows.dump_failed();
+                    }
                     (_, None) => {}
                 }
                 if std::mem::take(&mut dump_again) {

@@ -104,10 +104,12 @@ impl Mapping {
     }
 
     /// The 64-bit counter at byte `at` (8-aligned), which BPF increments with atomic adds.
-    /// Where there are no 64-bit atomics (32-bit MIPS, PowerPC), its halves are read until
-    /// the high one holds still, so that a carry between them is never half seen.
+    /// 64-bit targets load it in one go. 32-bit ones read its two halves (a 64-bit atomic
+    /// load there may be a compare-and-swap, which would write to this read-only mapping)
+    /// until two reads in a row agree, at most a few times: a busy counter may still be read
+    /// torn, as bpf() copies it on those targets too.
     fn counter(&self, at: usize) -> u64 {
-        #[cfg(target_has_atomic = "64")]
+        #[cfg(target_pointer_width = "64")]
         {
             let at = at.min(self.len - 8) & !7;
             // SAFETY: as in `word`, for an 8-aligned 8-byte word inside the mapping.
@@ -120,22 +122,27 @@ impl Mapping {
             };
             w.load(Ordering::Relaxed)
         }
-        #[cfg(not(target_has_atomic = "64"))]
+        #[cfg(not(target_pointer_width = "64"))]
         {
             let (lo_at, hi_at) = if cfg!(target_endian = "little") {
                 (at, at + 4)
             } else {
                 (at + 4, at)
             };
-            let mut hi = self.word(hi_at).load(Ordering::Relaxed);
-            loop {
-                let lo = self.word(lo_at).load(Ordering::Relaxed);
-                let again = self.word(hi_at).load(Ordering::Relaxed);
-                if again == hi {
-                    return u64::from(hi) << 32 | u64::from(lo);
+            let read = || {
+                let hi = self.word(hi_at).load(Ordering::Acquire);
+                let lo = self.word(lo_at).load(Ordering::Acquire);
+                u64::from(hi) << 32 | u64::from(lo)
+            };
+            let mut last = read();
+            for _ in 0..4 {
+                let again = read();
+                if again == last {
+                    break;
                 }
-                hi = again;
+                last = again;
             }
+            last
         }
     }
 }
@@ -515,7 +522,8 @@ impl<const N: usize> Table<N> {
         self.unlink_all_but(&[]);
     }
 
-    /// Counters and flags of a live entry (from the snapshot while there is one).
+    /// Counters and flags of a live entry: from the mapped entries, or else from the snapshot
+    /// while there is one, or else through bpf().
     fn counters_at(&self, index: u32) -> Option<FlowCounters> {
         if let Some(view) = &self.view {
             return view.counters(index);
@@ -974,9 +982,10 @@ impl FlowTables {
         Some(p.owner).filter(|&o| o != NO_OWNER)
     }
 
-    /// Reads every entry's counters at once; until [`Self::end_snapshot`], counters come from
-    /// that copy (for documents that read every flow, like the status: one pass of batched
-    /// lookups instead of a bpf() call per flow and direction).
+    /// Where the entries are not mapped: reads every entry's counters at once; until
+    /// [`Self::end_snapshot`], counters come from that copy (for documents that read every
+    /// flow, like the status: one pass of batched lookups instead of a bpf() call per flow and
+    /// direction). Mapped entries are read as they are.
     pub fn begin_snapshot(&mut self) {
         // (Mapped entries are read from memory: no copy is faster.)
         if self.v4.view.is_none() {

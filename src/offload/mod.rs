@@ -285,7 +285,12 @@ pub struct FlowManager {
     /// the event queue was emptied before the dump, and admits it.) Found by the churn soak:
     /// a connection the dump listed before its FIN, admitted again after it, had its last
     /// packets forwarded around conntrack, which then lost track of the close.
+    /// Kept until no dump runs and none is being applied (a set collected since an earlier
+    /// dump started is a superset of what a later one must not bring back: safe).
     dump_gone: Option<HashSet<ConnKey>>,
+    /// A background dump is running ([`Self::dump_started`] until [`Self::resync_since`] or
+    /// [`Self::dump_failed`]).
+    dump_running: bool,
     /// A dump being applied ([`Self::resync_since`]).
     applying: Option<Applying>,
 }
@@ -314,6 +319,8 @@ struct Applying {
     step: ApplyStep,
     /// Where the step goes on (a dump entry, a slot).
     next: usize,
+    /// Entries in the dump.
+    total: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -327,6 +334,7 @@ impl Applying {
     fn new(mut conns: Vec<Conn>, mark: DumpMark) -> Self {
         conns.reverse();
         Self {
+            total: conns.len(),
             live: HashSet::with_capacity(conns.len()),
             conns,
             mark,
@@ -747,12 +755,14 @@ impl FlowManager {
         }
     }
 
-    /// Whether admissions or re-resolutions are waiting for [`Self::work`].
+    /// Whether admissions, re-resolutions or a dump's application are waiting for
+    /// [`Self::work`].
     pub fn has_backlog(&self) -> bool {
         !self.backlog.is_empty() || self.applying.is_some()
     }
 
-    /// Connections waiting for admission or re-resolution.
+    /// Connections waiting for admission or re-resolution, and the entries of a dump still to
+    /// apply.
     pub fn backlog_len(&self) -> usize {
         let dump = self.applying.as_ref().map_or(0, |a| a.conns.len());
         self.backlog.admit_conns.len() + self.backlog.reresolve.len() + dump
@@ -764,6 +774,7 @@ impl FlowManager {
     /// finished a big burst (the caller may give the memory it took back to the system).
     pub async fn work(&mut self, ctx: &Ctx<'_>, budget: Duration) -> bool {
         let start = Instant::now();
+        let mut big_dump = false;
         while start.elapsed() < budget {
             if !self.backlog.reresolve.is_empty() {
                 let n = self.backlog.reresolve.len().min(RERESOLVE_BATCH);
@@ -780,10 +791,13 @@ impl FlowManager {
                 if self.backlog.reresolve.is_empty() {
                     self.reresolution_done();
                 }
-            } else if self.applying.is_some() {
+            } else if let Some(total) = self.applying.as_ref().map(|a| a.total) {
                 let gone = self.dump_gone.take().unwrap_or_default();
-                if self.apply_slice(&gone, ctx) {
-                    self.dump_gone = Some(gone);
+                let more = self.apply_slice(&gone, ctx);
+                self.dump_gone = Some(gone);
+                if !more {
+                    self.settle_dump_gone();
+                    big_dump |= total > BIG_BURST;
                 }
             } else if let Some(key) = self.backlog.admit.pop_front() {
                 let Some(c) = self.backlog.admit_conns.remove(&key) else {
@@ -801,7 +815,8 @@ impl FlowManager {
                 break;
             }
         }
-        !self.has_backlog() && self.backlog.shrink()
+        let big_backlog = !self.has_backlog() && self.backlog.shrink();
+        big_backlog || big_dump
     }
 
     fn reresolution_done(&mut self) {
@@ -981,21 +996,32 @@ impl FlowManager {
     pub async fn resync(&mut self, conns: Vec<Conn>, ctx: &Ctx<'_>) {
         // A dump being applied is older than this one. (A background dump still running keeps
         // what it collected: it applies later.)
-        if self.applying.take().is_some() {
-            self.dump_gone = None;
-        }
         self.applying = Some(Applying::new(conns, self.dump_mark()));
         let none = HashSet::new();
         while self.apply_slice(&none, ctx) {}
+        self.settle_dump_gone();
     }
 
     /// A dump is being taken in the background (the event loop goes on meanwhile): what
-    /// [`Self::resync_since`] needs to apply it once it arrives. (One being applied is older:
-    /// it is dropped.)
+    /// [`Self::resync_since`] needs to apply it once it arrives. One being applied goes on
+    /// meanwhile (events may be lost again and again: each dump must get applied).
     pub fn dump_started(&mut self) -> DumpMark {
-        self.applying = None;
-        self.dump_gone = Some(HashSet::new());
+        self.dump_running = true;
+        self.dump_gone.get_or_insert_with(HashSet::new);
         self.dump_mark()
+    }
+
+    /// The background dump failed: nothing to apply.
+    pub fn dump_failed(&mut self) {
+        self.dump_running = false;
+        self.settle_dump_gone();
+    }
+
+    /// What ended since a dump started is forgotten once no dump runs or is being applied.
+    fn settle_dump_gone(&mut self) {
+        if self.applying.is_none() && !self.dump_running {
+            self.dump_gone = None;
+        }
     }
 
     fn dump_mark(&self) -> DumpMark {
@@ -1009,10 +1035,12 @@ impl FlowManager {
     /// [`Self::resync`], except that flows admitted since are not stale for missing from it,
     /// and connections destroyed, out of the offloadable states or torn down since (until it
     /// is applied: [`Self::dump_gone`] keeps collecting them) are not admitted for being in it.
+    /// A dump being applied from an earlier loss is replaced: this one is newer.
     pub fn resync_since(&mut self, conns: Vec<Conn>, mark: DumpMark, _ctx: &Ctx<'_>) {
+        self.dump_running = false;
         if self.stats.flushes != mark.flushes {
             // A flush since (a firewall reload, offload off): for the re-admission to decide.
-            self.dump_gone = None;
+            self.settle_dump_gone();
             return;
         }
         self.dump_gone.get_or_insert_with(HashSet::new);

@@ -974,6 +974,8 @@ async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
     assert!(m.has_backlog());
     m.on_conntrack(Message::Destroy(ending.clone()), &w.ctx())
         .await;
+    // Events lost again meanwhile: another dump starts; the one being applied goes on.
+    let again = m.dump_started();
     drain(&mut m, &w).await;
     assert!(!m.flows.contains_key(&(old.orig, 0)), "stale: out");
     assert!(
@@ -996,6 +998,21 @@ async fn a_background_dump_does_not_undo_what_happened_while_it_ran() {
         !m.flows.contains_key(&(closed.orig, 0)),
         "torn down since: not admitted again"
     );
+    // The second dump arrives (the same entries, and `new`, admitted before it started):
+    // applied alike; once no dump runs or is being applied, what ended meanwhile is forgotten.
+    let second = vec![
+        new.clone(),
+        dead.clone(),
+        missed.clone(),
+        late.clone(),
+        closed.clone(),
+        ending.clone(),
+    ];
+    m.resync_since(second, again, &w.ctx());
+    drain(&mut m, &w).await;
+    assert!(m.flows.contains_key(&(missed.orig, 0)));
+    assert!(!m.flows.contains_key(&(closed.orig, 0)));
+    assert!(m.dump_gone.is_none(), "forgotten once applied");
     // `late`: vetoed by the older event; the event of its transition, delivered since the
     // queue was emptied before the dump, admits it.
     assert!(!m.flows.contains_key(&(late.orig, 0)));
