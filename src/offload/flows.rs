@@ -171,8 +171,7 @@ impl Flows {
 
     /// The slots holding a connection.
     pub(super) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
-        let used = self.slab.iter().enumerate().filter(|(_, f)| f.is_some());
-        used.map(|(slot, _)| slot as u32)
+        self.slotted().map(|(slot, _)| slot)
     }
 
     /// The slot the next [`Self::insert`] fills (the owner to install its entries for).

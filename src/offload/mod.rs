@@ -424,10 +424,6 @@ impl FlowManager {
         h
     }
 
-    fn take(&mut self, key: &ConnKey) -> Option<Offloaded> {
-        self.flows.remove(key)
-    }
-
     /// Handles a conntrack message: admit, update or remove.
     pub async fn on_conntrack(&mut self, msg: conntrack::Message, ctx: &Ctx<'_>) {
         match msg {
@@ -676,7 +672,7 @@ impl FlowManager {
     }
 
     fn remove(&mut self, key: &ConnKey, dp: Option<&dyn FlowTable>) {
-        if let Some(f) = self.take(key) {
+        if let Some(f) = self.flows.remove(key) {
             self.retire(&f, dp);
             self.stats.removed += 1;
         }
@@ -876,7 +872,7 @@ impl FlowManager {
                 // Unchanged: it stays as it is, in its slot (its entries' owner).
                 Ok(hops) if hops.iter().zip(&old.hops).all(|(a, b)| *a == **b) => {}
                 Ok(_) | Err(_) => {
-                    let Some(old) = self.take(&key) else {
+                    let Some(old) = self.flows.remove(&key) else {
                         continue;
                     };
                     self.retire(&old, ctx.dp);
